@@ -1,0 +1,332 @@
+"""Load and validate `cappuccino.yaml` and `active_study.yaml`.
+
+Every daemon and CLI command reads configuration through `load_config`. The schema is the
+dataclasses below: each field has a type, a default and (where it matters) a check. Unknown keys
+are errors, so a typo is never silently ignored, and every error names the file, the key path,
+the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, get_args, get_origin, get_type_hints
+
+import yaml
+
+DEFAULT_CONFIG_DIR = "/etc/cappuccino"
+CONFIG_FILE = "cappuccino.yaml"
+ACTIVE_STUDY_FILE = "active_study.yaml"
+STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,10}/(USD|USDT|USDC|BTC)$")
+TIMEFRAMES = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid."""
+
+    def __init__(self, file: str, key: str, value: Any, expected: str, got: str | None = None):
+        self.file, self.key, self.value, self.expected = file, key, value, expected
+        where = f"{file}: {key}: " if key else f"{file}: "
+        if got is None:
+            got = "" if value is _NO_VALUE else f", got {value!r}"
+        super().__init__(f"{where}expected {expected}{got}")
+
+
+_NO_VALUE = object()
+
+
+# --- checks: each returns a description of what is expected, and a predicate -------------------
+
+def _in_open_unit(v: float) -> bool:
+    return 0 < v < 1
+
+
+def check(expected: str, ok: Callable[[Any], bool]) -> dict:
+    return {"check": (expected, ok)}
+
+
+FRACTION = check("a number in (0, 1)", _in_open_unit)
+POSITIVE = check("a number > 0", lambda v: v > 0)
+NON_NEGATIVE = check("a number >= 0", lambda v: v >= 0)
+
+
+def choice(*options: str) -> dict:
+    return check("one of " + ", ".join(options), lambda v: v in options)
+
+
+# --- the schema -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str | None = field(default=None, metadata=check(
+        "a postgresql:// or sqlite:/// URL", lambda v: v.startswith(("postgresql", "sqlite:///"))))
+    pool_size: int = field(default=5, metadata=POSITIVE)
+    max_overflow: int = field(default=10, metadata=NON_NEGATIVE)
+    sqlite_busy_timeout_s: float = field(default=30.0, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = "/var/lib/cappuccino"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = field(default="csv", metadata=choice("alpaca", "csv"))
+    csv_path: str | None = None  # None: the sample bundled with the package
+    symbols: list[str] = field(
+        default_factory=lambda: ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD",
+                                 "UNI/USD", "AAVE/USD"],
+        metadata=check("a non-empty list of distinct symbols like BTC/USD",
+                       lambda v: len(v) > 0 and len(set(v)) == len(v)
+                       and all(SYMBOL_RE.match(s) for s in v)))
+    timeframe: str = field(default="1h", metadata=choice(*TIMEFRAMES))
+    closed_bar_delay_s: float = field(default=10.0, metadata=NON_NEGATIVE)
+    start: str | None = field(default=None, metadata=check(
+        "a date like 2023-01-01", lambda v: bool(re.match(r"^\d{4}-\d{2}-\d{2}", v))))
+    feature_set: str = field(default="v1", metadata=choice("v1"))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    n_trials: int = field(default=100, metadata=POSITIVE)
+    cv: str = field(default="cpcv", metadata=choice("cpcv", "walk_forward"))
+    cv_groups: int = field(default=6, metadata=check("an integer >= 2", lambda v: v >= 2))
+    cv_test_groups: int = field(default=2, metadata=POSITIVE)
+    embargo_hours: int = field(default=48, metadata=NON_NEGATIVE)
+    heldout_days: int = field(default=60, metadata=NON_NEGATIVE)
+    pruner: str = field(default="median", metadata=choice("median", "none"))
+    device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
+    total_timesteps: int = field(default=200_000, metadata=POSITIVE)
+    n_envs: int = field(default=64, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    top_n: int = field(default=10, metadata=POSITIVE)
+    min_members: int = field(default=5, metadata=POSITIVE)
+    keep_versions: int = field(default=5, metadata=POSITIVE)
+    weighting: str = field(default="equal", metadata=choice("equal", "value"))
+    min_value: float | None = None
+    max_similar: int | None = field(default=None, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    trailing_stop_pct: float = field(default=0.10, metadata=FRACTION)
+    stop_loss_pct: float | None = field(default=None, metadata=FRACTION)
+    max_position_pct: float = field(default=0.30, metadata=check(
+        "a number in (0, 1]", lambda v: 0 < v <= 1))
+    min_cash_reserve_pct: float = field(default=0.05, metadata=check(
+        "a number in [0, 1)", lambda v: 0 <= v < 1))
+    max_drawdown_halt_pct: float | None = field(default=None, metadata=FRACTION)
+    intrabar_check_s: float = field(default=60.0, metadata=POSITIVE)
+    stale_bar_limit_bars: int = field(default=2, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    kind: str = field(default="sim", metadata=choice("sim", "alpaca"))
+    paper: bool = True
+    maker_fee: float = field(default=0.0015, metadata=check("a number in [0, 0.1)",
+                                                            lambda v: 0 <= v < 0.1))
+    taker_fee: float = field(default=0.0025, metadata=check("a number in [0, 0.1)",
+                                                            lambda v: 0 <= v < 0.1))
+    slippage_bps: float = field(default=5.0, metadata=NON_NEGATIVE)
+    min_order_notional: float = field(default=10.0, metadata=NON_NEGATIVE)
+    initial_cash: float = field(default=100_000.0, metadata=POSITIVE)
+    url_override: str | None = None
+    api_key_id: str | None = None  # prefer systemd credentials or the environment
+    api_secret_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    min_improvement: float = field(default=0.1, metadata=NON_NEGATIVE)
+    max_pbo: float = field(default=0.5, metadata=FRACTION)
+    min_deflated_sharpe: float = field(default=0.5, metadata=check(
+        "a number in [0, 1]", lambda v: 0 <= v <= 1))
+    promotion: str = field(default="pin", metadata=choice("pin", "alone"))
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    # Not from cappuccino.yaml: where the files were read, and the active study.
+    config_dir: str = field(default=DEFAULT_CONFIG_DIR, metadata={"internal": True})
+    active_study: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def storage_url(self) -> str:
+        """The configured storage URL, or the embedded SQLite file in the state dir."""
+        if self.storage.url:
+            return self.storage.url
+        return f"sqlite:///{Path(self.paths.state_dir).resolve() / 'cappuccino.db'}"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.paths.state_dir)
+
+    @property
+    def bar_seconds(self) -> int:
+        return TIMEFRAMES[self.data.timeframe]
+
+
+# --- the generic validator --------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if get_origin(tp) is list:
+        return "a list of " + _type_name(get_args(tp)[0]).removeprefix("a ").removeprefix("an ") + "s"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return names.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError. Only lossless conversions are made."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if type(None) in get_args(tp):  # optional
+        if value is None:
+            return None
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, file, key)
+    if get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(file, key, value, _type_name(tp))
+        return [_coerce(get_args(tp)[0], v, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(file, key, value, _type_name(tp))
+
+
+def _build(cls: type, raw: Any, file: str, prefix: str = "") -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(file, prefix, raw, "a mapping")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(file, path, _NO_VALUE, f"one of the keys {', '.join(fields)}",
+                              got=f", got the unknown key {key!r}{hint}")
+        f = fields[key]
+        coerced = _coerce(hints[key], value, file, path)
+        checked = f.metadata.get("check")
+        if checked and coerced is not None and not checked[1](coerced):
+            raise ConfigError(file, path, value, checked[0])
+        values[key] = coerced
+    return cls(**values)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(path.name, "", _NO_VALUE, f"valid YAML (error at {where}: {e})") from e
+    except OSError as e:
+        raise ConfigError(str(path), "", _NO_VALUE, f"a readable file ({e.strerror})") from e
+
+
+def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
+    """`--config-dir`, else `$CAPPUCCINO_CONFIG_DIR`, else /etc/cappuccino."""
+    return Path(config_dir or os.environ.get("CAPPUCCINO_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+
+
+def load_active_study(config_dir: str | os.PathLike | None = None) -> str | None:
+    """The study named in active_study.yaml, or None when the file does not exist."""
+    path = resolve_config_dir(config_dir) / ACTIVE_STUDY_FILE
+    if not path.exists():
+        return None
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict) or set(raw) - {"study"}:
+        extra = sorted(set(raw) - {"study"}) if isinstance(raw, dict) else None
+        raise ConfigError(ACTIVE_STUDY_FILE, extra[0] if extra else "", _NO_VALUE if extra else raw,
+                          "a mapping with the single key 'study'")
+    study = raw.get("study")
+    if not isinstance(study, str) or not STUDY_NAME_RE.match(study):
+        raise ConfigError(ACTIVE_STUDY_FILE, "study", study,
+                          "a study name of letters, digits, '_', '.', '-' (at most 64)")
+    return study
+
+
+def load_config(config_dir: str | os.PathLike | None = None) -> Config:
+    """Read and validate both files. A missing cappuccino.yaml means all defaults."""
+    directory = resolve_config_dir(config_dir)
+    path = directory / CONFIG_FILE
+    raw = _read_yaml(path) if path.exists() else {}
+    cfg = _build(Config, raw, CONFIG_FILE)
+    _check_cross_fields(cfg)
+    return dataclasses.replace(cfg, config_dir=str(directory),
+                               active_study=load_active_study(directory))
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    if cfg.ensemble.min_members > cfg.ensemble.top_n:
+        raise ConfigError(CONFIG_FILE, "ensemble.min_members", cfg.ensemble.min_members,
+                          f"a number <= ensemble.top_n ({cfg.ensemble.top_n})")
+    if cfg.training.cv_test_groups >= cfg.training.cv_groups:
+        raise ConfigError(CONFIG_FILE, "training.cv_test_groups", cfg.training.cv_test_groups,
+                          f"a number < training.cv_groups ({cfg.training.cv_groups})")
+    if cfg.risk.max_position_pct + cfg.risk.min_cash_reserve_pct <= 0:
+        raise ConfigError(CONFIG_FILE, "risk.max_position_pct", cfg.risk.max_position_pct,
+                          "room to hold something after the cash reserve")
+    if cfg.broker.kind == "alpaca" and not cfg.broker.paper:
+        raise ConfigError(CONFIG_FILE, "broker.paper", False,
+                          "true (Cappuccino trades Alpaca's paper account only)")
+
+
+# --- showing the effective configuration -----------------------------------------------------
+
+SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key)", re.I)
+URL_PASSWORD_RE = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]+)(?P<tail>@)")
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy of `value` with secrets replaced by '***' (keys named like secrets, URL passwords)."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if value is not None and SECRET_KEY_RE.search(key):
+        return "***"
+    if isinstance(value, str):
+        return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", value)
+    return value
+
+
+def effective_config(cfg: Config) -> dict:
+    """The configuration as a plain dict, secrets masked, with derived values filled in."""
+    d = dataclasses.asdict(cfg)
+    d["storage"]["url"] = cfg.storage_url
+    return mask_secrets(d)

@@ -1,0 +1,136 @@
+"""Bars: validation, the closed-bar rule, and alignment of several symbols on one UTC index.
+
+A bar is stamped with its OPEN time (as Binance and Alpaca do) and covers [t, t + bar). It is
+closed, and may drive a decision, once `t + bar + delay <= now`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class DataError(ValueError):
+    """Market data that must not be used: the message names the symbol and the timestamp."""
+
+
+def utc_index(values) -> pd.DatetimeIndex:
+    """Bar open times as a UTC index in nanoseconds (pandas may infer coarser units otherwise,
+    and the grid checks and the cache work on integer nanoseconds)."""
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True), name="t").as_unit("ns")
+
+
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS}, index=utc_index([]))
+
+
+def closed_end(now: pd.Timestamp, bar_seconds: int, delay_s: float) -> pd.Timestamp:
+    """The open time of the first bar that is NOT yet closed at `now`: bars before it are usable."""
+    usable = pd.Timestamp(now).tz_convert("UTC") - pd.Timedelta(seconds=delay_s)
+    return usable.floor(pd.Timedelta(seconds=bar_seconds))
+
+
+def only_closed(df: pd.DataFrame, now: pd.Timestamp, bar_seconds: int,
+                delay_s: float) -> pd.DataFrame:
+    """The rows of `df` whose bar has ended, plus `delay_s`, by `now`."""
+    return df[df.index < closed_end(now, bar_seconds, delay_s)]
+
+
+def validate(symbol: str, df: pd.DataFrame, bar_seconds: int) -> pd.DataFrame:
+    """Check one symbol's bars; raise DataError naming symbol and timestamp on the first fault."""
+    if not df.index.is_monotonic_increasing:
+        bad = df.index[1:][np.diff(df.index.asi8) < 0][0]
+        raise DataError(f"{symbol} {bad}: bars out of order")
+    dup = df.index.duplicated()
+    if dup.any():
+        raise DataError(f"{symbol} {df.index[dup][0]}: duplicate bar")
+    off_grid = (df.index.asi8 // 10**9) % bar_seconds != 0
+    if off_grid.any():
+        raise DataError(f"{symbol} {df.index[off_grid][0]}: not on the {bar_seconds}s bar grid")
+    values = df[list(COLUMNS)].to_numpy(dtype="float64")
+    checks = [
+        (~np.isfinite(values).all(axis=1), "NaN or infinite value"),
+        ((values[:, :4] <= 0).any(axis=1), "non-positive price"),
+        (values[:, 4] < 0, "negative volume"),
+    ]
+    o, h, l, c = (values[:, i] for i in range(4))
+    tol = 1e-9 * np.abs(h)
+    checks.append((
+        (l > np.minimum(o, c) + tol) | (h < np.maximum(o, c) - tol) | (l > h + tol),
+        "OHLC violation (low <= open, close <= high)"))
+    for bad, what in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{symbol} {df.index[i]}: {what}: "
+                            + ", ".join(f"{k}={values[i, j]!r}" for j, k in enumerate(COLUMNS)))
+    return df
+
+
+@dataclass(frozen=True)
+class Bars:
+    """Aligned bars of several symbols: `ohlcv[t, asset, field]`, `filled[t, asset]` marks bars
+    that were missing at the source and forward-filled (flat price, zero volume)."""
+
+    symbols: tuple[str, ...]
+    index: pd.DatetimeIndex
+    ohlcv: np.ndarray
+    filled: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def field(self, name: str) -> np.ndarray:
+        return self.ohlcv[:, :, COLUMNS.index(name)]
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.field("close")
+
+    @property
+    def open(self) -> np.ndarray:
+        return self.field("open")
+
+    def slice(self, start: int, stop: int) -> "Bars":
+        return Bars(self.symbols, self.index[start:stop], self.ohlcv[start:stop],
+                    self.filled[start:stop])
+
+    def between(self, start: pd.Timestamp | None, end: pd.Timestamp | None) -> "Bars":
+        """Bars with open time in [start, end)."""
+        lo = 0 if start is None else int(self.index.searchsorted(pd.Timestamp(start)))
+        hi = len(self) if end is None else int(self.index.searchsorted(pd.Timestamp(end)))
+        return self.slice(lo, hi)
+
+
+def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int) -> Bars:
+    """Put `symbols` (in that order) on one complete UTC grid over their common span.
+
+    Bars missing at the source (exchange-wide maintenance, or one market's gap) are filled
+    with the previous close as open/high/low/close and zero volume, and flagged."""
+    for s in symbols:
+        if frames[s].empty:
+            raise DataError(f"{s}: no bars in the requested range")
+    step = pd.Timedelta(seconds=bar_seconds)
+    first = min(frames[s].index[0] for s in symbols)
+    start = max(frames[s].index[0] for s in symbols)
+    end = min(frames[s].index[-1] for s in symbols)
+    if end < start:
+        raise DataError(f"symbols {', '.join(symbols)} have no common time span")
+    grid = pd.date_range(first, end, freq=step, tz="UTC", name="t").as_unit("ns")
+    out = np.empty((len(grid), len(symbols), len(COLUMNS)))
+    filled = np.zeros((len(grid), len(symbols)), dtype=bool)
+    for a, s in enumerate(symbols):
+        df = frames[s].reindex(grid)
+        missing = df["close"].isna().to_numpy()
+        close = df["close"].ffill()
+        for f in ("open", "high", "low"):
+            df[f] = df[f].fillna(close)
+        df["close"] = close
+        df["volume"] = df["volume"].fillna(0.0)
+        out[:, a, :] = df[list(COLUMNS)].to_numpy()
+        filled[:, a] = missing
+    keep = grid >= start
+    return Bars(tuple(symbols), grid[keep], out[keep], filled[keep])

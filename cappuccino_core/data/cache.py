@@ -1,0 +1,143 @@
+"""A bar cache under the state dir that asks its source only for what it does not hold yet.
+
+One file per source, symbol and timeframe: `<dir>/<source>/<BASE>-<QUOTE>_<tf>.npz` with the bar
+open times (ns), OHLCV and the list of time ranges already asked of the source (`covered`: a
+range with no bars, such as a maintenance window, is covered and never asked again). Only closed
+bars are stored. Each fetched chunk is written atomically before the next is asked for, so a
+crash or Ctrl-C loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .bars import COLUMNS, closed_end, empty_frame, utc_index
+
+
+class BarSource(Protocol):
+    name: str
+
+    def fetch(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame: ...
+
+    def available_until(self, symbol: str) -> pd.Timestamp | None: ...
+
+
+def subtract(want: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of the half-open range `want` that no range in `covered` holds."""
+    gaps, cursor = [], want[0]
+    for lo, hi in sorted(covered):
+        if hi <= cursor or lo >= want[1]:
+            continue
+        if lo > cursor:
+            gaps.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if cursor < want[1]:
+        gaps.append((cursor, want[1]))
+    return gaps
+
+
+def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
+class BarCache:
+    def __init__(self, directory: str | Path, source: BarSource, timeframe: str, bar_seconds: int,
+                 closed_bar_delay_s: float, chunk_bars: int = 2000):
+        self.dir = Path(directory) / source.name
+        self.source = source
+        self.timeframe = timeframe
+        self.bar_seconds = bar_seconds
+        self.delay_s = closed_bar_delay_s
+        self.chunk = pd.Timedelta(seconds=bar_seconds * chunk_bars)
+
+    def path(self, symbol: str) -> Path:
+        return self.dir / f"{symbol.replace('/', '-')}_{self.timeframe}.npz"
+
+    def _read(self, symbol: str) -> tuple[pd.DataFrame, list[tuple[int, int]]]:
+        p = self.path(symbol)
+        if not p.exists():
+            return empty_frame(), []
+        with np.load(p, allow_pickle=False) as z:
+            df = pd.DataFrame(z["ohlcv"], columns=list(COLUMNS),
+                              index=utc_index(z["t"]))
+            covered = [tuple(map(int, r)) for r in z["covered"]]
+        return df, covered
+
+    def _write(self, symbol: str, df: pd.DataFrame, covered: list[tuple[int, int]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(fh, t=df.index.asi8, ohlcv=df[list(COLUMNS)].to_numpy(),
+                                    covered=np.array(covered, dtype="int64").reshape(-1, 2))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path(symbol))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def missing(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
+                now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        """The ranges of [start, end) that must still be asked of the source."""
+        end = min(end, closed_end(now, self.bar_seconds, self.delay_s))
+        if end <= start:
+            return []
+        _, covered = self._read(symbol)
+        return [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC"))
+                for lo, hi in subtract((start.value, end.value), covered)]
+
+    def chunks(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
+               now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        """The missing ranges cut into source requests of at most `chunk_bars` bars."""
+        out = []
+        for lo, hi in self.missing(symbol, start, end, now):
+            while lo < hi:
+                out.append((lo, min(hi, lo + self.chunk)))
+                lo = out[-1][1]
+        return out
+
+    def fill_chunk(self, symbol: str, lo: pd.Timestamp, hi: pd.Timestamp) -> int:
+        """Fetch [lo, hi) from the source, store it, and return the number of new bars."""
+        fresh = self.source.fetch(symbol, lo, hi)
+        until = self.source.available_until(symbol)
+        if until is not None:
+            hi = max(lo, min(hi, until))
+        df, covered = self._read(symbol)
+        before = len(df)
+        df = pd.concat([df, fresh]) if len(df) else fresh
+        df = df[~df.index.duplicated(keep="last")].sort_index()
+        grown = merge(covered + [(lo.value, hi.value)]) if hi > lo else covered
+        if len(df) != before or grown != covered:
+            self._write(symbol, df, grown)
+        return len(df) - before
+
+    def update(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp,
+               on_chunk: Callable[[int], None] | None = None) -> int:
+        """Make the cache hold every closed bar of [start, end); returns the bars added."""
+        added = 0
+        for lo, hi in self.chunks(symbol, start, end, now):
+            n = self.fill_chunk(symbol, lo, hi)
+            added += n
+            if on_chunk:
+                on_chunk(n)
+        return added
+
+    def read(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
+             now: pd.Timestamp) -> pd.DataFrame:
+        """Cached closed bars with open time in [start, end)."""
+        df, _ = self._read(symbol)
+        end = min(end, closed_end(now, self.bar_seconds, self.delay_s))
+        return df[(df.index >= start) & (df.index < end)]

@@ -1,0 +1,36 @@
+"""What every daemon shares with systemd: journald-friendly logging and sd_notify."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# syslog priorities, so `journalctl -p warning` works on our stdout/stderr lines.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefixes each line with `<N>` (journald reads it as the priority); no timestamp,
+    since journald adds its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Journald format when run by systemd (JOURNAL_STREAM is set), readable lines on a terminal."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,246 @@
+"""Storage: one URL gives both the Optuna storage and the application's own tables.
+
+PostgreSQL is the shared, scale-out backend; a SQLite file is the embedded default. The app's
+tables live in the same database as Optuna's, prefixed `cappuccino_`, and are created and
+upgraded by numbered migrations. The applied version is recorded in `cappuccino_schema`; a newer
+release starting on an older database applies the missing migrations and keeps every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` names the psycopg2 driver explicitly (SQLAlchemy 2.1 would pick psycopg 3)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def engine_kwargs(url: str, pool_size: int = 5, max_overflow: int = 10,
+                  sqlite_busy_timeout_s: float = 30.0) -> dict:
+    """SQLAlchemy engine options per backend: a busy timeout for SQLite (several processes share
+    the file), a checked pool for PostgreSQL (connections die across server restarts)."""
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": sqlite_busy_timeout_s}}
+    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if is_sqlite(url) and url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
+                        sqlite_busy_timeout_s: float = 30.0, heartbeat_interval: int | None = None,
+                        grace_period: int | None = None,
+                        failed_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
+    """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for."""
+    _ensure_sqlite_dir(url)
+    return optuna.storages.RDBStorage(
+        driver_url(url), engine_kwargs=engine_kwargs(url, pool_size, max_overflow, sqlite_busy_timeout_s),
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        failed_trial_callback=failed_trial_callback)
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    _ensure_sqlite_dir(url)
+    return sa.create_engine(driver_url(url), **engine_kwargs(url, **kwargs))
+
+
+# --- the application's tables ----------------------------------------------------------------
+
+metadata = sa.MetaData()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+schema = sa.Table(
+    "cappuccino_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False))
+
+orders = sa.Table(
+    "cappuccino_orders", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("client_order_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("trader", sa.String(64), nullable=False),
+    sa.Column("bar_time", sa.DateTime(timezone=True)),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Float),
+    sa.Column("notional", sa.Float),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("broker_order_id", sa.String(64)),
+    sa.Column("filled_qty", sa.Float, nullable=False, default=0.0),
+    sa.Column("filled_avg_price", sa.Float),
+    sa.Column("fee", sa.Float, nullable=False, default=0.0),
+    sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False, default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, default=_now))
+
+fills = sa.Table(
+    "cappuccino_fills", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("client_order_id", sa.String(128), nullable=False, index=True),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Float, nullable=False),
+    sa.Column("price", sa.Float, nullable=False),
+    sa.Column("fee", sa.Float, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now))
+
+trader_state = sa.Table(
+    "cappuccino_trader_state", metadata,
+    sa.Column("trader", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, default=_now))
+
+equity_snapshots = sa.Table(
+    "cappuccino_equity_snapshots", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("trader", sa.String(64), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("equity", sa.Float, nullable=False),
+    sa.Column("cash", sa.Float, nullable=False),
+    sa.Column("positions", sa.JSON, nullable=False))
+
+ensemble_versions = sa.Table(
+    "cappuccino_ensemble_versions", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("study", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, default=_now),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("manifest", sa.JSON, nullable=False))
+
+deploy_decisions = sa.Table(
+    "cappuccino_deploy_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now),
+    sa.Column("study", sa.String(128), nullable=False),
+    sa.Column("candidate_trial_id", sa.Integer),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("promoted", sa.Boolean, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False))
+
+events = sa.Table(
+    "cappuccino_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON),
+    # Added by migration 2: groups the events of one incident (alert once per incident).
+    sa.Column("incident_key", sa.String(128)))
+
+
+# --- migrations: append only, never edit a released one ---------------------------------------
+
+def _migration_1(conn: Connection) -> None:
+    """The first schema: every table as released in 0.1, without events.incident_key."""
+    for table in metadata.sorted_tables:
+        if table is schema:
+            continue
+        cols = [c.copy() for c in table.columns if not (table is events and c.name == "incident_key")]
+        sa.Table(table.name, sa.MetaData(), *cols).create(conn, checkfirst=True)
+
+
+def _migration_2(conn: Connection) -> None:
+    """events.incident_key, and the indexes the trader and the monitor query by."""
+    conn.execute(sa.text("ALTER TABLE cappuccino_events ADD COLUMN incident_key VARCHAR(128)"))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_cappuccino_events_incident "
+                         "ON cappuccino_events (incident_key)"))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_cappuccino_orders_trader_bar "
+                         "ON cappuccino_orders (trader, bar_time)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(engine: Engine) -> int:
+    """The highest applied migration, 0 for a database without the app's tables."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(schema.name):
+            return 0
+        return conn.execute(sa.select(sa.func.max(schema.c.version))).scalar() or 0
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine):
+    """Serialises migrations of one SQLite file across processes (pysqlite runs DDL outside
+    transactions, so the database's own lock cannot)."""
+    db = engine.url.database
+    if not db or db == ":memory:":
+        yield
+        return
+    with open(f"{db}.migrate.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations up to `target`, each in its own transaction, and return the
+    version reached. Safe to run from several processes at once: on PostgreSQL an advisory lock
+    serialises them, on SQLite a lock file beside the database."""
+    lock = _sqlite_file_lock(engine) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+    with lock:
+        _migrate_locked(engine, target)
+    return schema_version(engine)
+
+
+def _migrate_locked(engine: Engine, target: int) -> None:
+    if engine.dialect.name == "postgresql":  # two first starts must not both create the table
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(727001)"))
+            schema.create(conn, checkfirst=True)
+    else:
+        schema.create(engine, checkfirst=True)
+    for number in range(1, target + 1):
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727001)"))
+            done = conn.execute(sa.select(schema.c.version).where(schema.c.version == number))
+            if done.first():
+                continue
+            log.info("applying storage migration %d: %s", number,
+                     (MIGRATIONS[number - 1].__doc__ or "").strip().splitlines()[0])
+            MIGRATIONS[number - 1](conn)
+            conn.execute(schema.insert().values(version=number, applied_at=_now()))
+
+
+def open_app_db(url: str, **engine_options) -> Engine:
+    """An engine on `url` with the app's tables created or upgraded to the current version."""
+    engine = make_engine(url, **engine_options)
+    migrate(engine)
+    return engine
+
+
+def record_event(engine: Engine, source: str, level: str, kind: str, message: str,
+                 data: dict | None = None, incident_key: str | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(events.insert().values(source=source, level=level, kind=kind,
+                                            message=message, data=data,
+                                            incident_key=incident_key))

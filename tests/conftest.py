@@ -1,0 +1,67 @@
+"""Shared fixtures: a throwaway PostgreSQL database, config directories, the real data set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# The real hourly data beside the checkout (../shared), or where CAPPUCCINO_SHARED_DATA says.
+SHARED_DATA = Path(os.environ.get("CAPPUCCINO_SHARED_DATA",
+                                  REPO.parent / "shared" / "data" / "binance_spot_1h"))
+# A role allowed to create databases; .ci/run creates `cappuccino` with CREATEDB.
+PG_ADMIN_URL = os.environ.get("CAPPUCCINO_TEST_PG_ADMIN_URL",
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real market data not found at {SHARED_DATA} (set CAPPUCCINO_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"cappuccino_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(PG_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """Each test using it runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cappuccino.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def write_config(directory: Path, config: dict, active_study: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cappuccino.yaml").write_text(yaml.safe_dump(config))
+    if active_study:
+        (directory / "active_study.yaml").write_text(yaml.safe_dump({"study": active_study}))
+    return directory
+
+
+@pytest.fixture
+def config_dir(tmp_path) -> Path:
+    """A config dir whose state dir is inside the test's tmp_path."""
+    return write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")}})

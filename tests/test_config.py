@@ -1,0 +1,130 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cappuccino_core import cli
+from cappuccino_core.config import ConfigError, load_config, mask_secrets
+
+from conftest import REPO, write_config
+
+
+def test_defaults_without_files(tmp_path):
+    cfg = load_config(tmp_path)
+    assert cfg.risk.trailing_stop_pct == 0.10
+    assert cfg.ensemble.top_n == 10 and cfg.ensemble.min_members == 5
+    assert cfg.broker.kind == "sim" and cfg.broker.taker_fee == 0.0025
+    assert cfg.storage_url == f"sqlite:///{cfg.state_dir.resolve() / 'cappuccino.db'}"
+    assert cfg.active_study is None
+
+
+def test_example_files_are_valid():
+    cfg = load_config(REPO / "config")
+    assert cfg.active_study == "demo"
+    assert cfg.data.symbols[0] == "BTC/USD"
+
+
+def test_values_are_read_and_typed(tmp_path):
+    write_config(tmp_path, {"risk": {"trailing_stop_pct": 0.2, "max_position_pct": 1},
+                            "storage": {"url": "postgresql://u:pw@db/x"}}, active_study="s1")
+    cfg = load_config(tmp_path)
+    assert cfg.risk.trailing_stop_pct == 0.2
+    assert cfg.risk.max_position_pct == 1.0 and isinstance(cfg.risk.max_position_pct, float)
+    assert cfg.storage_url == "postgresql://u:pw@db/x"
+    assert cfg.active_study == "s1"
+
+
+def test_bad_value_names_file_key_value_and_expectation(tmp_path):
+    write_config(tmp_path, {"risk": {"trailing_stop_pct": 10}})
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert str(e.value) == ("cappuccino.yaml: risk.trailing_stop_pct: "
+                            "expected a number in (0, 1), got 10")
+
+
+@pytest.mark.parametrize("config, key, fragment", [
+    ({"risk": {"trailng_stop_pct": 0.1}}, "risk.trailng_stop_pct", "did you mean 'trailing_stop_pct'"),
+    ({"riks": {}}, "riks", "did you mean 'risk'"),
+    ({"data": {"symbols": ["BTC/USD", "btc"]}}, "data.symbols", "distinct symbols like BTC/USD"),
+    ({"data": {"symbols": "BTC/USD"}}, "data.symbols", "a list of strings"),
+    ({"data": {"timeframe": "1H"}}, "data.timeframe", "one of 1m, 5m, 15m, 1h"),
+    ({"broker": {"paper": "yes"}}, "broker.paper", "true or false"),
+    ({"ensemble": {"top_n": 3, "min_members": 5}}, "ensemble.min_members", "<= ensemble.top_n"),
+    ({"training": {"cv_groups": 2.5}}, "training.cv_groups", "an integer"),
+    ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql:// or sqlite:///"),
+    ({"broker": {"kind": "alpaca", "paper": False}}, "broker.paper", "paper account only"),
+    (["not", "a", "mapping"], "", "a mapping"),
+])
+def test_invalid_files_are_refused_with_the_key(tmp_path, config, key, fragment):
+    write_config(tmp_path, config)
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert e.value.key == key
+    assert fragment in str(e.value)
+    assert str(e.value).startswith("cappuccino.yaml: ")
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    (tmp_path / "cappuccino.yaml").write_text("risk:\n  trailing_stop_pct: [0.1\n")
+    with pytest.raises(ConfigError, match=r"cappuccino.yaml: expected valid YAML \(error at line"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["study: ''\n", "study: 'a b'\n", "studdy: x\n",
+                                     "study: x\nother: 1\n", "- x\n"])
+def test_bad_active_study(tmp_path, content):
+    (tmp_path / "active_study.yaml").write_text(content)
+    with pytest.raises(ConfigError, match=r"^active_study.yaml: "):
+        load_config(tmp_path)
+
+
+def test_config_dir_from_environment(tmp_path, monkeypatch):
+    write_config(tmp_path, {"ensemble": {"top_n": 7}})
+    monkeypatch.setenv("CAPPUCCINO_CONFIG_DIR", str(tmp_path))
+    assert load_config().ensemble.top_n == 7
+    assert load_config(tmp_path / "elsewhere").ensemble.top_n == 10  # the argument wins
+
+
+def test_secrets_are_masked():
+    masked = mask_secrets({"storage": {"url": "postgresql://trader:hunter2@db:5432/x"},
+                           "broker": {"api_secret_key": "s3cr3t", "api_key_id": "AKID",
+                                      "kind": "alpaca"}})
+    assert masked["storage"]["url"] == "postgresql://trader:***@db:5432/x"
+    assert masked["broker"] == {"api_secret_key": "***", "api_key_id": "***", "kind": "alpaca"}
+
+
+def test_config_check_command(tmp_path, capsys):
+    write_config(tmp_path, {"storage": {"url": "postgresql://u:hunter2@db/x"}})
+    assert cli.main(["config", "check", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "postgresql://u:***@db/x" in out and "hunter2" not in out
+    write_config(tmp_path, {"risk": {"trailng_stop_pct": 0.1}})
+    assert cli.main(["--config-dir", str(tmp_path), "config", "check"]) == 2
+    assert "risk.trailng_stop_pct" in capsys.readouterr().err
+
+
+def test_console_script_exit_codes(tmp_path):
+    """The installed `cappuccino` script itself, as an operator runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "cappuccino")
+    ok = subprocess.run([exe, "config", "check", "--config-dir", str(REPO / "config")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    write_config(tmp_path, {"risk": {"trailing_stop_pct": 0.1, "max_positon_pct": 0.2}})
+    bad = subprocess.run([exe, "config", "check", "--config-dir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "cappuccino.yaml: risk.max_positon_pct" in bad.stderr
+
+
+def test_every_subcommand_has_help():
+    parser = cli.build_parser()
+    seen = 0
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            assert sub.description, name
+            for nested in getattr(sub, "_subparsers", None)._group_actions if sub._subparsers else []:
+                for sub_name, leaf in nested.choices.items():
+                    assert leaf.description, f"{name} {sub_name}"
+                    seen += 1
+    assert seen >= 2

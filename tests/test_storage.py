@@ -1,0 +1,76 @@
+"""Storage on both backends: SQLite (embedded default) and real PostgreSQL."""
+
+import multiprocessing as mp
+
+import optuna
+import sqlalchemy as sa
+
+from cappuccino_core import storage
+
+
+def test_optuna_storage_round_trip(storage_url):
+    st = storage.make_optuna_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=st, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    again = optuna.load_study(study_name="s", storage=storage.make_optuna_storage(storage_url))
+    assert len(again.trials) == 3
+    assert again.best_value == max(t.value for t in study.trials)
+
+
+def test_engine_options_per_backend():
+    assert storage.engine_kwargs("sqlite:///x.db", sqlite_busy_timeout_s=7) == {
+        "connect_args": {"timeout": 7}}
+    pg = storage.engine_kwargs("postgresql://h/db", pool_size=3, max_overflow=1)
+    assert pg == {"pool_pre_ping": True, "pool_size": 3, "max_overflow": 1}
+
+
+def test_app_tables_created_idempotently_beside_optuna(storage_url):
+    storage.make_optuna_storage(storage_url)  # Optuna's tables first, as a trainer would
+    engine = storage.open_app_db(storage_url)
+    assert storage.schema_version(engine) == storage.SCHEMA_VERSION
+    storage.record_event(engine, "test", "info", "hello", "first")
+    engine2 = storage.open_app_db(storage_url)  # a second start changes nothing
+    assert storage.schema_version(engine2) == storage.SCHEMA_VERSION
+    names = set(sa.inspect(engine2).get_table_names())
+    assert {t.name for t in storage.metadata.sorted_tables} <= names
+    assert {"studies", "trials"} <= names  # Optuna's, untouched
+    with engine2.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(storage.events)).scalar() == 1
+
+
+def test_upgrade_from_older_schema_keeps_rows(storage_url):
+    engine = storage.make_engine(storage_url)
+    assert storage.migrate(engine, target=1) == 1  # what release 0.1 created
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO cappuccino_events (ts, source, level, kind, message) "
+                             "VALUES (CURRENT_TIMESTAMP, 'old', 'info', 'k', 'kept')"))
+        conn.execute(storage.orders.insert().values(
+            client_order_id="cap-1", trader="t", symbol="BTC/USD", side="buy", qty=0.5,
+            reason="rebalance", status="filled"))
+    assert "incident_key" not in {c["name"] for c in sa.inspect(engine).get_columns("cappuccino_events")}
+
+    upgraded = storage.open_app_db(storage_url)  # a newer release starts on the old database
+    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 2
+    with upgraded.connect() as conn:
+        row = conn.execute(sa.select(storage.events)).one()
+        assert row.message == "kept" and row.incident_key is None
+        assert conn.execute(sa.select(storage.orders.c.qty)).scalar() == 0.5
+    storage.record_event(upgraded, "new", "warning", "k", "with key", incident_key="drawdown")
+
+
+def _migrate_in_child(url):
+    storage.open_app_db(url)
+
+
+def test_concurrent_first_starts_do_not_collide(storage_url):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_migrate_in_child, args=(storage_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    engine = storage.make_engine(storage_url)
+    with engine.connect() as conn:
+        versions = conn.execute(sa.select(storage.schema.c.version)).scalars().all()
+    assert sorted(versions) == list(range(1, storage.SCHEMA_VERSION + 1))
