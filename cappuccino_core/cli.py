@@ -53,6 +53,11 @@ CONFIG_DIR_HELP = ("directory holding cappuccino.yaml and active_study.yaml "
                    "(default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino)")
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.workdir)
+
+
 def _common_options() -> argparse.ArgumentParser:
     """Options every subcommand accepts after its name too (`cappuccino config check --config-dir`)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -96,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--progress", action="store_true",
                        help="show the progress bar even when stderr is not a terminal")
     fetch.set_defaults(func=cmd_data_fetch)
+
+    demo = sub.add_parser(
+        "demo", help="run the pipeline on the embedded defaults in a temporary state dir",
+        description="Run the pipeline end to end on the embedded defaults (SQLite, bundled "
+                    "sample data, simulated broker) in a temporary directory; no network needed.")
+    demo.add_argument("--workdir", help="directory for the demo's config and state "
+                      "(default: a new temporary directory)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -124,8 +124,8 @@ class CountingSource:
         self.calls.append((symbol, start, end))
         return self.inner.fetch(symbol, start, end)
 
-    def available_until(self, symbol):
-        return self.inner.available_until(symbol)
+    def extent(self, symbol):
+        return self.inner.extent(symbol)
 
 
 def test_cache_asks_only_for_missing_ranges(tmp_path, shared_data):
@@ -157,7 +157,8 @@ def test_cache_survives_restart_and_stores_only_closed_bars(tmp_path):
     reopened = BarCache(tmp_path / "cache", src, "1h", H, 10)
     missing = reopened.missing("AAA/USD", t("2023-01-01"), t("2023-01-03"),
                                now=t("2023-01-03 00:00:10"))
-    assert missing == [(t("2023-01-01 11:00"), t("2023-01-03"))]
+    # from the first bar not closed at the first fetch to the end of the file's last full bar
+    assert missing == [(t("2023-01-01 11:00"), t("2023-01-02 23:00"))]
 
 
 def test_range_subtraction():

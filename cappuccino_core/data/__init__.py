@@ -60,8 +60,8 @@ def fetch_into_cache(cache: BarCache, symbols: list[str], start: pd.Timestamp, e
     with bar:
         for symbol, chunks in plan.items():
             added[symbol] = 0
+            bar.set_postfix_str(symbol)
             for lo, hi in chunks:
-                bar.set_postfix_str(f"{symbol} {lo:%Y-%m-%d}")
                 added[symbol] += cache.fill_chunk(symbol, lo, hi)
                 bar.update(1)
     return added

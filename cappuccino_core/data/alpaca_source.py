@@ -96,5 +96,5 @@ class AlpacaSource:
         validate(symbol, df, self.bar_seconds)
         return df[(df.index >= start) & (df.index < end)]
 
-    def available_until(self, symbol: str) -> None:
-        return None  # a live feed: everything closed is available
+    def extent(self, symbol: str) -> None:
+        return None  # a live feed: any closed range may hold bars

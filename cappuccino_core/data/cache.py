@@ -25,7 +25,8 @@ class BarSource(Protocol):
 
     def fetch(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame: ...
 
-    def available_until(self, symbol: str) -> pd.Timestamp | None: ...
+    def extent(self, symbol: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """Where the source's data lies, when it knows (files); None for a live feed."""
 
 
 def subtract(want: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -93,6 +94,9 @@ class BarCache:
                 now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
         """The ranges of [start, end) that must still be asked of the source."""
         end = min(end, closed_end(now, self.bar_seconds, self.delay_s))
+        extent = self.source.extent(symbol)
+        if extent is not None:
+            start, end = max(start, extent[0]), min(end, extent[1])
         if end <= start:
             return []
         _, covered = self._read(symbol)
@@ -112,9 +116,6 @@ class BarCache:
     def fill_chunk(self, symbol: str, lo: pd.Timestamp, hi: pd.Timestamp) -> int:
         """Fetch [lo, hi) from the source, store it, and return the number of new bars."""
         fresh = self.source.fetch(symbol, lo, hi)
-        until = self.source.available_until(symbol)
-        if until is not None:
-            hi = max(lo, min(hi, until))
         df, covered = self._read(symbol)
         before = len(df)
         df = pd.concat([df, fresh]) if len(df) else fresh

@@ -50,12 +50,13 @@ class CsvSource:
         df = self._load(symbol)
         return df[(df.index >= start) & (df.index < end)]
 
-    def available_until(self, symbol: str) -> pd.Timestamp | None:
-        """End of what the file holds: asking past it later may find appended rows."""
+    def extent(self, symbol: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """[first bar, end of last bar) in the file: nothing outside it is worth asking for.
+        Asking past the end later may find appended rows."""
         df = self._load(symbol)
         if df.empty:
             return None
-        return df.index[-1] + pd.Timedelta(seconds=self.bar_seconds)
+        return df.index[0], df.index[-1] + pd.Timedelta(seconds=self.bar_seconds)
 
 
 @lru_cache(maxsize=64)
