@@ -152,19 +152,25 @@ events = sa.Table(
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data", sa.JSON),
-    # Added by migration 2: groups the events of one incident (alert once per incident).
-    sa.Column("incident_key", sa.String(128)))
+    # Groups the events of one incident (alert once per incident).
+    sa.Column("incident_key", sa.String(128), info={"since": 2}))
 
 
 # --- migrations: append only, never edit a released one ---------------------------------------
 
+def _columns_of_release(table: sa.Table, release: int) -> list[sa.Column]:
+    """Fresh copies of the columns that existed at schema `release` (info["since"], default 1)."""
+    return [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
+                      unique=c.unique, index=c.index, autoincrement=c.autoincrement)
+            for c in table.columns if c.info.get("since", 1) <= release]
+
+
 def _migration_1(conn: Connection) -> None:
     """The first schema: every table as released in 0.1, without events.incident_key."""
     for table in metadata.sorted_tables:
-        if table is schema:
-            continue
-        cols = [c.copy() for c in table.columns if not (table is events and c.name == "incident_key")]
-        sa.Table(table.name, sa.MetaData(), *cols).create(conn, checkfirst=True)
+        if table is not schema:
+            sa.Table(table.name, sa.MetaData(), *_columns_of_release(table, 1)).create(
+                conn, checkfirst=True)
 
 
 def _migration_2(conn: Connection) -> None:
