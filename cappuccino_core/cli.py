@@ -53,6 +53,16 @@ CONFIG_DIR_HELP = ("directory holding cappuccino.yaml and active_study.yaml "
                    "(default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino)")
 
 
+def cmd_train(args) -> int:
+    if args.action:
+        print(f"`cappuccino train {args.action}` manages the systemd units; not available yet",
+              file=sys.stderr)
+        return 2
+    from .training.foreground import train_foreground
+    cfg = load_config(args.config_dir)
+    return train_foreground(cfg, args.study or cfg.active_study, args.n_trials, args.workers)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -101,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--progress", action="store_true",
                        help="show the progress bar even when stderr is not a terminal")
     fetch.set_defaults(func=cmd_data_fetch)
+
+    train = sub.add_parser(
+        "train", parents=[common], help="run training workers for a study in the foreground",
+        description="Run W training workers for a study in the foreground, with a progress bar, "
+                    "until the study has N finished trials. The target is stored in the study, "
+                    "so every worker (also under systemd, on any host) stops there.")
+    train.add_argument("action", nargs="?", choices=["start", "stop"],
+                       help="(systemd) start or stop cappuccino-train@STUDY units instead")
+    train.add_argument("--study", help="study name (default: the active study)")
+    train.add_argument("--n-trials", type=int, help="target number of finished trials")
+    train.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    train.set_defaults(func=cmd_train)
 
     demo = sub.add_parser(
         "demo", help="run the pipeline on the embedded defaults in a temporary state dir",

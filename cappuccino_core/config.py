@@ -104,6 +104,9 @@ class TrainingConfig:
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
     total_timesteps: int = field(default=200_000, metadata=POSITIVE)
     n_envs: int = field(default=64, metadata=POSITIVE)
+    heartbeat_interval_s: int = field(default=30, metadata=POSITIVE)
+    heartbeat_grace_s: int = field(default=120, metadata=POSITIVE)
+    max_retry: int = field(default=2, metadata=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.ensemble.min_members > cfg.ensemble.top_n:
         raise ConfigError(CONFIG_FILE, "ensemble.min_members", cfg.ensemble.min_members,
                           f"a number <= ensemble.top_n ({cfg.ensemble.top_n})")
+    if cfg.training.heartbeat_grace_s <= cfg.training.heartbeat_interval_s:
+        raise ConfigError(CONFIG_FILE, "training.heartbeat_grace_s", cfg.training.heartbeat_grace_s,
+                          "a number > training.heartbeat_interval_s "
+                          f"({cfg.training.heartbeat_interval_s})")
     if cfg.training.cv_test_groups >= cfg.training.cv_groups:
         raise ConfigError(CONFIG_FILE, "training.cv_test_groups", cfg.training.cv_test_groups,
                           f"a number < training.cv_groups ({cfg.training.cv_groups})")

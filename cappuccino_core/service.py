@@ -34,3 +34,42 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Notifier:
+    """sd_notify for a Type=notify service; does nothing outside systemd (no NOTIFY_SOCKET).
+
+    Call `watchdog()` from the main loop itself, never from a side thread, so that a hung loop
+    stops the pings and systemd restarts the service."""
+
+    def __init__(self):
+        self._socket = os.environ.get("NOTIFY_SOCKET")
+        self._notifier = None
+        if self._socket:
+            import sdnotify
+            self._notifier = sdnotify.SystemdNotifier()
+        self.last_status = ""
+
+    @property
+    def active(self) -> bool:
+        return self._notifier is not None
+
+    def _send(self, message: str) -> None:
+        if self._notifier:
+            self._notifier.notify(message)
+
+    def ready(self, status: str | None = None) -> None:
+        self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def status(self, text: str) -> None:
+        self.last_status = text
+        self._send(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        self._send("RELOADING=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")

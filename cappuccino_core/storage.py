@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -50,13 +51,15 @@ def _ensure_sqlite_dir(url: str) -> None:
 def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         sqlite_busy_timeout_s: float = 30.0, heartbeat_interval: int | None = None,
                         grace_period: int | None = None,
-                        failed_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
+                        heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
     """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for."""
     _ensure_sqlite_dir(url)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                            message=".*heartbeat_interval.*")
     return optuna.storages.RDBStorage(
         driver_url(url), engine_kwargs=engine_kwargs(url, pool_size, max_overflow, sqlite_busy_timeout_s),
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        failed_trial_callback=failed_trial_callback)
+        heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -10,7 +10,8 @@ import pytest
 from cappuccino_core import cli
 from cappuccino_core.config import load_config
 from cappuccino_core.data import DataError, align, load_bars, only_closed
-from cappuccino_core.data.cache import BarCache, subtract
+from cappuccino_core.data.cache import BarCache
+from cappuccino_core.intervals import uncovered
 from cappuccino_core.data.csv_source import CsvSource
 
 from conftest import write_config
@@ -162,10 +163,10 @@ def test_cache_survives_restart_and_stores_only_closed_bars(tmp_path):
 
 
 def test_range_subtraction():
-    assert subtract((0, 10), []) == [(0, 10)]
-    assert subtract((0, 10), [(2, 4), (6, 8)]) == [(0, 2), (4, 6), (8, 10)]
-    assert subtract((0, 10), [(-5, 20)]) == []
-    assert subtract((3, 7), [(0, 4), (6, 9)]) == [(4, 6)]
+    assert uncovered((0, 10), []) == [(0, 10)]
+    assert uncovered((0, 10), [(2, 4), (6, 8)]) == [(0, 2), (4, 6), (8, 10)]
+    assert uncovered((0, 10), [(-5, 20)]) == []
+    assert uncovered((3, 7), [(0, 4), (6, 9)]) == [(4, 6)]
 
 
 def test_bundled_sample_loads(tmp_path, config_dir):

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
+from ..intervals import merge, uncovered
 from .bars import COLUMNS, closed_end, empty_frame, utc_index
 
 
@@ -27,30 +28,6 @@ class BarSource(Protocol):
 
     def extent(self, symbol: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         """Where the source's data lies, when it knows (files); None for a live feed."""
-
-
-def subtract(want: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of the half-open range `want` that no range in `covered` holds."""
-    gaps, cursor = [], want[0]
-    for lo, hi in sorted(covered):
-        if hi <= cursor or lo >= want[1]:
-            continue
-        if lo > cursor:
-            gaps.append((cursor, lo))
-        cursor = max(cursor, hi)
-    if cursor < want[1]:
-        gaps.append((cursor, want[1]))
-    return gaps
-
-
-def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(lo, hi) for lo, hi in out]
 
 
 class BarCache:
@@ -101,7 +78,7 @@ class BarCache:
             return []
         _, covered = self._read(symbol)
         return [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC"))
-                for lo, hi in subtract((start.value, end.value), covered)]
+                for lo, hi in uncovered((start.value, end.value), covered)]
 
     def chunks(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
                now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:

@@ -17,7 +17,7 @@ from .bars import Bars
 
 
 def synthetic_market(n_assets: int = 4, n_bars: int = 4000, seed: int = 0,
-                     drift: float = 0.002, vol: float = 0.008, mean_regime_bars: float = 96.0,
+                     drift: float = 0.003, vol: float = 0.008, mean_regime_bars: float = 150.0,
                      start: str = "2022-01-01", bar_seconds: int = 3600) -> Bars:
     rng = np.random.default_rng(seed)
     regime = _draw_regime(rng, n_bars, n_assets, mean_regime_bars)
@@ -37,7 +37,7 @@ def synthetic_market(n_assets: int = 4, n_bars: int = 4000, seed: int = 0,
 
 
 def planted_regime(n_assets: int = 4, n_bars: int = 4000, seed: int = 0,
-                   mean_regime_bars: float = 96.0) -> np.ndarray:
+                   mean_regime_bars: float = 150.0) -> np.ndarray:
     """The hidden regimes of `synthetic_market` with the same arguments (for tests)."""
     return _draw_regime(np.random.default_rng(seed), n_bars, n_assets, mean_regime_bars)
 

@@ -1,0 +1,97 @@
+"""Backtests: a policy through the same environment over one contiguous range, and metrics.
+
+Used by the objective (each CV test split), by validation and by `cappuccino backtest`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .env import BatchedTradingEnv, EnvSettings, Market
+
+HOURS_PER_YEAR = 24 * 365
+
+
+def sharpe(returns: np.ndarray, periods_per_year: float = HOURS_PER_YEAR) -> float:
+    """Annualised Sharpe ratio of per-bar simple returns (risk-free 0); 0 for a flat series."""
+    r = np.asarray(returns, dtype=float)
+    sd = r.std(ddof=1) if len(r) > 1 else 0.0
+    return 0.0 if sd < 1e-12 else float(r.mean() / sd * math.sqrt(periods_per_year))
+
+
+def sortino(returns: np.ndarray, periods_per_year: float = HOURS_PER_YEAR) -> float:
+    r = np.asarray(returns, dtype=float)
+    downside = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) if len(r) else 0.0
+    return 0.0 if downside < 1e-12 else float(r.mean() / downside * math.sqrt(periods_per_year))
+
+
+def max_drawdown(equity: np.ndarray) -> float:
+    """Largest peak-to-trough fall, as a positive fraction."""
+    e = np.asarray(equity, dtype=float)
+    return float(np.max(1 - e / np.maximum.accumulate(e))) if len(e) else 0.0
+
+
+@dataclass
+class BacktestResult:
+    equity: np.ndarray          # equity after each bar, starting with the initial cash
+    returns: np.ndarray         # per-bar simple returns
+    fees: float
+    turnover: float             # traded notional / mean equity
+    stops: int
+    benchmark_equity: np.ndarray  # equal-weight buy-and-hold, same bars, buy fee paid
+    weights: np.ndarray         # asset weights chosen at each decision [bars, A]
+
+    @property
+    def benchmark_returns(self) -> np.ndarray:
+        return self.benchmark_equity[1:] / self.benchmark_equity[:-1] - 1
+
+    def metrics(self) -> dict:
+        years = len(self.returns) / HOURS_PER_YEAR
+        total = float(self.equity[-1] / self.equity[0] - 1)
+        dd = max_drawdown(self.equity)
+        annual = (1 + total) ** (1 / years) - 1 if years > 0 and total > -1 else -1.0
+        bh_total = float(self.benchmark_equity[-1] / self.benchmark_equity[0] - 1)
+        return {
+            "total_return": total, "sharpe": sharpe(self.returns),
+            "sortino": sortino(self.returns), "max_drawdown": dd,
+            "calmar": annual / dd if dd > 1e-12 else 0.0, "turnover": self.turnover,
+            "fees": self.fees, "stops": self.stops, "bars": len(self.returns),
+            "bh_total_return": bh_total, "bh_sharpe": sharpe(self.benchmark_returns),
+            "bh_max_drawdown": max_drawdown(self.benchmark_equity),
+        }
+
+
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
+                 settings: EnvSettings) -> BacktestResult:
+    """Decisions at bars lo .. hi-2 (each filled at the next bar's open), one episode, N = 1."""
+    s = dataclasses.replace(settings, episode_bars=hi - 1 - lo)
+    env = BatchedTradingEnv(market, [(lo, hi)], 1, s, fixed_start=True)
+    obs = env.reset()
+    start = int(env.t[0])
+    equity, weights = [s.initial_cash], []
+    fees = turnover = 0.0
+    stops = 0
+    for _ in range(int(env.t_end[0]) - start):
+        w = policy(obs)
+        weights.append(w[0, :-1].double().cpu().numpy())
+        obs, _, _, info = env.step(w)
+        equity.append(float(info["equity"][0]))
+        fees += float(info["fees"][0])
+        turnover += float(info["turnover"][0])
+        stops += int(info["stops"][0])
+    equity = np.array(equity)
+    close = market.close[start:start + len(equity)].cpu().numpy()
+    bench = s.initial_cash * (1 - s.fee) * (close / close[0]).mean(axis=1)
+    bench[0] = s.initial_cash
+    return BacktestResult(equity, equity[1:] / equity[:-1] - 1, fees,
+                          turnover / float(np.mean(equity)), stops, bench, np.array(weights))

@@ -1,0 +1,60 @@
+"""`cappuccino train --study S --n-trials K --workers W`: workers in the foreground.
+
+The W workers are the same program systemd runs (`daemons/trainer.py`), started as child
+processes; this process shows a progress bar of finished trials and, on Ctrl-C, stops the
+workers the way systemd would (SIGTERM), so no trial is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from ..config import Config, ConfigError
+from .worker import finished_count, open_study, set_target, target_of
+
+
+def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
+                     workers: int) -> int:
+    if not study_name:
+        raise ConfigError("active_study.yaml", "study", None,
+                          "a study: pass --study or set the active study")
+    if workers < 1:
+        raise ConfigError("command line", "--workers", workers, "a number >= 1")
+    study = open_study(cfg, study_name)
+    if n_trials is not None:
+        set_target(study, n_trials)
+    target = target_of(study, cfg)
+    env = {**os.environ, "CAPPUCCINO_CONFIG_DIR": cfg.config_dir}
+    procs = [subprocess.Popen([sys.executable, "-m", "daemons.trainer", f"{study_name}:{k}"],
+                              env=env) for k in range(workers)]
+    bar = tqdm(total=target, initial=finished_count(study), unit="trial",
+               desc=f"study {study_name}", disable=None)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2)
+            bar.n = finished_count(study)
+            try:
+                bar.set_postfix_str(f"best {study.best_value:.3f}")
+            except ValueError:
+                pass
+            bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+    finally:
+        bar.n = finished_count(study)
+        bar.close()
+    codes = [p.wait() for p in procs]
+    done = finished_count(study)
+    print(f"study {study_name}: {done}/{target} trials finished"
+          + (f", best value {study.best_value:.4f} (trial {study.best_trial.number})"
+             if done else ""))
+    return max(codes)

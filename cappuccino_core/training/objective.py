@@ -1,0 +1,200 @@
+"""The Optuna objective: cross-validated PPO on the training range, then a final fit.
+
+Objective value, documented and independent of test length:
+
+    mean over test splits of (annualised Sharpe of the agent - annualised Sharpe of equal-weight
+    buy-and-hold over the same bars)  -  0.1 x the standard deviation of those differences
+
+Each split trains a fresh agent on its training segments (normalisation fitted on them only)
+and backtests it deterministically on each test group as its own episode. After each split the
+running mean is reported, so the pruner can stop a bad trial early. A split that fails fails the
+trial: nothing is averaged away.
+
+The weights kept: after the splits, a final fit on the whole training range (everything before
+the held-out window) with the same hyperparameters; that is the model an ensemble serves.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..agent import PPOConfig, TrainStats, train_ppo
+from ..backtest import run_backtest, sharpe
+from ..config import Config
+from ..data.bars import Bars
+from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
+from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from .artifacts import artifact_dir, save_artifact
+from .cv import Split, make_splits
+from .search_space import sample_params, split_params
+
+log = logging.getLogger(__name__)
+STD_PENALTY = 0.1
+
+
+class Interrupted(Exception):
+    """Raised inside a trial when the worker is asked to stop (SIGTERM)."""
+
+
+class HeldOutError(Exception):
+    """Training was about to touch the held-out window."""
+
+
+@dataclass
+class TrainingData:
+    """Bars and features, with the held-out window fenced off: training and CV use indices in
+    [WARMUP, train_hi) only; bars from `train_end` on are for validation."""
+    bars: Bars
+    features: np.ndarray
+    train_end: pd.Timestamp
+
+    @property
+    def train_hi(self) -> int:
+        return int(self.bars.index.searchsorted(self.train_end))
+
+    def check_segments(self, segments: list[tuple[int, int]]) -> None:
+        for lo, hi in segments:
+            if hi > self.train_hi:
+                raise HeldOutError(f"segment [{lo}, {hi}) reaches into the held-out window "
+                                   f"starting at {self.train_end} (index {self.train_hi})")
+
+
+def held_out_start(bars: Bars, heldout_days: int, bar_seconds: int) -> pd.Timestamp:
+    end = bars.index[-1] + pd.Timedelta(seconds=bar_seconds)
+    return end - pd.Timedelta(days=heldout_days)
+
+
+def prepare_data(bars: Bars, train_end: pd.Timestamp) -> TrainingData:
+    data = TrainingData(bars, compute_features(bars), pd.Timestamp(train_end))
+    if data.train_hi - WARMUP < 500:
+        raise ValueError(f"only {data.train_hi - WARMUP} bars to train on before {train_end}")
+    return data
+
+
+def trial_seed(study: str, trial_id: int) -> int:
+    """Differs per trial, reproducible from the study and trial id."""
+    digest = hashlib.sha256(f"{study}:{trial_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+ProgressHook = Callable[[str], None]
+
+
+class Objective:
+    def __init__(self, cfg: Config, data: TrainingData, study_name: str, artifacts_root: Path,
+                 device: str = "cpu", progress: ProgressHook | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 total_timesteps: int | None = None):
+        self.cfg, self.data, self.study_name = cfg, data, study_name
+        self.artifacts_root = Path(artifacts_root)
+        self.device = device
+        self.progress = progress or (lambda status: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.total_timesteps = total_timesteps or cfg.training.total_timesteps
+        self.base_env = EnvSettings.from_config(cfg)
+        t = cfg.training
+        self.splits = make_splits(t.cv, WARMUP, data.train_hi, t.cv_groups, t.cv_test_groups,
+                                  t.embargo_hours * 3600 // cfg.bar_seconds)
+        for s in self.splits:
+            data.check_segments(s.train + s.test)
+
+    def market(self, train_segments: list[tuple[int, int]]) -> tuple[Market, Normalisation]:
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi in train_segments])
+        norm = Normalisation.fit(self.data.features, rows)
+        return Market.from_bars(self.data.bars, norm, self.device, self.data.features), norm
+
+    def train(self, segments, ppo: PPOConfig, env: EnvSettings, seed: int, label: str):
+        self.data.check_segments(segments)
+        market, norm = self.market(segments)
+        benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed)
+
+        def on_update(st: TrainStats) -> None:
+            if self.should_stop():
+                raise Interrupted(f"stopped during {label}")
+            self.progress(f"{label}, update {st.update}/{st.n_updates}")
+
+        return train_ppo(benv, ppo, seed, on_update), market, norm
+
+    def evaluate_split(self, split: Split, ppo: PPOConfig, env: EnvSettings, seed: int,
+                       label: str) -> dict:
+        agent, market, _ = self.train(split.train, ppo, env, seed, label)
+        agent_r, bench_r, dd, turnover = [], [], [], []
+        for lo, hi in split.test:
+            res = run_backtest(agent.weights, market, lo, hi, env)
+            agent_r.append(res.returns)
+            bench_r.append(res.benchmark_returns)
+            m = res.metrics()
+            dd.append(m["max_drawdown"])
+            turnover.append(m["turnover"])
+        agent_r, bench_r = np.concatenate(agent_r), np.concatenate(bench_r)
+        out = {"sharpe": sharpe(agent_r), "bh_sharpe": sharpe(bench_r),
+               "return": float(np.prod(1 + agent_r) - 1),
+               "bh_return": float(np.prod(1 + bench_r) - 1),
+               "max_drawdown": float(max(dd)), "turnover": float(np.mean(turnover))}
+        out["excess_sharpe"] = out["sharpe"] - out["bh_sharpe"]
+        if not np.isfinite(list(out.values())).all():
+            raise FloatingPointError(f"split {split.index}: non-finite result {out}")
+        return out
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = sample_params(trial)
+        ppo, env = split_params(params, self.base_env, self.total_timesteps,
+                                self.cfg.training.n_envs)
+        seed = trial_seed(self.study_name, trial._trial_id)
+        trial.set_user_attr("seed", seed)
+        results = []
+        for split in self.splits:
+            label = f"trial {trial.number}, split {split.index + 1}/{len(self.splits)}"
+            results.append(self.evaluate_split(split, ppo, env, seed + split.index, label))
+            diffs = [r["excess_sharpe"] for r in results]
+            trial.report(float(np.mean(diffs)), split.index)
+            trial.set_user_attr("splits", results)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after split {split.index + 1}")
+            gc.collect()
+        diffs = np.array([r["excess_sharpe"] for r in results])
+        value = float(diffs.mean() - STD_PENALTY * diffs.std())
+
+        segment = [(WARMUP, self.data.train_hi)]
+        agent, market, norm = self.train(segment, ppo, env, seed + 10_000,
+                                         f"trial {trial.number}, final fit")
+        directory = artifact_dir(self.artifacts_root, self.study_name, trial._trial_id)
+        spec = self.spec(trial, params, ppo, env, norm, seed, value, market)
+        digest = save_artifact(directory, agent, spec)
+        trial.set_user_attr("artifact_dir", str(directory))
+        trial.set_user_attr("sha256", digest)
+        del agent, market
+        gc.collect()
+        return value
+
+    def spec(self, trial, params, ppo: PPOConfig, env: EnvSettings, norm: Normalisation,
+             seed: int, value: float, market: Market) -> dict:
+        from ..env import observation_size
+        bars = self.data.bars
+        return {
+            "study": self.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
+            "value": value, "code_version": __version__,
+            "symbols": list(bars.symbols), "timeframe": self.cfg.data.timeframe,
+            "lookback": env.lookback, "feature_set": FEATURE_SET,
+            "feature_names": list(FEATURE_NAMES), "normalisation": norm.to_dict(),
+            "hyperparameters": params, "ppo": ppo.to_dict(), "env": env.to_dict(),
+            "network": {"obs_size": observation_size(market.n_assets, market.n_features,
+                                                     env.lookback),
+                        "n_actions": market.n_assets + 1, "hidden": ppo.hidden,
+                        "layers": ppo.layers},
+            "seed": seed, "weights": "final fit on the whole training range",
+            "trained_on": {"from": str(bars.index[WARMUP]),
+                           "to": str(bars.index[self.data.train_hi - 1])},
+            "held_out_from": str(self.data.train_end),
+        }

@@ -1,0 +1,61 @@
+"""The hyperparameter search space, and where each parameter goes.
+
+Every sampled parameter reaches either the PPO algorithm (`PPOConfig`) or the environment
+(`EnvSettings`); nothing is sampled that nothing reads (a test trains with each one changed and
+checks the outcome changes). Risk limits, fees and the trailing stop are NOT searched: they come
+from cappuccino.yaml so that training uses exactly what the trader applies live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+
+from ..agent import PPOConfig
+from ..env import EnvSettings
+
+PPO_PARAMS = {f.name for f in dataclasses.fields(PPOConfig)} - {"total_timesteps", "n_envs",
+                                                                  "reward_scale"}
+ENV_PARAMS = {"lookback", "episode_bars", "min_rebalance_weight", "reward"}
+
+
+def sample_params(trial: optuna.Trial) -> dict:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 2e-3, log=True),
+        "anneal_lr": trial.suggest_categorical("anneal_lr", [True, False]),
+        "gamma": trial.suggest_float("gamma", 0.5, 0.999),
+        "gae_lambda": trial.suggest_float("gae_lambda", 0.8, 0.99),
+        "clip_coef": trial.suggest_float("clip_coef", 0.1, 0.3),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-5, 1e-2, log=True),
+        "vf_coef": trial.suggest_float("vf_coef", 0.25, 1.0),
+        "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 2.0),
+        "update_epochs": trial.suggest_int("update_epochs", 2, 10),
+        "num_minibatches": trial.suggest_categorical("num_minibatches", [2, 4, 8]),
+        "n_steps": trial.suggest_categorical("n_steps", [32, 64, 128]),
+        "hidden": trial.suggest_categorical("hidden", [64, 128, 256]),
+        "layers": trial.suggest_int("layers", 1, 3),
+        "init_log_std": trial.suggest_float("init_log_std", -2.0, 0.0),
+        "lookback": trial.suggest_categorical("lookback", [1, 2, 4, 8]),
+        "episode_bars": trial.suggest_categorical("episode_bars", [168, 336, 720]),
+        "min_rebalance_weight": trial.suggest_float("min_rebalance_weight", 0.0, 0.2),
+        "reward": trial.suggest_categorical("reward", ["log_growth", "excess"]),
+    }
+
+
+def default_params() -> dict:
+    """The defaults of both dataclasses, as a parameter dict (tests, benchmarks, the demo)."""
+    ppo, env = PPOConfig(), EnvSettings()
+    return {**{k: getattr(ppo, k) for k in PPO_PARAMS}, **{k: getattr(env, k) for k in ENV_PARAMS}}
+
+
+def split_params(params: dict, base_env: EnvSettings, total_timesteps: int,
+                 n_envs: int) -> tuple[PPOConfig, EnvSettings]:
+    """Route each parameter to the algorithm or the environment; refuse unknown ones."""
+    unknown = set(params) - PPO_PARAMS - ENV_PARAMS
+    if unknown:
+        raise ValueError(f"parameters nothing reads: {sorted(unknown)}")
+    ppo = PPOConfig(total_timesteps=total_timesteps, n_envs=n_envs,
+                    **{k: v for k, v in params.items() if k in PPO_PARAMS})
+    env = dataclasses.replace(base_env, **{k: v for k, v in params.items() if k in ENV_PARAMS})
+    return ppo, env

@@ -1,0 +1,165 @@
+"""A training worker: runs trials of one study until its target trial count or a stop request.
+
+Several workers (on one host or many, sharing PostgreSQL) cooperate through Optuna's storage:
+the study is created race-free (`load_if_exists`), the target trial count is a study attribute
+(`cappuccino train --n-trials` sets it, so all workers agree), and trial heartbeats turn a
+killed worker's RUNNING trial into FAIL, after which it is retried with the same parameters.
+
+The held-out window is fixed per study on first start and recorded in the study's user_attrs
+(`train_end`); later workers train only before it, even when newer data has arrived.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import optuna
+import pandas as pd
+import torch
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from ..config import Config
+from ..data import load_bars
+from ..storage import make_optuna_storage
+from .objective import Interrupted, Objective, held_out_start, prepare_data
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TARGET_ATTR = "n_trials_target"
+
+
+def make_storage(cfg: Config) -> optuna.storages.RDBStorage:
+    t = cfg.training
+    return make_optuna_storage(
+        cfg.storage_url, pool_size=cfg.storage.pool_size, max_overflow=cfg.storage.max_overflow,
+        sqlite_busy_timeout_s=cfg.storage.sqlite_busy_timeout_s,
+        heartbeat_interval=t.heartbeat_interval_s, grace_period=t.heartbeat_grace_s,
+        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry))
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    if cfg.training.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: Config, name: str, storage=None) -> optuna.Study:
+    """Create the study if absent (safe when several workers start at once), else load it."""
+    return optuna.create_study(study_name=name, storage=storage or make_storage(cfg),
+                               direction="maximize", load_if_exists=True,
+                               pruner=make_pruner(cfg))
+
+
+def set_target(study: optuna.Study, n_trials: int) -> None:
+    study.set_user_attr(TARGET_ATTR, int(n_trials))
+
+
+def target_of(study: optuna.Study, cfg: Config) -> int:
+    return int(study.user_attrs.get(TARGET_ATTR, cfg.training.n_trials))
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def pick_device(cfg: Config) -> str:
+    if cfg.training.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.training.device
+
+
+@dataclass
+class WorkerHooks:
+    """How a worker talks to its supervisor: status lines, watchdog pings, stop requests."""
+    status: Callable[[str], None] = lambda text: None
+    ping: Callable[[], None] = lambda: None
+    ready: Callable[[], None] = lambda: None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def fixed_train_end(study: optuna.Study, cfg: Config, bars) -> pd.Timestamp:
+    """The study's recorded start of the held-out window, recorded now if this is the first
+    worker. Training never uses bars from there on."""
+    recorded = study.user_attrs.get("train_end")
+    if recorded:
+        return pd.Timestamp(recorded)
+    end = held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds)
+    study.set_user_attr("train_end", str(end))
+    study.set_user_attr("heldout_days", cfg.training.heldout_days)
+    study.set_user_attr("symbols", list(bars.symbols))
+    return end
+
+
+def run_worker(cfg: Config, study_name: str, hooks: WorkerHooks | None = None,
+               total_timesteps: int | None = None, bars=None) -> int:
+    """Run trials until the study's target is reached or `hooks.stop` is set.
+    Returns the number of trials this worker finished."""
+    hooks = hooks or WorkerHooks()
+    storage = make_storage(cfg)
+    study = open_study(cfg, study_name, storage)
+    bars = bars if bars is not None else load_bars(cfg)
+    data = prepare_data(bars, fixed_train_end(study, cfg, bars))
+    device = pick_device(cfg)
+    state = {"trial": None, "best": None}
+
+    def progress(text: str) -> None:
+        hooks.ping()
+        best = f", best {state['best']:.3f}" if state["best"] is not None else ""
+        hooks.status(f"{study_name}: {text}{best}")
+
+    objective = Objective(cfg, data, study_name, cfg.state_dir / "trials", device=device,
+                          progress=progress, should_stop=hooks.stop.is_set,
+                          total_timesteps=total_timesteps)
+    log.info("worker for study %s on %s: %d bars, training before %s, %d CV splits (%s)",
+             study_name, device, len(bars), data.train_end, len(objective.splits), cfg.training.cv)
+    hooks.ready()
+    done_here = 0
+    while not hooks.stop.is_set():
+        target = target_of(study, cfg)
+        if finished_count(study) >= target:
+            log.info("study %s reached its target of %d finished trials", study_name, target)
+            break
+        try:
+            state["best"] = study.best_value
+        except ValueError:
+            state["best"] = None
+        hooks.ping()
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[_requeue_interrupted(hooks.stop)])
+        done_here += 1
+        gc.collect()
+    return done_here
+
+
+def _requeue_interrupted(stop: threading.Event):
+    """A trial cut short by a stop request is FAIL (never left RUNNING); queue its parameters
+    again so that the work is redone by whichever worker comes next."""
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if stop.is_set() and trial.state == TrialState.FAIL:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial._trial_id},
+                                skip_if_exists=True)
+            log.info("trial %d interrupted; its parameters are queued again", trial.number)
+    return callback
+
+
+def wait_for_progress(study: optuna.Study, target: int, poll_s: float = 2.0):
+    """Yields the finished-trial count as it grows (for progress bars)."""
+    last = -1
+    while True:
+        n = finished_count(study)
+        if n != last:
+            last = n
+            yield n
+        if n >= target:
+            return
+        time.sleep(poll_s)
+
+
+__all__ = ["run_worker", "open_study", "set_target", "target_of", "WorkerHooks", "Interrupted",
+           "make_storage", "finished_count"]

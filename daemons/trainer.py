@@ -1,0 +1,56 @@
+"""cappuccino-train@<study>.service: one training worker for a study.
+
+The instance name is `<study>` or `<study>:<k>` (k numbers several workers on one host).
+READY=1 once data and study are loaded; WATCHDOG=1 and STATUS= from inside the training loop
+(every PPO update), so a hung trial is caught; SIGTERM stops within one update and the trial
+in progress ends as FAIL with its parameters queued again: no trial is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from cappuccino_core.config import ConfigError, load_config
+from cappuccino_core.service import Notifier, setup_logging
+from cappuccino_core.training.worker import WorkerHooks, run_worker
+
+log = logging.getLogger("cappuccino.trainer")
+
+
+def study_of(instance: str) -> str:
+    return instance.split(":", 1)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("instance", help="<study> or <study>:<k>")
+    parser.add_argument("--config-dir", help="default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config_dir)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    notifier = Notifier()
+    hooks = WorkerHooks(status=notifier.status, ping=notifier.watchdog, ready=notifier.ready)
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: finishing the current PPO update, then stopping", signum)
+        notifier.stopping()
+        hooks.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    study = study_of(args.instance)
+    notifier.status(f"{study}: loading data")
+    n = run_worker(cfg, study, hooks)
+    log.info("worker %s stopped after %d trial(s)", args.instance, n)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

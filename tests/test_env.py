@@ -1,0 +1,223 @@
+"""The environment's arithmetic: hand-computed cases, caps, conservation, batching, stops."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cappuccino_core.data.bars import Bars
+from cappuccino_core.data.features import WARMUP
+from cappuccino_core.data.synthetic import synthetic_market
+from cappuccino_core.env import (BatchedTradingEnv, EnvSettings, Market, Normalisation,
+                                 apply_stops, rebalance)
+
+T = torch.tensor
+NO_CAPS = EnvSettings(max_position_pct=1.0, min_cash_reserve_pct=0.0, trailing_stop_pct=None,
+                      min_order_notional=0.0)
+
+
+def bars_from_prices(opens, highs, lows, closes) -> Bars:
+    """A market whose bars after the warm-up are exactly the given ones (one asset per column)."""
+    rows = [np.atleast_2d(np.asarray(x, dtype=float).T).T for x in (opens, highs, lows, closes)]
+    n, a = rows[0].shape
+    pad = np.repeat(rows[0][:1], WARMUP, axis=0)
+    o, h, l, c = (np.vstack([pad, r]) for r in rows)
+    ohlcv = np.stack([o, h, l, c, np.ones_like(o)], axis=-1)
+    idx = pd.date_range("2024-01-01", periods=len(o), freq="h", tz="UTC")
+    return Bars(tuple(f"A{i}/USD" for i in range(a)), idx, ohlcv, np.zeros(o.shape, dtype=bool))
+
+
+def market_of(bars: Bars) -> Market:
+    feats = np.zeros((len(bars), len(bars.symbols), 16))
+    norm = Normalisation(np.zeros((len(bars.symbols), 16)), np.ones((len(bars.symbols), 16)))
+    return Market.from_bars(bars, norm, features=feats)
+
+
+def single_env(bars, settings, n=1):
+    s = dataclasses.replace(settings, lookback=1, episode_bars=len(bars) - WARMUP - 1)
+    env = BatchedTradingEnv(market_of(bars), [(WARMUP, len(bars))], n, s, fixed_start=True)
+    env.reset()
+    return env
+
+
+def test_hand_computed_buy_fee_and_next_open_fill():
+    # decision at bar 0 (close 100); fill at bar 1's open 100.5; bar 1 closes at 110
+    bars = bars_from_prices([100, 100.5, 110], [100, 111, 111], [100, 100, 109], [100, 110, 110])
+    env = single_env(bars, dataclasses.replace(NO_CAPS, fee=0.0025))
+    _, reward, _, info = env.step(T([[0.5, 0.5]]))
+    units = 50_000 / 100.5
+    cash = 100_000 - 50_000 * 1.0025
+    assert float(env.units[0, 0]) == pytest.approx(units, rel=1e-12)
+    assert float(env.cash[0]) == pytest.approx(cash, rel=1e-12)
+    assert float(info["fees"][0]) == pytest.approx(125.0, rel=1e-12)
+    assert float(info["equity"][0]) == pytest.approx(cash + units * 110, rel=1e-12)
+    assert float(reward[0]) == pytest.approx(np.log((cash + units * 110) / 100_000), rel=1e-6)
+
+
+def test_slippage_is_paid_on_both_sides():
+    s = dataclasses.replace(NO_CAPS, fee=0.001, slippage_bps=10)
+    units, cash, fees, traded, fill = rebalance(T([[0.0]], dtype=torch.float64), T([1000.0]),
+                                                T([[1.0]]), T([[10.0]], dtype=torch.float64), s)
+    # everything buyable: value v with v * 1.001 (slippage) * 1.001 (fee) = 1000
+    v = 1000 / (1.001 * 1.001)
+    assert float(units[0, 0]) == pytest.approx(v / 10, rel=1e-12)
+    assert float(cash[0]) == pytest.approx(0.0, abs=1e-9)
+    assert float(fill[0, 0]) == pytest.approx(10.01)
+    units2, cash2, *_ = rebalance(units, cash, T([[0.0]]), T([[10.0]], dtype=torch.float64), s)
+    assert float(units2[0, 0]) == 0.0
+    assert float(cash2[0]) == pytest.approx(float(units[0, 0]) * 9.99 * 0.999, rel=1e-12)
+
+
+def _one_position(price, trail=0.10, stop_loss=None):
+    s = EnvSettings(trailing_stop_pct=trail, stop_loss_pct=stop_loss, fee=0.0025)
+    units = T([[1234.5678 / price]], dtype=torch.float64)
+    return s, units
+
+
+@pytest.mark.parametrize("bar, exit_price", [
+    ((115, 116, 107, 110), 108.0),   # low reaches peak 120 x 0.9 = 108: exit at the level
+    ((100, 101, 95, 96), 100.0),     # opens below the level: exit at the open
+    ((119, 130, 118, 116), 117.0),   # new peak 130 -> level 117; close 116 crossed it
+    ((119, 125, 113, 120), None),    # level 108 then 112.5: never reached
+])
+def test_trailing_stop_cases(bar, exit_price):
+    s, units = _one_position(100.0)
+    o, h, lo, c = (T([[float(x)]], dtype=torch.float64) for x in bar)
+    peak, entry = T([[120.0]], dtype=torch.float64), T([[100.0]], dtype=torch.float64)
+    u, cash, new_peak, _, fees, notional, hit, px = apply_stops(units, T([0.0], dtype=torch.float64),
+                                                                peak, entry, o, h, lo, c, s)
+    if exit_price is None:
+        assert not bool(hit[0, 0]) and float(u[0, 0]) == float(units[0, 0])
+        assert float(new_peak[0, 0]) == 125.0
+    else:
+        assert bool(hit[0, 0]) and float(u[0, 0]) == 0.0
+        assert float(px[0, 0]) == pytest.approx(exit_price)
+        gross = float(units[0, 0]) * exit_price
+        assert float(cash[0]) == pytest.approx(gross * (1 - 0.0025), rel=1e-12)
+        assert float(fees[0]) == pytest.approx(gross * 0.0025, rel=1e-12)
+
+
+def test_stop_loss_from_entry():
+    s, units = _one_position(100.0, trail=None, stop_loss=0.05)
+    bar = [T([[x]], dtype=torch.float64) for x in (99.0, 99.5, 94.0, 96.0)]
+    u, cash, *_, hit, px = apply_stops(units, T([0.0], dtype=torch.float64),
+                                       T([[100.0]], dtype=torch.float64),
+                                       T([[100.0]], dtype=torch.float64), *bar, s)
+    assert bool(hit[0, 0]) and float(px[0, 0]) == pytest.approx(95.0) and float(u[0, 0]) == 0
+
+
+@pytest.mark.parametrize("price", [0.05, 0.3, 7.0, 180.0, 2500.0, 31_000.0, 100_000.0])
+def test_every_exit_sells_the_whole_position(price):
+    # buy at `price`, rise 20%, then gap down 15% from the peak: the trailing stop exits all
+    p = price
+    bars = bars_from_prices([p, p, p * 1.2, p * 1.02], [p, p * 1.2, p * 1.2, p * 1.02],
+                            [p, p, p * 1.15, p * 1.01], [p, p * 1.2, p * 1.17, p * 1.02])
+    env = single_env(bars, EnvSettings(fee=0.0025, trailing_stop_pct=0.10))
+    w = T([[0.3, 0.7]])
+    env.step(w)
+    held = float(env.units[0, 0])
+    assert held == pytest.approx(30_000 / p, rel=1e-9)  # max_position_pct 0.3
+    _, _, _, info = env.step(w)
+    assert int(info["stops"][0]) == 0
+    _, _, _, info = env.step(w)
+    assert int(info["stops"][0]) == 1
+    assert float(env.units[0, 0]) == 0.0  # exactly nothing left, at any price level
+    # the last bar opens at 1.02 p, below the level 1.2 p x 0.9: out at the open
+    assert float(info["exit_price"][0, 0]) == pytest.approx(p * 1.02, rel=1e-12)
+    assert float(env.peak[0, 0]) == 0.0 and float(env.entry[0, 0]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def synth_market():
+    bars = synthetic_market(n_assets=3, n_bars=1500, seed=5)
+    from cappuccino_core.data.features import compute_features
+    feats = compute_features(bars)
+    norm = Normalisation.fit(feats, np.arange(WARMUP, 1000))
+    return Market.from_bars(bars, norm, features=feats)
+
+
+def test_caps_hold_under_extreme_actions(synth_market):
+    s = EnvSettings(max_position_pct=0.25, min_cash_reserve_pct=0.1, slippage_bps=5)
+    env = BatchedTradingEnv(synth_market, [(WARMUP, 1500)], 256, s, seed=1)
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        raw = torch.rand(256, 4, generator=gen) ** 8 * 1e6  # spiky: all-in on one asset
+        t, eq_close = env.t.clone(), env.equity()
+        _, _, _, info = env.step(raw / raw.sum(-1, keepdim=True))
+        # Caps are fractions of the equity at the fill price just before the orders; a trim
+        # smaller than min_order_notional (10 USD) may be skipped.
+        o = synth_market.open[t + 1]
+        eq_open = eq_close + (info["units_before"] * (o - synth_market.close[t])).sum(-1)
+        value = info["units_after_orders"] * o
+        slack = s.min_order_notional + 1e-9
+        assert (value <= 0.25 * eq_open.unsqueeze(-1) + slack).all()
+        assert (value.sum(-1) <= 0.9 * eq_open + 3 * slack).all()
+        assert (env.cash >= -1e-6).all() and (env.units >= 0).all()
+        assert torch.isfinite(env.equity()).all()
+
+
+def test_value_is_conserved(synth_market):
+    """equity change = holdings x price moves - fees - slippage, to 1e-9."""
+    s = EnvSettings(slippage_bps=0.0, trailing_stop_pct=0.03, stop_loss_pct=0.02)
+    env = BatchedTradingEnv(synth_market, [(WARMUP, 1500)], 64, s, seed=2)
+    env.reset()
+    gen = torch.Generator().manual_seed(1)
+    stops = 0
+    for _ in range(100):
+        t = env.t.clone()
+        eq_before = env.equity()
+        w = torch.softmax(torch.randn(64, 4, generator=gen) * 3, -1)
+        _, _, done, info = env.step(w)
+        m = synth_market
+        o, c, c0 = m.open[t + 1], m.close[t + 1], m.close[t]
+        u0, u1, hit = info["units_before"], info["units_after_orders"], info["stopped"]
+        moves = (u0 * (o - c0)).sum(-1)  # from the last close to the fill at the open
+        held_to = torch.where(hit, info["exit_price"], c)
+        moves = moves + (u1 * (held_to - o)).sum(-1)
+        change = info["equity"] - eq_before
+        err = (change - (moves - info["fees"])).abs() / eq_before
+        assert float(err.max()) < 1e-9
+        stops += int(info["stops"].sum())
+    assert stops > 10  # the stop path was exercised
+
+
+def test_batch_equals_single_runs(synth_market):
+    s = EnvSettings(episode_bars=80, lookback=3, slippage_bps=3)
+    gen = torch.Generator().manual_seed(3)
+    actions = torch.softmax(torch.randn(80, 5, 4, generator=gen) * 2, -1)
+    batch = BatchedTradingEnv(synth_market, [(600, 1500)], 5, s, fixed_start=True)
+    obs_b = [batch.reset()]
+    rewards_b = []
+    for k in range(80):
+        o, r, _, _ = batch.step(actions[k])
+        obs_b.append(o)
+        rewards_b.append(r)
+    for i in range(5):
+        single = BatchedTradingEnv(synth_market, [(600, 1500)], 1, s, fixed_start=True)
+        obs = [single.reset()]
+        for k in range(80):
+            o, r, _, _ = single.step(actions[k, i:i + 1])
+            obs.append(o)
+            assert float(r[0]) == float(rewards_b[k][i])
+        for k in range(80):
+            assert torch.equal(obs[k][0], obs_b[k][i])
+
+
+def test_segments_are_never_glued(synth_market):
+    s = EnvSettings(episode_bars=1000, lookback=2)
+    segs = [(WARMUP + 10, 700), (900, 1100)]
+    env = BatchedTradingEnv(synth_market, segs, 128, s, seed=4)
+    env.reset()
+    for _ in range(400):
+        t_before = env.t.clone()
+        _, _, done, _ = env.step(torch.full((128, 4), 0.25))
+        stepped = ~done
+        inside = ((t_before >= segs[0][0]) & (env.t < segs[0][1])) | \
+                 ((t_before >= segs[1][0]) & (env.t < segs[1][1]))
+        assert bool(inside[stepped].all())
+        in_a = (env.t >= segs[0][0]) & (env.t < segs[0][1])
+        in_b = (env.t >= segs[1][0]) & (env.t < segs[1][1])
+        assert bool((in_a | in_b).all())

@@ -1,0 +1,157 @@
+"""Training: CV splits, the search space, learning on a planted signal, a full trial."""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from cappuccino_core.agent import PPOConfig, random_policy, train_ppo
+from cappuccino_core.backtest import run_backtest
+from cappuccino_core.config import load_config
+from cappuccino_core.data.features import WARMUP, compute_features
+from cappuccino_core.data.synthetic import synthetic_market
+from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.training.artifacts import load_artifact
+from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
+from cappuccino_core.training.objective import HeldOutError, prepare_data
+from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, default_params,
+                                                   sample_params, split_params)
+from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
+
+from conftest import write_config
+
+
+def test_cpcv_splits_purge_and_embargo():
+    splits = cpcv_splits(0, 6000, n_groups=6, k_test=2, embargo=48, purge=1)
+    assert len(splits) == math.comb(6, 2)
+    tested = np.zeros(6000, dtype=int)
+    for s in splits:
+        for lo, hi in s.test:
+            tested[lo:hi] += 1
+            for a, b in s.train:
+                assert b <= lo - 1 or a >= hi + 48  # purge before, embargo after
+        assert sum(b - a for a, b in s.train) >= 6000 * 4 / 6 - 3 * 49
+    assert (tested == 5).all()  # every bar is tested in C(5,1) = 5 splits
+
+
+def test_walk_forward_trains_only_on_the_past():
+    for s in walk_forward_splits(100, 1300, n_groups=4):
+        assert max(b for _, b in s.train) < s.test[0][0]
+        assert s.train[0][0] == 100
+
+
+@pytest.fixture(scope="module")
+def tiny_market():
+    bars = synthetic_market(n_assets=3, n_bars=1200, seed=11)
+    feats = compute_features(bars)
+    return Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 1000)),
+                            features=feats)
+
+
+def _tiny_outcome(market, params):
+    ppo, env = split_params(params, EnvSettings(min_order_notional=1.0), 4 * 16 * 8, 8)
+    benv = BatchedTradingEnv(market, [(WARMUP, 1000)], ppo.n_envs, env, seed=0)
+    agent = train_ppo(benv, ppo, seed=0)
+    res = run_backtest(agent.weights, market, 1000, 1200, env)
+    return agent, res.equity
+
+
+CHANGES = {
+    "learning_rate": 3e-3, "anneal_lr": False, "gamma": 0.5, "gae_lambda": 0.5,
+    "clip_coef": 0.01, "ent_coef": 0.5, "vf_coef": 5.0, "max_grad_norm": 0.001,
+    "update_epochs": 1, "num_minibatches": 2, "n_steps": 32, "hidden": 16, "layers": 1,
+    "init_log_std": 0.5, "lookback": 2, "episode_bars": 20, "min_rebalance_weight": 0.15,
+    "reward": "excess",
+}
+
+
+def test_the_search_space_is_covered_by_the_changes_below():
+    study = optuna.create_study()
+    sampled = sample_params(study.ask())
+    assert set(sampled) == set(CHANGES) == PPO_PARAMS | ENV_PARAMS
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_every_hyperparameter_changes_the_outcome(tiny_market, name):
+    base = {**default_params(), "n_steps": 16, "hidden": 32}
+    changed = {**base, name: CHANGES[name]}
+    assert changed[name] != base[name]
+    agent_a, eq_a = _tiny_outcome(tiny_market, base)
+    agent_b, eq_b = _tiny_outcome(tiny_market, changed)
+    sa, sb = agent_a.state_dict(), agent_b.state_dict()
+    same_weights = sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+    assert not same_weights or not np.array_equal(eq_a, eq_b), f"{name} changed nothing"
+
+
+def test_unknown_parameters_are_refused():
+    with pytest.raises(ValueError, match="nothing reads"):
+        split_params({**default_params(), "turbulence_threshold": 3}, EnvSettings(), 10, 1)
+
+
+def test_ppo_learns_the_planted_signal():
+    """Out of sample, the trained agent beats buy-and-hold and a random policy clearly."""
+    started = time.monotonic()
+    torch.set_num_threads(2)
+    bars = synthetic_market(n_assets=4, n_bars=4000, seed=0)
+    feats = compute_features(bars)
+    market = Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 3000)),
+                              features=feats)
+    settings = EnvSettings(lookback=1, episode_bars=336, min_rebalance_weight=0.15)
+    ppo = PPOConfig(total_timesteps=600_000, n_envs=32, n_steps=64, learning_rate=1e-3,
+                    hidden=64, layers=2, init_log_std=-1.0, gamma=0.5, gae_lambda=0.9)
+    env = BatchedTradingEnv(market, [(WARMUP, 3000)], ppo.n_envs, settings, seed=0)
+    agent = train_ppo(env, ppo, seed=0)
+    trained = run_backtest(agent.weights, market, 3000, 4000, settings).metrics()
+    rand = run_backtest(random_policy(5, seed=0), market, 3000, 4000, settings).metrics()
+    print(f"agent {trained['total_return']:+.1%} Sharpe {trained['sharpe']:.2f}; buy-and-hold "
+          f"{trained['bh_total_return']:+.1%} Sharpe {trained['bh_sharpe']:.2f}; random "
+          f"{rand['total_return']:+.1%} Sharpe {rand['sharpe']:.2f}; "
+          f"{time.monotonic() - started:.0f} s")
+    assert trained["total_return"] > trained["bh_total_return"] + 0.2
+    assert trained["sharpe"] > trained["bh_sharpe"] + 3.0
+    assert trained["total_return"] > rand["total_return"] + 0.2
+    assert trained["sharpe"] > rand["sharpe"] + 3.0
+
+
+def _fast_config(tmp_path, **training):
+    return load_config(write_config(tmp_path / "etc", {
+        "paths": {"state_dir": str(tmp_path / "state")},
+        "training": {"total_timesteps": 2048, "n_envs": 16, **training}}))
+
+
+def test_held_out_window_is_never_trained_on(tmp_path):
+    cfg = _fast_config(tmp_path)
+    from cappuccino_core.data import load_bars
+    bars = load_bars(cfg)
+    data = prepare_data(bars, bars.index[-1000])
+    data.check_segments([(WARMUP, len(bars) - 1000)])
+    with pytest.raises(HeldOutError):
+        data.check_segments([(WARMUP, len(bars) - 999)])
+
+
+def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
+    cfg = _fast_config(tmp_path)
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, url=storage_url))
+    study = open_study(cfg, "sample")
+    set_target(study, 1)
+    assert run_worker(cfg, "sample", WorkerHooks()) == 1
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE and math.isfinite(trial.value)
+    assert len(trial.user_attrs["splits"]) == 15  # CPCV 6 groups, 2 test groups
+    assert study.user_attrs["train_end"] and study.user_attrs["heldout_days"] == 60
+    agent, spec = load_artifact(trial.user_attrs["artifact_dir"], trial.user_attrs["sha256"])
+    assert spec["study"] == "sample" and spec["trial_id"] == trial._trial_id
+    assert spec["symbols"] == cfg.data.symbols and spec["value"] == trial.value
+    assert spec["env"]["trailing_stop_pct"] == 0.10
+    assert spec["seed"] == trial.user_attrs["seed"]
+    assert spec["trained_on"]["to"] < study.user_attrs["train_end"]
+    obs = torch.zeros(2, spec["network"]["obs_size"])
+    w = agent.weights(obs)
+    assert torch.allclose(w.sum(-1), torch.ones(2))
+    # the target is reached: a second run does nothing
+    assert run_worker(cfg, "sample", WorkerHooks()) == 0
