@@ -54,8 +54,9 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
     """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for."""
     _ensure_sqlite_dir(url)
+    # Heartbeats have been "experimental" in Optuna for years; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
-                            message=".*heartbeat_interval.*")
+                            message=".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
     return optuna.storages.RDBStorage(
         driver_url(url), engine_kwargs=engine_kwargs(url, pool_size, max_overflow, sqlite_busy_timeout_s),
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,

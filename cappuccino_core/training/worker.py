@@ -21,7 +21,7 @@ from typing import Callable
 import optuna
 import pandas as pd
 import torch
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import Config
@@ -40,7 +40,7 @@ def make_storage(cfg: Config) -> optuna.storages.RDBStorage:
         cfg.storage_url, pool_size=cfg.storage.pool_size, max_overflow=cfg.storage.max_overflow,
         sqlite_busy_timeout_s=cfg.storage.sqlite_busy_timeout_s,
         heartbeat_interval=t.heartbeat_interval_s, grace_period=t.heartbeat_grace_s,
-        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry))
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry))
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -143,7 +143,7 @@ def _requeue_interrupted(stop: threading.Event):
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if stop.is_set() and trial.state == TrialState.FAIL:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial._trial_id},
-                                skip_if_exists=True)
+                                skip_if_exists=False)
             log.info("trial %d interrupted; its parameters are queued again", trial.number)
     return callback
 
