@@ -107,6 +107,7 @@ class TrainingConfig:
     heartbeat_interval_s: int = field(default=30, metadata=POSITIVE)
     heartbeat_grace_s: int = field(default=120, metadata=POSITIVE)
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
+    compile_env: bool = False
 
 
 @dataclass(frozen=True)

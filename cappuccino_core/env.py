@@ -29,6 +29,7 @@ slippage; `excess` subtracts the log return of an equal-weight buy-and-hold over
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,93 +240,144 @@ def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
 
 # --- the batched environment ----------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Episodes:
+    """Where episodes may run: segments [lo, hi) of the market, drawn by length."""
+    seg_lo: torch.Tensor
+    seg_hi: torch.Tensor
+    seg_cum: torch.Tensor
+    episode_bars: int
+    fixed_start: bool
+    seed: int
+
+
+_LCG_A, _LCG_C, _LCG_M = 1103515245, 12345, 2**31
+
+
+def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int, seed: int) -> torch.Tensor:
+    """A counter-based pseudo-random number in [0, 1) per environment: integer arithmetic
+    only (no generator state), so a whole step can be compiled and never waits on the GPU."""
+    x = (env_ids * 7919 + counter * 104729 + seed * 31 + salt) % _LCG_M
+    for _ in range(3):
+        x = (x * _LCG_A + _LCG_C) % _LCG_M
+    return x.double() / _LCG_M
+
+
+def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
+    """(start, end) indices of a new episode for every environment."""
+    if ep.fixed_start:
+        seg = torch.zeros_like(env_ids)
+        start = ep.seg_lo[seg]
+    else:
+        u = _uniform(env_ids, counter, 1, ep.seed) * ep.seg_cum[-1]
+        seg = torch.searchsorted(ep.seg_cum, u, right=True).clamp_max(len(ep.seg_lo) - 1)
+        lo, hi = ep.seg_lo[seg], ep.seg_hi[seg]
+        span = (hi - 1 - lo - ep.episode_bars).clamp_min(1)
+        start = lo + (_uniform(env_ids, counter, 2, ep.seed) * span).long()
+    return start, torch.minimum(start + ep.episode_bars, ep.seg_hi[seg] - 1)
+
+
+def observe(obs_table, close, t, units, cash, n_assets: int) -> torch.Tensor:
+    """Cash weight, position weights, then the features window (one row of the table)."""
+    obs = obs_table.index_select(0, t)
+    value = units * close.index_select(0, t)
+    equity = cash + value.sum(-1)
+    obs[:, 0] = (cash / equity).float()
+    obs[:, 1:1 + n_assets] = (value / equity.unsqueeze(-1)).float()
+    return obs
+
+
+def env_step(state: tuple, weights, counter, env_ids, ohlc, obs_table, ep: Episodes,
+             s: EnvSettings):
+    """One decision for every episode: orders at the next open, the bar lived through (stops),
+    reward at its close; finished episodes restart. A pure tensor function, so that it can be
+    compiled whole (see BatchedTradingEnv's `compile`)."""
+    units, cash, entry, peak, t, t_end = state
+    target = weights[:, :-1].double()  # asset weights; cash is what remains
+    counter = counter + 1
+    close = ohlc[:, 3]
+    nxt = t + 1
+    o, h, lo, c = ohlc.index_select(0, nxt).unbind(1)
+    close_t = close.index_select(0, t)
+    eq_before = cash + (units * close_t).sum(-1)
+    ordered, cash, fees, traded, fill = rebalance(units, cash, target, o, s)
+    entry, peak = update_entry(units, ordered, entry, peak, fill)
+    held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
+        ordered, cash, peak, entry, o, h, lo, c, s)
+    eq_after = cash + (held * c).sum(-1)
+    reward = torch.log(eq_after / eq_before)
+    if s.reward == "excess":
+        reward = reward - torch.log((c / close_t).mean(-1))
+    info = {"equity": eq_after, "fees": fees + stop_fees, "turnover": traded + stop_notional,
+            "stops": stopped.sum(-1), "stopped": stopped, "exit_price": exit_px,
+            "units_before": units, "units_after_orders": ordered}
+
+    done = nxt >= t_end
+    if not torch.compiler.is_compiling() and done.device.type == "cpu" and not bool(done.any()):
+        new_state = (held, cash, entry, peak, nxt, t_end)  # eager on CPU: skip restarts
+    else:
+        start, end = draw_episodes(ep, env_ids, counter)
+        row = done.unsqueeze(-1)
+        new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
+                     entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
+                     torch.where(done, start, nxt), torch.where(done, end, t_end))
+    obs = observe(obs_table, close, new_state[4], new_state[0], new_state[1], ohlc.shape[2])
+    return new_state, counter, obs, reward.float(), done, info
+
+
 class BatchedTradingEnv:
-    """N episodes stepped together. Episodes start at random points of the given segments
-    (contiguous index ranges [lo, hi) of the market; a segment is never glued to another),
+    """N episodes stepped together. Episodes start at pseudo-random points of the given
+    segments (contiguous index ranges [lo, hi) of the market, never glued to one another),
     run `episode_bars` decisions or to the segment's end, and restart by themselves."""
 
     def __init__(self, market: Market, segments: list[tuple[int, int]], n_envs: int,
-                 settings: EnvSettings, seed: int = 0, fixed_start: bool = False):
+                 settings: EnvSettings, seed: int = 0, fixed_start: bool = False,
+                 compile: bool = False):
         self.m, self.s, self.n = market, settings, n_envs
-        self.device = market.close.device
+        self.device = market.ohlc.device
         lo_min = market.first_valid + settings.lookback - 1
         segs = [(max(lo, lo_min), hi) for lo, hi in segments if hi - max(lo, lo_min) >= 2]
         if not segs:
             raise ValueError("no segment is long enough for one step after the warm-up")
-        self.seg_lo = torch.tensor([lo for lo, _ in segs], device=self.device)
-        self.seg_hi = torch.tensor([hi for _, hi in segs], device=self.device)
-        lengths = (self.seg_hi - self.seg_lo).double()
-        self.seg_p = lengths / lengths.sum()
-        self.fixed_start = fixed_start
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        A, dt = market.n_assets, torch.float64
-        self.units = torch.zeros(n_envs, A, dtype=dt, device=self.device)
-        self.entry = torch.zeros_like(self.units)
-        self.peak = torch.zeros_like(self.units)
-        self.cash = torch.full((n_envs,), settings.initial_cash, dtype=dt, device=self.device)
-        self.t = torch.zeros(n_envs, dtype=torch.long, device=self.device)
-        self.t_end = torch.zeros_like(self.t)
+        seg_lo = torch.tensor([lo for lo, _ in segs], device=self.device)
+        seg_hi = torch.tensor([hi for _, hi in segs], device=self.device)
+        self.episodes = Episodes(seg_lo, seg_hi, torch.cumsum((seg_hi - seg_lo).double(), 0),
+                                 settings.episode_bars, fixed_start, seed)
+        self.env_ids = torch.arange(n_envs, device=self.device)
+        self.counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.obs_table = market.observation_table(settings.lookback)
-        self.obs_size = observation_size(A, market.n_features, settings.lookback)
+        self.obs_size = observation_size(market.n_assets, market.n_features, settings.lookback)
+        step = functools.partial(env_step, ep=self.episodes, s=settings)
+        # Compiling fuses the ~150 small tensor ops of a step into a few loops; it costs
+        # seconds once per process and shape, so it pays off for long runs and large N.
+        self._step = torch.compile(step, dynamic=False) if compile else step
+        self.reset()
 
-    def _restart(self, mask: torch.Tensor) -> None:
-        k = int(mask.sum())
-        if k == 0:
-            return
-        if self.fixed_start:
-            seg = torch.zeros(k, dtype=torch.long, device=self.device)
-            start = self.seg_lo[seg]
-        else:
-            seg = torch.multinomial(self.seg_p, k, replacement=True, generator=self.gen)
-            lo, hi = self.seg_lo[seg], self.seg_hi[seg]
-            span = (hi - 1 - lo - self.s.episode_bars).clamp_min(1)
-            start = lo + (torch.rand(k, generator=self.gen, device=self.device) * span).long()
-        self.t[mask] = start
-        self.t_end[mask] = torch.minimum(start + self.s.episode_bars, self.seg_hi[seg] - 1)
-        self.units[mask] = 0.0
-        self.entry[mask] = 0.0
-        self.peak[mask] = 0.0
-        self.cash[mask] = self.s.initial_cash
+    # the portfolio state, one row per episode
+    units = property(lambda self: self.state[0])
+    cash = property(lambda self: self.state[1])
+    entry = property(lambda self: self.state[2])
+    peak = property(lambda self: self.state[3])
+    t = property(lambda self: self.state[4])
+    t_end = property(lambda self: self.state[5])
 
     def reset(self) -> torch.Tensor:
-        self._restart(torch.ones(self.n, dtype=torch.bool, device=self.device))
+        start, end = draw_episodes(self.episodes, self.env_ids, self.counter)
+        A, dt = self.m.n_assets, torch.float64
+        zeros = torch.zeros(self.n, A, dtype=dt, device=self.device)
+        cash = torch.full((self.n,), self.s.initial_cash, dtype=dt, device=self.device)
+        self.state = (zeros, cash, zeros.clone(), zeros.clone(), start, end)
         return self.observe()
 
     def equity(self) -> torch.Tensor:
         return self.cash + (self.units * self.m.close[self.t]).sum(-1)
 
     def observe(self) -> torch.Tensor:
-        obs = self.obs_table.index_select(0, self.t)
-        value = self.units * self.m.close[self.t]
-        equity = (self.cash + value.sum(-1)).unsqueeze(-1)
-        obs[:, 0] = (self.cash / equity[:, 0]).float()
-        obs[:, 1:1 + self.m.n_assets] = (value / equity).float()
-        return obs
+        return observe(self.obs_table, self.m.close, self.t, self.units, self.cash,
+                       self.m.n_assets)
 
     def step(self, weights: torch.Tensor):
         """`weights [N, A+1]` (assets then cash). Returns (obs, reward, done, info)."""
-        m, s, t = self.m, self.s, self.t
-        nxt = t + 1
-        close_t = m.close[t]
-        eq_before = self.cash + (self.units * close_t).sum(-1)
-        o, h, lo, c = m.ohlc.index_select(0, nxt).unbind(1)
-        old_units = self.units
-        units, cash, fees, traded, fill = rebalance(old_units, self.cash,
-                                                    weights[:, :-1].double(), o, s)
-        entry, peak = update_entry(old_units, units, self.entry, self.peak, fill)
-        ordered_units = units
-        units, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
-            units, cash, peak, entry, o, h, lo, c, s)
-        self.units, self.cash, self.peak, self.entry = units, cash, peak, entry
-        self.t = nxt
-        eq_after = cash + (units * c).sum(-1)
-        reward = torch.log(eq_after / eq_before)
-        if s.reward == "excess":
-            reward = reward - torch.log((c / close_t).mean(-1))
-        info = {"equity": eq_after, "fees": fees + stop_fees, "turnover": traded + stop_notional,
-                "stops": stopped.sum(-1), "stopped": stopped, "exit_price": exit_px,
-                "units_before": old_units, "units_after_orders": ordered_units,
-                "return": eq_after / eq_before - 1}
-        done = self.t >= self.t_end
-        self._restart(done)
-        return self.observe(), reward.float(), done, info
+        self.state, self.counter, obs, reward, done, info = self._step(
+            self.state, weights, self.counter, self.env_ids, self.m.ohlc, self.obs_table)
+        return obs, reward, done, info

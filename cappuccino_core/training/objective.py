@@ -117,7 +117,8 @@ class Objective:
     def train(self, segments, ppo: PPOConfig, env: EnvSettings, seed: int, label: str):
         self.data.check_segments(segments)
         market, norm = self.market(segments)
-        benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed)
+        benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed,
+                                 compile=self.cfg.training.compile_env)
 
         def on_update(st: TrainStats) -> None:
             if self.should_stop():
