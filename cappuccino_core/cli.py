@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -61,6 +62,90 @@ def cmd_train(args) -> int:
     from .training.foreground import train_foreground
     cfg = load_config(args.config_dir)
     return train_foreground(cfg, args.study or cfg.active_study, args.n_trials, args.workers)
+
+
+def _app_db(cfg):
+    from .storage import open_app_db
+    return open_app_db(cfg.storage_url, pool_size=cfg.storage.pool_size,
+                       max_overflow=cfg.storage.max_overflow,
+                       sqlite_busy_timeout_s=cfg.storage.sqlite_busy_timeout_s)
+
+
+def cmd_ensemble_sync(args) -> int:
+    from .ensemble.publish import sync
+    from .ensemble.selection import SelectionError
+    cfg = load_config(args.config_dir)
+    try:
+        result = sync(cfg, _app_db(cfg), args.study)
+    except SelectionError as e:
+        log.error("ensemble sync: %s; the current ensemble is untouched", e)
+        return 1
+    for trial_id, number, why in result.selection.skipped:
+        print(f"skipped trial {number} (id {trial_id}): {why}")
+    print(result.message)
+    return 0
+
+
+def cmd_ensemble_show(args) -> int:
+    from .ensemble.publish import current_manifest, ensembles_dir
+    cfg = load_config(args.config_dir)
+    manifest = current_manifest(ensembles_dir(cfg))
+    if manifest is None:
+        print("no ensemble published yet (cappuccino ensemble sync)")
+        return 1
+    created = pd.Timestamp(manifest["created_at"])
+    age = pd.Timestamp.now(tz="UTC") - created
+    values = [m["value"] for m in manifest["members"]]
+    follows = manifest["study"] == cfg.active_study
+    print(f"ensemble v{manifest['version']}  study {manifest['study']}  created "
+          f"{created:%Y-%m-%d %H:%M} UTC ({age.total_seconds() / 3600:.1f} h ago)  "
+          f"members {len(values)}  mean value {np.mean(values):.3f}  best {max(values):.3f}")
+    if not follows:
+        print(f"WARNING: the active study is {cfg.active_study!r}: this ensemble does not "
+              "follow it")
+    print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14}  parameters")
+    for m in manifest["members"]:
+        stop = m.get("trailing_stop_pct")
+        p = m["params"]
+        print(f"{m['number']:>6} {m['trial_id']:>8} {m['value']:>9.3f} "
+              f"{(f'{stop:.0%}' if stop else '-'):>14}  lr {p.get('learning_rate', 0):.1e} "
+              f"gamma {p.get('gamma', 0):.3f} lookback {p.get('lookback')}")
+    return 0
+
+
+def cmd_study_list(args) -> int:
+    from .studies import study_summaries
+    cfg = load_config(args.config_dir)
+    rows = study_summaries(_app_db(cfg))
+    print(f"{'study':<24}{'complete':>9}{'running':>8}{'failed':>7}{'pruned':>7}{'best':>9}")
+    for name, r in sorted(rows.items()):
+        mark = " *" if name == cfg.active_study else ""
+        best = f"{r['best']:.3f}" if r["best"] is not None else "-"
+        print(f"{name + mark:<24}{r['COMPLETE']:>9}{r['RUNNING']:>8}{r['FAIL']:>7}"
+              f"{r['PRUNED']:>7}{best:>9}")
+    print("* the active study")
+    return 0
+
+
+def cmd_study_activate(args) -> int:
+    from .studies import study_exists, write_active_study
+    cfg = load_config(args.config_dir)
+    if not study_exists(_app_db(cfg), args.name):
+        print(f"study {args.name!r} does not exist in {cfg.storage_url.split('@')[-1]}",
+              file=sys.stderr)
+        return 1
+    path = write_active_study(cfg.config_dir, args.name)
+    print(f"active study is now {args.name} ({path}); the ensemble sync follows it")
+    return 0
+
+
+def cmd_study_import(args) -> int:
+    from .studies import import_studies
+    cfg = load_config(args.config_dir)
+    copied = import_studies(cfg, args.source, args.study)
+    print(f"imported {len(copied)} stud{'y' if len(copied) == 1 else 'ies'}: "
+          f"{', '.join(copied) or '-'}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -123,6 +208,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-trials", type=int, help="target number of finished trials")
     train.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     train.set_defaults(func=cmd_train)
+
+    ensemble = sub.add_parser("ensemble", help="the traded ensemble: sync and show",
+                              description="The ensemble of the active study's best trials.")
+    ens_sub = ensemble.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    ens_sync = ens_sub.add_parser(
+        "sync", parents=[common], help="publish a new version if the top trials changed",
+        description="Select the active study's top trials and publish a new ensemble version "
+                    "atomically if the set changed; tell the trader. Exit 1 if the study is "
+                    "unknown or has no eligible trial (the current ensemble is untouched).")
+    ens_sync.add_argument("--study", help="override the active study (testing)")
+    ens_sync.set_defaults(func=cmd_ensemble_sync)
+    ens_show = ens_sub.add_parser("show", parents=[common], help="print the current version",
+                                  description="Print the current ensemble version: study, "
+                                              "age, and each member's trial, value and stop.")
+    ens_show.set_defaults(func=cmd_ensemble_show)
+
+    study = sub.add_parser("study", help="studies: list, activate, import",
+                           description="Studies in the configured storage.")
+    study_sub = study.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    s_list = study_sub.add_parser("list", parents=[common], help="studies with trial counts",
+                                  description="List studies with complete/running/failed/"
+                                              "pruned counts and best value.")
+    s_list.set_defaults(func=cmd_study_list)
+    s_act = study_sub.add_parser(
+        "activate", parents=[common], help="make a study the one everything follows",
+        description="Check that the study exists and write active_study.yaml atomically; "
+                    "the path unit then runs the ensemble sync at once.")
+    s_act.add_argument("name")
+    s_act.set_defaults(func=cmd_study_activate)
+    s_imp = study_sub.add_parser(
+        "import", parents=[common], help="copy studies from another storage",
+        description="Copy studies from another Optuna storage (e.g. an old SQLite file) into "
+                    "the configured one; existing studies are left alone.")
+    s_imp.add_argument("--from", dest="source", required=True, help="source storage URL")
+    s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
+    s_imp.set_defaults(func=cmd_study_import)
 
     demo = sub.add_parser(
         "demo", help="run the pipeline on the embedded defaults in a temporary state dir",

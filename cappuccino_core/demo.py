@@ -25,9 +25,27 @@ def write_demo_config(directory: Path) -> Path:
     (etc / "cappuccino.yaml").write_text(yaml.safe_dump({
         "paths": {"state_dir": str(directory / "state")},
         "data": {"source": "csv"},
+        # short trials, so the demo stays within minutes on two cores
+        "training": {"total_timesteps": 30_000, "n_envs": 32, "cv": "walk_forward",
+                     "cv_groups": 3, "cv_test_groups": 1},
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "demo"}))
     return etc
+
+
+def train_demo_trials(cfg, n_trials: int):
+    """A few short trials in this process, with a progress bar fed by the worker's status."""
+    from tqdm import tqdm
+
+    from .training.worker import WorkerHooks, open_study, run_worker, set_target
+    study = open_study(cfg, cfg.active_study)
+    set_target(study, n_trials)
+    with tqdm(desc="training", unit=" updates", leave=False) as bar:
+        def status(text: str) -> None:
+            bar.set_postfix_str(text)
+            bar.update(1)
+        run_worker(cfg, cfg.active_study, WorkerHooks(status=status))
+    return study
 
 
 def run_demo(workdir: str | None = None) -> int:
@@ -51,12 +69,18 @@ def run_demo(workdir: str | None = None) -> int:
           f"{feats.shape[0]} rows after a {WARMUP}-bar warm-up, all finite: "
           f"{bool(np.isfinite(feats).all())}")
 
+    study = train_demo_trials(cfg, n_trials=3)
+    best = study.best_trial
+    print(f"[5] training: {len(study.trials)} trials of study 'demo' ({cfg.training.cv}, "
+          f"{cfg.training.total_timesteps:,} steps per fit); best value {best.value:+.3f} "
+          f"(trial {best.number}), artifact {best.user_attrs['artifact_dir']}")
+
     ret = bars.close[-1] / bars.close[WARMUP] - 1
     print("\nsummary (buy-and-hold over the sample, after warm-up)")
     print(f"  {'symbol':<10}{'first':>12}{'last':>12}{'return':>9}")
     for sym, a, b, r in zip(bars.symbols, bars.close[WARMUP], bars.close[-1], ret):
         print(f"  {sym:<10}{a:>12.4f}{b:>12.4f}{r:>+9.1%}")
     print(f"  {'equal-weight':<34}{ret.mean():>+9.1%}")
-    print(f"\nnot yet in the demo: training, ensemble sync, paper replay, auto-deployer "
+    print(f"\nnot yet in the demo: ensemble sync, paper replay, auto-deployer "
           f"(see README)\ndemo finished in {time.monotonic() - started:.1f} s; files in {root}")
     return 0

@@ -234,6 +234,15 @@ class Market:
         return table
 
 
+def live_observation(normalised: np.ndarray, lookback: int, cash_weight: float,
+                     position_weights: np.ndarray) -> torch.Tensor:
+    """One observation, laid out exactly as `Market.observation_table` + `observe` lay it out,
+    from the most recent normalised feature rows `[.., A, F]` (oldest first)."""
+    window = normalised[-lookback:][::-1]  # lag 0 first
+    row = np.concatenate([[cash_weight], position_weights, window.reshape(-1)])
+    return torch.as_tensor(row, dtype=torch.float32).unsqueeze(0)
+
+
 def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
     return 1 + n_assets + lookback * n_assets * n_features
 

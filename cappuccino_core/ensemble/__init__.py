@@ -1,0 +1,1 @@
+"""The ensemble: selection (selection.py), atomic publishing (publish.py), serving (serving.py)."""

@@ -1,0 +1,255 @@
+"""Publishing an ensemble version atomically, and telling the trader.
+
+Layout under `<state_dir>/ensembles/`:
+
+    v000012/manifest.json          version, study, created_at, selection rule, members
+    v000012/members/<trial_id>/    model.pt, spec.json, model.sha256 (hard links, else copies)
+    current -> v000012             a symlink, replaced in one atomic rename
+
+A version is built completely under a temporary name, fsynced, renamed to `vNNNNNN`, and only
+then made current by renaming a new symlink over `current`. Readers follow `current` once and
+read a complete version; a crash at any point leaves the previous version current, and the next
+sync cleans up and succeeds. A lock file serialises concurrent syncs.
+
+Telling the trader (works for the unprivileged service user, no systemctl or polkit needed):
+the trader writes its PID to `<state_dir>/trader.pid`; after publishing, the sync sends it
+SIGHUP (same user, so allowed). Independently the trader checks where `current` points on
+every poll, so a lost signal delays a reload by at most one poll cycle.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..config import Config
+from ..storage import ensemble_versions, record_event
+from .selection import Selection, SelectionError, select_members
+
+log = logging.getLogger(__name__)
+VERSION_PREFIX = "v"
+
+
+def ensembles_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "ensembles"
+
+
+def version_name(version: int) -> str:
+    return f"{VERSION_PREFIX}{version:06d}"
+
+
+def current_dir(root: Path) -> Path | None:
+    """The directory `current` points to, or None before the first publish."""
+    link = root / "current"
+    if not link.is_symlink():
+        return None
+    return root / os.readlink(link)
+
+
+def read_manifest(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def current_manifest(root: Path) -> dict | None:
+    d = current_dir(root)
+    return read_manifest(d) if d is not None and (d / "manifest.json").exists() else None
+
+
+class SyncLock:
+    """An exclusive lock on `<root>/.sync.lock`; waits up to `timeout_s`."""
+
+    def __init__(self, root: Path, timeout_s: float = 120.0):
+        self.path, self.timeout_s = root / ".sync.lock", timeout_s
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another ensemble sync holds {self.path}")
+                time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+@dataclass
+class SyncResult:
+    status: str  # published | unchanged | too_few
+    version: int | None
+    selection: Selection
+    message: str
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def next_version(root: Path, engine: Engine) -> int:
+    on_disk = [int(p.name[1:]) for p in root.glob(f"{VERSION_PREFIX}[0-9]*") if p.name[1:].isdigit()]
+    with engine.connect() as conn:
+        in_db = conn.execute(sa.select(sa.func.max(ensemble_versions.c.version))).scalar() or 0
+    return max(on_disk + [in_db]) + 1
+
+
+def build_manifest(version: int, cfg: Config, sel: Selection) -> dict:
+    e = cfg.ensemble
+    return {
+        "version": version, "study": sel.study,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "selection": {"rule": "top COMPLETE trials by value", "top_n": e.top_n,
+                      "min_members": e.min_members, "min_value": e.min_value,
+                      "max_similar": e.max_similar, "weighting": e.weighting},
+        "members": [{
+            "trial_id": m.trial_id, "number": m.number, "value": m.value, "sha256": m.sha256,
+            "params": m.spec.get("hyperparameters", {}),
+            "trailing_stop_pct": m.spec.get("env", {}).get("trailing_stop_pct"),
+            "path": f"members/{m.trial_id}", "spec": m.spec,
+        } for m in sel.members],
+    }
+
+
+def write_version(root: Path, version: int, manifest: dict, sel: Selection) -> Path:
+    """Write a complete version directory; returns its final path (not yet current)."""
+    tmp = root / f".tmp-{version_name(version)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "members").mkdir(parents=True)
+    for m in sel.members:
+        dst = tmp / "members" / str(m.trial_id)
+        dst.mkdir()
+        for name in ("model.pt", "spec.json", "model.sha256"):
+            _link_or_copy(m.artifact_dir / name, dst / name)
+    # Test switch: hold here so a test can kill -9 a sync in the middle of a publish.
+    time.sleep(float(os.environ.get("CAPPUCCINO_TEST_PUBLISH_PAUSE_S", "0")))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _fsync_tree(tmp)
+    final = root / version_name(version)
+    os.rename(tmp, final)
+    return final
+
+
+def make_current(root: Path, version_dir: Path) -> None:
+    """Point `current` at `version_dir` with one atomic rename of a fresh symlink."""
+    tmp_link = root / f".current-{os.getpid()}"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(version_dir.name, tmp_link)
+    os.replace(tmp_link, root / "current")
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _record_version(engine: Engine, manifest: dict, path: Path) -> None:
+    with engine.begin() as conn:
+        exists = conn.execute(sa.select(ensemble_versions.c.version).where(
+            ensemble_versions.c.version == manifest["version"])).first()
+        if not exists:
+            conn.execute(ensemble_versions.insert().values(
+                version=manifest["version"], study=manifest["study"], path=str(path),
+                manifest={k: v for k, v in manifest.items() if k != "members"}
+                | {"members": [{k: v for k, v in m.items() if k != "spec"}
+                               for m in manifest["members"]]}))
+
+
+def _cleanup(root: Path, keep: int) -> None:
+    """Remove leftovers of interrupted syncs and versions beyond the newest `keep`."""
+    current = current_dir(root)
+    for tmp in list(root.glob(".tmp-*")) + list(root.glob(".current-*")):
+        if tmp.is_symlink() or tmp.is_file():
+            tmp.unlink()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    versions = sorted(p for p in root.glob(f"{VERSION_PREFIX}[0-9]*") if p.is_dir())
+    for old in versions[:-keep]:
+        if current is None or old.resolve() != current.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def notify_trader(cfg: Config) -> bool:
+    """SIGHUP to the trader whose PID is in `<state_dir>/trader.pid`; False when none runs."""
+    pid_file = cfg.state_dir / "trader.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+        log.info("told the trader (pid %d) to reload", pid)
+        return True
+    except (OSError, ValueError) as e:
+        log.info("no trader to tell (%s); it will see the new version on its next poll", e)
+        return False
+
+
+def sync(cfg: Config, engine: Engine, study: str | None = None) -> SyncResult:
+    """Select the active study's members and publish a new version if the set changed."""
+    study = study or cfg.active_study
+    if not study:
+        raise SelectionError("no active study: write active_study.yaml "
+                             "(cappuccino study activate NAME)")
+    root = ensembles_dir(cfg)
+    with SyncLock(root):
+        sel = select_members(engine, cfg, study)
+        current = current_manifest(root)
+        if current is not None:
+            _record_version(engine, current, current_dir(root))  # repairs a crash before it
+        if not sel.members:
+            raise SelectionError(f"study {study!r} has no eligible trial "
+                                 f"({len(sel.skipped)} skipped)")
+        if len(sel.members) < cfg.ensemble.min_members:
+            need = cfg.ensemble.min_members - len(sel.members)
+            msg = (f"study {study}: {len(sel.members)} eligible trials, ensemble.min_members is "
+                   f"{cfg.ensemble.min_members}: {need} more needed; the current ensemble stays")
+            record_event(engine, "ensemble-sync", "warning", "too_few_members", msg,
+                         {"study": study, "eligible": len(sel.members), "needed": need})
+            return SyncResult("too_few", current and current["version"], sel, msg)
+        if current is not None and current["study"] == study and sorted(
+                (m["trial_id"], m["sha256"]) for m in current["members"]) == sel.key:
+            return SyncResult("unchanged", current["version"], sel,
+                              f"ensemble v{current['version']} is up to date")
+        version = next_version(root, engine)
+        manifest = build_manifest(version, cfg, sel)
+        path = write_version(root, version, manifest, sel)
+        make_current(root, path)
+        _record_version(engine, manifest, path)
+        _cleanup(root, cfg.ensemble.keep_versions)
+        msg = (f"published ensemble v{version}: study {study}, {len(sel.members)} members, "
+               f"values {sel.members[-1].value:.3f} .. {sel.members[0].value:.3f}")
+        record_event(engine, "ensemble-sync", "info", "published", msg,
+                     {"study": study, "version": version})
+    notify_trader(cfg)
+    return SyncResult("published", version, sel, msg)

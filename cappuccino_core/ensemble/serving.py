@@ -1,0 +1,98 @@
+"""Serving an ensemble: every member with its own spec, combined into one set of weights.
+
+Each member is loaded from the version directory with the checksum the manifest names
+(`torch.load(weights_only=True)`), and keeps its own lookback and its own normalisation: no
+member is ever fed another member's input scaling. Features are computed once per decision
+(all members share the feature set, which selection checked) and normalised per member.
+Target weights (assets then cash) are the mean of the members' deterministic weights, equal
+or weighted by objective value (config `ensemble.weighting`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..agent import ActorCritic
+from ..config import Config
+from ..env import Normalisation, live_observation
+from ..training.artifacts import ArtifactError, load_artifact
+from .publish import read_manifest
+from .selection import spec_mismatch
+
+
+@dataclass
+class LoadedMember:
+    trial_id: int
+    number: int
+    value: float
+    agent: ActorCritic
+    norm: Normalisation
+    lookback: int
+    spec: dict
+
+
+@dataclass
+class Ensemble:
+    version: int
+    study: str
+    directory: Path
+    members: list[LoadedMember]
+    blend: np.ndarray  # one weight per member, summing to 1
+
+    @classmethod
+    def load(cls, directory: str | Path, cfg: Config) -> "Ensemble":
+        """Load and check a whole version; raises ArtifactError if any member fails."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        members = []
+        for m in manifest["members"]:
+            agent, spec = load_artifact(directory / m["path"], expected_sha256=m["sha256"])
+            if spec.get("trial_id") != m["trial_id"] or spec.get("study") != manifest["study"]:
+                raise ArtifactError(f"{directory / m['path']}: spec names study "
+                                    f"{spec.get('study')!r} trial id {spec.get('trial_id')}")
+            why = spec_mismatch(spec, cfg)
+            if why:
+                raise ArtifactError(f"{directory / m['path']}: {why}")
+            members.append(LoadedMember(m["trial_id"], m["number"], m["value"], agent,
+                                        Normalisation.from_dict(spec["normalisation"]),
+                                        spec["lookback"], spec))
+        if not members:
+            raise ArtifactError(f"{directory}: no members")
+        return cls(manifest["version"], manifest["study"], directory, members,
+                   blend_weights([m.value for m in members], cfg.ensemble.weighting))
+
+    @property
+    def max_lookback(self) -> int:
+        return max(m.lookback for m in self.members)
+
+    @torch.no_grad()
+    def member_weights(self, features: np.ndarray, cash_weight: float,
+                       position_weights: np.ndarray) -> np.ndarray:
+        """Each member's target weights `[members, A+1]` from raw feature rows `[.., A, F]`
+        (oldest first; at least `max_lookback` rows, the last one the newest closed bar)."""
+        out = []
+        for m in self.members:
+            normalised = m.norm.apply(features[-m.lookback:]).astype(np.float32)
+            obs = live_observation(normalised, m.lookback, cash_weight, position_weights)
+            out.append(m.agent.weights(obs)[0].numpy())
+        return np.stack(out)
+
+    def target_weights(self, features: np.ndarray, cash_weight: float,
+                       position_weights: np.ndarray) -> np.ndarray:
+        """The ensemble's target weights `[A+1]` (assets then cash)."""
+        return self.blend @ self.member_weights(features, cash_weight, position_weights)
+
+
+def blend_weights(values: list[float], weighting: str) -> np.ndarray:
+    """Equal, or proportional to each member's value above the worst member's (all equal
+    when the values are all the same)."""
+    v = np.asarray(values, dtype=float)
+    if weighting == "value":
+        w = v - v.min()
+        if w.sum() > 1e-12:
+            return w / w.sum() * 0.5 + 0.5 / len(v)  # never drop a member to zero weight
+    return np.full(len(v), 1.0 / len(v))

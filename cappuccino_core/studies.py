@@ -1,0 +1,82 @@
+"""Studies: which exist and how far they are, the active one, and importing from elsewhere."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Engine
+
+from .config import ACTIVE_STUDY_FILE, STUDY_NAME_RE, Config, ConfigError
+from .storage import make_optuna_storage
+
+_SUMMARY = sa.text("""
+    SELECT s.study_name, t.state, count(t.trial_id), max(v.value)
+    FROM studies s
+    LEFT JOIN trials t ON t.study_id = s.study_id
+    LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
+    GROUP BY s.study_name, t.state
+""")
+STATES = ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING")
+
+
+def study_summaries(engine: Engine) -> dict[str, dict]:
+    """Per study: trial counts per state and the best COMPLETE value."""
+    out: dict[str, dict] = {}
+    with engine.connect() as conn:
+        for name, state, count, best in conn.execute(_SUMMARY):
+            row = out.setdefault(name, {**{s: 0 for s in STATES}, "best": None})
+            if state is not None:
+                row[state] = count
+            if state == "COMPLETE":
+                row["best"] = best
+    return out
+
+
+def study_exists(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM studies WHERE study_name = :n"),
+                            {"n": name}).first() is not None
+
+
+def write_active_study(config_dir: str | Path, name: str) -> Path:
+    """Write active_study.yaml atomically (a complete temporary file, then one rename), so a
+    reader (or the path unit) never sees half a file."""
+    if not STUDY_NAME_RE.match(name):
+        raise ConfigError(ACTIVE_STUDY_FILE, "study", name,
+                          "a study name of letters, digits, '_', '.', '-' (at most 64)")
+    directory = Path(config_dir)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".active_study.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("# The study that training, the ensemble and the trader follow.\n"
+                     "# Written by `cappuccino study activate`.\n")
+            yaml.safe_dump({"study": name}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / ACTIVE_STUDY_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / ACTIVE_STUDY_FILE
+
+
+def import_studies(cfg: Config, source_url: str, names: list[str] | None = None) -> list[str]:
+    """Copy studies (all, or `names`) from another storage into the configured one. A study
+    that already exists here is left alone."""
+    source = make_optuna_storage(source_url)
+    target = make_optuna_storage(cfg.storage_url)
+    wanted = names or [s.study_name for s in optuna.get_all_study_summaries(source)]
+    existing = {s.study_name for s in optuna.get_all_study_summaries(target)}
+    copied = []
+    for name in wanted:
+        if name in existing:
+            continue
+        optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target)
+        copied.append(name)
+    return copied

@@ -1,0 +1,44 @@
+"""Making studies with real trials and real artifacts quickly, for the ensemble tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+
+from cappuccino_core.agent import ActorCritic
+from cappuccino_core.data.features import FEATURE_NAMES, FEATURE_SET
+from cappuccino_core.env import EnvSettings, observation_size
+from cappuccino_core.training.artifacts import artifact_dir, save_artifact
+
+F = len(FEATURE_NAMES)
+
+
+def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
+              symbols: list[str] | None = None, shift: float = 0.0) -> optuna.trial.FrozenTrial:
+    """A COMPLETE trial with a small real policy saved as its artifact."""
+    symbols = list(symbols or cfg.data.symbols)
+    trial = study.ask()
+    A = len(symbols)
+    import torch
+    torch.manual_seed(seed)
+    agent = ActorCritic(observation_size(A, F, lookback), A + 1, 16, 1, -0.5)
+    rng = np.random.default_rng(seed)
+    spec = {
+        "study": study.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
+        "value": value, "code_version": "test", "symbols": symbols,
+        "timeframe": cfg.data.timeframe, "lookback": lookback, "feature_set": FEATURE_SET,
+        "feature_names": list(FEATURE_NAMES),
+        "normalisation": {"mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
+                          "std": (1 + rng.random((A, F))).tolist()},
+        "hyperparameters": {"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
+        "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct).to_dict(),
+        "network": {"obs_size": observation_size(A, F, lookback), "n_actions": A + 1,
+                    "hidden": 16, "layers": 1},
+        "seed": seed,
+    }
+    directory = artifact_dir(cfg.state_dir / "trials", study.study_name, trial._trial_id)
+    digest = save_artifact(directory, agent, spec)
+    trial.set_user_attr("artifact_dir", str(directory))
+    trial.set_user_attr("sha256", digest)
+    study.tell(trial, value)
+    return study.trials[-1]

@@ -1,0 +1,301 @@
+"""The ensemble on real PostgreSQL: selection, atomic publishing, serving."""
+
+import dataclasses
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from cappuccino_core import cli
+from cappuccino_core.config import load_config
+from cappuccino_core.data.features import WARMUP, compute_features
+from cappuccino_core.data.synthetic import synthetic_market
+from cappuccino_core.ensemble.publish import (current_dir, current_manifest, ensembles_dir,
+                                              sync)
+from cappuccino_core.ensemble.selection import SelectionError, select_members
+from cappuccino_core.ensemble.serving import Ensemble
+from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.storage import ensemble_versions, make_optuna_storage, open_app_db
+from cappuccino_core.studies import write_active_study
+from cappuccino_core.training.artifacts import ArtifactError
+
+from conftest import write_config
+from ensemble_helpers import add_trial
+
+
+@pytest.fixture
+def env(tmp_path, pg_url):
+    """Config (PostgreSQL, active study 'alpha'), app database, Optuna storage."""
+    cfg_dir = write_config(tmp_path / "etc", {
+        "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
+        "ensemble": {"top_n": 4, "min_members": 2}}, active_study="alpha")
+    cfg = load_config(cfg_dir)
+    return cfg, open_app_db(pg_url), make_optuna_storage(pg_url)
+
+
+def new_study(storage, name):
+    return optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+
+def run_sync_cli(cfg, extra_env=None):
+    return subprocess.Popen([sys.executable, "-m", "daemons.ensemble_sync", "--config-dir",
+                             cfg.config_dir], env={**os.environ, **(extra_env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def assert_current_is_complete(cfg):
+    d = current_dir(ensembles_dir(cfg))
+    manifest = json.loads((d / "manifest.json").read_text())
+    for m in manifest["members"]:
+        assert (d / m["path"] / "model.pt").exists() and (d / m["path"] / "spec.json").exists()
+    return manifest
+
+
+def test_selection_ignores_other_studies_with_the_same_numbers(env):
+    cfg, engine, storage = env
+    alpha, beta = new_study(storage, "alpha"), new_study(storage, "beta")
+    mine = [add_trial(alpha, cfg, v, seed=i) for i, v in enumerate([0.1, 0.5, 0.3])]
+    [add_trial(beta, cfg, v, seed=i) for i, v in enumerate([9.0, 8.0, 7.0])]  # numbers 0..2 too
+    sel = select_members(engine, cfg, "alpha")
+    assert [m.trial_id for m in sel.members] == [mine[1]._trial_id, mine[2]._trial_id,
+                                                 mine[0]._trial_id]
+    assert all(m.spec["study"] == "alpha" for m in sel.members)
+
+
+def test_mismatched_and_corrupted_members_are_skipped_with_a_reason(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    good = add_trial(alpha, cfg, 0.1)
+    reordered = add_trial(alpha, cfg, 0.9, symbols=list(reversed(cfg.data.symbols)))
+    corrupted = add_trial(alpha, cfg, 0.8)
+    with open(os.path.join(corrupted.user_attrs["artifact_dir"], "model.pt"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    sel = select_members(engine, cfg, "alpha")
+    assert [m.trial_id for m in sel.members] == [good._trial_id]
+    reasons = {tid: why for tid, _, why in sel.skipped}
+    assert "symbols" in reasons[reordered._trial_id]
+    assert "checksum" in reasons[corrupted._trial_id]
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['PAYLOAD_MARKER']}",))
+
+
+def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_path,
+                                                                       monkeypatch):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.1, seed=1)
+    evil = add_trial(alpha, cfg, 0.2, seed=2)
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setenv("PAYLOAD_MARKER", str(marker))
+    d = evil.user_attrs["artifact_dir"]
+    import torch
+    torch.save({"actor.0.weight": Payload()}, os.path.join(d, "model.pt"))  # pickled payload
+    # an attacker who can write the file can also rewrite every checksum that names it
+    from cappuccino_core.training.artifacts import sha256_file
+    digest = sha256_file(__import__("pathlib").Path(d) / "model.pt")
+    spec = json.loads(open(os.path.join(d, "spec.json")).read())
+    spec["sha256"] = digest
+    open(os.path.join(d, "spec.json"), "w").write(json.dumps(spec))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE trial_user_attributes SET value_json = :v "
+                             "WHERE trial_id = :id AND key = 'sha256'"),
+                     {"v": json.dumps(digest), "id": evil._trial_id})
+    result = sync(cfg, engine)
+    assert result.status == "published" and not marker.exists()
+    with pytest.raises(ArtifactError, match="weights refused"):
+        Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    assert not marker.exists()  # refused without executing
+    # and the payload is real: unpickling it the unsafe way would have run it
+    pickle.loads(pickle.dumps(Payload()))
+    assert marker.exists()
+
+
+def test_publish_then_unchanged_then_new_version(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i, v in enumerate([0.1, 0.2, 0.3]):
+        add_trial(alpha, cfg, v, seed=i)
+    first = sync(cfg, engine)
+    assert first.status == "published" and first.version == 1
+    manifest = assert_current_is_complete(cfg)
+    assert manifest["study"] == "alpha" and len(manifest["members"]) == 3
+    assert manifest["members"][0]["trailing_stop_pct"] == 0.10
+    assert sync(cfg, engine).status == "unchanged"
+    assert len(list(ensembles_dir(cfg).glob("v*"))) == 1
+    add_trial(alpha, cfg, 0.9, seed=7)
+    second = sync(cfg, engine)
+    assert second.status == "published" and second.version == 2
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ensemble_versions.c.version, ensemble_versions.c.study)).all()
+    assert sorted(rows) == [(1, "alpha"), (2, "alpha")]
+    assert Ensemble.load(current_dir(ensembles_dir(cfg)), cfg).version == 2
+
+
+def test_too_few_members_keeps_the_current_ensemble(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.1, seed=1)
+    add_trial(alpha, cfg, 0.2, seed=2)
+    assert sync(cfg, engine).version == 1
+    new_study(storage, "gamma")
+    add_trial(optuna.load_study(study_name="gamma", storage=storage), cfg, 5.0, seed=3)
+    write_active_study(cfg.config_dir, "gamma")
+    result = sync(load_config(cfg.config_dir), engine)
+    assert result.status == "too_few" and "1 more needed" in result.message
+    assert current_manifest(ensembles_dir(cfg))["study"] == "alpha"
+
+
+def test_unknown_or_empty_study_is_an_error_and_touches_nothing(env, capsys):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.1, seed=1)
+    add_trial(alpha, cfg, 0.2, seed=2)
+    sync(cfg, engine)
+    with pytest.raises(SelectionError, match="does not exist"):
+        sync(cfg, engine, study="nope")
+    new_study(storage, "empty")
+    assert cli.main(["ensemble", "sync", "--config-dir", cfg.config_dir, "--study", "empty"]) == 1
+    assert current_manifest(ensembles_dir(cfg))["version"] == 1
+
+
+def test_switching_the_active_study_changes_the_next_selection(env):
+    cfg, engine, storage = env
+    alpha, beta = new_study(storage, "alpha"), new_study(storage, "beta")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+        add_trial(beta, cfg, 0.1 * i, seed=10 + i)
+    assert sync(cfg, engine).selection.study == "alpha"
+    assert cli.main(["study", "activate", "beta", "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["study", "activate", "nope", "--config-dir", cfg.config_dir]) == 1
+    result = sync(load_config(cfg.config_dir), engine)
+    assert result.status == "published"
+    manifest = current_manifest(ensembles_dir(cfg))
+    assert manifest["study"] == "beta"
+    assert {m["trial_id"] for m in manifest["members"]} == \
+        {t._trial_id for t in optuna.load_study(study_name="beta", storage=storage).trials}
+
+
+def test_kill_9_during_publish_leaves_the_previous_version_current(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(3):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+    assert sync(cfg, engine).version == 1
+    add_trial(alpha, cfg, 5.0, seed=9)
+    proc = run_sync_cli(cfg, {"CAPPUCCINO_TEST_PUBLISH_PAUSE_S": "60"})
+    root = ensembles_dir(cfg)
+    deadline = time.monotonic() + 60
+    while not list(root.glob(".tmp-v*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(root.glob(".tmp-v*")), proc.communicate()[0] if proc.poll() is not None else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert assert_current_is_complete(cfg)["version"] == 1  # readers still see v1, whole
+    result = sync(cfg, engine)  # the next sync cleans up and succeeds
+    assert result.status == "published"
+    assert assert_current_is_complete(cfg)["version"] == result.version
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_two_concurrent_syncs_publish_once(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(3):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+    procs = [run_sync_cli(cfg, {"CAPPUCCINO_TEST_PUBLISH_PAUSE_S": "1"}) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    joined = "\n".join(outs)
+    assert joined.count("published ensemble v1") == 1 and "up to date" in joined
+    assert [p.name for p in ensembles_dir(cfg).glob("v*")] == ["v000001"]
+    assert_current_is_complete(cfg)
+
+
+def test_sync_tells_the_trader(env, tmp_path):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+    got = tmp_path / "got-hup"
+    trader = subprocess.Popen([sys.executable, "-c", (
+        "import signal, time, pathlib\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(got)!r}).touch())\n"
+        "time.sleep(30)\n")])
+    time.sleep(0.5)
+    try:
+        (cfg.state_dir / "trader.pid").write_text(f"{trader.pid}\n")
+        sync(cfg, engine)
+        deadline = time.monotonic() + 10
+        while not got.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got.exists()
+    finally:
+        trader.kill()
+        trader.wait()
+
+
+def test_each_member_is_served_with_its_own_lookback_and_normalisation(env):
+    """Each member sees exactly the observation the training env would have given it."""
+    cfg, engine, storage = env
+    bars = synthetic_market(n_assets=7, n_bars=1200, seed=2)
+    symbols = list(bars.symbols)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=symbols))
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.3, lookback=1, seed=1, shift=0.0)
+    add_trial(alpha, cfg, 0.2, lookback=4, seed=2, shift=0.5)
+    add_trial(alpha, cfg, 0.1, lookback=2, seed=3, shift=-0.5)
+    sync(cfg, engine)
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    feats = compute_features(bars)
+    t = 1000
+    got = ens.member_weights(feats[:t + 1], 1.0, np.zeros(7))
+    for i, m in enumerate(ens.members):
+        market = Market.from_bars(bars, m.norm, features=feats)
+        benv = BatchedTradingEnv(market, [(t, 1200)], 1, EnvSettings(lookback=m.lookback),
+                                 fixed_start=True)
+        assert int(benv.t[0]) == t
+        expected = m.agent.weights(benv.observe())[0].numpy()
+        np.testing.assert_allclose(got[i], expected, rtol=1e-6, atol=1e-7)
+    assert len({tuple(np.round(g, 6)) for g in got}) == 3  # three different members
+    combined = ens.target_weights(feats[:t + 1], 1.0, np.zeros(7))
+    np.testing.assert_allclose(combined, got.mean(axis=0), rtol=1e-6)
+    assert combined.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_study_list_and_ensemble_show(env, capsys):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.25 * (i + 1), seed=i)
+    alpha.tell(alpha.ask(), state=optuna.trial.TrialState.PRUNED)
+    assert cli.main(["study", "list", "--config-dir", cfg.config_dir]) == 0
+    out = capsys.readouterr().out
+    assert "alpha *" in out and "0.500" in out
+    line = next(line for line in out.splitlines() if line.startswith("alpha"))
+    assert line.split()[2:6] == ["2", "0", "0", "1"]
+    sync(cfg, engine)
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
+    out = capsys.readouterr().out
+    assert "ensemble v1  study alpha" in out and "10%" in out and "best 0.500" in out
+
+
+def test_study_import_from_an_old_sqlite_file(env, tmp_path):
+    cfg, engine, storage = env
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="legacy", storage=make_optuna_storage(old_url))
+    old.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+    assert cli.main(["study", "import", "--from", old_url, "--config-dir", cfg.config_dir]) == 0
+    copied = optuna.load_study(study_name="legacy", storage=storage)
+    assert len(copied.trials) == 4 and copied.best_value == old.best_value
