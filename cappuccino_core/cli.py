@@ -148,6 +148,14 @@ def cmd_study_import(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .status import collect, render
+    cfg = load_config(args.config_dir)
+    state = collect(cfg)
+    print(json.dumps(state, indent=2, default=str) if args.json else render(state))
+    return 1 if "error" in state else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -244,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     s_imp.add_argument("--from", dest="source", required=True, help="source storage URL")
     s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
     s_imp.set_defaults(func=cmd_study_import)
+
+    status = sub.add_parser(
+        "status", parents=[common], help="one screen: study, training, ensemble",
+        description="Show the active study, training progress and the ensemble (whether it "
+                    "follows the active study, and how many trials it still needs).")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser(
         "demo", help="run the pipeline on the embedded defaults in a temporary state dir",

@@ -14,14 +14,15 @@ F = len(FEATURE_NAMES)
 
 
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
-              symbols: list[str] | None = None, shift: float = 0.0) -> optuna.trial.FrozenTrial:
+              symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
+              layers: int = 1) -> optuna.trial.FrozenTrial:
     """A COMPLETE trial with a small real policy saved as its artifact."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
     A = len(symbols)
     import torch
     torch.manual_seed(seed)
-    agent = ActorCritic(observation_size(A, F, lookback), A + 1, 16, 1, -0.5)
+    agent = ActorCritic(observation_size(A, F, lookback), A + 1, hidden, layers, -0.5)
     rng = np.random.default_rng(seed)
     spec = {
         "study": study.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
@@ -33,7 +34,7 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
         "hyperparameters": {"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
         "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct).to_dict(),
         "network": {"obs_size": observation_size(A, F, lookback), "n_actions": A + 1,
-                    "hidden": 16, "layers": 1},
+                    "hidden": hidden, "layers": layers},
         "seed": seed,
     }
     directory = artifact_dir(cfg.state_dir / "trials", study.study_name, trial._trial_id)

@@ -299,3 +299,49 @@ def test_study_import_from_an_old_sqlite_file(env, tmp_path):
     assert cli.main(["study", "import", "--from", old_url, "--config-dir", cfg.config_dir]) == 0
     copied = optuna.load_study(study_name="legacy", storage=storage)
     assert len(copied.trials) == 4 and copied.best_value == old.best_value
+
+
+def test_a_reader_notices_a_new_version_without_any_signal_and_keeps_a_good_one(env):
+    from cappuccino_core.ensemble.serving import EnsembleWatcher
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+    sync(cfg, engine)
+    watcher = EnsembleWatcher(ensembles_dir(cfg), cfg)
+    first, err = watcher.poll()
+    assert first.version == 1 and err is None
+    assert watcher.poll() == (None, None)  # nothing new
+    add_trial(alpha, cfg, 0.9, seed=5)
+    sync(cfg, engine)  # no trader pid file: the SIGHUP goes nowhere
+    second, _ = watcher.poll()
+    assert second.version == 2 and {m.trial_id for m in second.members} != \
+        {m.trial_id for m in first.members}
+    # a version whose member was damaged after publishing is refused; the reader keeps v2
+    add_trial(alpha, cfg, 1.5, seed=6)
+    sync(cfg, engine)
+    damaged = current_dir(ensembles_dir(cfg)) / current_manifest(ensembles_dir(cfg))["members"][0]["path"]
+    (damaged / "model.pt").write_bytes(b"garbage")
+    third, err = watcher.poll()
+    assert third is None and "refused, keeping the current one" in err and "checksum" in err
+    assert watcher.poll() == (None, None)  # reported once
+
+
+def test_status_shows_the_ensemble_and_how_many_trials_it_still_needs(env, capsys):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.4, seed=1)
+    sync(cfg, engine)  # one eligible, two needed
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 0
+    out = capsys.readouterr().out
+    assert "1 complete" in out and "ensemble: none published yet" in out
+    assert "1 more eligible trial(s) needed" in out
+    add_trial(alpha, cfg, 0.5, seed=2)
+    sync(cfg, engine)
+    new_study(storage, "beta")
+    write_active_study(cfg.config_dir, "beta")
+    assert cli.main(["status", "--json", "--config-dir", cfg.config_dir]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["ensemble"]["version"] == 1 and state["ensemble"]["follows_active_study"] is False
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 0
+    assert "DOES NOT FOLLOW THE ACTIVE STUDY" in capsys.readouterr().out

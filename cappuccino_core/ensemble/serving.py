@@ -10,6 +10,7 @@ or weighted by objective value (config `ensemble.weighting`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,34 @@ def blend_weights(values: list[float], weighting: str) -> np.ndarray:
         if w.sum() > 1e-12:
             return w / w.sum() * 0.5 + 0.5 / len(v)  # never drop a member to zero weight
     return np.full(len(v), 1.0 / len(v))
+
+
+class EnsembleWatcher:
+    """Follows `<state_dir>/ensembles/current` for a long-running reader (the trader).
+
+    `poll()` looks where `current` points; when it points somewhere new, the new version is
+    loaded and checked completely before it is handed out. A version that fails its checks is
+    reported once and skipped, and the caller keeps the one it has. A signal (SIGHUP) only
+    makes the caller poll sooner: a lost signal costs at most one poll interval."""
+
+    def __init__(self, root: Path, cfg: Config):
+        self.root, self.cfg = Path(root), cfg
+        self.loaded_target: str | None = None
+        self.rejected_target: str | None = None
+
+    def _target(self) -> str | None:
+        link = self.root / "current"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def poll(self) -> tuple[Ensemble | None, str | None]:
+        """(new ensemble or None, error message or None)."""
+        target = self._target()
+        if target is None or target in (self.loaded_target, self.rejected_target):
+            return None, None
+        try:
+            ensemble = Ensemble.load(self.root / target, self.cfg)
+        except (ArtifactError, OSError, ValueError, KeyError) as e:
+            self.rejected_target = target
+            return None, f"ensemble {target} refused, keeping the current one: {e}"
+        self.loaded_target = target
+        return ensemble, None
