@@ -296,11 +296,11 @@ def observe(obs_table, close, t, units, cash, n_assets: int) -> torch.Tensor:
     return obs
 
 
-def env_step(state: tuple, weights, counter, env_ids, ohlc, obs_table, ep: Episodes,
-             s: EnvSettings):
+def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings):
     """One decision for every episode: orders at the next open, the bar lived through (stops),
     reward at its close; finished episodes restart. A pure tensor function, so that it can be
-    compiled whole (see BatchedTradingEnv's `compile`)."""
+    compiled whole (see BatchedTradingEnv's `compile`). The observation is gathered outside:
+    a row copy (index_select) beats any compiled element-wise gather."""
     units, cash, entry, peak, t, t_end = state
     target = weights[:, :-1].double()  # asset weights; cash is what remains
     counter = counter + 1
@@ -330,8 +330,7 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, obs_table, ep: Episo
         new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
                      entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
                      torch.where(done, start, nxt), torch.where(done, end, t_end))
-    obs = observe(obs_table, close, new_state[4], new_state[0], new_state[1], ohlc.shape[2])
-    return new_state, counter, obs, reward.float(), done, info
+    return new_state, counter, reward.float(), done, info
 
 
 class BatchedTradingEnv:
@@ -387,6 +386,6 @@ class BatchedTradingEnv:
 
     def step(self, weights: torch.Tensor):
         """`weights [N, A+1]` (assets then cash). Returns (obs, reward, done, info)."""
-        self.state, self.counter, obs, reward, done, info = self._step(
-            self.state, weights, self.counter, self.env_ids, self.m.ohlc, self.obs_table)
-        return obs, reward, done, info
+        self.state, self.counter, reward, done, info = self._step(
+            self.state, weights, self.counter, self.env_ids, self.m.ohlc)
+        return self.observe(), reward, done, info
