@@ -15,7 +15,7 @@ F = len(FEATURE_NAMES)
 
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
               symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
-              layers: int = 1) -> optuna.trial.FrozenTrial:
+              layers: int = 1, band: float = 0.0) -> optuna.trial.FrozenTrial:
     """A COMPLETE trial with a small real policy saved as its artifact."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
@@ -32,7 +32,8 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
         "normalisation": {"mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
                           "std": (1 + rng.random((A, F))).tolist()},
         "hyperparameters": {"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
-        "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct).to_dict(),
+        "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct, lookback=lookback,
+                           min_rebalance_weight=band).to_dict(),
         "network": {"obs_size": observation_size(A, F, lookback), "n_actions": A + 1,
                     "hidden": hidden, "layers": layers},
         "seed": seed,

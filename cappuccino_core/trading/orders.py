@@ -1,0 +1,65 @@
+"""Turning target weights into orders, with the environment's arithmetic.
+
+The plan is what `env.rebalance` would do to the broker's actual positions (caps, cash reserve,
+minimum notional, no-trade band, fees and slippage, buys scaled to the cash), expressed as
+market orders in each asset's own units, rounded down to the broker's increment. Selling to a
+zero weight sells every unit held. Every order gets a deterministic client order id from what
+it is for, so a restart in the middle of a bar re-derives the same ids and cannot trade twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..broker.base import AssetRule, Position
+from ..env import EnvSettings, rebalance
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    symbol: str
+    side: str
+    qty: float
+    purpose: str  # rebalance | stop
+
+
+def client_order_id(trader: str, purpose: str, when: pd.Timestamp, symbol: str,
+                    side: str) -> str:
+    """`cap-<trader>-<purpose>-<YYYYmmddHHMM>-<BASE>-<side>`: the same inputs, the same id."""
+    return f"cap-{trader}-{purpose}-{when:%Y%m%d%H%M}-{symbol.split('/')[0]}-{side}"
+
+
+def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
+                   positions: dict[str, Position], cash: float, prices: np.ndarray,
+                   settings: EnvSettings, rules: dict[str, AssetRule]) -> list[PlannedOrder]:
+    """Orders that move the holdings to `target_weights` (assets then cash); sells first."""
+    units = np.array([positions[s].qty if s in positions else 0.0 for s in symbols])
+    t = lambda x: torch.as_tensor(np.asarray(x, dtype=float)[None])  # noqa: E731
+    new_units, *_ = rebalance(t(units), torch.tensor([cash], dtype=torch.float64),
+                              t(target_weights[:-1]), t(prices), settings)
+    new_units = new_units[0].numpy()
+    sells, buys = [], []
+    for a, symbol in enumerate(symbols):
+        rule = rules[symbol]
+        if not rule.tradable:
+            continue
+        delta = new_units[a] - units[a]
+        if delta < 0:
+            qty = units[a] if new_units[a] <= 0 else _round_down(-delta, rule)
+            if qty >= rule.min_order_size:
+                sells.append(PlannedOrder(symbol, "sell", qty, "rebalance"))
+        elif delta > 0:
+            qty = _round_down(delta, rule)
+            if qty >= rule.min_order_size:
+                buys.append(PlannedOrder(symbol, "buy", qty, "rebalance"))
+    return sells + buys
+
+
+def _round_down(qty: float, rule: AssetRule) -> float:
+    step = rule.min_trade_increment
+    return math.floor(qty / step + 1e-6) * step  # forgive float error in qty / step
