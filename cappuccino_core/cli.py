@@ -156,6 +156,40 @@ def cmd_status(args) -> int:
     return 1 if "error" in state else 0
 
 
+def cmd_paper(args) -> int:
+    if not args.replay:
+        print("live paper trading runs as the service: python -m daemons.paper_trader",
+              file=sys.stderr)
+        return 2
+    from .trading.replay import ReplayError, replay
+    cfg = load_config(args.config_dir)
+    try:
+        result = replay(cfg, _app_db(cfg), args.start, args.end, name=args.name,
+                        progress=sys.stderr.isatty())
+    except ReplayError as e:
+        print(f"replay: {e}", file=sys.stderr)
+        return 1
+    ret = result.equity / cfg.broker.initial_cash - 1
+    print(f"replayed {result.bars} bars {result.start:%Y-%m-%d %H:%M} .. "
+          f"{result.end:%Y-%m-%d %H:%M} UTC with ensemble v{', v'.join(map(str, result.versions))}"
+          f": equity {result.equity:,.2f} ({ret:+.2%})")
+    return 0
+
+
+def cmd_trader_status(args) -> int:
+    from .trading.report import trader_status
+    cfg = load_config(args.config_dir)
+    print(trader_status(cfg, _app_db(cfg), args.name))
+    return 0
+
+
+def cmd_trader_history(args) -> int:
+    from .trading.report import trader_history
+    cfg = load_config(args.config_dir)
+    print(trader_history(_app_db(cfg), args.name, args.limit))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -252,6 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
     s_imp.add_argument("--from", dest="source", required=True, help="source storage URL")
     s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
     s_imp.set_defaults(func=cmd_study_import)
+
+    paper = sub.add_parser(
+        "paper", parents=[common], help="paper trading: replay history through the loop",
+        description="Run the trading loop with the simulated broker on a simulated clock over "
+                    "historical bars (--replay); live paper trading is the service.")
+    paper.add_argument("--replay", action="store_true", help="replay history (required)")
+    paper.add_argument("--from", dest="start", help="first bar, UTC (default: the data's)")
+    paper.add_argument("--to", dest="end", help="end, exclusive, UTC (default: the data's)")
+    paper.add_argument("--name", default="replay", help="trader name in the database")
+    paper.set_defaults(func=cmd_paper)
+
+    trader = sub.add_parser("trader", help="inspect a trader: status and history",
+                            description="Inspect the paper trader's state in the database.")
+    trader_sub = trader.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    t_status = trader_sub.add_parser(
+        "status", parents=[common], help="equity, cash, positions with stops, last bar",
+        description="Equity, cash, positions with entry, peak and stop level, the last bar "
+                    "processed and the ensemble version.")
+    t_status.add_argument("--name", default="paper", help="trader name (default: paper)")
+    t_status.set_defaults(func=cmd_trader_status)
+    t_hist = trader_sub.add_parser("history", parents=[common], help="orders, fills, fees, P&L",
+                                   description="Orders with their fills and fees, and the "
+                                               "realised P&L.")
+    t_hist.add_argument("--name", default="paper", help="trader name (default: paper)")
+    t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
+    t_hist.set_defaults(func=cmd_trader_history)
 
     status = sub.add_parser(
         "status", parents=[common], help="one screen: study, training, ensemble",

@@ -100,7 +100,7 @@ class SimBroker:
         if existing is not None:
             return existing  # idempotent
         held = self.book["positions"].get(symbol, {"qty": 0.0, "avg": 0.0})
-        if side == "sell" and qty >= held["qty"] - self.increment:
+        if side == "sell" and abs(qty - held["qty"]) <= self.increment:
             qty = held["qty"]  # the whole position: no dust left behind
         else:  # to the increment, forgiving float error in qty / increment
             qty = math.floor(qty / self.increment + 1e-6) * self.increment

@@ -6,7 +6,8 @@ simulated clock) and knows nothing of clocks itself:
 - `start()` reconciles with the broker (its positions are the truth; differences are logged)
   and resolves orders a crash left pending, by client order id.
 - `on_bar(bar_time, features, now)` trades one closed bar: never a bar twice, never one older
-  than `risk.stale_bar_limit_bars`. Ensemble -> target weights -> drawdown halt -> order plan
+  than `risk.stale_bar_limit_bars`. Ensemble -> target weights (saved before any order, so a
+  restart in the middle of the bar finishes the same decision) -> drawdown halt -> order plan
   with the environment's arithmetic -> sells, then buys re-planned on the cash the sells
   brought -> stops updated -> equity snapshot -> the bar recorded as processed.
 - `check_stops(open, high, low, close)` and `exit_positions()` apply the trailing stop and the
@@ -66,7 +67,8 @@ class Trader:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(trader_state.c.key, trader_state.c.value).where(
                 trader_state.c.trader == self.name)).all()
-        state = {"stops": {}, "last_bar": None, "equity_peak": None, "halted": False}
+        state = {"stops": {}, "last_bar": None, "equity_peak": None, "halted": False,
+                 "decision": None}
         state.update({k: v for k, v in rows})
         return state
 
@@ -140,8 +142,16 @@ class Trader:
         value = np.array([positions[s].qty * prices[i] if s in positions else 0.0
                           for i, s in enumerate(self.symbols)])
         equity = account.cash + value.sum()
-        target = self.ensemble.target_weights(features, account.cash / equity, value / equity)
-        target = self._drawdown_guard(target, value / equity, equity)
+        decided = self.state.get("decision") or {}
+        if decided.get("bar") == bar_time.isoformat():
+            target = np.array(decided["target"])  # resuming a bar a crash interrupted
+        else:
+            target = self.ensemble.target_weights(features, account.cash / equity,
+                                                  value / equity)
+            target = self._drawdown_guard(target, value / equity, equity)
+            self.state["decision"] = {"bar": bar_time.isoformat(), "target": target.tolist(),
+                                      "ensemble": self.ensemble.version}
+            self._save_state("decision", "equity_peak", "halted")  # before any order
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
                               self.settings, self.rules)
         self._execute([o for o in plan if o.side == "sell"], bar_time)

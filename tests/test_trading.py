@@ -1,0 +1,198 @@
+"""The paper trader with the simulated broker: replay, stops, restarts, stale bars, reloads."""
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from cappuccino_core import cli
+from cappuccino_core.broker.sim import SimBroker
+from cappuccino_core.config import load_config
+from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+from cappuccino_core.ensemble.serving import Ensemble
+from cappuccino_core.storage import make_optuna_storage, open_app_db, sim_orders
+from cappuccino_core.trading.replay import fills_table, replay
+from cappuccino_core.trading.trader import Trader
+
+from conftest import write_config
+from ensemble_helpers import add_trial
+
+SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD"]
+LUNA = ("2022-05-01", "2022-06-01")  # a falling market: stops must fire
+
+
+def setup_trader_env(tmp_path, shared_data, name="etc", members=4, **config):
+    cfg = load_config(write_config(tmp_path / name, {
+        "paths": {"state_dir": str(tmp_path / name / "state")},
+        "data": {"csv_path": str(shared_data), "symbols": SYMBOLS},
+        "ensemble": {"top_n": members, "min_members": 1}, **config}, active_study="live"))
+    engine = open_app_db(cfg.storage_url)
+    study = optuna.create_study(study_name="live", storage=make_optuna_storage(cfg.storage_url),
+                                direction="maximize")
+    for i in range(members):
+        add_trial(study, cfg, 0.1 * i, lookback=1 + i % 3, seed=i, band=0.02)
+    sync(cfg, engine)
+    return cfg, engine, study
+
+
+def test_replay_on_real_data_is_deterministic(tmp_path, shared_data):
+    runs = []
+    for k in range(2):
+        cfg, engine, _ = setup_trader_env(tmp_path, shared_data, name=f"run{k}")
+        result = replay(cfg, engine, *LUNA)
+        runs.append((fills_table(engine, "replay"), result.equity))
+    (fills_a, eq_a), (fills_b, eq_b) = runs
+    assert len(fills_a) > 20 and fills_a == fills_b and eq_a == eq_b
+    assert any("-stop-" in f[0] for f in fills_a)  # the crash tripped trailing stops
+
+
+def test_replay_cli_and_inspection(tmp_path, shared_data, capsys):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    d = cfg.config_dir
+    assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--config-dir", d,
+                     "--name", "paper"]) == 0
+    assert "replayed" in capsys.readouterr().out
+    assert cli.main(["trader", "status", "--config-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "equity" in out and "last bar 2022-05-31" in out
+    assert cli.main(["trader", "history", "--config-dir", d, "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "realised P&L" in out and "filled" in out
+
+
+@pytest.mark.parametrize("price", [0.05, 3.0, 450.0, 100_000.0])
+def test_trailing_stop_fires_on_the_right_tick_and_sells_everything(tmp_path, shared_data,
+                                                                    price):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    broker = SimBroker(engine, 100_000, cfg.broker.taker_fee, 0.0)
+    broker.mark({s: price for s in SYMBOLS})
+    broker.submit_market_order("ETH/USD", "buy", 30_000 / price, "manual-buy")
+    trader = Trader(cfg, broker, engine, "stops")
+    trader.start()  # adopts the position: entry = peak = fill price
+    held = broker.positions()["ETH/USD"].qty
+    path = [1.05, 1.12, 1.20, 1.15, 1.09, 1.081, 1.0799, 1.2]  # peak 1.20 -> level 1.08
+    fired_at = None
+    for k, p in enumerate(path):
+        px = np.array([price, price * p, price])
+        exits = trader.check_stops(px, px, px, px)
+        if exits:
+            fired_at = k
+            broker.mark({"ETH/USD": price * p})
+            trader.exit_positions(exits, pd.Timestamp("2024-01-01 00:00", tz="UTC")
+                                  + pd.Timedelta(minutes=k))
+            break
+    assert fired_at == 6  # 1.0799 <= 1.20 x 0.90, and not a tick earlier
+    assert "ETH/USD" not in broker.positions()
+    with engine.connect() as conn:
+        sold = conn.execute(sa.select(sim_orders.c.qty).where(
+            sim_orders.c.client_order_id.like("cap-stops-stop-%"))).scalars().all()
+    assert sold == [held]  # the whole position, in the asset's own units
+
+
+class CrashAfter:
+    """A broker that dies (like the process would) after `n` submissions."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def submit_market_order(self, *args):
+        if self.n == 0:
+            raise SystemExit("crash")
+        self.n -= 1
+        return self.inner.submit_market_order(*args)
+
+
+def _first_decision(cfg, engine, broker_factory, crash_after=None):
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    bars = load_bars(cfg, end="2022-05-10")
+    feats = compute_features(bars)
+    t = len(bars) - 2
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    broker = broker_factory()
+    broker.mark(dict(zip(SYMBOLS, bars.open[t + 1])))
+    wrapped = CrashAfter(broker, crash_after) if crash_after is not None else broker
+    trader = Trader(cfg, wrapped, engine, "paper", ens)
+    trader.start()
+    now = bars.index[t] + pd.Timedelta(hours=1, seconds=10)
+    return trader, lambda: trader.on_bar(bars.index[t], feats[:t + 1], now)
+
+
+def test_restart_mid_bar_resumes_without_double_trading(tmp_path, shared_data):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, name="crash")
+    ref_cfg, ref_engine, _ = setup_trader_env(tmp_path, shared_data, name="ref")
+    make = lambda e, c: (lambda: SimBroker(e, 100_000, c.broker.taker_fee,  # noqa: E731
+                                           c.broker.slippage_bps))
+    _, decide = _first_decision(ref_cfg, ref_engine, make(ref_engine, ref_cfg))
+    assert decide() == "traded"
+    _, decide = _first_decision(cfg, engine, make(engine, cfg), crash_after=1)
+    with pytest.raises(SystemExit):
+        decide()
+    trader, decide = _first_decision(cfg, engine, make(engine, cfg))  # systemd restarts it
+    assert decide() == "traded"
+    assert decide() == "already processed"
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(sim_orders.c.client_order_id)).scalars().all()
+    assert len(ids) == len(set(ids)) >= 2
+    ref = SimBroker(ref_engine, 0, 0, 0).positions()
+    got = SimBroker(engine, 0, 0, 0).positions()
+    # the same decision, finished: equal holdings up to the fees already paid before the
+    # crash (a double trade would double a position)
+    assert set(got) == set(ref) and got
+    for s in ref:
+        assert got[s].qty == pytest.approx(ref[s].qty, rel=5e-3)
+
+
+def test_stale_bars_are_never_traded(tmp_path, shared_data):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    trader, _ = _first_decision(cfg, engine, lambda: SimBroker(engine, 100_000, 0.0025, 0))
+    bar = pd.Timestamp("2022-05-09 20:00", tz="UTC")
+    feats = np.zeros((10, 3, 16))
+    late = bar + pd.Timedelta(hours=1 + cfg.risk.stale_bar_limit_bars, seconds=1)
+    assert trader.on_bar(bar, feats, late) == "stale"
+    assert trader.on_bar(bar, feats, bar + pd.Timedelta(hours=1)) == "already processed"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(sim_orders)).scalar() == 0
+
+
+def test_a_reload_mid_run_misses_no_bar_and_the_next_decision_uses_the_new_members(
+        tmp_path, shared_data):
+    cfg, engine, study = setup_trader_env(tmp_path, shared_data)
+    seen = []
+
+    def hook(t, trader):
+        seen.append((t, trader.ensemble.version, trader.last_bar))
+        if len(seen) == 100:
+            for i in range(4):
+                add_trial(study, cfg, 10 + i, lookback=2, seed=100 + i, band=0.02)
+            assert sync(cfg, engine).status == "published"
+
+    result = replay(cfg, engine, *LUNA, on_bar=hook)
+    assert result.versions == [1, 2]
+    versions = [v for _, v, _ in seen]
+    assert versions[:100] == [1] * 100 and set(versions[100:]) == {2}
+    processed = [b for _, _, b in seen]
+    assert len(set(processed)) == len(seen) == result.bars  # every bar, once
+    new_ids = {m.trial_id for m in Ensemble.load(current_dir(ensembles_dir(cfg)), cfg).members}
+    assert new_ids == {t._trial_id for t in study.trials if t.value >= 10}
+
+
+def test_sim_broker_is_idempotent_and_refuses_what_it_cannot_do(tmp_path):
+    engine = open_app_db(f"sqlite:///{tmp_path / 'b.db'}")
+    b = SimBroker(engine, 1_000, fee=0.0025, slippage_bps=10)
+    b.mark({"BTC/USD": 100.0})
+    first = b.submit_market_order("BTC/USD", "buy", 5, "id-1")
+    again = b.submit_market_order("BTC/USD", "buy", 5, "id-1")
+    assert first.status == again.status == "filled" and b.positions()["BTC/USD"].qty == 5
+    assert first.filled_avg_price == pytest.approx(100.1)
+    assert b.account().cash == pytest.approx(1_000 - 500.5 * 1.0025)
+    assert b.submit_market_order("BTC/USD", "buy", 50, "id-2").reason == "insufficient balance"
+    assert "insufficient qty" in b.submit_market_order("BTC/USD", "sell", 6, "id-3").reason
+    assert "below the minimum" in b.submit_market_order("BTC/USD", "buy", 1e-8, "id-4").reason
+    reopened = SimBroker(engine, 999_999, 0.0025, 10)  # the book survives a restart
+    assert reopened.positions()["BTC/USD"].qty == 5
+    assert reopened.account().cash == pytest.approx(b.account().cash)
