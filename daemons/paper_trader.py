@@ -1,0 +1,56 @@
+"""cappuccino-paper-trader.service: the paper trader.
+
+Broker: `broker.kind: sim` (the built-in simulated broker, the default) or `alpaca` (Alpaca's
+paper account; keys from systemd credentials or the environment, never logged).
+READY=1 after reconciliation with the broker; WATCHDOG=1 and STATUS= from the loop itself;
+SIGHUP reloads the ensemble between bars (RELOADING=1 / READY=1); SIGTERM stops after the
+current cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from cappuccino_core.config import ConfigError, load_config
+from cappuccino_core.service import Notifier, setup_logging
+from cappuccino_core.storage import open_app_db
+from cappuccino_core.trading.live import LiveLoop
+
+log = logging.getLogger("cappuccino.trader")
+
+
+def make_broker(cfg, engine):
+    if cfg.broker.kind == "alpaca":
+        from cappuccino_core.broker.alpaca import AlpacaBroker
+        return AlpacaBroker.from_config(cfg)
+    from cappuccino_core.broker.sim import SimBroker
+    return SimBroker(engine, cfg.broker.initial_cash, cfg.broker.taker_fee,
+                     cfg.broker.slippage_bps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-dir", help="default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino")
+    parser.add_argument("--name", default="paper", help="trader name in the database")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load_config(args.config_dir)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    engine = open_app_db(cfg.storage_url)
+    loop = LiveLoop(cfg, make_broker(cfg, engine), engine, Notifier(), name=args.name)
+    signal.signal(signal.SIGHUP, lambda *_: loop.request_reload())
+    signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: loop.request_stop())
+    loop.run()
+    log.info("trader stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
