@@ -1,0 +1,125 @@
+"""The real alpaca-py trading client against the emulator, with each fault switched on."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from cappuccino_core.broker.alpaca import AlpacaBroker
+from cappuccino_core.storage import fills, orders
+from cappuccino_core.trading.trader import Trader
+
+from alpaca_emulator import AlpacaEmulator, RunningEmulator
+from test_trading import SYMBOLS, setup_trader_env
+
+PRICES = {"BTC/USD": 30_000.0, "ETH/USD": 2_000.0, "SOL/USD": 40.0}
+
+
+@pytest.fixture
+def emulator():
+    with RunningEmulator(AlpacaEmulator(prices=dict(PRICES))) as running:
+        yield running
+
+
+def broker_for(emulator, **kw):
+    return AlpacaBroker("key", "secret", SYMBOLS, url_override=emulator.url, retry_wait_s=0.01,
+                        timeout_s=kw.pop("timeout_s", 2.0), poll_s=0.01, **kw)
+
+
+def test_account_positions_assets_and_prices(emulator):
+    b = broker_for(emulator)
+    assert b.account().cash == 100_000.0
+    assert b.asset_rules(["BTC/USD"])["BTC/USD"].min_order_size == 1e-6
+    assert b.latest_prices(SYMBOLS) == PRICES
+    order = b.submit_market_order("ETH/USD", "buy", 2.5, "cap-t-1")
+    assert order.status == "filled" and order.filled_qty == 2.5
+    assert b.positions()["ETH/USD"].qty == 2.5  # reported as ETHUSD, mapped back
+    assert b.get_order("cap-t-1").filled_avg_price == 2_000.0
+    assert b.get_order("nope") is None
+
+
+def test_rate_limits_and_server_errors_are_retried_without_doubling(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator)
+    emu.fail_next(429)
+    emu.fail_next(500, times=2)
+    order = b.submit_market_order("BTC/USD", "buy", 0.1, "cap-t-2")
+    assert order.status == "filled"
+    assert len(emu.orders) == 1 and b.positions()["BTC/USD"].qty == pytest.approx(0.1)
+
+
+def test_a_timeout_after_acceptance_never_doubles_the_order(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator, timeout_s=0.5)
+    emu.delay_next_order_response(2.0)  # accepted and filled; the answer comes too late
+    order = b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3")
+    assert order.status == "filled" and order.client_order_id == "cap-t-3"
+    assert len(emu.posted_orders()) == 1 and len(emu.orders) == 1
+    assert b.positions()["SOL/USD"].qty == 10
+    # sending the same id again (a restart) is answered with the existing order
+    again = b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3")
+    assert again.broker_id == order.broker_id and len(emu.orders) == 1
+
+
+def test_rejections_come_back_as_rejected_orders(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator)
+    big = b.submit_market_order("BTC/USD", "buy", 100, "cap-t-4")
+    assert big.status == "rejected" and "insufficient balance" in big.reason
+    tiny = b.submit_market_order("BTC/USD", "buy", 1e-8, "cap-t-5")
+    assert tiny.status == "rejected" and "qty must be" in tiny.reason
+    assert not emu.orders
+
+
+def test_partial_fills_are_followed_to_the_end(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator)
+    emu.partial_next_order(0.4)
+    first = b.submit_market_order("ETH/USD", "buy", 5, "cap-t-6")
+    assert first.status == "partially_filled" and first.filled_qty == pytest.approx(2.0)
+    done = b.wait_for_fill(first)
+    assert done.status == "filled" and done.filled_qty == pytest.approx(5.0)
+
+
+def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp_path,
+                                                                    shared_data):
+    """The whole trader on the emulated paper account: orders are really sent; a restart
+    re-derives the same client order ids and sends nothing twice; a stop exit sells the
+    whole position."""
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    emu = emulator.emulator
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
+    from cappuccino_core.ensemble.serving import Ensemble
+    bars = load_bars(cfg, end="2022-05-10")
+    emu.prices.update(dict(zip(SYMBOLS, map(float, bars.close[-1]))))
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    broker = broker_for(emulator)
+    trader = Trader(cfg, broker, engine, "paper", ens, wait_for_fill=broker.wait_for_fill)
+    trader.start()
+    bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
+    emu.fail_next(503)
+    assert trader.on_bar(bar_time, compute_features(bars), now) == "traded"
+    sent = len(emu.posted_orders())
+    assert sent >= 2 and len(emu.orders) == sent
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.select(orders.c.status)).scalars().all()
+        assert set(statuses) == {"filled"} and len(statuses) == sent
+        assert conn.execute(sa.select(sa.func.count()).select_from(fills)).scalar() == sent
+    # a restart: new objects, same database and account; the bar is not traded again
+    again = Trader(cfg, broker_for(emulator), engine, "paper", ens)
+    again.start()
+    assert again.on_bar(bar_time, compute_features(bars), now) == "already processed"
+    assert len(emu.posted_orders()) == sent
+    # a crash: prices fall 12% from the peak; the next tick exits every position whole
+    held = {s: p.qty for s, p in broker.positions().items()}
+    crash = {s: p * 0.88 for s, p in emu.prices.items()}
+    emu.prices.update(crash)
+    px = np.array([crash[s] for s in SYMBOLS])
+    exits = again.check_stops(px, px, px, px)
+    assert {s for s, _ in exits} == set(held)
+    again.exit_positions(exits, now + pd.Timedelta(minutes=5))
+    assert broker.positions() == {}
+    stop_orders = [o for o in emu.posted_orders() if "-stop-" in o["client_order_id"]]
+    assert {o["symbol"]: float(o["qty"]) for o in stop_orders} == held
