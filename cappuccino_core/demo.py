@@ -1,22 +1,32 @@
 """`cappuccino demo`: the whole pipeline on the embedded defaults, in a temporary state dir.
 
 No PostgreSQL, no keys, no network: SQLite storage, the bundled sample, the simulated broker.
-Each stage prints what it did; the run ends with a summary table.
+Stages: configuration, storage, data, features, a few short training trials (progress bar),
+an ensemble sync, a replay of the held-out months through the paper-trading loop with a hot
+reload in the middle (a further trial is trained and published while the replay runs), and a
+summary table.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import optuna
+import pandas as pd
 import yaml
+from tqdm import tqdm
 
 from .config import load_config
 from .data import load_bars
 from .data.features import FEATURE_NAMES, WARMUP, compute_features
+from .ensemble.publish import sync
 from .storage import SCHEMA_VERSION, make_optuna_storage, open_app_db
+from .trading.replay import replay
+from .training.worker import WorkerHooks, open_study, run_worker, set_target
 
 
 def write_demo_config(directory: Path) -> Path:
@@ -28,18 +38,16 @@ def write_demo_config(directory: Path) -> Path:
         # short trials, so the demo stays within minutes on two cores
         "training": {"total_timesteps": 30_000, "n_envs": 32, "cv": "walk_forward",
                      "cv_groups": 3, "cv_test_groups": 1},
+        "ensemble": {"top_n": 3, "min_members": 2},
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "demo"}))
     return etc
 
 
-def train_demo_trials(cfg, n_trials: int):
-    """A few short trials in this process, with a progress bar fed by the worker's status."""
-    from tqdm import tqdm
-
-    from .training.worker import WorkerHooks, open_study, run_worker, set_target
+def train_trials(cfg, n_finished: int) -> optuna.Study:
+    """Trials in this process until the study has `n_finished`, with a progress bar."""
     study = open_study(cfg, cfg.active_study)
-    set_target(study, n_trials)
+    set_target(study, n_finished)
     with tqdm(desc="training", unit=" updates", leave=False) as bar:
         def status(text: str) -> None:
             bar.set_postfix_str(text)
@@ -50,37 +58,75 @@ def train_demo_trials(cfg, n_trials: int):
 
 def run_demo(workdir: str | None = None) -> int:
     started = time.monotonic()
+    timings: list[tuple[str, float]] = []
+
+    def stage(name: str, t0: float) -> None:
+        timings.append((name, time.monotonic() - t0))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("cappuccino_core.trading.trader").setLevel(logging.ERROR)
     root = Path(workdir or tempfile.mkdtemp(prefix="cappuccino-demo-"))
     cfg = load_config(write_demo_config(root))
     print(f"[1] configuration: {cfg.config_dir} (state dir {cfg.state_dir}), "
           f"active study {cfg.active_study!r}")
 
+    t0 = time.monotonic()
     make_optuna_storage(cfg.storage_url)
-    open_app_db(cfg.storage_url)
+    engine = open_app_db(cfg.storage_url)
     print(f"[2] storage: {cfg.storage_url} (Optuna tables + app schema v{SCHEMA_VERSION})")
-
     bars = load_bars(cfg, progress=True)
     print(f"[3] data: {len(bars)} closed hourly bars x {len(bars.symbols)} assets, "
           f"{bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d %H:%M} UTC, "
           f"{int(bars.filled.any(axis=1).sum())} forward-filled gap hours")
-
     feats = compute_features(bars)[WARMUP:]
     print(f"[4] features {cfg.data.feature_set}: {len(FEATURE_NAMES)} per asset, "
           f"{feats.shape[0]} rows after a {WARMUP}-bar warm-up, all finite: "
           f"{bool(np.isfinite(feats).all())}")
+    stage("setup, data, features", t0)
 
-    study = train_demo_trials(cfg, n_trials=3)
+    t0 = time.monotonic()
+    study = train_trials(cfg, 3)
     best = study.best_trial
-    print(f"[5] training: {len(study.trials)} trials of study 'demo' ({cfg.training.cv}, "
+    print(f"[5] training: {len(study.trials)} trials ({cfg.training.cv}, "
           f"{cfg.training.total_timesteps:,} steps per fit); best value {best.value:+.3f} "
-          f"(trial {best.number}), artifact {best.user_attrs['artifact_dir']}")
+          f"(trial {best.number}); held-out window from {study.user_attrs['train_end'][:16]}")
+    stage("training 3 trials", t0)
 
-    ret = bars.close[-1] / bars.close[WARMUP] - 1
-    print("\nsummary (buy-and-hold over the sample, after warm-up)")
-    print(f"  {'symbol':<10}{'first':>12}{'last':>12}{'return':>9}")
-    for sym, a, b, r in zip(bars.symbols, bars.close[WARMUP], bars.close[-1], ret):
-        print(f"  {sym:<10}{a:>12.4f}{b:>12.4f}{r:>+9.1%}")
-    print(f"  {'equal-weight':<34}{ret.mean():>+9.1%}")
-    print(f"\nnot yet in the demo: ensemble sync, paper replay, auto-deployer "
-          f"(see README)\ndemo finished in {time.monotonic() - started:.1f} s; files in {root}")
+    t0 = time.monotonic()
+    first = sync(cfg, engine)
+    print(f"[6] ensemble sync: {first.message}")
+    stage("ensemble sync", t0)
+
+    t0 = time.monotonic()
+    held_out = study.user_attrs["train_end"]
+    first_held_out = int(bars.index.searchsorted(pd.Timestamp(held_out)))
+    halfway = first_held_out + (len(bars) - first_held_out) // 2
+    swap = {"done": False}
+
+    def mid_run(t: int, trader) -> None:
+        # halfway through, training goes on and the sync publishes: the trader reloads
+        if not swap["done"] and t >= halfway:
+            swap["done"] = True
+            train_trials(cfg, 4)
+            swap["result"] = sync(cfg, engine)
+
+    result = replay(cfg, engine, start=held_out, name="demo", on_bar=mid_run, progress=True)
+    versions = " -> ".join(f"v{v}" for v in result.versions)
+    print(f"[7] paper replay of the held-out window: {result.bars} bars "
+          f"{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}, ensembles {versions} "
+          f"(hot reload mid-run: {swap.get('result').message if 'result' in swap else '-'})")
+    stage("replay with a hot reload", t0)
+
+    span = bars.between(result.start, None)
+    bh = float((span.close[-1] / span.close[0]).mean() - 1)
+    ret = result.equity / cfg.broker.initial_cash - 1
+    print("\nsummary")
+    print(f"  {'held-out window':<34}{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}")
+    print(f"  {'paper trader (SimBroker, fees)':<34}{ret:>+9.2%}  equity "
+          f"{result.equity:,.2f}")
+    print(f"  {'equal-weight buy-and-hold':<34}{bh:>+9.2%}")
+    for name, seconds in timings:
+        print(f"  {name:<34}{seconds:>8.1f} s")
+    print(f"\nnot yet in the demo: the auto-deployer's decision and the HTML report (see README)"
+          f"\ndemo finished in {time.monotonic() - started:.1f} s; files in {root}")
     return 0
