@@ -59,8 +59,7 @@ def main() -> None:
     cfg, engine = setup(Path(tempfile.mkdtemp(prefix="cappuccino-bench-")))
     bars = load_bars(cfg)
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
-    broker = SimBroker(engine, cfg.broker.initial_cash, cfg.broker.taker_fee,
-                       cfg.broker.slippage_bps)
+    broker = SimBroker.from_config(cfg, engine)
     trader = Trader(cfg, broker, engine, "bench", ens)
     trader.start()
     times = []

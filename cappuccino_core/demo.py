@@ -48,7 +48,7 @@ def train_trials(cfg, n_finished: int) -> optuna.Study:
     """Trials in this process until the study has `n_finished`, with a progress bar."""
     study = open_study(cfg, cfg.active_study)
     set_target(study, n_finished)
-    with tqdm(desc="training", unit=" updates", leave=False) as bar:
+    with tqdm(desc="training", unit=" updates", leave=False, mininterval=1.0) as bar:
         def status(text: str) -> None:
             bar.set_postfix_str(text)
             bar.update(1)

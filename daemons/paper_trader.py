@@ -27,8 +27,7 @@ def make_broker(cfg, engine):
         from cappuccino_core.broker.alpaca import AlpacaBroker
         return AlpacaBroker.from_config(cfg)
     from cappuccino_core.broker.sim import SimBroker
-    return SimBroker(engine, cfg.broker.initial_cash, cfg.broker.taker_fee,
-                     cfg.broker.slippage_bps)
+    return SimBroker.from_config(cfg, engine)
 
 
 def main(argv: list[str] | None = None) -> int:

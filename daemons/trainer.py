@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+
+import torch
 
 from cappuccino_core.config import ConfigError, load_config
 from cappuccino_core.service import Notifier, setup_logging
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return 2
+    threads = os.environ.get("CAPPUCCINO_TORCH_THREADS")
+    if threads:  # several workers on one host share its cores instead of fighting for them
+        torch.set_num_threads(int(threads))
     notifier = Notifier()
     hooks = WorkerHooks(status=notifier.status, ping=notifier.watchdog, ready=notifier.ready)
 

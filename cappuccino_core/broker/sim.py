@@ -33,6 +33,11 @@ class SimBroker:
             self._save_book(book)
         self.book = book
 
+    @classmethod
+    def from_config(cls, cfg, engine: Engine) -> "SimBroker":
+        return cls(engine, cfg.broker.initial_cash, cfg.broker.taker_fee,
+                   cfg.broker.slippage_bps)
+
     # --- persistence ---------------------------------------------------------------------
 
     def _load_book(self) -> dict | None:

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..config import Config
+from ..files import fsync_path
 from ..storage import ensemble_versions, record_event
 from .selection import Selection, SelectionError, select_members
 
@@ -106,17 +107,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _fsync_tree(directory: Path) -> None:
+    """Every file and directory below `directory`, deepest first, then itself."""
     for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
+    fsync_path(directory)
 
 
 def next_version(root: Path, engine: Engine) -> int:
@@ -169,11 +163,7 @@ def make_current(root: Path, version_dir: Path) -> None:
         tmp_link.unlink()
     os.symlink(version_dir.name, tmp_link)
     os.replace(tmp_link, root / "current")
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(root)
 
 
 def _record_version(engine: Engine, manifest: dict, path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..agent import ActorCritic
+from ..files import fsync_path
 
 SPEC_FORMAT = 1
 
@@ -41,14 +42,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_artifact(directory: Path, agent: ActorCritic, spec: dict) -> str:
     """Write the artifact completely in a temporary directory, then rename it into place.
     Returns the weights' sha256."""
@@ -63,12 +56,11 @@ def save_artifact(directory: Path, agent: ActorCritic, spec: dict) -> str:
                                                    "sha256": digest}, indent=2))
         (tmp / "model.sha256").write_text(f"{digest}  model.pt\n")
         for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_path(f)
         if directory.exists():
             shutil.rmtree(directory)  # a retried trial id rewrites its own artifact
         os.rename(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_path(directory.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,9 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
     if n_trials is not None:
         set_target(study, n_trials)
     target = target_of(study, cfg)
-    env = {**os.environ, "CAPPUCCINO_CONFIG_DIR": cfg.config_dir}
+    env = {**os.environ, "CAPPUCCINO_CONFIG_DIR": cfg.config_dir,
+           # one share of the cores each: oversubscribed torch threads spin and crawl
+           "CAPPUCCINO_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
     procs = [subprocess.Popen([sys.executable, "-m", "daemons.trainer", f"{study_name}:{k}"],
                               env=env) for k in range(workers)]
     bar = tqdm(total=target, initial=finished_count(study), unit="trial",
