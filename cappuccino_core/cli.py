@@ -103,13 +103,17 @@ def cmd_ensemble_show(args) -> int:
     if not follows:
         print(f"WARNING: the active study is {cfg.active_study!r}: this ensemble does not "
               "follow it")
-    print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14}  parameters")
+    print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'age':>8}  parameters")
+    now = pd.Timestamp.now(tz="UTC")
     for m in manifest["members"]:
         stop = m.get("trailing_stop_pct")
         p = m["params"]
+        done = m.get("completed_at")
+        age = f"{(now - pd.Timestamp(done)).total_seconds() / 3600:.1f} h" if done else "-"
         print(f"{m['number']:>6} {m['trial_id']:>8} {m['value']:>9.3f} "
-              f"{(f'{stop:.0%}' if stop else '-'):>14}  lr {p.get('learning_rate', 0):.1e} "
-              f"gamma {p.get('gamma', 0):.3f} lookback {p.get('lookback')}")
+              f"{(f'{stop:.0%}' if stop else '-'):>14} {age:>8}  "
+              f"lr {p.get('learning_rate', 0):.1e} gamma {p.get('gamma', 0):.3f} "
+              f"lookback {p.get('lookback')}")
     return 0
 
 

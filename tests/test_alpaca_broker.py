@@ -123,3 +123,35 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
     assert broker.positions() == {}
     stop_orders = [o for o in emu.posted_orders() if "-stop-" in o["client_order_id"]]
     assert {o["symbol"]: float(o["qty"]) for o in stop_orders} == held
+
+
+def test_restart_mid_bar_on_alpaca_sends_nothing_twice_and_reconciles(emulator, tmp_path,
+                                                                       shared_data, caplog):
+    from test_trading import CrashAfter
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    emu = emulator.emulator
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
+    from cappuccino_core.ensemble.serving import Ensemble
+    bars = load_bars(cfg, end="2022-05-10")
+    emu.prices.update(dict(zip(SYMBOLS, map(float, bars.close[-1]))))
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    feats = compute_features(bars)
+    bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
+    crashing = Trader(cfg, CrashAfter(broker_for(emulator), 1), engine, "paper", ens)
+    crashing.start()
+    with pytest.raises(SystemExit):
+        crashing.on_bar(bar_time, feats, now)
+    assert len(emu.orders) == 1
+    emu.delay_next_order_response(1.5)  # and the first answer after the restart is lost
+    restarted = Trader(cfg, broker_for(emulator, timeout_s=0.5), engine, "paper", ens)
+    restarted.start()
+    assert restarted.on_bar(bar_time, feats, now) == "traded"
+    ids = [o["client_order_id"] for o in emu.orders.values()]
+    assert len(ids) == len(set(ids)) >= 2  # every order once at the broker
+    # a trader that lost its state adopts the broker's positions at start
+    fresh = Trader(cfg, broker_for(emulator), engine, "fresh", ens)
+    fresh.start()
+    assert set(fresh.state["stops"]) == set(broker_for(emulator).positions())
+    assert "held at the broker with no stop state" in caplog.text

@@ -345,3 +345,24 @@ def test_status_shows_the_ensemble_and_how_many_trials_it_still_needs(env, capsy
     assert state["ensemble"]["version"] == 1 and state["ensemble"]["follows_active_study"] is False
     assert cli.main(["status", "--config-dir", cfg.config_dir]) == 0
     assert "DOES NOT FOLLOW THE ACTIVE STUDY" in capsys.readouterr().out
+
+
+def test_optional_rules_and_old_versions_are_pruned(env):
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(4):
+        add_trial(alpha, cfg, -0.5 + 0.3 * i, seed=i)  # values -0.5, -0.2, 0.1, 0.4
+    assert len(select_members(engine, cfg, "alpha", min_value=0.0).members) == 2
+    # the helper gives every trial the same hyperparameters except the learning rate, which
+    # differs by more than 5% between seeds: all distinct; two identical ones are limited
+    add_trial(alpha, cfg, 0.9, seed=3)  # a twin of seed 3
+    sel = select_members(engine, cfg, "alpha", max_similar=1)
+    assert [m.value for m in sel.members][:2] == [0.9, pytest.approx(0.1)]
+    assert any("members with these parameters" in why for _, _, why in sel.skipped)
+    cfg = dataclasses.replace(cfg, ensemble=dataclasses.replace(cfg.ensemble, keep_versions=2))
+    for i in range(4):
+        add_trial(alpha, cfg, 2.0 + i, seed=20 + i)
+        sync(cfg, engine)
+    versions = sorted(p.name for p in ensembles_dir(cfg).glob("v*"))
+    assert versions == ["v000003", "v000004"] and current_manifest(ensembles_dir(cfg))["version"] == 4
+    assert all(m["completed_at"] for m in current_manifest(ensembles_dir(cfg))["members"])

@@ -55,7 +55,9 @@ def read_keys(cfg=None) -> tuple[str, str]:
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return True
-    return isinstance(exc, APIError) and (exc.status_code or 0) >= 500
+    # 429s alpaca-py has already retried (at a fixed pace) come here: back off harder
+    return isinstance(exc, APIError) and ((exc.status_code or 0) >= 500
+                                          or exc.status_code == 429)
 
 
 class AlpacaBroker:

@@ -130,6 +130,7 @@ def build_manifest(version: int, cfg: Config, sel: Selection) -> dict:
                       "max_similar": e.max_similar, "weighting": e.weighting},
         "members": [{
             "trial_id": m.trial_id, "number": m.number, "value": m.value, "sha256": m.sha256,
+            "completed_at": m.completed_at,
             "params": m.spec.get("hyperparameters", {}),
             "trailing_stop_pct": m.spec.get("env", {}).get("trailing_stop_pct"),
             "path": f"members/{m.trial_id}", "spec": m.spec,

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -26,7 +27,7 @@ from ..training.artifacts import ArtifactError, read_spec, sha256_file
 log = logging.getLogger(__name__)
 
 _RANKED = sa.text("""
-    SELECT t.trial_id, t.number, v.value
+    SELECT t.trial_id, t.number, v.value, t.datetime_complete
     FROM trials t
     JOIN studies s ON s.study_id = t.study_id
     JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
@@ -56,6 +57,7 @@ class Member:
     artifact_dir: Path
     sha256: str
     spec: dict
+    completed_at: str | None = None  # ISO time, UTC
 
 
 @dataclass
@@ -125,7 +127,7 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
             attrs: dict[int, dict] = {}
             for trial_id, key, value_json in conn.execute(_ATTRS, {"ids": [r[0] for r in rows]}):
                 attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
-            for trial_id, number, value in rows:
+            for trial_id, number, value, completed in rows:
                 spec, why = check_member(trial_id, study, attrs.get(trial_id, {}), cfg)
                 if spec is not None and max_similar and \
                         _similar_count(spec, selection.members) >= max_similar:
@@ -134,12 +136,21 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
                     selection.skipped.append((trial_id, number, why))
                     log.info("study %s trial %d (id %d) skipped: %s", study, number, trial_id, why)
                     continue
-                selection.members.append(Member(trial_id, number, value,
-                                                 Path(attrs[trial_id]["artifact_dir"]),
-                                                 attrs[trial_id]["sha256"], spec))
+                selection.members.append(Member(
+                    trial_id, number, value, Path(attrs[trial_id]["artifact_dir"]),
+                    attrs[trial_id]["sha256"], spec,
+                    _utc_iso(completed)))
                 if len(selection.members) == top_n:
                     break
     return selection
+
+
+def _utc_iso(value) -> str | None:
+    """Optuna stores naive UTC times (SQLite hands them back as text)."""
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).isoformat()
 
 
 def _similar_count(spec: dict, members: list[Member], rel_tol: float = 0.05) -> int:
