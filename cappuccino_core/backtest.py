@@ -70,6 +70,21 @@ class BacktestResult:
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
 
+class EnsemblePolicy:
+    """An ensemble as a backtest policy: each member sees its own observation, built from the
+    raw features up to the decision bar and the env's current portfolio weights."""
+    needs_time = True
+
+    def __init__(self, ensemble, features: np.ndarray):
+        self.ensemble, self.features = ensemble, features
+
+    def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        i, n = int(t[0]), self.features.shape[1]
+        w = self.ensemble.target_weights(self.features[:i + 1], float(obs[0, 0]),
+                                         obs[0, 1:1 + n].double().numpy())
+        return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
+
+
 @torch.no_grad()
 def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
                  settings: EnvSettings) -> BacktestResult:
@@ -82,7 +97,7 @@ def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
     fees = turnover = 0.0
     stops = 0
     for _ in range(int(env.t_end[0]) - start):
-        w = policy(obs)
+        w = policy(obs, env.t) if getattr(policy, "needs_time", False) else policy(obs)
         weights.append(w[0, :-1].double().cpu().numpy())
         obs, _, _, info = env.step(w)
         equity.append(float(info["equity"][0]))

@@ -194,6 +194,85 @@ def cmd_trader_history(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from .deploy import record, validate
+    from .ensemble.publish import sync
+    from .ensemble.selection import SelectionError
+    cfg = load_config(args.config_dir)
+    engine = _app_db(cfg)
+    try:
+        decision = validate(cfg, engine, args.study)
+    except SelectionError as e:
+        print(f"deploy: {e}", file=sys.stderr)
+        return 1
+    m = decision.metrics
+    print(decision.summary())
+    if "candidate" in m:
+        print(_metrics_table({"candidate": m["candidate"],
+                              **({"current": m["current"]} if "current" in m else {})}))
+    if args.dry_run:
+        print("dry run: " + ("would promote and publish a new ensemble" if decision.promoted
+                             else "would change nothing"))
+        return 0
+    record(engine, decision)
+    if decision.promoted:
+        print(sync(cfg, engine, decision.study).message)
+    return 0
+
+
+def _metrics_table(results: dict[str, dict]) -> str:
+    rows = [("total return", "total_return", "{:+.2%}"), ("Sharpe", "sharpe", "{:.2f}"),
+            ("Sortino", "sortino", "{:.2f}"), ("max drawdown", "max_drawdown", "{:.2%}"),
+            ("Calmar", "calmar", "{:.2f}"), ("turnover", "turnover", "{:.1f}x"),
+            ("fees", "fees", "{:,.2f}"), ("stop exits", "stops", "{}"),
+            ("buy-and-hold return", "bh_total_return", "{:+.2%}"),
+            ("buy-and-hold Sharpe", "bh_sharpe", "{:.2f}"),
+            ("buy-and-hold max drawdown", "bh_max_drawdown", "{:.2%}")]
+    names = list(results)
+    out = [f"{'':<28}" + "".join(f"{n:>14}" for n in names)]
+    for label, key, fmt in rows:
+        out.append(f"{label:<28}" + "".join(f"{fmt.format(results[n][key]):>14}" for n in names))
+    return "\n".join(out)
+
+
+def cmd_backtest(args) -> int:
+    from .data import load_bars
+    from .data.features import WARMUP, compute_features
+    from .deploy import backtest_ensemble
+    from .ensemble.publish import current_dir, ensembles_dir
+    from .ensemble.selection import member_by_id
+    from .ensemble.serving import Ensemble
+    cfg = load_config(args.config_dir)
+    if args.trial is not None:
+        member, why = member_by_id(_app_db(cfg), cfg, args.study or cfg.active_study, args.trial)
+        if member is None:
+            print(f"backtest: {why}", file=sys.stderr)
+            return 1
+        ens = Ensemble.of_trial(member.artifact_dir, member.sha256, member.spec["study"],
+                                member.trial_id, member.number, member.value, cfg)
+        name = f"trial {member.number}"
+    else:
+        path = current_dir(ensembles_dir(cfg))
+        if path is None:
+            print("backtest: no ensemble published yet", file=sys.stderr)
+            return 1
+        ens = Ensemble.load(path, cfg)
+        name = f"ensemble v{ens.version}"
+    bars = load_bars(cfg)
+    first = WARMUP + ens.max_lookback  # the first bar every member can decide on
+    lo = max(int(bars.index.searchsorted(pd.Timestamp(args.start, tz="UTC"))) if args.start
+             else 0, first)
+    hi = int(bars.index.searchsorted(pd.Timestamp(args.end, tz="UTC"))) if args.end else len(bars)
+    if hi - lo < 2:
+        print("backtest: no bars in that range", file=sys.stderr)
+        return 1
+    result = backtest_ensemble(cfg, ens, bars, compute_features(bars), lo, hi)
+    print(f"{name}: {bars.index[lo]:%Y-%m-%d %H:%M} .. {bars.index[hi - 1]:%Y-%m-%d %H:%M} UTC, "
+          f"{len(result.returns)} bars, live risk rules")
+    print(_metrics_table({name: result.metrics()}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -316,6 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
     t_hist.add_argument("--name", default="paper", help="trader name (default: paper)")
     t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
     t_hist.set_defaults(func=cmd_trader_history)
+
+    deploy = sub.add_parser(
+        "deploy", parents=[common], help="validate the best trial out of sample; promote it",
+        description="Backtest the active study's best trial and the current ensemble over the "
+                    "held-out window; gate on PBO, deflated Sharpe and the improvement; record "
+                    "the decision; promote (publish) if it passes.")
+    deploy.add_argument("--dry-run", action="store_true", help="show the decision, change nothing")
+    deploy.add_argument("--study", help="default: the active study")
+    deploy.set_defaults(func=cmd_deploy)
+
+    backtest = sub.add_parser(
+        "backtest", parents=[common], help="backtest a trial or the current ensemble",
+        description="Backtest a trial (alone) or the current ensemble over a date range through "
+                    "the training environment with the live risk rules; print the metrics.")
+    which = backtest.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial id (storage-wide, not the number)")
+    which.add_argument("--ensemble", choices=["current"], help="the current ensemble")
+    backtest.add_argument("--study", help="study of --trial (default: the active study)")
+    backtest.add_argument("--from", dest="start", help="first bar, UTC")
+    backtest.add_argument("--to", dest="end", help="end, exclusive, UTC")
+    backtest.set_defaults(func=cmd_backtest)
 
     status = sub.add_parser(
         "status", parents=[common], help="one screen: study, training, ensemble",

@@ -15,22 +15,25 @@ F = len(FEATURE_NAMES)
 
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
               symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
-              layers: int = 1, band: float = 0.0) -> optuna.trial.FrozenTrial:
+              layers: int = 1, band: float = 0.0, agent=None, normalisation=None,
+              splits: list[float] | None = None) -> optuna.trial.FrozenTrial:
     """A COMPLETE trial with a small real policy saved as its artifact."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
     A = len(symbols)
     import torch
     torch.manual_seed(seed)
-    agent = ActorCritic(observation_size(A, F, lookback), A + 1, hidden, layers, -0.5)
+    if agent is None:
+        agent = ActorCritic(observation_size(A, F, lookback), A + 1, hidden, layers, -0.5)
     rng = np.random.default_rng(seed)
     spec = {
         "study": study.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
         "value": value, "code_version": "test", "symbols": symbols,
         "timeframe": cfg.data.timeframe, "lookback": lookback, "feature_set": FEATURE_SET,
         "feature_names": list(FEATURE_NAMES),
-        "normalisation": {"mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
-                          "std": (1 + rng.random((A, F))).tolist()},
+        "normalisation": normalisation or {
+            "mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
+            "std": (1 + rng.random((A, F))).tolist()},
         "hyperparameters": {"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
         "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct, lookback=lookback,
                            min_rebalance_weight=band).to_dict(),
@@ -42,5 +45,7 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
     digest = save_artifact(directory, agent, spec)
     trial.set_user_attr("artifact_dir", str(directory))
     trial.set_user_attr("sha256", digest)
+    if splits is not None:
+        trial.set_user_attr("splits", [{"excess_sharpe": x} for x in splits])
     study.tell(trial, value)
     return study.trials[-1]

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from ..config import Config
 from ..files import fsync_path
 from ..storage import ensemble_versions, record_event
-from .selection import Selection, SelectionError, select_members
+from .selection import Selection, SelectionError, member_by_id, pinned_trial, select_members
 
 log = logging.getLogger(__name__)
 VERSION_PREFIX = "v"
@@ -130,7 +130,7 @@ def build_manifest(version: int, cfg: Config, sel: Selection) -> dict:
                       "max_similar": e.max_similar, "weighting": e.weighting},
         "members": [{
             "trial_id": m.trial_id, "number": m.number, "value": m.value, "sha256": m.sha256,
-            "completed_at": m.completed_at,
+            "completed_at": m.completed_at, "pinned": m.trial_id == sel.pinned,
             "params": m.spec.get("hyperparameters", {}),
             "trailing_stop_pct": m.spec.get("env", {}).get("trailing_stop_pct"),
             "path": f"members/{m.trial_id}", "spec": m.spec,
@@ -206,6 +206,24 @@ def notify_trader(cfg: Config) -> bool:
         return False
 
 
+def _apply_pin(cfg: Config, engine: Engine, sel: Selection) -> bool:
+    """Honour the auto-deployer's last promotion: its trial joins the ensemble (`pin`) or is
+    the ensemble (`alone`). Returns whether a pin applied."""
+    trial_id = pinned_trial(engine, sel.study)
+    if trial_id is None:
+        return False
+    member, why = member_by_id(engine, cfg, sel.study, trial_id)
+    if member is None:
+        log.warning("pinned trial id %d cannot be served (%s); ignored", trial_id, why)
+        return False
+    if cfg.deploy.promotion == "alone":
+        sel.members = [member]
+    elif all(m.trial_id != trial_id for m in sel.members):
+        sel.members = [member] + sel.members[:cfg.ensemble.top_n - 1]
+    sel.pinned = trial_id
+    return True
+
+
 def sync(cfg: Config, engine: Engine, study: str | None = None) -> SyncResult:
     """Select the active study's members and publish a new version if the set changed."""
     study = study or cfg.active_study
@@ -215,13 +233,14 @@ def sync(cfg: Config, engine: Engine, study: str | None = None) -> SyncResult:
     root = ensembles_dir(cfg)
     with SyncLock(root):
         sel = select_members(engine, cfg, study)
+        pinned = _apply_pin(cfg, engine, sel)
         current = current_manifest(root)
         if current is not None:
             _record_version(engine, current, current_dir(root))  # repairs a crash before it
         if not sel.members:
             raise SelectionError(f"study {study!r} has no eligible trial "
                                  f"({len(sel.skipped)} skipped)")
-        if len(sel.members) < cfg.ensemble.min_members:
+        if len(sel.members) < cfg.ensemble.min_members and not pinned:
             need = cfg.ensemble.min_members - len(sel.members)
             msg = (f"study {study}: {len(sel.members)} eligible trials, ensemble.min_members is "
                    f"{cfg.ensemble.min_members}: {need} more needed; the current ensemble stays")

@@ -44,6 +44,14 @@ _ATTRS = sa.text("""
 
 _STUDY = sa.text("SELECT study_id FROM studies WHERE study_name = :study")
 
+_ONE = sa.text("""
+    SELECT t.trial_id, t.number, v.value, t.datetime_complete
+    FROM trials t
+    JOIN studies s ON s.study_id = t.study_id
+    JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
+    WHERE s.study_name = :study AND t.trial_id = :trial_id AND t.state = 'COMPLETE'
+""")
+
 
 class SelectionError(Exception):
     """The study cannot give an ensemble (unknown or without eligible trials)."""
@@ -65,6 +73,7 @@ class Selection:
     study: str
     members: list[Member]
     skipped: list[tuple[int, int, str]] = field(default_factory=list)  # (trial id, number, why)
+    pinned: int | None = None  # trial id the auto-deployer pinned into this selection
 
     @property
     def key(self) -> list[tuple[int, str]]:
@@ -143,6 +152,29 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
                 if len(selection.members) == top_n:
                     break
     return selection
+
+
+def pinned_trial(engine: Engine, study: str) -> int | None:
+    """The trial the auto-deployer's last promotion pinned for this study, if any."""
+    from ..storage import deploy_decisions
+    with engine.connect() as conn:
+        return conn.execute(sa.select(deploy_decisions.c.candidate_trial_id).where(
+            deploy_decisions.c.study == study, deploy_decisions.c.promoted.is_(True))
+            .order_by(deploy_decisions.c.id.desc()).limit(1)).scalar()
+
+
+def member_by_id(engine: Engine, cfg: Config, study: str, trial_id: int) -> tuple[Member | None, str]:
+    """One trial of `study` as a member, if it is eligible; else (None, why)."""
+    with engine.connect() as conn:
+        row = conn.execute(_ONE, {"study": study, "trial_id": trial_id}).first()
+        if row is None:
+            return None, f"trial id {trial_id} is not a COMPLETE trial of {study!r}"
+        attrs = {key: json.loads(v) for _, key, v in conn.execute(_ATTRS, {"ids": [trial_id]})}
+    spec, why = check_member(trial_id, study, attrs, cfg)
+    if spec is None:
+        return None, why
+    return Member(trial_id, row.number, row.value, Path(attrs["artifact_dir"]), attrs["sha256"],
+                  spec, _utc_iso(row.datetime_complete)), ""
 
 
 def _utc_iso(value) -> str | None:

@@ -49,22 +49,20 @@ class Ensemble:
         """Load and check a whole version; raises ArtifactError if any member fails."""
         directory = Path(directory)
         manifest = read_manifest(directory)
-        members = []
-        for m in manifest["members"]:
-            agent, spec = load_artifact(directory / m["path"], expected_sha256=m["sha256"])
-            if spec.get("trial_id") != m["trial_id"] or spec.get("study") != manifest["study"]:
-                raise ArtifactError(f"{directory / m['path']}: spec names study "
-                                    f"{spec.get('study')!r} trial id {spec.get('trial_id')}")
-            why = spec_mismatch(spec, cfg)
-            if why:
-                raise ArtifactError(f"{directory / m['path']}: {why}")
-            members.append(LoadedMember(m["trial_id"], m["number"], m["value"], agent,
-                                        Normalisation.from_dict(spec["normalisation"]),
-                                        spec["lookback"], spec))
+        members = [load_member(directory / m["path"], m["sha256"], manifest["study"],
+                               m["trial_id"], m["number"], m["value"], cfg)
+                   for m in manifest["members"]]
         if not members:
             raise ArtifactError(f"{directory}: no members")
         return cls(manifest["version"], manifest["study"], directory, members,
                    blend_weights([m.value for m in members], cfg.ensemble.weighting))
+
+    @classmethod
+    def of_trial(cls, directory: str | Path, sha256: str, study: str, trial_id: int,
+                 number: int, value: float, cfg: Config) -> "Ensemble":
+        """One trial served alone (a deploy candidate, `cappuccino backtest --trial`)."""
+        member = load_member(Path(directory), sha256, study, trial_id, number, value, cfg)
+        return cls(0, study, Path(directory), [member], np.ones(1))
 
     @property
     def max_lookback(self) -> int:
@@ -86,6 +84,19 @@ class Ensemble:
                        position_weights: np.ndarray) -> np.ndarray:
         """The ensemble's target weights `[A+1]` (assets then cash)."""
         return self.blend @ self.member_weights(features, cash_weight, position_weights)
+
+
+def load_member(directory: Path, sha256: str, study: str, trial_id: int, number: int,
+                value: float, cfg: Config) -> LoadedMember:
+    agent, spec = load_artifact(directory, expected_sha256=sha256)
+    if spec.get("trial_id") != trial_id or spec.get("study") != study:
+        raise ArtifactError(f"{directory}: spec names study {spec.get('study')!r} trial id "
+                            f"{spec.get('trial_id')}, expected {study!r} {trial_id}")
+    why = spec_mismatch(spec, cfg)
+    if why:
+        raise ArtifactError(f"{directory}: {why}")
+    return LoadedMember(trial_id, number, value, agent,
+                        Normalisation.from_dict(spec["normalisation"]), spec["lookback"], spec)
 
 
 def blend_weights(values: list[float], weighting: str) -> np.ndarray:

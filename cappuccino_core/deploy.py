@@ -1,0 +1,216 @@
+"""The validation gate: promote a new best model only if it wins out of sample.
+
+The candidate is the active study's best eligible trial. It is backtested, alone, over the
+study's held-out window (`train_end` onwards: bars no trial was trained or cross-validated on)
+in the same environment with the live risk rules, and so is the current ensemble. Gates, from
+`deploy` in cappuccino.yaml:
+
+- probability of backtest overfitting (CSCV over the per-split results of the study's top
+  trials) <= `max_pbo`;
+- deflated Sharpe ratio of the candidate's held-out returns, given how many trials were tried,
+  >= `min_deflated_sharpe`;
+- held-out Sharpe of the candidate minus that of the current ensemble (or of equal-weight
+  buy-and-hold when there is none) >= `min_improvement` (a signed difference: worse is worse).
+
+Every decision (candidate, metrics, pass/fail, reasons) goes to the database and the journal.
+A promoted trial is pinned: the next ensemble version includes it (`promotion: pin`) or is it
+alone (`promotion: alone`), and the trader reloads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .backtest import EnsemblePolicy, HOURS_PER_YEAR, run_backtest
+from .config import Config
+from .data import load_bars
+from .data.features import compute_features
+from .ensemble.publish import current_dir, ensembles_dir
+from .ensemble.selection import SelectionError, pinned_trial, select_members
+from .ensemble.serving import Ensemble
+from .env import Market, Normalisation
+from .storage import deploy_decisions
+from .trading.trader import trading_settings
+
+log = logging.getLogger(__name__)
+EULER_GAMMA = 0.5772156649
+
+
+def probability_of_backtest_overfitting(perf: np.ndarray, max_combinations: int = 4000,
+                                        seed: int = 0) -> float:
+    """CSCV (Bailey et al.): `perf[s, n]` is configuration n's result on partition s. For each
+    split of the partitions into halves, take the in-sample best and see where it ranks out of
+    sample; PBO is the share of splits where it lands in the bottom half (logit <= 0)."""
+    s, n = perf.shape
+    if n < 2 or s < 2:
+        return float("nan")
+    s -= s % 2
+    perf = perf[:s]
+    combos = list(itertools.combinations(range(s), s // 2))
+    if len(combos) > max_combinations:
+        rng = np.random.default_rng(seed)
+        combos = [combos[i] for i in rng.choice(len(combos), max_combinations, replace=False)]
+    below = 0
+    for is_rows in combos:
+        oos_rows = [r for r in range(s) if r not in is_rows]
+        best = int(np.argmax(perf[list(is_rows)].mean(axis=0)))
+        oos = perf[oos_rows].mean(axis=0)
+        rank = (np.sum(oos < oos[best]) + 0.5 * (np.sum(oos == oos[best]) - 1) + 1) / (n + 1)
+        below += math.log(rank / (1 - rank)) <= 0
+    return below / len(combos)
+
+
+def deflated_sharpe_ratio(returns: np.ndarray, n_trials: int, trial_sr_variance: float) -> float:
+    """Bailey & López de Prado: the probability that the true Sharpe exceeds the best one
+    expected from `n_trials` tries of zero skill, given skewness and kurtosis. Sharpe ratios
+    per period (not annualised)."""
+    r = np.asarray(returns, dtype=float)
+    if len(r) < 3 or r.std(ddof=1) < 1e-12:
+        return 0.0
+    sr = r.mean() / r.std(ddof=1)
+    z = NormalDist()
+    n = max(n_trials, 2)
+    sr0 = math.sqrt(max(trial_sr_variance, 0.0)) * (
+        (1 - EULER_GAMMA) * z.inv_cdf(1 - 1 / n) + EULER_GAMMA * z.inv_cdf(1 - 1 / (n * math.e)))
+    centred = r - r.mean()
+    skew = np.mean(centred ** 3) / r.std() ** 3
+    kurt = np.mean(centred ** 4) / r.std() ** 4
+    denom = math.sqrt(max(1 - skew * sr + (kurt - 1) / 4 * sr ** 2, 1e-12))
+    return float(z.cdf((sr - sr0) * math.sqrt(len(r) - 1) / denom))
+
+
+@dataclass
+class Decision:
+    study: str
+    candidate_trial_id: int | None
+    candidate_number: int | None
+    metrics: dict = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    passed: bool = False
+    promoted: bool = False
+
+    def summary(self) -> str:
+        verdict = "PROMOTE" if self.promoted else ("passed, no promotion" if self.passed
+                                                  else "REJECT")
+        return (f"study {self.study} candidate trial {self.candidate_number} "
+                f"(id {self.candidate_trial_id}): {verdict}: " + "; ".join(self.reasons))
+
+
+def _splits_matrix(engine: Engine, trial_ids: list[int]) -> np.ndarray:
+    """Per-split excess Sharpe of each trial `[splits, trials]`, from their user_attrs."""
+    q = sa.text("SELECT trial_id, value_json FROM trial_user_attributes "
+                "WHERE key = 'splits' AND trial_id IN :ids").bindparams(
+        sa.bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        rows = dict(conn.execute(q, {"ids": trial_ids}).all())
+    cols = [[s["excess_sharpe"] for s in json.loads(rows[t])] for t in trial_ids if t in rows]
+    if len(cols) < 2:
+        return np.zeros((0, 0))
+    k = min(len(c) for c in cols)
+    return np.array([c[:k] for c in cols]).T
+
+
+def held_out_range(cfg: Config, engine: Engine, study: str, bars) -> tuple[int, int]:
+    q = sa.text("SELECT a.value_json FROM study_user_attributes a JOIN studies s ON "
+                "s.study_id = a.study_id WHERE s.study_name = :s AND a.key = 'train_end'")
+    with engine.connect() as conn:
+        row = conn.execute(q, {"s": study}).first()
+    if row is None:
+        raise SelectionError(f"study {study!r} has no recorded held-out window (train_end)")
+    lo = int(bars.index.searchsorted(pd.Timestamp(json.loads(row[0]))))
+    return lo, len(bars)
+
+
+def backtest_ensemble(cfg: Config, ensemble: Ensemble, bars, features, lo: int, hi: int):
+    """A held-out backtest with the live risk rules, through the training environment."""
+    settings = dataclasses.replace(trading_settings(cfg, ensemble), lookback=1)
+    norm = Normalisation(np.zeros(features.shape[1:]), np.ones(features.shape[1:]))
+    market = Market.from_bars(bars, norm, features=features)  # accounting only
+    return run_backtest(EnsemblePolicy(ensemble, features), market, lo - 1, hi, settings)
+
+
+def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
+    study = study or cfg.active_study
+    d = cfg.deploy
+    top = select_members(engine, cfg, study, top_n=max(cfg.ensemble.top_n, 10))
+    if not top.members:
+        raise SelectionError(f"study {study!r} has no eligible trial to validate")
+    best = top.members[0]
+    decision = Decision(study, best.trial_id, best.number)
+    bars = load_bars(cfg)
+    features = compute_features(bars)
+    lo, hi = held_out_range(cfg, engine, study, bars)
+    if hi - lo < 48:
+        decision.reasons.append(f"held-out window too short ({hi - lo} bars)")
+        return decision
+    candidate = Ensemble.of_trial(best.artifact_dir, best.sha256, study, best.trial_id,
+                                  best.number, best.value, cfg)
+    cand = backtest_ensemble(cfg, candidate, bars, features, lo, hi)
+    m = {"candidate": cand.metrics(), "held_out": [str(bars.index[lo]), str(bars.index[hi - 1])]}
+    current_path = current_dir(ensembles_dir(cfg))
+    if current_path is not None:
+        current = Ensemble.load(current_path, cfg)
+        m["current"] = backtest_ensemble(cfg, current, bars, features, lo, hi).metrics()
+        m["current_version"] = current.version
+        baseline, base_name = m["current"]["sharpe"], f"ensemble v{current.version}"
+    else:
+        baseline, base_name = m["candidate"]["bh_sharpe"], "equal-weight buy-and-hold"
+    perf = _splits_matrix(engine, [t.trial_id for t in top.members])
+    m["pbo"] = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
+    values = np.array([t.value for t in top.members])
+    n_trials = _trial_count(engine, study)
+    m["deflated_sharpe"] = deflated_sharpe_ratio(
+        cand.returns, n_trials, float(values.var()) / HOURS_PER_YEAR if len(values) > 1 else 0.0)
+    m["improvement"] = m["candidate"]["sharpe"] - baseline
+    m["n_trials"] = n_trials
+    decision.metrics = m
+
+    ok_pbo = not math.isnan(m["pbo"]) and m["pbo"] <= d.max_pbo
+    ok_dsr = m["deflated_sharpe"] >= d.min_deflated_sharpe
+    ok_gain = m["improvement"] >= d.min_improvement
+    decision.reasons += [
+        f"PBO {m['pbo']:.2f} {'<=' if ok_pbo else 'above'} {d.max_pbo}"
+        + (" (needs 2+ trials with split results)" if math.isnan(m["pbo"]) else ""),
+        f"deflated Sharpe {m['deflated_sharpe']:.2f} {'>=' if ok_dsr else 'below'} "
+        f"{d.min_deflated_sharpe}",
+        f"held-out Sharpe {m['candidate']['sharpe']:.2f} vs {base_name} {baseline:.2f}: "
+        f"{m['improvement']:+.2f} ({'>=' if ok_gain else 'below'} {d.min_improvement})",
+    ]
+    decision.passed = ok_pbo and ok_dsr
+    decision.promoted = decision.passed and ok_gain and not _already_pinned(engine, study,
+                                                                             best.trial_id)
+    if decision.passed and ok_gain and not decision.promoted:
+        decision.reasons.append("already deployed")
+    return decision
+
+
+def _trial_count(engine: Engine, study: str) -> int:
+    q = sa.text("SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "WHERE s.study_name = :s AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')")
+    with engine.connect() as conn:
+        return int(conn.execute(q, {"s": study}).scalar())
+
+
+def _already_pinned(engine: Engine, study: str, trial_id: int) -> bool:
+    return pinned_trial(engine, study) == trial_id
+
+
+def record(engine: Engine, decision: Decision) -> None:
+    clean = json.loads(json.dumps(decision.metrics, default=float).replace("NaN", "null"))
+    with engine.begin() as conn:
+        conn.execute(deploy_decisions.insert().values(
+            study=decision.study, candidate_trial_id=decision.candidate_trial_id,
+            passed=decision.passed, promoted=decision.promoted, metrics=clean,
+            reasons=decision.reasons))
+    (log.warning if decision.promoted else log.info)("deploy decision: %s", decision.summary())
