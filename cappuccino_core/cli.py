@@ -273,6 +273,15 @@ def cmd_backtest(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    cfg = load_config(args.config_dir)
+    out = args.out or str(cfg.state_dir / "reports" / f"report-{pd.Timestamp.now(tz='UTC'):%Y%m%d-%H%M}.html")
+    path = write_report(cfg, _app_db(cfg), out, args.trader)
+    print(f"report written: {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -416,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--from", dest="start", help="first bar, UTC")
     backtest.add_argument("--to", dest="end", help="end, exclusive, UTC")
     backtest.set_defaults(func=cmd_backtest)
+
+    report = sub.add_parser(
+        "report", parents=[common], help="write one self-contained HTML report",
+        description="Write an HTML file (charts inline): paper trading against buy-and-hold, "
+                    "a held-out backtest of the current ensemble with each member's part, and "
+                    "the study's optimisation history.")
+    report.add_argument("--out", help="file to write (default: <state_dir>/reports/...)")
+    report.add_argument("--trader", default="paper", help="trader name (default: paper)")
+    report.set_defaults(func=cmd_report)
 
     status = sub.add_parser(
         "status", parents=[common], help="one screen: study, training, ensemble",

@@ -130,3 +130,27 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     # the next hour: nothing new to deploy
     again = validate(cfg, engine)
     assert not again.promoted and "already deployed" in again.reasons
+
+
+def test_report_and_backtest_commands(tmp_path, market_files, pg_url, capsys):
+    cfg, engine, study = make_env(tmp_path, market_files, pg_url)
+    for k in range(3):
+        add_trial(study, cfg, 0.1 * k, seed=k, band=0.15, splits=[0.1 * k] * 6)
+    sync(cfg, engine)
+    from cappuccino_core.trading.replay import replay
+    replay(cfg, engine, start=str(market_files[1].index[TRAIN_END]), name="paper")
+    out = tmp_path / "report.html"
+    assert cli.main(["report", "--out", str(out), "--config-dir", cfg.config_dir]) == 0
+    page = out.read_text()
+    for needle in ("Paper trading (paper)", "Equity vs equal-weight buy-and-hold",
+                   "Drawdown", "Position weights", "Recent trades", "Backtest: ensemble v1",
+                   "Members: each alone", "Optimisation history: study gate", "<polyline"):
+        assert needle in page, needle
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline
+    assert page.count("<svg") >= 8
+    trial_id = study.best_trial._trial_id
+    assert cli.main(["backtest", "--trial", str(trial_id), "--from", "2022-05-01",
+                     "--config-dir", cfg.config_dir]) == 0
+    text = capsys.readouterr().out
+    assert "Sharpe" in text and "buy-and-hold return" in text
+    assert cli.main(["backtest", "--ensemble", "current", "--config-dir", cfg.config_dir]) == 0

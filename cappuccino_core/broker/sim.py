@@ -63,7 +63,7 @@ class SimBroker:
 
     def mark(self, prices: dict[str, float]) -> None:
         """Set the prices orders fill at and positions are valued at."""
-        self.prices.update(prices)
+        self.prices.update({s: float(p) for s, p in prices.items()})  # no numpy into the DB
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]:
         return {s: self.prices[s] for s in symbols if s in self.prices}
