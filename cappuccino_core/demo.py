@@ -3,8 +3,8 @@
 No PostgreSQL, no keys, no network: SQLite storage, the bundled sample, the simulated broker.
 Stages: configuration, storage, data, features, a few short training trials (progress bar),
 an ensemble sync, a replay of the held-out months through the paper-trading loop with a hot
-reload in the middle (a further trial is trained and published while the replay runs), and a
-summary table.
+reload in the middle (a further trial is trained and published while the replay runs), an
+auto-deployer decision, the HTML report, and a summary table.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from tqdm import tqdm
 from .config import load_config
 from .data import load_bars
 from .data.features import FEATURE_NAMES, WARMUP, compute_features
+from .deploy import record, validate
 from .ensemble.publish import sync
+from .report import write_report
 from .storage import SCHEMA_VERSION, make_optuna_storage, open_app_db
 from .trading.replay import replay
 from .training.worker import WorkerHooks, open_study, run_worker, set_target
@@ -38,7 +40,7 @@ def write_demo_config(directory: Path) -> Path:
         # short trials, so the demo stays within minutes on two cores
         "training": {"total_timesteps": 30_000, "n_envs": 32, "cv": "walk_forward",
                      "cv_groups": 3, "cv_test_groups": 1},
-        "ensemble": {"top_n": 3, "min_members": 2},
+        "ensemble": {"top_n": 4, "min_members": 2},  # the 4th trial, mid-replay, joins it
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "demo"}))
     return etc
@@ -117,6 +119,19 @@ def run_demo(workdir: str | None = None) -> int:
           f"(hot reload mid-run: {swap.get('result').message if 'result' in swap else '-'})")
     stage("replay with a hot reload", t0)
 
+    t0 = time.monotonic()
+    decision = validate(cfg, engine)
+    record(engine, decision)
+    print(f"[8] auto-deployer: {decision.summary()}")
+    if decision.promoted:
+        print(f"    {sync(cfg, engine).message}")
+    stage("auto-deployer decision", t0)
+
+    t0 = time.monotonic()
+    report = write_report(cfg, engine, root / "report.html", trader="demo")
+    print(f"[9] report: {report}")
+    stage("HTML report", t0)
+
     span = bars.between(result.start, None)
     bh = float((span.close[-1] / span.close[0]).mean() - 1)
     ret = result.equity / cfg.broker.initial_cash - 1
@@ -127,6 +142,7 @@ def run_demo(workdir: str | None = None) -> int:
     print(f"  {'equal-weight buy-and-hold':<34}{bh:>+9.2%}")
     for name, seconds in timings:
         print(f"  {name:<34}{seconds:>8.1f} s")
-    print(f"\nnot yet in the demo: the auto-deployer's decision and the HTML report (see README)"
-          f"\ndemo finished in {time.monotonic() - started:.1f} s; files in {root}")
+    print(f"  {'auto-deployer':<34}{'promoted' if decision.promoted else 'kept the ensemble'}")
+    print(f"\nreport: {report}\ndemo finished in {time.monotonic() - started:.1f} s; "
+          f"files in {root}")
     return 0
