@@ -1,0 +1,36 @@
+"""The systemd unit files in `units/`, rendered for an install prefix.
+
+The files use `@PREFIX@` for the install prefix (the virtualenv is `@PREFIX@/venv`). Rendering
+is the only change `make install` makes to them: they are installed as they are otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
+
+
+def render_units(prefix: str | Path, python: str | Path | None = None,
+                 source: Path = UNITS_DIR) -> dict[str, str]:
+    """{file name: text} with the prefix filled in; `python` overrides the venv's interpreter
+    (tests point it at the running one)."""
+    out = {}
+    for path in sorted(source.iterdir()):
+        if path.suffix not in {".service", ".timer", ".path", ".target"}:
+            continue
+        text = path.read_text()
+        if python is not None:
+            text = text.replace("@PREFIX@/venv/bin/python", str(python))
+        out[path.name] = text.replace("@PREFIX@", str(prefix))
+    return out
+
+
+def write_units(directory: str | Path, prefix: str | Path, python=None) -> list[Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_units(prefix, python).items():
+        (directory / name).write_text(text)
+        written.append(directory / name)
+    return written

@@ -1,0 +1,62 @@
+"""The unit files: valid for systemd, and hardened (systemd-analyze, offline, no systemd boot)."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cappuccino_core.units import render_units, write_units
+
+analyze = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(analyze is None, reason="systemd-analyze is not installed")
+
+
+@pytest.fixture
+def units(tmp_path):
+    return write_units(tmp_path, prefix=tmp_path, python=sys.executable)
+
+
+def test_every_unit_verifies(units):
+    result = subprocess.run([analyze, "verify", "--man=no", *map(str, units)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {u.name for u in units} >= {
+        "cappuccino-train@.service", "cappuccino-ensemble-sync.service",
+        "cappuccino-ensemble-sync.timer", "cappuccino-active-study.path",
+        "cappuccino-paper-trader.service", "cappuccino-auto-deployer.service",
+        "cappuccino-auto-deployer.timer", "cappuccino.target"}
+
+
+def test_a_broken_unit_fails_verification(tmp_path):
+    bad = tmp_path / "cappuccino-broken.service"
+    bad.write_text("[Service]\nType=notify\nExecStart=/nonexistent/python -m x\n")
+    result = subprocess.run([analyze, "verify", "--man=no", str(bad)], capture_output=True,
+                            text=True)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["cappuccino-paper-trader.service",
+                                  "cappuccino-ensemble-sync.service",
+                                  "cappuccino-auto-deployer.service"])
+def test_exposure_is_at_most_3(units, name):
+    unit = next(u for u in units if u.name == name)
+    result = subprocess.run([analyze, "security", "--offline=true", str(unit)],
+                            capture_output=True, text=True)
+    level = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)[1])
+    assert level <= 3.0, result.stdout[-2000:]
+
+
+def test_the_units_say_what_the_design_says():
+    u = render_units("/opt/cappuccino")
+    trader, train = u["cappuccino-paper-trader.service"], u["cappuccino-train@.service"]
+    for text in (trader, train):
+        assert "Type=notify" in text and "WatchdogSec=" in text and "PartOf=cappuccino.target" in text
+        assert "ExecStart=/opt/cappuccino/venv/bin/python -m daemons." in text
+    assert "Restart=always" in trader and "ExecReload=/bin/kill -HUP $MAINPID" in trader
+    assert "LoadCredential=alpaca:/etc/cappuccino/credentials" in trader
+    assert "Restart=on-failure" in train and "Nice=" in train and "PrivateDevices=" not in train
+    assert "OnUnitActiveSec=10min" in u["cappuccino-ensemble-sync.timer"]
+    assert "OnCalendar=hourly" in u["cappuccino-auto-deployer.timer"]
+    assert "PathChanged=/etc/cappuccino/active_study.yaml" in u["cappuccino-active-study.path"]
