@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv install demo test bench lint install-units clean
+PREFIX ?= /opt/cappuccino
+
+.PHONY: venv install uninstall install-units demo test bench lint clean
 
 $(BIN)/cappuccino: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,16 @@ bench: venv
 
 lint: venv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check cappuccino_core daemons tests benchmarks
+
+# as root: virtualenv under $(PREFIX), units, example config (never overwriting), user
+install: venv
+	$(BIN)/cappuccino install --prefix $(PREFIX)
+
+install-units: venv
+	$(BIN)/cappuccino install --prefix $(PREFIX) --no-venv --no-user
+
+uninstall: venv
+	$(BIN)/cappuccino install --prefix $(PREFIX) --uninstall
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

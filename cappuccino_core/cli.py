@@ -55,12 +55,14 @@ CONFIG_DIR_HELP = ("directory holding cappuccino.yaml and active_study.yaml "
 
 
 def cmd_train(args) -> int:
-    if args.action:
-        print(f"`cappuccino train {args.action}` manages the systemd units; not available yet",
-              file=sys.stderr)
-        return 2
-    from .training.foreground import train_foreground
     cfg = load_config(args.config_dir)
+    if args.action:
+        from .training.systemd import train_start, train_stop
+        study = args.study or cfg.active_study
+        if args.action == "start":
+            return train_start(cfg, study, args.workers, args.n_trials, args.activate)
+        return train_stop(study)
+    from .training.foreground import train_foreground
     return train_foreground(cfg, args.study or cfg.active_study, args.n_trials, args.workers)
 
 
@@ -282,6 +284,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_install(args) -> int:
+    from .install import install, uninstall
+    if args.uninstall:
+        uninstall(args.prefix, args.root)
+    else:
+        install(args.prefix, args.root, venv=not args.no_venv, user=not args.no_user)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -341,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--study", help="study name (default: the active study)")
     train.add_argument("--n-trials", type=int, help="target number of finished trials")
     train.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    train.add_argument("--activate", action="store_true",
+                       help="(start) also make the study the active one")
     train.set_defaults(func=cmd_train)
 
     ensemble = sub.add_parser("ensemble", help="the traded ensemble: sync and show",
@@ -434,6 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="file to write (default: <state_dir>/reports/...)")
     report.add_argument("--trader", default="paper", help="trader name (default: paper)")
     report.set_defaults(func=cmd_report)
+
+    inst = sub.add_parser(
+        "install", help="install the suite: virtualenv, units, example config, user",
+        description="Install the package into a virtualenv under PREFIX, the systemd units "
+                    "into /etc/systemd/system, the example configuration into /etc/cappuccino "
+                    "where no file exists (never overwriting), and the service user.")
+    inst.add_argument("--prefix", default="/opt/cappuccino")
+    inst.add_argument("--root", default="/", help="stage under this directory instead of /")
+    inst.add_argument("--no-venv", action="store_true", help="units and config only")
+    inst.add_argument("--no-user", action="store_true", help="do not create the user")
+    inst.add_argument("--uninstall", action="store_true",
+                      help="remove the units and the prefix (configuration and state stay)")
+    inst.set_defaults(func=cmd_install)
 
     status = sub.add_parser(
         "status", parents=[common], help="one screen: study, training, ensemble",

@@ -15,6 +15,9 @@ def render_units(prefix: str | Path, python: str | Path | None = None,
                  source: Path = UNITS_DIR) -> dict[str, str]:
     """{file name: text} with the prefix filled in; `python` overrides the venv's interpreter
     (tests point it at the running one)."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} not found: install from a source checkout "
+                                "(make install)")
     out = {}
     for path in sorted(source.iterdir()):
         if path.suffix not in {".service", ".timer", ".path", ".target"}:

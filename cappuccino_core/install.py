@@ -1,0 +1,83 @@
+"""`cappuccino install` / `make install`: the package in a virtualenv under a prefix, the units
+in /etc/systemd/system, the example configuration where none exists, and the service user.
+
+`--root DIR` stages everything under DIR instead of / (packaging, tests). An operator's
+configuration is never overwritten: an example file is copied only where no file exists.
+`uninstall` removes the units and the prefix, and leaves configuration and state alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .units import render_units
+
+REPO = Path(__file__).resolve().parents[1]
+USER = "cappuccino"
+
+
+def _under(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
+            user: bool = True, systemd_reload: bool = True, log=print) -> list[str]:
+    """Returns what it did, one line each."""
+    root_p = Path(root)
+    done: list[str] = []
+    if venv:
+        target = _under(root_p, prefix) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+        pip = [str(target / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)  # the CPU build first
+        subprocess.run(pip + [str(REPO)], check=True)
+        done.append(f"virtualenv {target} with cappuccino")
+    units_dir = _under(root_p, "/etc/systemd/system")
+    units_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in render_units(prefix).items():
+        (units_dir / name).write_text(text)
+        done.append(f"unit {units_dir / name}")
+    etc = _under(root_p, "/etc/cappuccino")
+    (etc / "credentials").mkdir(parents=True, exist_ok=True)
+    (etc / "credentials").chmod(0o700)
+    for example in sorted((REPO / "config").glob("*.yaml")):
+        dest = etc / example.name
+        if dest.exists():
+            done.append(f"kept the operator's {dest}")
+        else:
+            shutil.copy2(example, dest)
+            done.append(f"example config {dest}")
+    if user and root_p == Path("/"):
+        exists = subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0
+        if not exists:
+            subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/cappuccino",
+                            "--shell", "/usr/sbin/nologin", USER], check=True)
+            done.append(f"system user {USER}")
+    if systemd_reload and root_p == Path("/") and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+        done.append("systemctl daemon-reload")
+    for line in done:
+        log(line)
+    return done
+
+
+def uninstall(prefix: str = "/opt/cappuccino", root: str = "/", log=print) -> list[str]:
+    root_p = Path(root)
+    done = []
+    units_dir = _under(root_p, "/etc/systemd/system")
+    for name in render_units(prefix):
+        path = units_dir / name
+        if path.exists():
+            path.unlink()
+            done.append(f"removed {path}")
+    target = _under(root_p, prefix)
+    if target.exists():
+        shutil.rmtree(target)
+        done.append(f"removed {target}")
+    done.append("kept /etc/cappuccino and /var/lib/cappuccino (configuration and state)")
+    for line in done:
+        log(line)
+    return done
