@@ -6,13 +6,16 @@ unreachable database) is shown as such instead of hiding the rest.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import sqlalchemy as sa
 
 from .config import Config
 from .ensemble.publish import current_manifest, ensembles_dir
-from .storage import events, open_app_db
+from .storage import deploy_decisions, equity_snapshots, events, open_app_db, trader_state
 from .studies import study_summaries
 
 _RECENT = sa.text("""
@@ -22,14 +25,68 @@ _RECENT = sa.text("""
 
 
 def collect(cfg: Config) -> dict:
-    out: dict = {"active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1]}
+    out: dict = {"active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1],
+                 "units": _units()}
     try:
         engine = open_app_db(cfg.storage_url)
         out["training"] = _training(engine, cfg)
         out["ensemble"] = _ensemble(engine, cfg)
+        out["trader"] = _trader(engine, cfg)
+        out["deployer"] = _deployer(engine)
     except sa.exc.SQLAlchemyError as e:
         out["error"] = f"storage unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"
     return out
+
+
+def _units() -> dict:
+    """Each cappuccino unit's state and restart count, or unknown without systemd."""
+    if not shutil.which("systemctl"):
+        return {"_": "unknown: systemctl not found"}
+    listed = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                             "cappuccino*"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        return {"_": "unknown: systemd is not running here"}
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    units = {}
+    for name in names:
+        show = subprocess.run(["systemctl", "show", name, "-p", "ActiveState,SubState,NRestarts"],
+                              capture_output=True, text=True).stdout
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        units[name] = {"state": f"{props.get('ActiveState')}/{props.get('SubState')}",
+                       "restarts": int(props.get("NRestarts") or 0)}
+    return units
+
+
+def _trader(engine, cfg: Config, name: str = "paper") -> dict:
+    with engine.connect() as conn:
+        snaps = conn.execute(sa.select(equity_snapshots.c.ts, equity_snapshots.c.equity,
+                                       equity_snapshots.c.positions)
+                             .where(equity_snapshots.c.trader == name)
+                             .order_by(equity_snapshots.c.id.desc()).limit(200)).all()
+        last_bar = conn.execute(sa.select(trader_state.c.value).where(
+            trader_state.c.trader == name, trader_state.c.key == "last_bar")).scalar()
+    if not snaps:
+        return {"running": False}
+    latest = snaps[0]
+    day = pd.Timestamp(latest.ts).normalize()
+    today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
+    info = {"running": True, "equity": latest.equity, "positions": len(latest.positions),
+            "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar}
+    if last_bar:
+        closed = pd.Timestamp(last_bar) + pd.Timedelta(seconds=cfg.bar_seconds)
+        lag = pd.Timestamp.now(tz="UTC") - closed
+        info["lag_bars"] = round(lag.total_seconds() / cfg.bar_seconds, 2)
+    return info
+
+
+def _deployer(engine) -> dict | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(deploy_decisions).order_by(
+            deploy_decisions.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return {"ts": row.ts.isoformat(), "study": row.study, "trial_id": row.candidate_trial_id,
+            "passed": row.passed, "promoted": row.promoted, "reasons": row.reasons}
 
 
 def _training(engine, cfg: Config) -> dict:
@@ -90,5 +147,30 @@ def render(s: dict) -> str:
     if ls and ls["needed"]:
         lines.append(f"!! last sync: {ls['needed']} more eligible trial(s) needed before the "
                      f"ensemble can follow the study ({ls['ts'][:16]})")
-    lines.append("trader, deployer, units: not available in this version")
+    tr = s["trader"]
+    if tr.get("running"):
+        lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
+        lines.append(f"trader: equity {tr['equity']:,.2f}, {tr['positions']} positions, today "
+                     f"{tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}")
+        if tr.get("lag_bars", 0) > 2:
+            lines.append("!! THE TRADER IS BEHIND: no bar processed for more than one bar")
+    else:
+        lines.append("trader: no equity recorded yet")
+    d = s["deployer"]
+    lines.append("deployer: no decision yet" if d is None else
+                 f"deployer: {d['ts'][:16]} study {d['study']} trial id {d['trial_id']}: "
+                 f"{'promoted' if d['promoted'] else ('passed' if d['passed'] else 'rejected')}"
+                 f" ({'; '.join(d['reasons'])})")
+    units = s["units"]
+    if "_" in units:
+        lines.append(f"units: {units['_']}")
+    else:
+        for name, u in sorted(units.items()):
+            lines.append(f"  {name:<48}{u['state']:<22}restarts {u['restarts']}")
+        other = [n for n in units if n.startswith("cappuccino-train@")
+                 and units[n]["state"].startswith("active")
+                 and n.split("@", 1)[1].split(":")[0].removesuffix(".service")
+                 != s["active_study"]]
+        for n in other:
+            lines.append(f"!! {n} TRAINS ANOTHER STUDY THAN THE ACTIVE ONE ({s['active_study']})")
     return "\n".join(lines)
