@@ -293,6 +293,24 @@ def cmd_install(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    from .monitor import run_checks
+    cfg = load_config(args.config_dir)
+    new = run_checks(cfg, _app_db(cfg))
+    for incident in new:
+        print(f"{incident.severity}: {incident.message}")
+    print(f"{len(new)} new incident(s)")
+    return 0
+
+
+def cmd_alert(args) -> int:
+    from .alerts import send_alert
+    cfg = load_config(args.config_dir)
+    send_alert(cfg, f"{args.unit} failed",
+               f"systemd unit {args.unit} failed; see journalctl -u {args.unit}", "error")
+    return 0  # a failing channel is logged, never an error of this unit
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
@@ -460,6 +478,18 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--uninstall", action="store_true",
                       help="remove the units and the prefix (configuration and state stay)")
     inst.set_defaults(func=cmd_install)
+
+    monitor = sub.add_parser(
+        "monitor", parents=[common], help="run the checks; alert once per incident",
+        description="Check training progress, the study target, the ensemble's age and "
+                    "study, the trader's lag and drawdown, stop exits and free disk; send an "
+                    "alert when an incident starts (once), record when it ends.")
+    monitor.set_defaults(func=cmd_monitor)
+    alert = sub.add_parser("alert", parents=[common], help="send one alert about a failed unit",
+                           description="Send an alert through every configured channel about "
+                                       "a failed unit (cappuccino-alert@%%n.service runs this).")
+    alert.add_argument("unit")
+    alert.set_defaults(func=cmd_alert)
 
     status = sub.add_parser(
         "status", parents=[common], help="one screen: study, training, ensemble",

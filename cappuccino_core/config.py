@@ -159,6 +159,24 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    training_stall_minutes: float = field(default=120.0, metadata=POSITIVE)
+    ensemble_max_age_hours: float = field(default=24.0, metadata=POSITIVE)
+    drawdown_alert_pct: float = field(default=0.15, metadata=FRACTION)
+    min_free_disk_pct: float = field(default=0.10, metadata=FRACTION)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    webhook_url: str | None = None          # generic: POST {"title", "message", "severity"}
+    discord_webhook_url: str | None = None  # Discord-compatible: {"content": ...}
+    slack_webhook_url: str | None = None    # Slack-compatible: {"text": ...}
+    email_to: str | None = None             # through the local sendmail
+    sendmail_path: str = "/usr/sbin/sendmail"
+    timeout_s: float = field(default=10.0, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -168,6 +186,8 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     # Not from cappuccino.yaml: where the files were read, and the active study.
     config_dir: str = field(default=DEFAULT_CONFIG_DIR, metadata={"internal": True})
     active_study: str | None = field(default=None, metadata={"internal": True})
@@ -316,7 +336,7 @@ def _check_cross_fields(cfg: Config) -> None:
 
 # --- showing the effective configuration -----------------------------------------------------
 
-SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key)", re.I)
+SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key|webhook_url)", re.I)
 URL_PASSWORD_RE = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]+)(?P<tail>@)")
 
 
@@ -329,8 +349,13 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if value is not None and SECRET_KEY_RE.search(key):
         return "***"
     if isinstance(value, str):
-        return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", value)
+        return mask_text(value)
     return value
+
+
+def mask_text(text: str) -> str:
+    """`text` with passwords in URLs replaced by '***'."""
+    return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
 
 
 def effective_config(cfg: Config) -> dict:
