@@ -23,6 +23,20 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
 
 
+def start_daemon(parser, argv=None):
+    """The start of every daemon: its arguments (plus --config-dir), journald logging, and
+    the validated configuration. A bad configuration is logged and the process exits 2."""
+    from .config import ConfigError, load_config
+    parser.add_argument("--config-dir", help="default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return args, load_config(args.config_dir)
+    except ConfigError as e:
+        logging.getLogger("cappuccino").error("configuration error: %s", e)
+        raise SystemExit(2) from e
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Journald format when run by systemd (JOURNAL_STREAM is set), readable lines on a terminal."""
     handler = logging.StreamHandler(sys.stderr)

@@ -14,8 +14,7 @@ import logging
 import signal
 import sys
 
-from cappuccino_core.config import ConfigError, load_config
-from cappuccino_core.service import Notifier, setup_logging
+from cappuccino_core.service import Notifier, start_daemon
 from cappuccino_core.storage import open_app_db
 from cappuccino_core.trading.live import LiveLoop
 
@@ -32,15 +31,8 @@ def make_broker(cfg, engine):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-dir", help="default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino")
     parser.add_argument("--name", default="paper", help="trader name in the database")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = load_config(args.config_dir)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2
+    args, cfg = start_daemon(parser, argv)
     engine = open_app_db(cfg.storage_url)
     loop = LiveLoop(cfg, make_broker(cfg, engine), engine, Notifier(), name=args.name)
     signal.signal(signal.SIGHUP, lambda *_: loop.request_reload())

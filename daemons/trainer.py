@@ -16,8 +16,7 @@ import sys
 
 import torch
 
-from cappuccino_core.config import ConfigError, load_config
-from cappuccino_core.service import Notifier, setup_logging
+from cappuccino_core.service import Notifier, start_daemon
 from cappuccino_core.training.worker import WorkerHooks, run_worker
 
 log = logging.getLogger("cappuccino.trainer")
@@ -30,14 +29,7 @@ def study_of(instance: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("instance", help="<study> or <study>:<k>")
-    parser.add_argument("--config-dir", help="default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = load_config(args.config_dir)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2
+    args, cfg = start_daemon(parser, argv)
     threads = os.environ.get("CAPPUCCINO_TORCH_THREADS")
     if threads:  # several workers on one host share its cores instead of fighting for them
         torch.set_num_threads(int(threads))

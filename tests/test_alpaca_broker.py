@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from cappuccino_core.broker.alpaca import AlpacaBroker
+from cappuccino_core.data.features import compute_features
 from cappuccino_core.storage import fills, orders
 from cappuccino_core.trading.trader import Trader
 
@@ -19,6 +20,17 @@ PRICES = {"BTC/USD": 30_000.0, "ETH/USD": 2_000.0, "SOL/USD": 40.0}
 def emulator():
     with RunningEmulator(AlpacaEmulator(prices=dict(PRICES))) as running:
         yield running
+
+
+def trading_setup(emulator, tmp_path, shared_data):
+    """A published ensemble, bars to 2022-05-10, and the emulator priced at the last close."""
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
+    from cappuccino_core.ensemble.serving import Ensemble
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    bars = load_bars(cfg, end="2022-05-10")
+    emulator.emulator.prices.update(dict(zip(SYMBOLS, map(float, bars.close[-1]))))
+    return cfg, engine, bars, Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
 
 
 def broker_for(emulator, **kw):
@@ -86,15 +98,8 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
     """The whole trader on the emulated paper account: orders are really sent; a restart
     re-derives the same client order ids and sends nothing twice; a stop exit sells the
     whole position."""
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
     emu = emulator.emulator
-    from cappuccino_core.data import load_bars
-    from cappuccino_core.data.features import compute_features
-    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
-    from cappuccino_core.ensemble.serving import Ensemble
-    bars = load_bars(cfg, end="2022-05-10")
-    emu.prices.update(dict(zip(SYMBOLS, map(float, bars.close[-1]))))
-    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     broker = broker_for(emulator)
     trader = Trader(cfg, broker, engine, "paper", ens, wait_for_fill=broker.wait_for_fill)
     trader.start()
@@ -128,15 +133,8 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
 def test_restart_mid_bar_on_alpaca_sends_nothing_twice_and_reconciles(emulator, tmp_path,
                                                                        shared_data, caplog):
     from test_trading import CrashAfter
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
     emu = emulator.emulator
-    from cappuccino_core.data import load_bars
-    from cappuccino_core.data.features import compute_features
-    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
-    from cappuccino_core.ensemble.serving import Ensemble
-    bars = load_bars(cfg, end="2022-05-10")
-    emu.prices.update(dict(zip(SYMBOLS, map(float, bars.close[-1]))))
-    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     feats = compute_features(bars)
     bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
     crashing = Trader(cfg, CrashAfter(broker_for(emulator), 1), engine, "paper", ens)
