@@ -129,7 +129,7 @@ def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
                 obs_buf[step], act_buf[step] = obs, action
                 logp_buf[step] = d.log_prob(action).sum(-1)
                 val_buf[step] = agent.value(obs)
-                obs, reward, done, _ = env.step(torch.softmax(action, -1))
+                obs, reward, done, _ = env.step(torch.softmax(action, -1), with_info=False)
                 rew_buf[step] = reward * cfg.reward_scale
                 done_buf[step] = done.float()
             # GAE; an episode end (done) cuts the bootstrap

@@ -267,8 +267,8 @@ def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int, seed: int)
     """A counter-based pseudo-random number in [0, 1) per environment: integer arithmetic
     only (no generator state), so a whole step can be compiled and never waits on the GPU."""
     x = (env_ids * 7919 + counter * 104729 + seed * 31 + salt) % _LCG_M
-    for _ in range(3):
-        x = (x * _LCG_A + _LCG_C) % _LCG_M
+    x = (x * _LCG_A + _LCG_C) % _LCG_M
+    x = (x * _LCG_A + _LCG_C) % _LCG_M  # two rounds decorrelate neighbouring environments
     return x.double() / _LCG_M
 
 
@@ -286,17 +286,22 @@ def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
     return start, torch.minimum(start + ep.episode_bars, ep.seg_hi[seg] - 1)
 
 
-def observe(obs_table, close, t, units, cash, n_assets: int) -> torch.Tensor:
-    """Cash weight, position weights, then the features window (one row of the table)."""
-    obs = obs_table.index_select(0, t)
-    value = units * close.index_select(0, t)
+def portfolio_weights(units, cash, close_t) -> torch.Tensor:
+    """`[N, 1+A]`: cash weight, then each position's weight, at the closes `close_t`."""
+    value = units * close_t
     equity = cash + value.sum(-1)
-    obs[:, 0] = (cash / equity).float()
-    obs[:, 1:1 + n_assets] = (value / equity.unsqueeze(-1)).float()
+    return torch.cat([(cash / equity).unsqueeze(-1), value / equity.unsqueeze(-1)], -1).float()
+
+
+def observe(obs_table, t, weights) -> torch.Tensor:
+    """Portfolio weights, then the features window (one row of the table)."""
+    obs = obs_table.index_select(0, t)
+    obs[:, :weights.shape[1]] = weights
     return obs
 
 
-def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings):
+def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings,
+             with_info: bool = True):
     """One decision for every episode: orders at the next open, the bar lived through (stops),
     reward at its close; finished episodes restart. A pure tensor function, so that it can be
     compiled whole (see BatchedTradingEnv's `compile`). The observation is gathered outside:
@@ -319,7 +324,7 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
         reward = reward - torch.log((c / close_t).mean(-1))
     info = {"equity": eq_after, "fees": fees + stop_fees, "turnover": traded + stop_notional,
             "stops": stopped.sum(-1), "stopped": stopped, "exit_price": exit_px,
-            "units_before": units, "units_after_orders": ordered}
+            "units_before": units, "units_after_orders": ordered} if with_info else {}
 
     done = nxt >= t_end
     if not torch.compiler.is_compiling() and done.device.type == "cpu" and not bool(done.any()):
@@ -330,7 +335,8 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
         new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
                      entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
                      torch.where(done, start, nxt), torch.where(done, end, t_end))
-    return new_state, counter, reward.float(), done, info
+    return new_state, counter, reward.float(), done, info, portfolio_weights(
+        new_state[0], new_state[1], close.index_select(0, new_state[4]))
 
 
 class BatchedTradingEnv:
@@ -355,10 +361,14 @@ class BatchedTradingEnv:
         self.counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.obs_table = market.observation_table(settings.lookback)
         self.obs_size = observation_size(market.n_assets, market.n_features, settings.lookback)
-        step = functools.partial(env_step, ep=self.episodes, s=settings)
         # Compiling fuses the ~150 small tensor ops of a step into a few loops; it costs
         # seconds once per process and shape, so it pays off for long runs and large N.
-        self._step = torch.compile(step, dynamic=False) if compile else step
+        # Training asks for no `info` (fewer outputs: a faster compiled step).
+        self._steps = {}
+        for with_info in (True, False):
+            step = functools.partial(env_step, ep=self.episodes, s=settings,
+                                     with_info=with_info)
+            self._steps[with_info] = torch.compile(step, dynamic=False) if compile else step
         self.reset()
 
     # the portfolio state, one row per episode
@@ -381,11 +391,12 @@ class BatchedTradingEnv:
         return self.cash + (self.units * self.m.close[self.t]).sum(-1)
 
     def observe(self) -> torch.Tensor:
-        return observe(self.obs_table, self.m.close, self.t, self.units, self.cash,
-                       self.m.n_assets)
+        return observe(self.obs_table, self.t, portfolio_weights(
+            self.units, self.cash, self.m.close.index_select(0, self.t)))
 
-    def step(self, weights: torch.Tensor):
-        """`weights [N, A+1]` (assets then cash). Returns (obs, reward, done, info)."""
-        self.state, self.counter, reward, done, info = self._step(
+    def step(self, weights: torch.Tensor, with_info: bool = True):
+        """`weights [N, A+1]` (assets then cash). Returns (obs, reward, done, info); `info`
+        (equity, fees, turnover, stops, ...) is empty when `with_info` is False."""
+        self.state, self.counter, reward, done, info, pw = self._steps[with_info](
             self.state, weights, self.counter, self.env_ids, self.m.ohlc)
-        return self.observe(), reward, done, info
+        return observe(self.obs_table, self.t, pw), reward, done, info
