@@ -62,7 +62,6 @@ class Notifier:
         if self._socket:
             import sdnotify
             self._notifier = sdnotify.SystemdNotifier()
-        self.last_status = ""
 
     @property
     def active(self) -> bool:
@@ -76,7 +75,6 @@ class Notifier:
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
     def status(self, text: str) -> None:
-        self.last_status = text
         self._send(f"STATUS={text}")
 
     def watchdog(self) -> None:

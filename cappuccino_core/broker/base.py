@@ -48,10 +48,6 @@ class OrderState:
         return self.status in FINAL
 
 
-class OrderRejected(Exception):
-    """The broker refused the order (insufficient balance, below minimum, not tradable)."""
-
-
 class Broker(Protocol):
     def account(self) -> Account: ...
 

@@ -26,9 +26,6 @@ class Split:
     train: list[Segment]
     test: list[Segment]
 
-    def describe(self) -> dict:
-        return {"train": [list(s) for s in self.train], "test": [list(s) for s in self.test]}
-
 
 def _groups(lo: int, hi: int, n: int) -> list[Segment]:
     edges = [lo + (hi - lo) * i // n for i in range(n + 1)]

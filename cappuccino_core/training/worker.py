@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -146,19 +145,6 @@ def _requeue_interrupted(stop: threading.Event):
                                 skip_if_exists=False)
             log.info("trial %d interrupted; its parameters are queued again", trial.number)
     return callback
-
-
-def wait_for_progress(study: optuna.Study, target: int, poll_s: float = 2.0):
-    """Yields the finished-trial count as it grows (for progress bars)."""
-    last = -1
-    while True:
-        n = finished_count(study)
-        if n != last:
-            last = n
-            yield n
-        if n >= target:
-            return
-        time.sleep(poll_s)
 
 
 __all__ = ["run_worker", "open_study", "set_target", "target_of", "WorkerHooks", "Interrupted",
