@@ -9,6 +9,7 @@ auto-deployer decision, the HTML report, and a summary table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -62,7 +63,10 @@ def run_demo(workdir: str | None = None) -> int:
     started = time.monotonic()
     timings: list[tuple[str, float]] = []
 
-    def stage(name: str, t0: float) -> None:
+    @contextlib.contextmanager
+    def stage(name: str):
+        t0 = time.monotonic()
+        yield
         timings.append((name, time.monotonic() - t0))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,65 +76,59 @@ def run_demo(workdir: str | None = None) -> int:
     print(f"[1] configuration: {cfg.config_dir} (state dir {cfg.state_dir}), "
           f"active study {cfg.active_study!r}")
 
-    t0 = time.monotonic()
-    make_optuna_storage(cfg.storage_url)
-    engine = open_app_db(cfg.storage_url)
-    print(f"[2] storage: {cfg.storage_url} (Optuna tables + app schema v{SCHEMA_VERSION})")
-    bars = load_bars(cfg, progress=True)
-    print(f"[3] data: {len(bars)} closed hourly bars x {len(bars.symbols)} assets, "
-          f"{bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d %H:%M} UTC, "
-          f"{int(bars.filled.any(axis=1).sum())} forward-filled gap hours")
-    feats = compute_features(bars)[WARMUP:]
-    print(f"[4] features {cfg.data.feature_set}: {len(FEATURE_NAMES)} per asset, "
-          f"{feats.shape[0]} rows after a {WARMUP}-bar warm-up, all finite: "
-          f"{bool(np.isfinite(feats).all())}")
-    stage("setup, data, features", t0)
+    with stage("setup, data, features"):
+        make_optuna_storage(cfg.storage_url)
+        engine = open_app_db(cfg.storage_url)
+        print(f"[2] storage: {cfg.storage_url} (Optuna tables + app schema v{SCHEMA_VERSION})")
+        bars = load_bars(cfg, progress=True)
+        print(f"[3] data: {len(bars)} closed hourly bars x {len(bars.symbols)} assets, "
+              f"{bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d %H:%M} UTC, "
+              f"{int(bars.filled.any(axis=1).sum())} forward-filled gap hours")
+        feats = compute_features(bars)[WARMUP:]
+        print(f"[4] features {cfg.data.feature_set}: {len(FEATURE_NAMES)} per asset, "
+              f"{feats.shape[0]} rows after a {WARMUP}-bar warm-up, all finite: "
+              f"{bool(np.isfinite(feats).all())}")
 
-    t0 = time.monotonic()
-    study = train_trials(cfg, 3)
-    best = study.best_trial
-    print(f"[5] training: {len(study.trials)} trials ({cfg.training.cv}, "
-          f"{cfg.training.total_timesteps:,} steps per fit); best value {best.value:+.3f} "
-          f"(trial {best.number}); held-out window from {study.user_attrs['train_end'][:16]}")
-    stage("training 3 trials", t0)
+    with stage("training 3 trials"):
+        study = train_trials(cfg, 3)
+        best = study.best_trial
+        print(f"[5] training: {len(study.trials)} trials ({cfg.training.cv}, "
+              f"{cfg.training.total_timesteps:,} steps per fit); best value {best.value:+.3f} "
+              f"(trial {best.number}); held-out window from {study.user_attrs['train_end'][:16]}")
 
-    t0 = time.monotonic()
-    first = sync(cfg, engine)
-    print(f"[6] ensemble sync: {first.message}")
-    stage("ensemble sync", t0)
+    with stage("ensemble sync"):
+        first = sync(cfg, engine)
+        print(f"[6] ensemble sync: {first.message}")
 
-    t0 = time.monotonic()
-    held_out = study.user_attrs["train_end"]
-    first_held_out = int(bars.index.searchsorted(pd.Timestamp(held_out)))
-    halfway = first_held_out + (len(bars) - first_held_out) // 2
-    swap = {"done": False}
+    with stage("replay with a hot reload"):
+        held_out = study.user_attrs["train_end"]
+        first_held_out = int(bars.index.searchsorted(pd.Timestamp(held_out)))
+        halfway = first_held_out + (len(bars) - first_held_out) // 2
+        swap = {"done": False}
 
-    def mid_run(t: int, trader) -> None:
-        # halfway through, training goes on and the sync publishes: the trader reloads
-        if not swap["done"] and t >= halfway:
-            swap["done"] = True
-            train_trials(cfg, 4)
-            swap["result"] = sync(cfg, engine)
+        def mid_run(t: int, trader) -> None:
+            # halfway through, training goes on and the sync publishes: the trader reloads
+            if not swap["done"] and t >= halfway:
+                swap["done"] = True
+                train_trials(cfg, 4)
+                swap["result"] = sync(cfg, engine)
 
-    result = replay(cfg, engine, start=held_out, name="demo", on_bar=mid_run, progress=True)
-    versions = " -> ".join(f"v{v}" for v in result.versions)
-    print(f"[7] paper replay of the held-out window: {result.bars} bars "
-          f"{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}, ensembles {versions} "
-          f"(hot reload mid-run: {swap.get('result').message if 'result' in swap else '-'})")
-    stage("replay with a hot reload", t0)
+        result = replay(cfg, engine, start=held_out, name="demo", on_bar=mid_run, progress=True)
+        versions = " -> ".join(f"v{v}" for v in result.versions)
+        print(f"[7] paper replay of the held-out window: {result.bars} bars "
+              f"{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}, ensembles {versions} "
+              f"(hot reload mid-run: {swap.get('result').message if 'result' in swap else '-'})")
 
-    t0 = time.monotonic()
-    decision = validate(cfg, engine)
-    record(engine, decision)
-    print(f"[8] auto-deployer: {decision.summary()}")
-    if decision.promoted:
-        print(f"    {sync(cfg, engine).message}")
-    stage("auto-deployer decision", t0)
+    with stage("auto-deployer decision"):
+        decision = validate(cfg, engine)
+        record(engine, decision)
+        print(f"[8] auto-deployer: {decision.summary()}")
+        if decision.promoted:
+            print(f"    {sync(cfg, engine).message}")
 
-    t0 = time.monotonic()
-    report = write_report(cfg, engine, root / "report.html", trader="demo")
-    print(f"[9] report: {report}")
-    stage("HTML report", t0)
+    with stage("HTML report"):
+        report = write_report(cfg, engine, root / "report.html", trader="demo")
+        print(f"[9] report: {report}")
 
     span = bars.between(result.start, None)
     bh = float((span.close[-1] / span.close[0]).mean() - 1)

@@ -136,7 +136,7 @@ def backtest_section(cfg: Config, engine: Engine, bars, features) -> str:
                for k, v in m.items()]
     members = []
     for member, weight in zip(ens.members, ens.blend):
-        alone = Ensemble(0, ens.study, path, [member], np.ones(1))
+        alone = Ensemble.of_member(member, ens.study, path)
         r = backtest_ensemble(cfg, alone, bars, features, lo, hi).metrics()
         members.append([member.number, member.trial_id, f"{member.value:.3f}", f"{weight:.2f}",
                         f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}"])

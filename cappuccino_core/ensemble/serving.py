@@ -62,7 +62,12 @@ class Ensemble:
                  number: int, value: float, cfg: Config) -> "Ensemble":
         """One trial served alone (a deploy candidate, `cappuccino backtest --trial`)."""
         member = load_member(Path(directory), sha256, study, trial_id, number, value, cfg)
-        return cls(0, study, Path(directory), [member], np.ones(1))
+        return cls.of_member(member, study, Path(directory))
+
+    @classmethod
+    def of_member(cls, member: LoadedMember, study: str, directory: Path) -> "Ensemble":
+        """A loaded member served alone (version 0: not a published version)."""
+        return cls(0, study, directory, [member], np.ones(1))
 
     @property
     def max_lookback(self) -> int:
