@@ -107,8 +107,9 @@ def test_killed_worker_trial_becomes_fail_and_is_retried(tmp_path, pg_url):
     study = open_study(fast, "k9")
     set_target(study, 1)
     proc = start_daemon(slow, "k9:0")
-    try:  # a trial that has drawn its parameters, so its retry must reuse them
-        wait_for(lambda: any(t.params for t in trials(study, RUNNING)), 120,
+    try:  # a trial that has drawn all its parameters (the seed is recorded right after),
+        # so its retry must reuse them
+        wait_for(lambda: any("seed" in t.user_attrs for t in trials(study, RUNNING)), 120,
                  "a running trial with its parameters")
         proc.kill()  # kill -9: no chance to clean up
         proc.wait(timeout=10)
