@@ -17,10 +17,19 @@ from .units import render_units
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "cappuccino"
+HIDDEN_HOMES = (Path("/root"), Path("/home"))
 
 
 def _under(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
+
+
+def check_interpreter(home: Path) -> None:
+    """The services cannot run an interpreter the units hide from them (ProtectHome=yes)."""
+    if any(home == h or h in home.parents for h in HIDDEN_HOMES):
+        raise SystemExit(f"the Python in {home} lives under /root or /home, which the units "
+                         "hide from the services (ProtectHome=yes): install with a system "
+                         "Python, e.g. make install PYTHON=/usr/bin/python3")
 
 
 def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
@@ -28,6 +37,8 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
     """Returns what it did, one line each."""
     root_p = Path(root)
     done: list[str] = []
+    if venv and root_p == Path("/"):
+        check_interpreter(Path(sys.base_prefix).resolve())
     if venv:
         target = _under(root_p, prefix) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
@@ -53,8 +64,9 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
     if user and root_p == Path("/"):
         exists = subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0
         if not exists:
-            subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/cappuccino",
-                            "--shell", "/usr/sbin/nologin", USER], check=True)
+            subprocess.run(["useradd", "--system", "--user-group", "--home-dir",
+                            "/var/lib/cappuccino", "--shell", "/usr/sbin/nologin", USER],
+                           check=True)
             done.append(f"system user {USER}")
     if systemd_reload and root_p == Path("/") and shutil.which("systemctl"):
         subprocess.run(["systemctl", "daemon-reload"], check=False)

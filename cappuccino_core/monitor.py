@@ -40,8 +40,8 @@ def _now() -> datetime:
 
 def check_training(engine: Engine, cfg: Config) -> list[Incident]:
     study = cfg.active_study
-    if not study:
-        return []
+    if not study or not sa.inspect(engine).has_table("trials"):
+        return []  # nothing trained in this database yet: nothing can have stalled
     q = sa.text("""SELECT
         sum(CASE WHEN t.state = 'RUNNING' THEN 1 ELSE 0 END),
         sum(CASE WHEN t.state IN ('COMPLETE', 'PRUNED') THEN 1 ELSE 0 END),

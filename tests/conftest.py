@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import uuid
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg2
@@ -26,9 +30,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def throwaway_database():
+    """A fresh PostgreSQL database, dropped afterwards; yields its URL."""
     name = f"cappuccino_test_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(PG_ADMIN_URL)
     admin.autocommit = True
@@ -43,6 +47,13 @@ def pg_url():
                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test."""
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -65,3 +76,27 @@ def write_config(directory: Path, config: dict, active_study: str | None = None)
 def config_dir(tmp_path) -> Path:
     """A config dir whose state dir is inside the test's tmp_path."""
     return write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")}})
+
+
+@contextmanager
+def webhook_receiver():
+    """A local HTTP server that keeps every JSON POST; yields (its URL, [(path, body), ...])."""
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,11 +2,13 @@
 
 import os
 import stat
+from pathlib import Path
 
+import pytest
 import yaml
 
 from cappuccino_core import cli
-from cappuccino_core.install import install, uninstall
+from cappuccino_core.install import check_interpreter, install, uninstall
 
 from conftest import REPO, write_config
 
@@ -50,3 +52,11 @@ def test_train_start_and_stop_call_systemctl(tmp_path, monkeypatch, capsys):
     from cappuccino_core.training.worker import open_study, target_of
     cfg = load_config(cfg_dir)
     assert target_of(open_study(cfg, "new"), cfg) == 50
+
+
+def test_install_refuses_an_interpreter_the_units_hide():
+    with pytest.raises(SystemExit, match="ProtectHome"):
+        check_interpreter(Path("/root/.pyenv/versions/3.11.7"))
+    with pytest.raises(SystemExit, match="ProtectHome"):
+        check_interpreter(Path("/home/ops/venv-python"))
+    check_interpreter(Path("/usr"))  # a system Python is fine

@@ -1,9 +1,7 @@
 """Monitoring checks against a prepared database; alerts to a local webhook server."""
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import optuna
 import pytest
@@ -17,29 +15,14 @@ from cappuccino_core.monitor import run_checks
 from cappuccino_core.storage import (equity_snapshots, make_optuna_storage, open_app_db,
                                      record_event, trader_state)
 
-from conftest import write_config
+from conftest import webhook_receiver, write_config
 from ensemble_helpers import add_trial
 
 
 @pytest.fixture
 def hook():
-    received = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, json.loads(body)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", received
-    server.shutdown()
-    server.server_close()
+    with webhook_receiver() as received_at:
+        yield received_at
 
 
 def make_env(tmp_path, pg_url, url, **extra):

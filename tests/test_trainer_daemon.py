@@ -90,6 +90,7 @@ def test_sigterm_stops_within_seconds_and_leaves_no_trial_running(tmp_path, pg_u
         sock.close()
     assert code == 0, log.read_text()
     assert stopped_in < 10
+    assert "Traceback" not in log.read_text()  # a requested stop is no crash
     assert not trials(study, RUNNING)
     (failed,) = trials(study, TrialState.FAIL)
     (queued,) = trials(study, TrialState.WAITING)

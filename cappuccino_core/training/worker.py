@@ -136,6 +136,19 @@ def run_worker(cfg: Config, study_name: str, hooks: WorkerHooks | None = None,
     return done_here
 
 
+class _NoTracebackOnStop(logging.Filter):
+    """A trial cut short by a stop request is routine: Optuna's one-line warning stays, its
+    traceback (which reads like a crash in the journal) goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Interrupted):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoTracebackOnStop())
+
+
 def _requeue_interrupted(stop: threading.Event):
     """A trial cut short by a stop request is FAIL (never left RUNNING); queue its parameters
     again so that the work is redone by whichever worker comes next."""

@@ -1,0 +1,317 @@
+"""Fault tests under real systemd, in a throwaway container (see systemd_container.py).
+
+One scenario, in order, as an operator lives it: install, train a study (a worker killed
+mid-trial), start cappuccino.target, trade (the trader killed, then hung), switch the active
+study, read the journal, stop everything. Real PostgreSQL, the built-in simulated broker, the
+unit files exactly as shipped (only the drop-ins named below are added for the test).
+
+The market runs on 1-minute bars, so the trader sees a new closed bar every minute: the bars are
+a slice of the bundled real hourly sample, re-stamped onto a minute grid that reaches an hour
+past now (a bar is only ever used once it has closed, so the future rows wait their turn).
+
+Where nspawn cannot run (not root, package missing) the module skips with the reason; with
+CAPPUCCINO_REQUIRE_SYSTEMD_TESTS=1 (set by .ci/run) it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from cappuccino_core.storage import make_engine, make_optuna_storage
+from conftest import throwaway_database, webhook_receiver
+from systemd_container import Container, why_not_available
+
+SAMPLE = Path(__file__).resolve().parents[1] / "cappuccino_core" / "sample_data"
+SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD"]
+MINUTE_BARS = 8000
+TRADER = "cappuccino-paper-trader.service"
+SYNC = "cappuccino-ensemble-sync.service"
+HANG_FILE = "/etc/cappuccino/test-hang"  # readable by the service (ProtectSystem=strict)
+
+
+def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
+    return yaml.safe_dump({
+        "storage": {"url": pg_url},
+        "alerts": {"webhook_url": f"{hook_url}/generic"},
+        "data": {"csv_path": "/srv/cappuccino-test/bars", "symbols": SYMBOLS,
+                 "timeframe": "1m", "closed_bar_delay_s": 1},
+        "training": {"cv": "walk_forward", "cv_groups": 3, "cv_test_groups": 1,
+                     "embargo_hours": 1, "heldout_days": 1, "pruner": "none",
+                     "total_timesteps": total_timesteps, "n_envs": 16,
+                     "heartbeat_interval_s": 1, "heartbeat_grace_s": 3},
+        "ensemble": {"top_n": 3, "min_members": 2},
+        "risk": {"intrabar_check_s": 5},
+    })
+
+
+def minute_bars(symbol: str, end: pd.Timestamp) -> str:
+    base = symbol.split("/")[0]
+    df = pd.read_csv(SAMPLE / f"{base}USDT_1h.csv.gz").tail(MINUTE_BARS).copy()
+    df["date"] = pd.date_range(end=end, periods=len(df), freq="1min").strftime("%Y-%m-%d %H:%M:%S")
+    return df.to_csv(index=False)
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def hook():
+    """Where the alerts go: a webhook server on the host (the container shares its network)."""
+    with webhook_receiver() as received_at:
+        yield received_at
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, pg_url, hook):
+    reason = why_not_available()
+    if reason:
+        if os.environ.get("CAPPUCCINO_REQUIRE_SYSTEMD_TESTS") == "1":
+            pytest.fail(f"systemd tests required here, but {reason}")
+        pytest.skip(f"systemd fault tests need a container: {reason}")
+    logs = tmp_path_factory.mktemp("systemd")
+    c = Container(logs / "nspawn.log")
+    try:
+        c.boot()
+        c.install()
+        end = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(minutes=60)
+        for s in SYMBOLS:
+            c.write(f"/srv/cappuccino-test/bars/{s.split('/')[0]}USDT_1m.csv", minute_bars(s, end))
+        c.write("/etc/cappuccino/cappuccino.yaml", config(pg_url, hook[0], total_timesteps=1024))
+        # test-only: the hang switch, and a watchdog short enough to wait for
+        c.write(f"/etc/systemd/system/{TRADER}.d/test-watchdog.conf",
+                f"[Service]\nEnvironment=CAPPUCCINO_TEST_HANG_FILE={HANG_FILE}\nWatchdogSec=15\n")
+        c.systemctl("daemon-reload")
+        yield c
+    finally:
+        if c.leader:  # kept for whoever reads a failure
+            (logs / "journal.txt").write_text(c.run("journalctl", "--no-pager", check=False,
+                                                    timeout=30).stdout)
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def db(pg_url):
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+def load(pg_url, name):
+    return optuna.load_study(study_name=name, storage=make_optuna_storage(pg_url))
+
+
+def trials(study, *states):
+    return study.get_trials(deepcopy=False, states=states or None)
+
+
+def seconds(span: str) -> float:
+    """A systemd time span as `systemctl show` prints it ("15s", "1min 30s") in seconds."""
+    units = {"ms": 0.001, "s": 1, "min": 60, "h": 3600}
+    return sum(float(part.rstrip("abcdefghijklmnopqrstuvwxyz")) * units[part.lstrip("0123456789.")]
+               for part in span.split())
+
+
+def said(box, unit, text) -> bool:
+    return any(text in e.get("MESSAGE", "") for e in box.journal(unit))
+
+
+def main_pid(box, unit) -> int:
+    return int(box.show(unit, "MainPID"))
+
+
+def trader_state(db, key):
+    with db.connect() as conn:
+        return conn.execute(sa.text("SELECT value FROM cappuccino_trader_state "
+                                    "WHERE trader = 'paper' AND key = :k"), {"k": key}).scalar()
+
+
+def sent_orders(db) -> list[tuple]:
+    """(client order id, bar, symbol, side) of every order the simulated broker received."""
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT s.client_order_id, o.bar_time, o.symbol, o.side FROM cappuccino_sim_orders s "
+            "JOIN cappuccino_orders o USING (client_order_id) ORDER BY s.ts"))]
+
+
+# --- the scenario ------------------------------------------------------------------------
+
+
+def test_timers_are_registered_with_their_schedule(box):
+    box.systemctl("start", "cappuccino-ensemble-sync.timer", "cappuccino-auto-deployer.timer",
+                  "cappuccino-monitor.timer")
+    listed = box.systemctl("list-timers", "--all", "--no-pager")
+    for timer in ("ensemble-sync", "auto-deployer", "monitor"):
+        assert f"cappuccino-{timer}.timer" in listed
+    assert "OnUnitActiveUSec=10min" in box.show("cappuccino-ensemble-sync.timer",
+                                                   "TimersMonotonic")
+    assert "OnUnitActiveUSec=5min" in box.show("cappuccino-monitor.timer", "TimersMonotonic")
+    assert "*-*-* *:00:00" in box.show("cappuccino-auto-deployer.timer", "TimersCalendar")
+    assert box.show("cappuccino-active-study.path", "Unit") == SYNC
+
+
+def test_trainer_killed_mid_trial_fails_and_is_retried(box, pg_url, hook):
+    slow = config(pg_url, hook[0], total_timesteps=50_000_000)  # still running when killed
+    box.write("/etc/cappuccino/cappuccino.yaml", slow)
+    box.cli("train", "start", "--study", "alpha", "--workers", "1", "--n-trials", "3",
+            "--activate")
+    unit = "cappuccino-train@alpha:0.service"
+    assert box.show(unit, "ActiveState") == "active"
+    study = load(pg_url, "alpha")
+    # the seed is recorded once every parameter is drawn: the retry must reuse them all
+    wait_for(lambda: any("seed" in t.user_attrs for t in trials(study, TrialState.RUNNING)),
+             120, "a running trial")
+    box.write("/etc/cappuccino/cappuccino.yaml", config(pg_url, hook[0], total_timesteps=1024))
+    box.run("kill", "-9", str(main_pid(box, unit)))  # from outside systemd, no clean-up
+    (killed,) = trials(study, TrialState.RUNNING)
+    # systemd restarts the worker (RestartSec=15); it finds the trial stale and retries it
+    wait_for(lambda: said(box, unit, "restart counter is at 1"), 60, "systemd's restart")
+    # done at the target: it exits 0 (systemd forgets NRestarts once the unit is inactive)
+    wait_for(lambda: box.show(unit, "ActiveState") == "inactive", 240, "the worker to finish")
+    assert box.show(unit, "Result") == "success"
+    study = load(pg_url, "alpha")
+    assert not trials(study, TrialState.RUNNING)
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials(study, TrialState.COMPLETE)
+               if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert len(trials(study, TrialState.COMPLETE)) >= 2
+    # a second study, for the switch below, trains while the trader runs
+    box.cli("train", "start", "--study", "beta", "--workers", "1", "--n-trials", "2")
+
+
+def test_trader_trades_and_a_kill_9_neither_repeats_orders_nor_forgets_peaks(box, db):
+    box.systemctl("start", "cappuccino.target")
+    box.systemctl("start", SYNC)  # the first ensemble, from alpha
+    first_pid = wait_for(lambda: main_pid(box, TRADER), 60, "the trader")
+    wait_for(lambda: (trader_state(db, "decision") or {}).get("ensemble") == 1
+             and trader_state(db, "stops"), 150, "a bar traded with ensemble v1")
+    orders_before = sent_orders(db)
+    peaks_before = {s: v["peak"] for s, v in trader_state(db, "stops").items()}
+    assert orders_before and peaks_before
+    box.run("kill", "-9", str(first_pid))
+    # Restart=always, RestartSec=5; READY=1 comes after reconciling with the broker
+    wait_for(lambda: main_pid(box, TRADER) not in (0, first_pid)
+             and box.show(TRADER, "ActiveState") == "active", 60, "the restarted trader")
+    assert box.show(TRADER, "NRestarts") == "1"
+    peaks_after = {s: v["peak"] for s, v in trader_state(db, "stops").items()}
+    for s, peak in peaks_before.items():
+        if s in peaks_after:  # still held: the peak since entry survived the crash
+            assert peaks_after[s] >= peak
+    # the next bar is traded once, by the new process; no order is ever sent twice
+    last = trader_state(db, "last_bar")
+    wait_for(lambda: trader_state(db, "last_bar") != last, 90, "the next bar")
+    orders = sent_orders(db)
+    assert orders[:len(orders_before)] == orders_before
+    keys = [(bar, sym, side) for _, bar, sym, side in orders]
+    assert len(keys) == len(set(keys)), "an order was sent twice for one bar"
+
+
+def test_a_hung_trader_is_restarted_by_the_watchdog(box):
+    watchdog_s = seconds(box.show(TRADER, "WatchdogUSec"))
+    restart_s = seconds(box.show(TRADER, "RestartUSec"))
+    pid = main_pid(box, TRADER)
+    restarts = int(box.show(TRADER, "NRestarts"))
+    box.write(HANG_FILE, "")
+    hung_at = time.monotonic()
+    try:
+        wait_for(lambda: said(box, TRADER, "Watchdog timeout"), 60, "the watchdog")
+    finally:
+        box.path(HANG_FILE).unlink()  # the restarted loop must not hang again
+    wait_for(lambda: main_pid(box, TRADER) not in (0, pid)
+             and box.show(TRADER, "ActiveState") == "active", 60, "the restart")
+    took = time.monotonic() - hung_at
+    intrabar = 5  # the loop's last ping can come up to one cycle after the switch
+    assert int(box.show(TRADER, "NRestarts")) == restarts + 1
+    assert took <= watchdog_s + restart_s + intrabar + 10, took  # + start-up of the new process
+
+
+def test_switching_the_active_study_syncs_and_the_trader_follows(box, pg_url, db):
+    wait_for(lambda: box.show("cappuccino-train@beta:0.service", "ActiveState") == "inactive",
+             240, "beta's training")
+    assert len(trials(load(pg_url, "beta"), TrialState.COMPLETE)) >= 2
+    switched = time.monotonic()
+    box.write("/etc/cappuccino/active_study.yaml", "study: beta\n")
+
+    def published():
+        with db.connect() as conn:
+            return conn.execute(sa.text("SELECT version FROM cappuccino_ensemble_versions "
+                                        "WHERE study = 'beta'")).scalar()
+    version = wait_for(published, 60, "a new version from beta")
+    assert time.monotonic() - switched < 30, "the path unit should start the sync at once"
+    wait_for(lambda: (trader_state(db, "decision") or {}).get("ensemble") == version, 150,
+             f"a bar traded with ensemble v{version}")
+    reloads = [e["MESSAGE"] for e in box.journal(TRADER) if "(study beta" in e.get("MESSAGE", "")]
+    assert reloads, "the trader should say it reloaded beta's ensemble"
+
+
+def test_a_failed_sync_alerts_and_the_trader_keeps_its_ensemble(box, db, hook):
+    _, received = hook
+    before = (trader_state(db, "decision") or {}).get("ensemble")
+    box.write("/etc/cappuccino/active_study.yaml", "study: no-such-study\n")
+    # the sync fails (unknown study); OnFailure= starts cappuccino-alert@<the sync unit>
+    wait_for(lambda: any(SYNC in body.get("title", "") for _, body in received), 60,
+             "the alert for the failed sync")
+    assert box.show(SYNC, "Result") == "exit-code"
+    assert box.show(TRADER, "ActiveState") == "active"
+    with db.connect() as conn:
+        assert not conn.execute(sa.text("SELECT 1 FROM cappuccino_ensemble_versions "
+                                        "WHERE study = 'no-such-study'")).first()
+    box.write("/etc/cappuccino/active_study.yaml", "study: beta\n")
+    last = trader_state(db, "last_bar")
+    wait_for(lambda: trader_state(db, "last_bar") != last, 90, "the next bar")
+    assert trader_state(db, "decision")["ensemble"] == before
+
+
+def test_the_journal_has_each_services_logs_with_priorities(box):
+    for unit in (TRADER, SYNC, "cappuccino-train@alpha:0.service"):
+        # our processes' lines (systemd's own about the unit are there too, and don't count)
+        priorities = {e.get("PRIORITY") for e in box.journal(unit)
+                      if e.get("SYSLOG_IDENTIFIER") == "python"}
+        assert "6" in priorities, (unit, priorities)
+    # the trader's warnings are warnings: `journalctl -p warning` finds them
+    warned = box.run("journalctl", "-u", TRADER, "-p", "warning", "--no-pager").stdout
+    assert "no ensemble yet" in warned
+    # the hardening leaves torch what it needs to pick its fast kernels
+    assert not said(box, "cappuccino-train@alpha:0.service", "Error in cpuinfo")
+
+
+def test_stopping_the_target_stops_everything_in_time(box, pg_url):
+    box.cli("train", "start", "--study", "alpha", "--workers", "1", "--n-trials", "50")
+    unit = "cappuccino-train@alpha:0.service"
+    study = load(pg_url, "alpha")
+    wait_for(lambda: trials(study, TrialState.RUNNING), 120, "a running trial")
+    started = time.monotonic()
+    box.systemctl("stop", "cappuccino.target")  # PartOf= carries the stop to every unit
+    units = (TRADER, unit, "cappuccino-ensemble-sync.timer", "cappuccino-monitor.timer",
+             "cappuccino-auto-deployer.timer", "cappuccino-active-study.path")
+    limit = max(seconds(box.show(u, "TimeoutStopUSec")) for u in (TRADER, unit))
+    wait_for(lambda: all(box.show(u, "ActiveState") == "inactive" for u in units), limit + 10,
+             "every unit to stop")
+    took = time.monotonic() - started
+    assert took < limit, f"stopping took {took:.0f} s, more than the stop timeout {limit:.0f} s"
+    assert not trials(load(pg_url, "alpha"), TrialState.RUNNING)
+    # nothing was killed: both stopped on SIGTERM
+    assert box.show(TRADER, "Result") == "success" and box.show(unit, "Result") == "success"
