@@ -57,8 +57,9 @@ def env_rate(market, n, device, compile=False, seconds=1.5) -> tuple[float, floa
                             EnvSettings(episode_bars=720), seed=0, compile=compile)
     env.reset()
     w = torch.softmax(torch.randn(n, market.n_assets + 1, device=device), -1)
+    obs = torch.empty(n, env.obs_size, device=device)
     t0 = time.perf_counter()
-    env.step(w, with_info=False)  # warm-up (and compilation)
+    env.step(w, with_info=False, out=obs)  # warm-up (and compilation)
     sync(device)
     warm = time.perf_counter() - t0
 
@@ -66,7 +67,7 @@ def env_rate(market, n, device, compile=False, seconds=1.5) -> tuple[float, floa
         steps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             for _ in range(10):
-                env.step(w, with_info=False)  # as training steps it
+                env.step(w, with_info=False, out=obs)  # as training steps it
             steps += 10
             sync(device)
         return n * steps / (time.perf_counter() - t0)

@@ -117,23 +117,26 @@ def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
     done_buf = torch.zeros(S, N, device=device)
     val_buf = torch.zeros(S, N, device=device)
 
-    obs = env.reset()
+    last_obs = env.reset()
     for update in range(1, n_updates + 1):
         if cfg.anneal_lr:
             opt.param_groups[0]["lr"] = cfg.learning_rate * (1 - (update - 1) / n_updates)
         with torch.no_grad():
+            obs_buf[0] = last_obs
             for step in range(S):
+                obs = obs_buf[step]  # the env wrote it there: no copy, no allocation
                 d = agent.dist(obs)
                 action = d.mean + d.stddev * torch.randn(d.mean.shape, generator=noise,
                                                          device=device)
-                obs_buf[step], act_buf[step] = obs, action
+                act_buf[step] = action
                 logp_buf[step] = d.log_prob(action).sum(-1)
                 val_buf[step] = agent.value(obs)
-                obs, reward, done, _ = env.step(torch.softmax(action, -1), with_info=False)
+                _, reward, done, _ = env.step(torch.softmax(action, -1), with_info=False,
+                                              out=obs_buf[step + 1] if step + 1 < S else last_obs)
                 rew_buf[step] = reward * cfg.reward_scale
                 done_buf[step] = done.float()
             # GAE; an episode end (done) cuts the bootstrap
-            next_value = agent.value(obs)
+            next_value = agent.value(last_obs)
             adv = torch.zeros_like(rew_buf)
             last = torch.zeros(N, device=device)
             for step in reversed(range(S)):

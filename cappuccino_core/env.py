@@ -266,9 +266,10 @@ _LCG_A, _LCG_C, _LCG_M = 1103515245, 12345, 2**31
 def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int, seed: int) -> torch.Tensor:
     """A counter-based pseudo-random number in [0, 1) per environment: integer arithmetic
     only (no generator state), so a whole step can be compiled and never waits on the GPU."""
-    x = (env_ids * 7919 + counter * 104729 + seed * 31 + salt) % _LCG_M
-    x = (x * _LCG_A + _LCG_C) % _LCG_M
-    x = (x * _LCG_A + _LCG_C) % _LCG_M  # two rounds decorrelate neighbouring environments
+    mask = _LCG_M - 1  # x & mask == x mod 2**31 (also for negatives), without a division
+    x = (env_ids * 7919 + counter * 104729 + seed * 31 + salt) & mask
+    x = (x * _LCG_A + _LCG_C) & mask
+    x = (x * _LCG_A + _LCG_C) & mask  # two rounds decorrelate neighbouring environments
     return x.double() / _LCG_M
 
 
@@ -279,7 +280,8 @@ def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
         start = ep.seg_lo[seg]
     else:
         u = _uniform(env_ids, counter, 1, ep.seed) * ep.seg_cum[-1]
-        seg = torch.searchsorted(ep.seg_cum, u, right=True).clamp_max(len(ep.seg_lo) - 1)
+        # searchsorted(seg_cum, u, right=True) as a count: it fuses into a compiled step
+        seg = (ep.seg_cum <= u.unsqueeze(-1)).sum(-1).clamp_max(len(ep.seg_lo) - 1)
         lo, hi = ep.seg_lo[seg], ep.seg_hi[seg]
         span = (hi - 1 - lo - ep.episode_bars).clamp_min(1)
         start = lo + (_uniform(env_ids, counter, 2, ep.seed) * span).long()
@@ -293,9 +295,10 @@ def portfolio_weights(units, cash, close_t) -> torch.Tensor:
     return torch.cat([(cash / equity).unsqueeze(-1), value / equity.unsqueeze(-1)], -1).float()
 
 
-def observe(obs_table, t, weights) -> torch.Tensor:
-    """Portfolio weights, then the features window (one row of the table)."""
-    obs = obs_table.index_select(0, t)
+def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Portfolio weights, then the features window (one row of the table); into `out` when
+    given (a rollout buffer's row: no fresh allocation, which costs more than the copy)."""
+    obs = torch.index_select(obs_table, 0, t, out=out)
     obs[:, :weights.shape[1]] = weights
     return obs
 
@@ -364,11 +367,17 @@ class BatchedTradingEnv:
         # Compiling fuses the ~150 small tensor ops of a step into a few loops; it costs
         # seconds once per process and shape, so it pays off for long runs and large N.
         # Training asks for no `info` (fewer outputs: a faster compiled step).
+        # On CPU the compiled loops run over an episode's assets in SIMD vectors of doubles:
+        # with up to 8 assets, 256-bit vectors (8 lanes) fit a row that 512-bit ones (16
+        # lanes, mostly masked off) waste; measured ~25% faster per step at 7 assets.
+        options = ({"cpp.simdlen": 256}
+                   if self.device.type == "cpu" and market.n_assets <= 8 else None)
         self._steps = {}
         for with_info in (True, False):
             step = functools.partial(env_step, ep=self.episodes, s=settings,
                                      with_info=with_info)
-            self._steps[with_info] = torch.compile(step, dynamic=False) if compile else step
+            self._steps[with_info] = (torch.compile(step, dynamic=False, options=options)
+                                      if compile else step)
         self.reset()
 
     # the portfolio state, one row per episode
@@ -394,9 +403,11 @@ class BatchedTradingEnv:
         return observe(self.obs_table, self.t, portfolio_weights(
             self.units, self.cash, self.m.close.index_select(0, self.t)))
 
-    def step(self, weights: torch.Tensor, with_info: bool = True):
+    def step(self, weights: torch.Tensor, with_info: bool = True,
+             out: torch.Tensor | None = None):
         """`weights [N, A+1]` (assets then cash). Returns (obs, reward, done, info); `info`
-        (equity, fees, turnover, stops, ...) is empty when `with_info` is False."""
+        (equity, fees, turnover, stops, ...) is empty when `with_info` is False. The
+        observation is written into `out [N, obs_size]` when given."""
         self.state, self.counter, reward, done, info, pw = self._steps[with_info](
             self.state, weights, self.counter, self.env_ids, self.m.ohlc)
-        return observe(self.obs_table, self.t, pw), reward, done, info
+        return observe(self.obs_table, self.t, pw, out), reward, done, info
