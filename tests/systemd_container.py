@@ -129,11 +129,12 @@ class Container:
         self.run(python, "-m", "cappuccino_core.cli", "install", "--prefix", prefix, "--no-venv")
         self.run("mkdir", "-p", prefix)
         self.run("ln", "-sfn", str(REPO / ".venv"), f"{prefix}/venv")
+        hidden = HIDDEN_HOMES + (Path("/tmp"), Path("/var/tmp"))  # ProtectHome=, PrivateTmp=
         exposed = [p for p in (PYTHON_HOME, REPO)
-                   if any(p == h or h in p.parents for h in HIDDEN_HOMES)]
+                   if any(p == h or h in p.parents for h in hidden)]
         if exposed:
-            # Only because this test's interpreter lives under /root or /home, which the units
-            # hide (ProtectHome=): a real install's interpreter does not.
+            # Only because this test's interpreter or checkout lives where the units hide
+            # (e.g. pyenv under /root): a real install's virtualenv does not.
             self.write("/etc/systemd/system/cappuccino-.service.d/test-python.conf",
                        "[Service]\nProtectHome=tmpfs\n"
                        + "".join(f"BindReadOnlyPaths={p}\n" for p in exposed))
