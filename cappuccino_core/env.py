@@ -257,13 +257,14 @@ class Episodes:
     seg_cum: torch.Tensor
     episode_bars: int
     fixed_start: bool
-    seed: int
+    seed: torch.Tensor  # a tensor, not an int: a compiled step is not recompiled per seed
 
 
 _LCG_A, _LCG_C, _LCG_M = 1103515245, 12345, 2**31
 
 
-def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int, seed: int) -> torch.Tensor:
+def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int,
+             seed: torch.Tensor) -> torch.Tensor:
     """A counter-based pseudo-random number in [0, 1) per environment: integer arithmetic
     only (no generator state), so a whole step can be compiled and never waits on the GPU."""
     mask = _LCG_M - 1  # x & mask == x mod 2**31 (also for negatives), without a division
@@ -359,7 +360,8 @@ class BatchedTradingEnv:
         seg_lo = torch.tensor([lo for lo, _ in segs], device=self.device)
         seg_hi = torch.tensor([hi for _, hi in segs], device=self.device)
         self.episodes = Episodes(seg_lo, seg_hi, torch.cumsum((seg_hi - seg_lo).double(), 0),
-                                 settings.episode_bars, fixed_start, seed)
+                                 settings.episode_bars, fixed_start,
+                                 torch.tensor(seed, device=self.device))
         self.env_ids = torch.arange(n_envs, device=self.device)
         self.counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.obs_table = market.observation_table(settings.lookback)

@@ -229,6 +229,20 @@ def test_the_compiled_step_equals_the_eager_one(synth_market):
     assert restarts > 64  # every episode restarted at least once on the way
 
 
+def test_a_new_seed_reuses_the_compiled_step(synth_market):
+    """Training builds an env per split and seed: none of them may recompile the step (past
+    torch's recompile limit the step would silently run eager, ~5x slower)."""
+    torch.compiler.reset()
+    s = EnvSettings(episode_bars=30, lookback=2)
+    w = torch.softmax(torch.ones(16, 4), -1)
+    segs = [(WARMUP + 10, 1400)]
+    BatchedTradingEnv(synth_market, segs, 16, s, seed=1, compile=True).step(w, with_info=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in (2, 3):
+            BatchedTradingEnv(synth_market, segs, 16, s, seed=seed, compile=True).step(
+                w, with_info=False)
+
+
 def test_segments_are_never_glued(synth_market):
     s = EnvSettings(episode_bars=1000, lookback=2)
     segs = [(WARMUP + 10, 700), (900, 1100)]

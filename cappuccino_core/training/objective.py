@@ -149,6 +149,10 @@ class Objective:
         return out
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.cfg.training.compile_env:
+            # Each trial's env settings compile anew; dropping the last trial's code keeps
+            # memory flat and stays below torch's recompile limit (past it, steps run eager).
+            torch.compiler.reset()
         params = sample_params(trial)
         ppo, env = split_params(params, self.base_env, self.total_timesteps,
                                 self.cfg.training.n_envs)
