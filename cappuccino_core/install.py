@@ -24,9 +24,13 @@ def _under(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
 
 
+def is_within(path: Path, folders) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
 def check_interpreter(home: Path) -> None:
     """The services cannot run an interpreter the units hide from them (ProtectHome=yes)."""
-    if any(home == h or h in home.parents for h in HIDDEN_HOMES):
+    if is_within(home, HIDDEN_HOMES):
         raise SystemExit(f"the Python in {home} lives under /root or /home, which the units "
                          "hide from the services (ProtectHome=yes): install with a system "
                          "Python, e.g. make install PYTHON=/usr/bin/python3")

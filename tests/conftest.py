@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,3 +101,19 @@ def webhook_receiver():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    """Poll until `predicate()` is truthy and return its value; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def trials(study, *states):
+    """A study's trials (in the given states), read fresh from its storage."""
+    return study.get_trials(deepcopy=False, states=states or None)

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cappuccino_core.install import HIDDEN_HOMES
+from cappuccino_core.install import HIDDEN_HOMES, is_within
 
 REPO = Path(__file__).resolve().parents[1]
 # What a service must be able to read: the checkout and the interpreter behind its virtualenv.
@@ -130,8 +130,7 @@ class Container:
         self.run("mkdir", "-p", prefix)
         self.run("ln", "-sfn", str(REPO / ".venv"), f"{prefix}/venv")
         hidden = HIDDEN_HOMES + (Path("/tmp"), Path("/var/tmp"))  # ProtectHome=, PrivateTmp=
-        exposed = [p for p in (PYTHON_HOME, REPO)
-                   if any(p == h or h in p.parents for h in hidden)]
+        exposed = [p for p in (PYTHON_HOME, REPO) if is_within(p, hidden)]
         if exposed:
             # Only because this test's interpreter or checkout lives where the units hide
             # (e.g. pyenv under /root): a real install's virtualenv does not.

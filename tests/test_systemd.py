@@ -16,6 +16,7 @@ CAPPUCCINO_REQUIRE_SYSTEMD_TESTS=1 (set by .ci/run) it fails instead.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from cappuccino_core.storage import make_engine, make_optuna_storage
-from conftest import throwaway_database, webhook_receiver
+from conftest import throwaway_database, trials, wait_for, webhook_receiver
 from systemd_container import Container, why_not_available
 
 SAMPLE = Path(__file__).resolve().parents[1] / "cappuccino_core" / "sample_data"
@@ -59,16 +60,6 @@ def minute_bars(symbol: str, end: pd.Timestamp) -> str:
     df = pd.read_csv(SAMPLE / f"{base}USDT_1h.csv.gz").tail(MINUTE_BARS).copy()
     df["date"] = pd.date_range(end=end, periods=len(df), freq="1min").strftime("%Y-%m-%d %H:%M:%S")
     return df.to_csv(index=False)
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +114,10 @@ def load(pg_url, name):
     return optuna.load_study(study_name=name, storage=make_optuna_storage(pg_url))
 
 
-def trials(study, *states):
-    return study.get_trials(deepcopy=False, states=states or None)
-
-
 def seconds(span: str) -> float:
     """A systemd time span as `systemctl show` prints it ("15s", "1min 30s") in seconds."""
     units = {"ms": 0.001, "s": 1, "min": 60, "h": 3600}
-    return sum(float(part.rstrip("abcdefghijklmnopqrstuvwxyz")) * units[part.lstrip("0123456789.")]
-               for part in span.split())
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|min|s|h)", span))
 
 
 def said(box, unit, text) -> bool:

@@ -9,7 +9,6 @@ import sys
 import time
 
 import optuna
-import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -17,7 +16,7 @@ from cappuccino_core.config import load_config
 from cappuccino_core.storage import make_optuna_storage
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 
-from conftest import write_config
+from conftest import trials, wait_for, write_config
 
 RUNNING = TrialState.RUNNING
 
@@ -41,19 +40,6 @@ def start_daemon(config_dir, instance, notify_socket=None, log=None):
     return subprocess.Popen([sys.executable, "-m", "daemons.trainer", instance,
                              "--config-dir", str(config_dir)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def trials(study, *states):
-    return study.get_trials(deepcopy=False, states=states or None)
 
 
 def test_sigterm_stops_within_seconds_and_leaves_no_trial_running(tmp_path, pg_url):
