@@ -62,7 +62,7 @@ def main() -> None:
     window = bars.slice(len(bars) - LIVE_HISTORY, len(bars))
     feats = compute_features(window)
     positions = np.full(len(bars.symbols), 0.1)
-    decision = median_ms(lambda: ens.target_weights(feats, 0.3, positions))
+    decision = median_ms(lambda: ens.target_weights(feats, positions, 0.3))
     features_ms = median_ms(lambda: compute_features(window), repeat=30)
     print(f"ensemble: {len(ens.members)} members, {len(bars.symbols)} assets, lookbacks "
           f"{sorted({m.lookback for m in ens.members})}, 1 CPU thread")

@@ -1,6 +1,9 @@
 """Backtests: a policy through the same environment over one contiguous range, and metrics.
 
-Used by the objective (each CV test split), by validation and by `cappuccino backtest`.
+Used by the objective (each CV test split), by validation, the report and `cappuccino
+backtest`. `trading_settings` is the one definition of the rules a served ensemble trades under
+(live risk and costs from the configuration, the no-trade band its members learnt with): the
+trader and every backtest of an ensemble use it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .env import BatchedTradingEnv, EnvSettings, Market
+from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 
 HOURS_PER_YEAR = 24 * 365
 
@@ -80,9 +83,27 @@ class EnsemblePolicy:
 
     def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i, n = int(t[0]), self.features.shape[1]
-        w = self.ensemble.target_weights(self.features[:i + 1], float(obs[0, 0]),
-                                         obs[0, 1:1 + n].double().numpy())
+        w = self.ensemble.target_weights(self.features[:i + 1], obs[0, :n].double().numpy(),
+                                         float(obs[0, n]))
         return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
+
+
+def trading_settings(cfg, ensemble) -> EnvSettings:
+    """Live risk and fees from the config; the no-trade band the members were trained with
+    (their median), so the trader rebalances as they learnt to."""
+    band = 0.0
+    if ensemble is not None:
+        band = float(np.median([m.spec.rebalance_band for m in ensemble.members]))
+    return EnvSettings.from_config(cfg, min_rebalance_weight=band)
+
+
+def backtest_ensemble(cfg, ensemble, bars, features, lo: int, hi: int) -> "BacktestResult":
+    """An ensemble through the training environment with the live risk rules, deciding at
+    bars lo-1 .. hi-2."""
+    settings = dataclasses.replace(trading_settings(cfg, ensemble), lookback=1)
+    norm = Normalisation(np.zeros(features.shape[1:]), np.ones(features.shape[1:]))
+    market = Market.from_bars(bars, norm, features=features)  # accounting only
+    return run_backtest(EnsemblePolicy(ensemble, features), market, lo - 1, hi, settings)
 
 
 @torch.no_grad()

@@ -67,14 +67,12 @@ def cmd_train(args) -> int:
 
 
 def _app_db(cfg):
-    from .storage import open_app_db
-    return open_app_db(cfg.storage_url, pool_size=cfg.storage.pool_size,
-                       max_overflow=cfg.storage.max_overflow,
-                       sqlite_busy_timeout_s=cfg.storage.sqlite_busy_timeout_s)
+    from .storage import app_engine
+    return app_engine(cfg)
 
 
 def cmd_ensemble_sync(args) -> int:
-    from .ensemble.publish import sync
+    from .ensemble import sync
     from .ensemble.selection import SelectionError
     cfg = load_config(args.config_dir)
     try:
@@ -107,6 +105,7 @@ def cmd_ensemble_show(args) -> int:
               "follow it")
     print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'age':>8}  parameters")
     now = pd.Timestamp.now(tz="UTC")
+    differing = []
     for m in manifest["members"]:
         stop = m.get("trailing_stop_pct")
         p = m["params"]
@@ -116,25 +115,44 @@ def cmd_ensemble_show(args) -> int:
               f"{(f'{stop:.0%}' if stop else '-'):>14} {age:>8}  "
               f"lr {p.get('learning_rate', 0):.1e} gamma {p.get('gamma', 0):.3f} "
               f"lookback {p.get('lookback')}")
+        differing += [(m, d) for d in _risk_differences(m, cfg)]
+    if differing:
+        print(f"WARNING: {len({m['trial_id'] for m, _ in differing})} member(s) trained under "
+              f"other risk rules than configured (ensemble.risk_mismatch: "
+              f"{cfg.ensemble.risk_mismatch}):")
+        for m, d in differing:
+            print(f"  trial {m['number']} (id {m['trial_id']}): {d}")
     return 0
 
 
+def _risk_differences(member: dict, cfg) -> list[str]:
+    """A manifest member's risk rules against today's configuration (which may have changed
+    since the version was published)."""
+    from .artifacts import ArtifactError, ModelSpec
+    try:
+        return ModelSpec.from_dict(member["spec"]).risk_differences(cfg)
+    except ArtifactError as e:
+        return [f"unreadable spec ({e})"]
+
+
 def cmd_study_list(args) -> int:
-    from .studies import study_summaries
+    from .optuna_db import study_summaries
     cfg = load_config(args.config_dir)
     rows = study_summaries(_app_db(cfg))
     print(f"{'study':<24}{'complete':>9}{'running':>8}{'failed':>7}{'pruned':>7}{'best':>9}")
     for name, r in sorted(rows.items()):
         mark = " *" if name == cfg.active_study else ""
         best = f"{r['best']:.3f}" if r["best"] is not None else "-"
-        print(f"{name + mark:<24}{r['COMPLETE']:>9}{r['RUNNING']:>8}{r['FAIL']:>7}"
-              f"{r['PRUNED']:>7}{best:>9}")
+        c = r["counts"]
+        print(f"{name + mark:<24}{c['COMPLETE']:>9}{c['RUNNING']:>8}{c['FAIL']:>7}"
+              f"{c['PRUNED']:>7}{best:>9}")
     print("* the active study")
     return 0
 
 
 def cmd_study_activate(args) -> int:
-    from .studies import study_exists, write_active_study
+    from .optuna_db import study_exists
+    from .studies import write_active_study
     cfg = load_config(args.config_dir)
     if not study_exists(_app_db(cfg), args.name):
         print(f"study {args.name!r} does not exist in {cfg.storage_url.split('@')[-1]}",
@@ -197,13 +215,12 @@ def cmd_trader_history(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from .deploy import record, validate
-    from .ensemble.publish import sync
+    from . import deploy
     from .ensemble.selection import SelectionError
     cfg = load_config(args.config_dir)
-    engine = _app_db(cfg)
+    dry_run = args.dry_run
     try:
-        decision = validate(cfg, engine, args.study)
+        decision, published = deploy.run(cfg, _app_db(cfg), args.study, dry_run)
     except SelectionError as e:
         print(f"deploy: {e}", file=sys.stderr)
         return 1
@@ -212,13 +229,11 @@ def cmd_deploy(args) -> int:
     if "candidate" in m:
         print(_metrics_table({"candidate": m["candidate"],
                               **({"current": m["current"]} if "current" in m else {})}))
-    if args.dry_run:
+    if dry_run:
         print("dry run: " + ("would promote and publish a new ensemble" if decision.promoted
                              else "would change nothing"))
-        return 0
-    record(engine, decision)
-    if decision.promoted:
-        print(sync(cfg, engine, decision.study).message)
+    elif published:
+        print(published)
     return 0
 
 
@@ -238,9 +253,9 @@ def _metrics_table(results: dict[str, dict]) -> str:
 
 
 def cmd_backtest(args) -> int:
+    from .backtest import backtest_ensemble
     from .data import load_bars
     from .data.features import WARMUP, compute_features
-    from .deploy import backtest_ensemble
     from .ensemble.publish import current_dir, ensembles_dir
     from .ensemble.selection import member_by_id
     from .ensemble.serving import Ensemble
@@ -250,7 +265,7 @@ def cmd_backtest(args) -> int:
         if member is None:
             print(f"backtest: {why}", file=sys.stderr)
             return 1
-        ens = Ensemble.of_trial(member.artifact_dir, member.sha256, member.spec["study"],
+        ens = Ensemble.of_trial(member.artifact_dir, member.sha256, member.spec.study,
                                 member.trial_id, member.number, member.value, cfg)
         name = f"trial {member.number}"
     else:
@@ -323,30 +338,25 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
-    parser = argparse.ArgumentParser(
-        prog="cappuccino",
-        description="Cappuccino: deep-RL crypto trading that runs itself under systemd.")
-    parser.add_argument("--version", action="version", version=f"cappuccino {__version__}")
-    parser.add_argument("--config-dir", help=CONFIG_DIR_HELP)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _group(sub, name: str, help: str, description: str):
+    """A command with subcommands (`cappuccino NAME SUBCOMMAND`)."""
+    parser = sub.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
 
-    config = sub.add_parser("config", help="inspect and check the configuration",
-                            description="Inspect and check the configuration files.")
-    config_sub = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    check = config_sub.add_parser(
+
+def _add_config_and_data(sub, common) -> None:
+    config = _group(sub, "config", "inspect and check the configuration",
+                    "Inspect and check the configuration files.")
+    check = config.add_parser(
         "check", parents=[common], help="validate the configuration and print the effective values",
         description="Validate cappuccino.yaml and active_study.yaml; print the effective "
                     "configuration with secrets masked (exit 0) or the error (exit 2).")
     check.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     check.set_defaults(func=cmd_config_check)
 
-    data = sub.add_parser("data", help="market data: fill and inspect the bar cache",
-                          description="Market data: fill and inspect the bar cache.")
-    data_sub = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    fetch = data_sub.add_parser(
+    data = _group(sub, "data", "market data: fill and inspect the bar cache",
+                  "Market data: fill and inspect the bar cache.")
+    fetch = data.add_parser(
         "fetch", parents=[common], help="fetch closed bars into the cache (only what it lacks)",
         description="Fetch closed bars from a source into the cache under the state dir. "
                     "Only ranges the cache does not hold yet are requested.")
@@ -360,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show the progress bar even when stderr is not a terminal")
     fetch.set_defaults(func=cmd_data_fetch)
 
+
+def _add_training(sub, common) -> None:
     train = sub.add_parser(
         "train", parents=[common], help="run training workers for a study in the foreground",
         description="Run W training workers for a study in the foreground, with a progress bar, "
@@ -374,35 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="(start) also make the study the active one")
     train.set_defaults(func=cmd_train)
 
-    ensemble = sub.add_parser("ensemble", help="the traded ensemble: sync and show",
-                              description="The ensemble of the active study's best trials.")
-    ens_sub = ensemble.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    ens_sync = ens_sub.add_parser(
-        "sync", parents=[common], help="publish a new version if the top trials changed",
-        description="Select the active study's top trials and publish a new ensemble version "
-                    "atomically if the set changed; tell the trader. Exit 1 if the study is "
-                    "unknown or has no eligible trial (the current ensemble is untouched).")
-    ens_sync.add_argument("--study", help="override the active study (testing)")
-    ens_sync.set_defaults(func=cmd_ensemble_sync)
-    ens_show = ens_sub.add_parser("show", parents=[common], help="print the current version",
-                                  description="Print the current ensemble version: study, "
-                                              "age, and each member's trial, value and stop.")
-    ens_show.set_defaults(func=cmd_ensemble_show)
-
-    study = sub.add_parser("study", help="studies: list, activate, import",
-                           description="Studies in the configured storage.")
-    study_sub = study.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    s_list = study_sub.add_parser("list", parents=[common], help="studies with trial counts",
-                                  description="List studies with complete/running/failed/"
-                                              "pruned counts and best value.")
+    study = _group(sub, "study", "studies: list, activate, import",
+                   "Studies in the configured storage.")
+    s_list = study.add_parser("list", parents=[common], help="studies with trial counts",
+                              description="List studies with complete/running/failed/"
+                                          "pruned counts and best value.")
     s_list.set_defaults(func=cmd_study_list)
-    s_act = study_sub.add_parser(
+    s_act = study.add_parser(
         "activate", parents=[common], help="make a study the one everything follows",
         description="Check that the study exists and write active_study.yaml atomically; "
                     "the path unit then runs the ensemble sync at once.")
     s_act.add_argument("name")
     s_act.set_defaults(func=cmd_study_activate)
-    s_imp = study_sub.add_parser(
+    s_imp = study.add_parser(
         "import", parents=[common], help="copy studies from another storage",
         description="Copy studies from another Optuna storage (e.g. an old SQLite file) into "
                     "the configured one; existing studies are left alone.")
@@ -410,6 +406,25 @@ def build_parser() -> argparse.ArgumentParser:
     s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
     s_imp.set_defaults(func=cmd_study_import)
 
+
+def _add_ensemble(sub, common) -> None:
+    ensemble = _group(sub, "ensemble", "the traded ensemble: sync and show",
+                      "The ensemble of the active study's best trials.")
+    ens_sync = ensemble.add_parser(
+        "sync", parents=[common], help="publish a new version if the top trials changed",
+        description="Select the active study's top trials and publish a new ensemble version "
+                    "atomically if the set changed; tell the trader. Exit 1 if the study is "
+                    "unknown or has no eligible trial (the current ensemble is untouched).")
+    ens_sync.add_argument("--study", help="override the active study (testing)")
+    ens_sync.set_defaults(func=cmd_ensemble_sync)
+    ens_show = ensemble.add_parser(
+        "show", parents=[common], help="print the current version",
+        description="Print the current ensemble version: study, age, each member's trial, "
+                    "value and stop, and members trained under other risk rules.")
+    ens_show.set_defaults(func=cmd_ensemble_show)
+
+
+def _add_trading(sub, common) -> None:
     paper = sub.add_parser(
         "paper", parents=[common], help="paper trading: replay history through the loop",
         description="Run the trading loop with the simulated broker on a simulated clock over "
@@ -420,22 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--name", default="replay", help="trader name in the database")
     paper.set_defaults(func=cmd_paper)
 
-    trader = sub.add_parser("trader", help="inspect a trader: status and history",
-                            description="Inspect the paper trader's state in the database.")
-    trader_sub = trader.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    t_status = trader_sub.add_parser(
+    trader = _group(sub, "trader", "inspect a trader: status and history",
+                    "Inspect the paper trader's state in the database.")
+    t_status = trader.add_parser(
         "status", parents=[common], help="equity, cash, positions with stops, last bar",
         description="Equity, cash, positions with entry, peak and stop level, the last bar "
                     "processed and the ensemble version.")
     t_status.add_argument("--name", default="paper", help="trader name (default: paper)")
     t_status.set_defaults(func=cmd_trader_status)
-    t_hist = trader_sub.add_parser("history", parents=[common], help="orders, fills, fees, P&L",
-                                   description="Orders with their fills and fees, and the "
-                                               "realised P&L.")
+    t_hist = trader.add_parser("history", parents=[common], help="orders, fills, fees, P&L",
+                               description="Orders with their fills and fees, and the "
+                                           "realised P&L.")
     t_hist.add_argument("--name", default="paper", help="trader name (default: paper)")
     t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
     t_hist.set_defaults(func=cmd_trader_history)
 
+
+def _add_validation(sub, common) -> None:
     deploy = sub.add_parser(
         "deploy", parents=[common], help="validate the best trial out of sample; promote it",
         description="Backtest the active study's best trial and the current ensemble over the "
@@ -466,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--trader", default="paper", help="trader name (default: paper)")
     report.set_defaults(func=cmd_report)
 
+
+def _add_operations(sub, common) -> None:
     inst = sub.add_parser(
         "install", help="install the suite: virtualenv, units, example config, user",
         description="Install the package into a virtualenv under PREFIX, the systemd units "
@@ -505,6 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="directory for the demo's config and state "
                       "(default: a new temporary directory)")
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="cappuccino",
+        description="Cappuccino: deep-RL crypto trading that runs itself under systemd.")
+    parser.add_argument("--version", action="version", version=f"cappuccino {__version__}")
+    parser.add_argument("--config-dir", help=CONFIG_DIR_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_config_and_data, _add_training, _add_ensemble, _add_trading,
+                _add_validation, _add_operations):
+        add(sub, common)
     return parser
 
 

@@ -118,6 +118,9 @@ class EnsembleConfig:
     weighting: str = field(default="equal", metadata=choice("equal", "value"))
     min_value: float | None = None
     max_similar: int | None = field(default=None, metadata=POSITIVE)
+    # A member trained under other risk rules or costs than the live ones (trailing stop,
+    # stop loss, caps, fee, slippage, min notional): refused, or served with a warning.
+    risk_mismatch: str = field(default="refuse", metadata=choice("refuse", "warn"))
 
 
 @dataclass(frozen=True)

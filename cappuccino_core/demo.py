@@ -27,7 +27,8 @@ from .data.features import FEATURE_NAMES, WARMUP, compute_features
 from .deploy import record, validate
 from .ensemble.publish import sync
 from .report import write_report
-from .storage import SCHEMA_VERSION, make_optuna_storage, open_app_db
+from .optuna_db import STUDY_TRAIN_END
+from .storage import SCHEMA_VERSION, app_engine, optuna_storage
 from .trading.replay import replay
 from .training.worker import WorkerHooks, open_study, run_worker, set_target
 
@@ -77,8 +78,8 @@ def run_demo(workdir: str | None = None) -> int:
           f"active study {cfg.active_study!r}")
 
     with stage("setup, data, features"):
-        make_optuna_storage(cfg.storage_url)
-        engine = open_app_db(cfg.storage_url)
+        optuna_storage(cfg)
+        engine = app_engine(cfg)
         print(f"[2] storage: {cfg.storage_url} (Optuna tables + app schema v{SCHEMA_VERSION})")
         bars = load_bars(cfg, progress=True)
         print(f"[3] data: {len(bars)} closed hourly bars x {len(bars.symbols)} assets, "
@@ -94,14 +95,14 @@ def run_demo(workdir: str | None = None) -> int:
         best = study.best_trial
         print(f"[5] training: {len(study.trials)} trials ({cfg.training.cv}, "
               f"{cfg.training.total_timesteps:,} steps per fit); best value {best.value:+.3f} "
-              f"(trial {best.number}); held-out window from {study.user_attrs['train_end'][:16]}")
+              f"(trial {best.number}); held-out window from {study.user_attrs[STUDY_TRAIN_END][:16]}")
 
     with stage("ensemble sync"):
         first = sync(cfg, engine)
         print(f"[6] ensemble sync: {first.message}")
 
     with stage("replay with a hot reload"):
-        held_out = study.user_attrs["train_end"]
+        held_out = study.user_attrs[STUDY_TRAIN_END]
         first_held_out = int(bars.index.searchsorted(pd.Timestamp(held_out)))
         halfway = first_held_out + (len(bars) - first_held_out) // 2
         swap = {"done": False}

@@ -19,7 +19,6 @@ alone (`promotion: alone`), and the trader reloads it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -29,19 +28,17 @@ from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .backtest import EnsemblePolicy, HOURS_PER_YEAR, run_backtest
+from .backtest import HOURS_PER_YEAR, backtest_ensemble
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
-from .ensemble.publish import current_dir, ensembles_dir
+from .ensemble.publish import current_dir, ensembles_dir, sync
 from .ensemble.selection import SelectionError, pinned_trial, select_members
 from .ensemble.serving import Ensemble
-from .env import Market, Normalisation
+from .optuna_db import ATTR_SPLITS, STUDY_TRAIN_END, study_attr, trial_attrs, trial_count
 from .storage import deploy_decisions
-from .trading.trader import trading_settings
 
 log = logging.getLogger(__name__)
 EULER_GAMMA = 0.5772156649
@@ -109,12 +106,9 @@ class Decision:
 
 def _splits_matrix(engine: Engine, trial_ids: list[int]) -> np.ndarray:
     """Per-split excess Sharpe of each trial `[splits, trials]`, from their user_attrs."""
-    q = sa.text("SELECT trial_id, value_json FROM trial_user_attributes "
-                "WHERE key = 'splits' AND trial_id IN :ids").bindparams(
-        sa.bindparam("ids", expanding=True))
     with engine.connect() as conn:
-        rows = dict(conn.execute(q, {"ids": trial_ids}).all())
-    cols = [[s["excess_sharpe"] for s in json.loads(rows[t])] for t in trial_ids if t in rows]
+        rows = trial_attrs(conn, trial_ids, (ATTR_SPLITS,))
+    cols = [[s["excess_sharpe"] for s in rows[t][ATTR_SPLITS]] for t in trial_ids if t in rows]
     if len(cols) < 2:
         return np.zeros((0, 0))
     k = min(len(c) for c in cols)
@@ -122,22 +116,11 @@ def _splits_matrix(engine: Engine, trial_ids: list[int]) -> np.ndarray:
 
 
 def held_out_range(cfg: Config, engine: Engine, study: str, bars) -> tuple[int, int]:
-    q = sa.text("SELECT a.value_json FROM study_user_attributes a JOIN studies s ON "
-                "s.study_id = a.study_id WHERE s.study_name = :s AND a.key = 'train_end'")
-    with engine.connect() as conn:
-        row = conn.execute(q, {"s": study}).first()
-    if row is None:
+    train_end = study_attr(engine, study, STUDY_TRAIN_END)
+    if train_end is None:
         raise SelectionError(f"study {study!r} has no recorded held-out window (train_end)")
-    lo = int(bars.index.searchsorted(pd.Timestamp(json.loads(row[0]))))
+    lo = int(bars.index.searchsorted(pd.Timestamp(train_end)))
     return lo, len(bars)
-
-
-def backtest_ensemble(cfg: Config, ensemble: Ensemble, bars, features, lo: int, hi: int):
-    """A held-out backtest with the live risk rules, through the training environment."""
-    settings = dataclasses.replace(trading_settings(cfg, ensemble), lookback=1)
-    norm = Normalisation(np.zeros(features.shape[1:]), np.ones(features.shape[1:]))
-    market = Market.from_bars(bars, norm, features=features)  # accounting only
-    return run_backtest(EnsemblePolicy(ensemble, features), market, lo - 1, hi, settings)
 
 
 def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
@@ -169,7 +152,7 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     perf = _splits_matrix(engine, [t.trial_id for t in top.members])
     m["pbo"] = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
     values = np.array([t.value for t in top.members])
-    n_trials = _trial_count(engine, study)
+    n_trials = trial_count(engine, study, ("COMPLETE", "PRUNED", "FAIL"))
     m["deflated_sharpe"] = deflated_sharpe_ratio(
         cand.returns, n_trials, float(values.var()) / HOURS_PER_YEAR if len(values) > 1 else 0.0)
     m["improvement"] = m["candidate"]["sharpe"] - baseline
@@ -195,13 +178,6 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     return decision
 
 
-def _trial_count(engine: Engine, study: str) -> int:
-    q = sa.text("SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                "WHERE s.study_name = :s AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')")
-    with engine.connect() as conn:
-        return int(conn.execute(q, {"s": study}).scalar())
-
-
 def _already_pinned(engine: Engine, study: str, trial_id: int) -> bool:
     return pinned_trial(engine, study) == trial_id
 
@@ -214,3 +190,17 @@ def record(engine: Engine, decision: Decision) -> None:
             passed=decision.passed, promoted=decision.promoted, metrics=clean,
             reasons=decision.reasons))
     (log.warning if decision.promoted else log.info)("deploy decision: %s", decision.summary())
+
+
+def run(cfg: Config, engine: Engine, study: str | None = None,
+        dry_run: bool = False) -> tuple[Decision, str | None]:
+    """What the hourly auto-deployer does: validate, record the decision, and publish a new
+    ensemble version when the candidate is promoted. Returns the decision and the sync's
+    message (None when nothing was published). `dry_run` decides and changes nothing."""
+    decision = validate(cfg, engine, study)
+    if dry_run:
+        return decision, None
+    record(engine, decision)
+    if decision.promoted:
+        return decision, sync(cfg, engine, decision.study).message
+    return decision, None

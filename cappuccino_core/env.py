@@ -9,6 +9,11 @@ Timing. A decision at index t sees bars up to and including t (closed). Its orde
 OPEN of bar t+1, then the portfolio lives through bar t+1: stops are checked against its low and
 close, and the step's reward is taken at its close. No look-ahead.
 
+Action and observation share one order: assets in the configured order, then cash. An action is
+target weights `[w_asset_1 .. w_asset_A, w_cash]`; an observation starts with the portfolio's
+current weights in the same layout, followed by the normalised features of the last `lookback`
+bars (newest first).
+
 Action. Target weights per asset plus cash (non-negative, summing to 1). They are clipped to
 `max_position_pct` per asset and scaled so that `min_cash_reserve_pct` stays in cash; orders
 are the differences to the current holdings in value, skipped when smaller than
@@ -35,21 +40,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import BrokerConfig, RiskConfig
 from .data.bars import Bars
 from .data.features import WARMUP, compute_features
+
+# The risk and cost defaults are the configuration's: one source, never a second copy here.
+_RISK, _BROKER = RiskConfig(), BrokerConfig()
 
 
 @dataclass(frozen=True)
 class EnvSettings:
-    fee: float = 0.0025
-    slippage_bps: float = 0.0
-    min_order_notional: float = 10.0
-    max_position_pct: float = 0.30
-    min_cash_reserve_pct: float = 0.05
-    trailing_stop_pct: float | None = 0.10
-    stop_loss_pct: float | None = None
+    fee: float = _BROKER.taker_fee
+    slippage_bps: float = _BROKER.slippage_bps
+    min_order_notional: float = _BROKER.min_order_notional
+    max_position_pct: float = _RISK.max_position_pct
+    min_cash_reserve_pct: float = _RISK.min_cash_reserve_pct
+    trailing_stop_pct: float | None = _RISK.trailing_stop_pct
+    stop_loss_pct: float | None = _RISK.stop_loss_pct
     min_rebalance_weight: float = 0.0
-    initial_cash: float = 100_000.0
+    initial_cash: float = _BROKER.initial_cash
     reward: str = "log_growth"
     episode_bars: int = 720
     lookback: int = 4
@@ -223,8 +232,8 @@ class Market:
         return self.features.shape[2]
 
     def observation_table(self, lookback: int) -> torch.Tensor:
-        """Row t: 1 + A zero columns (the env writes the portfolio weights there), then the
-        features of bars t, t-1, ..., t-lookback+1. One row gather builds a whole observation."""
+        """Row t: A + 1 zero columns (the env writes the portfolio weights there, assets then
+        cash), then the features of bars t, t-1, ..., t-lookback+1. One row gather builds a whole observation."""
         T, A, F = self.features.shape
         table = torch.zeros(T, 1 + A + lookback * A * F, device=self.features.device)
         flat = self.features.reshape(T, A * F)
@@ -234,12 +243,12 @@ class Market:
         return table
 
 
-def live_observation(normalised: np.ndarray, lookback: int, cash_weight: float,
-                     position_weights: np.ndarray) -> torch.Tensor:
+def live_observation(normalised: np.ndarray, lookback: int, position_weights: np.ndarray,
+                     cash_weight: float) -> torch.Tensor:
     """One observation, laid out exactly as `Market.observation_table` + `observe` lay it out,
     from the most recent normalised feature rows `[.., A, F]` (oldest first)."""
     window = normalised[-lookback:][::-1]  # lag 0 first
-    row = np.concatenate([[cash_weight], position_weights, window.reshape(-1)])
+    row = np.concatenate([position_weights, [cash_weight], window.reshape(-1)])
     return torch.as_tensor(row, dtype=torch.float32).unsqueeze(0)
 
 
@@ -290,10 +299,10 @@ def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
 
 
 def portfolio_weights(units, cash, close_t) -> torch.Tensor:
-    """`[N, 1+A]`: cash weight, then each position's weight, at the closes `close_t`."""
+    """`[N, A+1]`: each position's weight, then the cash weight, at the closes `close_t`."""
     value = units * close_t
     equity = cash + value.sum(-1)
-    return torch.cat([(cash / equity).unsqueeze(-1), value / equity.unsqueeze(-1)], -1).float()
+    return torch.cat([value / equity.unsqueeze(-1), (cash / equity).unsqueeze(-1)], -1).float()
 
 
 def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from .alerts import send_alert
 from .config import Config
 from .ensemble.publish import current_manifest, ensembles_dir
+from .optuna_db import has_optuna_tables, training_progress
 from .storage import equity_snapshots, events, record_event, trader_state
 
 log = logging.getLogger(__name__)
@@ -40,20 +41,13 @@ def _now() -> datetime:
 
 def check_training(engine: Engine, cfg: Config) -> list[Incident]:
     study = cfg.active_study
-    if not study or not sa.inspect(engine).has_table("trials"):
+    if not study or not has_optuna_tables(engine):
         return []  # nothing trained in this database yet: nothing can have stalled
-    q = sa.text("""SELECT
-        sum(CASE WHEN t.state = 'RUNNING' THEN 1 ELSE 0 END),
-        sum(CASE WHEN t.state IN ('COMPLETE', 'PRUNED') THEN 1 ELSE 0 END),
-        max(t.datetime_complete), max(t.datetime_start)
-        FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :s""")
-    target_q = sa.text("""SELECT a.value_json FROM study_user_attributes a JOIN studies s
-        ON s.study_id = a.study_id WHERE s.study_name = :s AND a.key = 'n_trials_target'""")
-    with engine.connect() as conn:
-        running, finished, last_done, last_start = conn.execute(q, {"s": study}).one()
-        target = conn.execute(target_q, {"s": study}).scalar()
+    p = training_progress(engine, study)
+    running, finished, target = p["running"], p["finished"], p["target"]
+    last_done, last_start = p["last_complete"], p["last_start"]
     out = []
-    if target is not None and finished is not None and finished >= int(target):
+    if target is not None and finished >= int(target):
         out.append(Incident(f"study-target:{study}", "info",
                             f"study {study} reached its target of {int(target)} trials"))
     if running:

@@ -20,9 +20,11 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
-from .deploy import backtest_ensemble, held_out_range
+from .backtest import backtest_ensemble
+from .deploy import held_out_range
 from .ensemble.publish import current_dir, ensembles_dir
 from .ensemble.serving import Ensemble
+from .optuna_db import complete_values
 from .storage import equity_snapshots, orders
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -158,11 +160,7 @@ def backtest_section(cfg: Config, engine: Engine, bars, features) -> str:
 
 
 def history_section(engine: Engine, study: str | None) -> str:
-    q = sa.text("SELECT t.number, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id"
-                " JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-                "WHERE s.study_name = :s AND t.state = 'COMPLETE' ORDER BY t.number")
-    with engine.connect() as conn:
-        rows = conn.execute(q, {"s": study}).all() if study else []
+    rows = complete_values(engine, study) if study else []
     if not rows:
         return "<h2>Optimisation history</h2><p>No complete trial yet.</p>"
     n = np.array([r[0] for r in rows], float)

@@ -15,20 +15,15 @@ import sqlalchemy as sa
 
 from .config import Config
 from .ensemble.publish import current_manifest, ensembles_dir
-from .storage import deploy_decisions, equity_snapshots, events, open_app_db, trader_state
-from .studies import study_summaries
-
-_RECENT = sa.text("""
-    SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id
-    WHERE s.study_name = :study AND t.state = 'COMPLETE' AND t.datetime_complete >= :since
-""")
+from .optuna_db import completed_since, study_summaries
+from .storage import app_engine, deploy_decisions, equity_snapshots, events, trader_state
 
 
 def collect(cfg: Config) -> dict:
     out: dict = {"active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1],
                  "units": _units()}
     try:
-        engine = open_app_db(cfg.storage_url)
+        engine = app_engine(cfg)
         out["training"] = _training(engine, cfg)
         out["ensemble"] = _ensemble(engine, cfg)
         out["trader"] = _trader(engine, cfg)
@@ -93,10 +88,10 @@ def _training(engine, cfg: Config) -> dict:
     studies = study_summaries(engine)
     active = studies.get(cfg.active_study or "", None)
     since = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=1)
-    with engine.connect() as conn:
-        recent = conn.execute(_RECENT, {"study": cfg.active_study, "since": since}).scalar()
-    return {"study_exists": active is not None, "counts": active or {},
-            "trials_last_hour": recent, "other_studies": sorted(set(studies) - {cfg.active_study})}
+    recent = completed_since(engine, cfg.active_study, since) if active else 0
+    return {"study_exists": active is not None, "counts": (active or {}).get("counts", {}),
+            "best": (active or {}).get("best"), "trials_last_hour": recent,
+            "other_studies": sorted(set(studies) - {cfg.active_study})}
 
 
 def _ensemble(engine, cfg: Config) -> dict:
@@ -129,7 +124,7 @@ def render(s: dict) -> str:
     if not t["study_exists"]:
         lines.append("training: the active study does not exist in the storage yet")
     else:
-        best = f"{c['best']:.3f}" if c.get("best") is not None else "-"
+        best = f"{t['best']:.3f}" if t.get("best") is not None else "-"
         lines.append(f"training: {c['COMPLETE']} complete, {c['RUNNING']} running, "
                      f"{c['FAIL']} failed, {c['PRUNED']} pruned; best {best}; "
                      f"{t['trials_last_hour']} finished in the last hour")

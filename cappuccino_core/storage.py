@@ -1,5 +1,9 @@
 """Storage: one URL gives both the Optuna storage and the application's own tables.
 
+`app_engine(cfg)` and `optuna_storage(cfg)` are the one place engines and storages are built
+from the configuration (pool size, SQLite busy timeout, heartbeats); both refuse an Optuna
+schema this release does not know (`optuna_db.check_schema`).
+
 PostgreSQL is the shared, scale-out backend; a SQLite file is the embedded default. The app's
 tables live in the same database as Optuna's, prefixed `cappuccino_`, and are created and
 upgraded by numbered migrations. The applied version is recorded in `cappuccino_schema`; a newer
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import warnings
 from datetime import datetime, timezone
@@ -21,6 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
+
+
+def _quiet_heartbeat_warnings() -> None:
+    """Heartbeats have been "experimental" in Optuna for years; they are what we rely on."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                            message=".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
 
 
 def is_sqlite(url: str) -> bool:
@@ -54,9 +65,7 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
     """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for."""
     _ensure_sqlite_dir(url)
-    # Heartbeats have been "experimental" in Optuna for years; they are what we rely on.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
-                            message=".*(heartbeat_interval|RetryHeartbeatStaleTrialCallback).*")
+    _quiet_heartbeat_warnings()
     return optuna.storages.RDBStorage(
         driver_url(url), engine_kwargs=engine_kwargs(url, pool_size, max_overflow, sqlite_busy_timeout_s),
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -187,6 +196,15 @@ sim_orders = sa.Table(
     info={"since": 3})
 
 
+sim_accounts = sa.Table(
+    "cappuccino_sim_accounts", metadata,
+    sa.Column("account", sa.String(64), primary_key=True),
+    sa.Column("cash", sa.Float, nullable=False),
+    sa.Column("positions", sa.JSON, nullable=False),  # symbol -> {"qty", "avg"}
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, default=_now),
+    info={"since": 4})
+
+
 # --- migrations: append only, never edit a released one ---------------------------------------
 
 def _columns_of_release(table: sa.Table, release: int) -> list[sa.Column]:
@@ -218,7 +236,22 @@ def _migration_3(conn: Connection) -> None:
     sim_orders.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    """The simulated broker's accounts in a table of their own (the book moves out of
+    trader_state, where it sat under a fake trader, into the account of the trader 'paper')."""
+    sim_accounts.create(conn, checkfirst=True)
+    old = conn.execute(sa.text("SELECT value FROM cappuccino_trader_state "
+                               "WHERE trader = 'sim-broker' AND key = 'book'")).scalar()
+    if old is not None:
+        book = json.loads(old) if isinstance(old, str) else old
+        conn.execute(sim_accounts.insert().values(account="paper", cash=book["cash"],
+                                                  positions=book["positions"], updated_at=_now()))
+        conn.execute(sa.text("DELETE FROM cappuccino_trader_state "
+                             "WHERE trader = 'sim-broker' AND key = 'book'"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3,
+                                                  _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -275,9 +308,40 @@ def _migrate_locked(engine: Engine, target: int) -> None:
 
 def open_app_db(url: str, **engine_options) -> Engine:
     """An engine on `url` with the app's tables created or upgraded to the current version."""
+    from .optuna_db import check_schema
     engine = make_engine(url, **engine_options)
+    check_schema(engine)
     migrate(engine)
     return engine
+
+
+def _engine_options(cfg) -> dict:
+    return {"pool_size": cfg.storage.pool_size, "max_overflow": cfg.storage.max_overflow,
+            "sqlite_busy_timeout_s": cfg.storage.sqlite_busy_timeout_s}
+
+
+def app_engine(cfg) -> Engine:
+    """The configured database, the app's tables created or upgraded, Optuna's schema checked."""
+    return open_app_db(cfg.storage_url, **_engine_options(cfg))
+
+
+def optuna_storage(cfg, heartbeats: bool = False) -> optuna.storages.RDBStorage:
+    """The configured Optuna storage; with the trainers' heartbeats and retry of stale trials
+    when `heartbeats`."""
+    from .optuna_db import check_schema
+    engine = make_engine(cfg.storage_url, **_engine_options(cfg))
+    try:
+        check_schema(engine)
+    finally:
+        engine.dispose()
+    extra = {}
+    _quiet_heartbeat_warnings()
+    if heartbeats:
+        t = cfg.training
+        extra = dict(heartbeat_interval=t.heartbeat_interval_s, grace_period=t.heartbeat_grace_s,
+                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                         max_retry=t.max_retry))
+    return make_optuna_storage(cfg.storage_url, **_engine_options(cfg), **extra)
 
 
 def record_event(engine: Engine, source: str, level: str, kind: str, message: str,

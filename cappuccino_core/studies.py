@@ -1,4 +1,5 @@
-"""Studies: which exist and how far they are, the active one, and importing from elsewhere."""
+"""Studies: the active one, and importing studies from another storage. (Which studies exist
+and how far they are: `optuna_db.study_summaries`.)"""
 
 from __future__ import annotations
 
@@ -7,40 +8,10 @@ import tempfile
 from pathlib import Path
 
 import optuna
-import sqlalchemy as sa
 import yaml
-from sqlalchemy.engine import Engine
 
 from .config import ACTIVE_STUDY_FILE, STUDY_NAME_RE, Config, ConfigError
-from .storage import make_optuna_storage
-
-_SUMMARY = sa.text("""
-    SELECT s.study_name, t.state, count(t.trial_id), max(v.value)
-    FROM studies s
-    LEFT JOIN trials t ON t.study_id = s.study_id
-    LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
-    GROUP BY s.study_name, t.state
-""")
-STATES = ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING")
-
-
-def study_summaries(engine: Engine) -> dict[str, dict]:
-    """Per study: trial counts per state and the best COMPLETE value."""
-    out: dict[str, dict] = {}
-    with engine.connect() as conn:
-        for name, state, count, best in conn.execute(_SUMMARY):
-            row = out.setdefault(name, {**{s: 0 for s in STATES}, "best": None})
-            if state is not None:
-                row[state] = count
-            if state == "COMPLETE":
-                row["best"] = best
-    return out
-
-
-def study_exists(engine: Engine, name: str) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT 1 FROM studies WHERE study_name = :n"),
-                            {"n": name}).first() is not None
+from .storage import make_optuna_storage, optuna_storage
 
 
 def write_active_study(config_dir: str | Path, name: str) -> Path:
@@ -70,7 +41,7 @@ def import_studies(cfg: Config, source_url: str, names: list[str] | None = None)
     """Copy studies (all, or `names`) from another storage into the configured one. A study
     that already exists here is left alone."""
     source = make_optuna_storage(source_url)
-    target = make_optuna_storage(cfg.storage_url)
+    target = optuna_storage(cfg)
     wanted = names or [s.study_name for s in optuna.get_all_study_summaries(source)]
     existing = {s.study_name for s in optuna.get_all_study_summaries(target)}
     copied = []

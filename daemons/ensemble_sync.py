@@ -5,9 +5,34 @@ active_study.yaml changes. Exit 0 when published, unchanged, or too few members 
 current ensemble keeps trading); exit 1 when the study is unknown or has no eligible trial.
 """
 
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
-from cappuccino_core.cli import main
+from cappuccino_core.ensemble import sync
+from cappuccino_core.ensemble.selection import SelectionError
+from cappuccino_core.service import start_daemon
+from cappuccino_core.storage import app_engine
+
+log = logging.getLogger("cappuccino.ensemble_sync")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", help="override the active study (testing)")
+    args, cfg = start_daemon(parser, argv)
+    try:
+        result = sync(cfg, app_engine(cfg), args.study)
+    except SelectionError as e:
+        log.error("ensemble sync: %s; the current ensemble is untouched", e)
+        return 1
+    for trial_id, number, why in result.selection.skipped:
+        log.info("skipped trial %d (id %d): %s", number, trial_id, why)
+    log.info("%s", result.message)
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main(["ensemble", "sync", *sys.argv[1:]]))
+    sys.exit(main())

@@ -15,26 +15,26 @@ import signal
 import sys
 
 from cappuccino_core.service import Notifier, start_daemon
-from cappuccino_core.storage import open_app_db
+from cappuccino_core.storage import app_engine
 from cappuccino_core.trading.live import LiveLoop
 
 log = logging.getLogger("cappuccino.trader")
 
 
-def make_broker(cfg, engine):
+def make_broker(cfg, engine, name: str):
     if cfg.broker.kind == "alpaca":
         from cappuccino_core.broker.alpaca import AlpacaBroker
         return AlpacaBroker.from_config(cfg)
     from cappuccino_core.broker.sim import SimBroker
-    return SimBroker.from_config(cfg, engine)
+    return SimBroker.from_config(cfg, engine, account=name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="paper", help="trader name in the database")
     args, cfg = start_daemon(parser, argv)
-    engine = open_app_db(cfg.storage_url)
-    loop = LiveLoop(cfg, make_broker(cfg, engine), engine, Notifier(), name=args.name)
+    engine = app_engine(cfg)
+    loop = LiveLoop(cfg, make_broker(cfg, engine, args.name), engine, Notifier(), name=args.name)
     signal.signal(signal.SIGHUP, lambda *_: loop.request_reload())
     signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
     signal.signal(signal.SIGINT, lambda *_: loop.request_stop())

@@ -8,7 +8,8 @@ import optuna
 from cappuccino_core.agent import ActorCritic
 from cappuccino_core.data.features import FEATURE_NAMES, FEATURE_SET
 from cappuccino_core.env import EnvSettings, observation_size
-from cappuccino_core.training.artifacts import artifact_dir, save_artifact
+from cappuccino_core.artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
+from cappuccino_core.env import Normalisation
 
 F = len(FEATURE_NAMES)
 
@@ -16,8 +17,9 @@ F = len(FEATURE_NAMES)
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
               symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
               layers: int = 1, band: float = 0.0, agent=None, normalisation=None,
-              splits: list[float] | None = None) -> optuna.trial.FrozenTrial:
-    """A COMPLETE trial with a small real policy saved as its artifact."""
+              splits: list[float] | None = None, **risk) -> optuna.trial.FrozenTrial:
+    """A COMPLETE trial with a small real policy saved as its artifact, trained (as far as its
+    spec says) under the configured risk rules, or under `risk` overrides of them."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
     A = len(symbols)
@@ -26,21 +28,18 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
     if agent is None:
         agent = ActorCritic(observation_size(A, F, lookback), A + 1, hidden, layers, -0.5)
     rng = np.random.default_rng(seed)
-    spec = {
-        "study": study.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
-        "value": value, "code_version": "test", "symbols": symbols,
-        "timeframe": cfg.data.timeframe, "lookback": lookback, "feature_set": FEATURE_SET,
-        "feature_names": list(FEATURE_NAMES),
-        "normalisation": normalisation or {
+    spec = ModelSpec(
+        study=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
+        value=value, code_version="test", symbols=tuple(symbols),
+        timeframe=cfg.data.timeframe, lookback=lookback, feature_set=FEATURE_SET,
+        feature_names=tuple(FEATURE_NAMES),
+        normalisation=Normalisation.from_dict(normalisation or {
             "mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
-            "std": (1 + rng.random((A, F))).tolist()},
-        "hyperparameters": {"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
-        "env": EnvSettings(trailing_stop_pct=cfg.risk.trailing_stop_pct, lookback=lookback,
-                           min_rebalance_weight=band).to_dict(),
-        "network": {"obs_size": observation_size(A, F, lookback), "n_actions": A + 1,
-                    "hidden": hidden, "layers": layers},
-        "seed": seed,
-    }
+            "std": (1 + rng.random((A, F))).tolist()}),
+        hyperparameters={"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
+        env=EnvSettings.from_config(cfg, lookback=lookback, min_rebalance_weight=band, **risk),
+        network=NetworkSpec(observation_size(A, F, lookback), A + 1, hidden, layers),
+        seed=seed)
     directory = artifact_dir(cfg.state_dir / "trials", study.study_name, trial._trial_id)
     digest = save_artifact(directory, agent, spec)
     trial.set_user_attr("artifact_dir", str(directory))

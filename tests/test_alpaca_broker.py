@@ -101,7 +101,7 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
     cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
     emu = emulator.emulator
     broker = broker_for(emulator)
-    trader = Trader(cfg, broker, engine, "paper", ens, wait_for_fill=broker.wait_for_fill)
+    trader = Trader(cfg, broker, engine, "paper", ens)
     trader.start()
     bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
     emu.fail_next(503)
@@ -151,5 +151,5 @@ def test_restart_mid_bar_on_alpaca_sends_nothing_twice_and_reconciles(emulator, 
     # a trader that lost its state adopts the broker's positions at start
     fresh = Trader(cfg, broker_for(emulator), engine, "fresh", ens)
     fresh.start()
-    assert set(fresh.state["stops"]) == set(broker_for(emulator).positions())
+    assert set(fresh.state.stops) == set(broker_for(emulator).positions())
     assert "held at the broker with no stop state" in caplog.text

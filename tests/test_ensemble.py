@@ -25,7 +25,7 @@ from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 from cappuccino_core.storage import ensemble_versions, make_optuna_storage, open_app_db
 from cappuccino_core.studies import write_active_study
-from cappuccino_core.training.artifacts import ArtifactError
+from cappuccino_core.artifacts import ArtifactError
 
 from conftest import write_config
 from ensemble_helpers import add_trial
@@ -45,9 +45,20 @@ def new_study(storage, name):
     return optuna.create_study(study_name=name, storage=storage, direction="maximize")
 
 
-def run_sync_cli(cfg, extra_env=None):
-    return subprocess.Popen([sys.executable, "-m", "daemons.ensemble_sync", "--config-dir",
-                             cfg.config_dir], env={**os.environ, **(extra_env or {})},
+# A sync in its own process that holds still for `pause_s` once its members are written, before
+# the manifest: the moment a kill -9 or a second sync must not break anything.
+PAUSING_SYNC = """
+import sys, time
+from cappuccino_core.config import load_config
+from cappuccino_core.ensemble import sync
+from cappuccino_core.storage import app_engine
+cfg = load_config(sys.argv[1])
+print(sync(cfg, app_engine(cfg), on_write=lambda tmp: time.sleep(float(sys.argv[2]))).message)
+"""
+
+
+def run_sync_cli(cfg, pause_s: float = 0.0):
+    return subprocess.Popen([sys.executable, "-c", PAUSING_SYNC, cfg.config_dir, str(pause_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -67,7 +78,7 @@ def test_selection_ignores_other_studies_with_the_same_numbers(env):
     sel = select_members(engine, cfg, "alpha")
     assert [m.trial_id for m in sel.members] == [mine[1]._trial_id, mine[2]._trial_id,
                                                  mine[0]._trial_id]
-    assert all(m.spec["study"] == "alpha" for m in sel.members)
+    assert all(m.spec.study == "alpha" for m in sel.members)
 
 
 def test_mismatched_and_corrupted_members_are_skipped_with_a_reason(env):
@@ -103,7 +114,7 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
     import torch
     torch.save({"actor.0.weight": Payload()}, os.path.join(d, "model.pt"))  # pickled payload
     # an attacker who can write the file can also rewrite every checksum that names it
-    from cappuccino_core.training.artifacts import sha256_file
+    from cappuccino_core.artifacts import sha256_file
     digest = sha256_file(__import__("pathlib").Path(d) / "model.pt")
     spec = json.loads(open(os.path.join(d, "spec.json")).read())
     spec["sha256"] = digest
@@ -194,7 +205,7 @@ def test_kill_9_during_publish_leaves_the_previous_version_current(env):
         add_trial(alpha, cfg, 0.1 * i, seed=i)
     assert sync(cfg, engine).version == 1
     add_trial(alpha, cfg, 5.0, seed=9)
-    proc = run_sync_cli(cfg, {"CAPPUCCINO_TEST_PUBLISH_PAUSE_S": "60"})
+    proc = run_sync_cli(cfg, 60)
     root = ensembles_dir(cfg)
     deadline = time.monotonic() + 60
     while not list(root.glob(".tmp-v*")) and time.monotonic() < deadline:
@@ -214,7 +225,7 @@ def test_two_concurrent_syncs_publish_once(env):
     alpha = new_study(storage, "alpha")
     for i in range(3):
         add_trial(alpha, cfg, 0.1 * i, seed=i)
-    procs = [run_sync_cli(cfg, {"CAPPUCCINO_TEST_PUBLISH_PAUSE_S": "1"}) for _ in range(2)]
+    procs = [run_sync_cli(cfg, 1) for _ in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     joined = "\n".join(outs)
@@ -260,7 +271,7 @@ def test_each_member_is_served_with_its_own_lookback_and_normalisation(env):
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     feats = compute_features(bars)
     t = 1000
-    got = ens.member_weights(feats[:t + 1], 1.0, np.zeros(7))
+    got = ens.member_weights(feats[:t + 1], np.zeros(7), 1.0)
     for i, m in enumerate(ens.members):
         market = Market.from_bars(bars, m.norm, features=feats)
         benv = BatchedTradingEnv(market, [(t, 1200)], 1, EnvSettings(lookback=m.lookback),
@@ -269,7 +280,7 @@ def test_each_member_is_served_with_its_own_lookback_and_normalisation(env):
         expected = m.agent.weights(benv.observe())[0].numpy()
         np.testing.assert_allclose(got[i], expected, rtol=1e-6, atol=1e-7)
     assert len({tuple(np.round(g, 6)) for g in got}) == 3  # three different members
-    combined = ens.target_weights(feats[:t + 1], 1.0, np.zeros(7))
+    combined = ens.target_weights(feats[:t + 1], np.zeros(7), 1.0)
     np.testing.assert_allclose(combined, got.mean(axis=0), rtol=1e-6)
     assert combined.sum() == pytest.approx(1.0, abs=1e-6)
 

@@ -15,7 +15,7 @@ from cappuccino_core.env import (BatchedTradingEnv, EnvSettings, Market, Normali
 
 T = torch.tensor
 NO_CAPS = EnvSettings(max_position_pct=1.0, min_cash_reserve_pct=0.0, trailing_stop_pct=None,
-                      min_order_notional=0.0)
+                      min_order_notional=0.0, slippage_bps=0.0)
 
 
 def bars_from_prices(opens, highs, lows, closes) -> Bars:
@@ -71,7 +71,7 @@ def test_slippage_is_paid_on_both_sides():
 
 
 def _one_position(price, trail=0.10, stop_loss=None):
-    s = EnvSettings(trailing_stop_pct=trail, stop_loss_pct=stop_loss, fee=0.0025)
+    s = EnvSettings(trailing_stop_pct=trail, stop_loss_pct=stop_loss, fee=0.0025, slippage_bps=0.0)
     units = T([[1234.5678 / price]], dtype=torch.float64)
     return s, units
 
@@ -114,7 +114,7 @@ def test_every_exit_sells_the_whole_position(price):
     p = price
     bars = bars_from_prices([p, p, p * 1.2, p * 1.02], [p, p * 1.2, p * 1.2, p * 1.02],
                             [p, p, p * 1.15, p * 1.01], [p, p * 1.2, p * 1.17, p * 1.02])
-    env = single_env(bars, EnvSettings(fee=0.0025, trailing_stop_pct=0.10))
+    env = single_env(bars, EnvSettings(fee=0.0025, trailing_stop_pct=0.10, slippage_bps=0.0))
     w = T([[0.3, 0.7]])
     env.step(w)
     held = float(env.units[0, 0])

@@ -47,14 +47,25 @@ def test_upgrade_from_older_schema_keeps_rows(storage_url):
         conn.execute(storage.orders.insert().values(
             client_order_id="cap-1", trader="t", symbol="BTC/USD", side="buy", qty=0.5,
             reason="rebalance", status="filled"))
+        # release 0.1 kept the simulated broker's book in trader_state, under a fake trader
+        conn.execute(storage.trader_state.insert().values(
+            trader="sim-broker", key="book", value={"cash": 1234.5, "positions": {
+                "BTC/USD": {"qty": 0.25, "avg": 30000.0}}}, updated_at=storage._now()))
     assert "incident_key" not in {c["name"] for c in sa.inspect(engine).get_columns("cappuccino_events")}
 
     upgraded = storage.open_app_db(storage_url)  # a newer release starts on the old database
-    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 3
+    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 4
     with upgraded.connect() as conn:
         row = conn.execute(sa.select(storage.events)).one()
         assert row.message == "kept" and row.incident_key is None
         assert conn.execute(sa.select(storage.orders.c.qty)).scalar() == 0.5
+        # the book moved into its own table, as the account of the trader 'paper'
+        account = conn.execute(sa.select(storage.sim_accounts)).one()
+        assert (account.account, account.cash) == ("paper", 1234.5)
+        assert account.positions == {"BTC/USD": {"qty": 0.25, "avg": 30000.0}}
+        assert not conn.execute(sa.select(storage.trader_state)).first()
+    from cappuccino_core.broker.sim import SimBroker
+    assert SimBroker(upgraded, 0, 0, 0).positions()["BTC/USD"].qty == 0.25
     storage.record_event(upgraded, "new", "warning", "k", "with key", incident_key="drawdown")
 
 

@@ -209,10 +209,10 @@ def test_start_reconciles_with_the_broker(tmp_path, shared_data, caplog):
     broker.mark({"BTC/USD": 30_000.0, "ETH/USD": 2_000.0, "SOL/USD": 40.0})
     broker.submit_market_order("BTC/USD", "buy", 1.0, "outside-1")  # bought behind its back
     trader = Trader(cfg, broker, engine, "rec")
-    trader.state["stops"]["SOL/USD"] = {"entry": 40.0, "peak": 50.0}  # a position it lost
+    trader.state.stops["SOL/USD"] = {"entry": 40.0, "peak": 50.0}  # a position it lost
     trader.start()
-    assert set(trader.state["stops"]) == {"BTC/USD"}
-    assert trader.state["stops"]["BTC/USD"] == {"entry": 30_000.0, "peak": 30_000.0}
+    assert set(trader.state.stops) == {"BTC/USD"}
+    assert trader.state.stops["BTC/USD"] == {"entry": 30_000.0, "peak": 30_000.0}
     text = caplog.text
     assert "SOL/USD has no position at the broker" in text and "BTC/USD 1.00000000 held" in text
 
@@ -226,4 +226,4 @@ def test_drawdown_halt_stops_new_buying(tmp_path, shared_data):
     assert np.allclose(trader._drawdown_guard(target, current, 85_000.0), target)  # -15%
     halted = trader._drawdown_guard(target, current, 79_000.0)  # -21%: no new buying
     assert np.allclose(halted[:-1], [0.1, 0.0, 0.2]) and halted.sum() == pytest.approx(1)
-    assert trader.state["halted"] is True
+    assert trader.state.halted is True

@@ -15,7 +15,7 @@ from cappuccino_core.config import load_config
 from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
 from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
-from cappuccino_core.training.artifacts import load_artifact
+from cappuccino_core.artifacts import load_artifact
 from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
 from cappuccino_core.training.objective import HeldOutError, prepare_data
 from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, default_params,
@@ -145,12 +145,12 @@ def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
     assert len(trial.user_attrs["splits"]) == 15  # CPCV 6 groups, 2 test groups
     assert study.user_attrs["train_end"] and study.user_attrs["heldout_days"] == 60
     agent, spec = load_artifact(trial.user_attrs["artifact_dir"], trial.user_attrs["sha256"])
-    assert spec["study"] == "sample" and spec["trial_id"] == trial._trial_id
-    assert spec["symbols"] == cfg.data.symbols and spec["value"] == trial.value
-    assert spec["env"]["trailing_stop_pct"] == 0.10
-    assert spec["seed"] == trial.user_attrs["seed"]
-    assert spec["trained_on"]["to"] < study.user_attrs["train_end"]
-    obs = torch.zeros(2, spec["network"]["obs_size"])
+    assert spec.study == "sample" and spec.trial_id == trial._trial_id
+    assert list(spec.symbols) == cfg.data.symbols and spec.value == trial.value
+    assert spec.env.trailing_stop_pct == 0.10
+    assert spec.seed == trial.user_attrs["seed"]
+    assert spec.trained_on["to"] < study.user_attrs["train_end"]
+    obs = torch.zeros(2, spec.network.obs_size)
     w = agent.weights(obs)
     assert torch.allclose(w.sum(-1), torch.ones(2))
     # the target is reached: a second run does nothing

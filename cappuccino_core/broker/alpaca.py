@@ -125,6 +125,9 @@ class AlpacaBroker:
                                  float(a.min_trade_increment or 1e-9), bool(a.tradable))
         return rules
 
+    def mark(self, prices: dict[str, float]) -> None:
+        """Alpaca has its own market: the trader's clock prices change nothing here."""
+
     def latest_prices(self, symbols: list[str]) -> dict[str, float]:
         trades = self._call("latest trades", self.data.get_crypto_latest_trade,
                             CryptoLatestTradeRequest(symbol_or_symbols=symbols))

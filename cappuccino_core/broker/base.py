@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-FINAL = {"filled", "canceled", "rejected", "expired"}
+
+class OrderStatus(str, enum.Enum):
+    """Our journal's statuses: two of our own, then Alpaca's order statuses
+    (https://docs.alpaca.markets/docs/orders-at-alpaca#order-lifecycle)."""
+    PENDING_SUBMIT = "pending_submit"  # journaled, about to be sent
+    NOT_SENT = "not_sent"              # journaled, but the broker never received it (a crash)
+    NEW = "new"
+    ACCEPTED = "accepted"
+    PENDING_NEW = "pending_new"
+    ACCEPTED_FOR_BIDDING = "accepted_for_bidding"
+    PARTIALLY_FILLED = "partially_filled"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    PENDING_REVIEW = "pending_review"
+    CALCULATED = "calculated"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"
+    DONE_FOR_DAY = "done_for_day"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    REPLACED = "replaced"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED,
+         OrderStatus.REPLACED, OrderStatus.NOT_SENT}
 
 
 @dataclass
@@ -38,17 +70,22 @@ class OrderState:
     qty: float             # requested, in the asset's units
     filled_qty: float
     filled_avg_price: float | None
-    status: str            # new | partially_filled | filled | canceled | rejected | expired
+    status: OrderStatus
     fee: float = 0.0
     broker_id: str | None = None
     reason: str | None = None  # why it was rejected
 
+    def __post_init__(self):
+        self.status = OrderStatus(self.status)
+
     @property
     def final(self) -> bool:
-        return self.status in FINAL
+        return self.status.final
 
 
 class Broker(Protocol):
+    """Everything the trader calls; both brokers implement all of it."""
+
     def account(self) -> Account: ...
 
     def positions(self) -> dict[str, Position]: ...
@@ -57,8 +94,16 @@ class Broker(Protocol):
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]: ...
 
+    def mark(self, prices: dict[str, float]) -> None:
+        """The prices of the moment on the trader's clock (the closed bar's close live, the
+        next open in a replay). A simulated broker fills and values at them; a real one has
+        its own market and ignores them."""
+
     def submit_market_order(self, symbol: str, side: str, qty: float,
                             client_order_id: str) -> OrderState: ...
+
+    def wait_for_fill(self, order: OrderState) -> OrderState:
+        """Follow a submitted order until it is final (or give up and cancel the rest)."""
 
     def get_order(self, client_order_id: str) -> OrderState | None: ...
 

@@ -1,11 +1,11 @@
 """The built-in simulated broker: the embedded default when no Alpaca keys are configured.
 
 Market orders fill at once at the current price (`mark()` sets it: the next bar's open in a
-replay, the latest trade live) moved against the trader by `slippage_bps`, and pay
-`taker_fee` on the notional, exactly as the training environment charges. Minimum sizes and
-increments are enforced. Cash, positions and orders live in the database, so the book
-survives restarts, and a client order id that was seen before returns the order it named:
-submitting twice never trades twice.
+replay, the latest close live) moved against the trader by `slippage_bps`, and pay `taker_fee`
+on the notional, exactly as the training environment charges. Minimum sizes and increments are
+enforced. Each account's cash and positions live in their own table (`cappuccino_sim_accounts`)
+and its orders in `cappuccino_sim_orders`, so the book survives restarts, and a client order id
+that was seen before returns the order it named: submitting twice never trades twice.
 """
 
 from __future__ import annotations
@@ -15,49 +15,44 @@ import math
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..storage import sim_orders, trader_state
-from .base import Account, AssetRule, OrderState, Position
-
-BOOK = ("sim-broker", "book")
+from ..storage import sim_accounts, sim_orders
+from .base import Account, AssetRule, OrderState, OrderStatus, Position
 
 
 class SimBroker:
     def __init__(self, engine: Engine, initial_cash: float, fee: float, slippage_bps: float,
-                 min_order_size: float = 1e-6, min_trade_increment: float = 1e-9):
+                 min_order_size: float = 1e-6, min_trade_increment: float = 1e-9,
+                 account: str = "paper"):
         self.engine, self.fee, self.slip = engine, fee, slippage_bps * 1e-4
         self.min_order_size, self.increment = min_order_size, min_trade_increment
+        self.account_name = account
         self.prices: dict[str, float] = {}
         book = self._load_book()
         if book is None:
             book = {"cash": initial_cash, "positions": {}}
-            self._save_book(book)
+            with self.engine.begin() as conn:
+                self._save_book(book, conn)
         self.book = book
 
     @classmethod
-    def from_config(cls, cfg, engine: Engine) -> "SimBroker":
+    def from_config(cls, cfg, engine: Engine, account: str = "paper") -> "SimBroker":
         return cls(engine, cfg.broker.initial_cash, cfg.broker.taker_fee,
-                   cfg.broker.slippage_bps)
+                   cfg.broker.slippage_bps, account=account)
 
     # --- persistence ---------------------------------------------------------------------
 
     def _load_book(self) -> dict | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(trader_state.c.value).where(
-                trader_state.c.trader == BOOK[0], trader_state.c.key == BOOK[1])).first()
-        return None if row is None else row[0]
+            row = conn.execute(sa.select(sim_accounts.c.cash, sim_accounts.c.positions).where(
+                sim_accounts.c.account == self.account_name)).first()
+        return None if row is None else {"cash": row.cash, "positions": dict(row.positions)}
 
-    def _save_book(self, book: dict, conn=None) -> None:
-        def write(c):
-            updated = c.execute(trader_state.update().where(
-                trader_state.c.trader == BOOK[0], trader_state.c.key == BOOK[1]).values(
-                value=book)).rowcount
-            if not updated:
-                c.execute(trader_state.insert().values(trader=BOOK[0], key=BOOK[1], value=book))
-        if conn is not None:
-            write(conn)
-        else:
-            with self.engine.begin() as c:
-                write(c)
+    def _save_book(self, book: dict, conn) -> None:
+        values = {"cash": book["cash"], "positions": book["positions"]}
+        updated = conn.execute(sim_accounts.update().where(
+            sim_accounts.c.account == self.account_name).values(**values)).rowcount
+        if not updated:
+            conn.execute(sim_accounts.insert().values(account=self.account_name, **values))
 
     # --- prices --------------------------------------------------------------------------
 
@@ -90,11 +85,14 @@ class SimBroker:
         if row is None:
             return None
         return OrderState(row.client_order_id, row.symbol, row.side, row.qty, row.filled_qty,
-                          row.price, row.status, row.fee, broker_id=row.client_order_id,
-                          reason=row.reason)
+                          row.price, OrderStatus(row.status), row.fee,
+                          broker_id=row.client_order_id, reason=row.reason)
 
     def open_orders(self) -> list[OrderState]:
         return []  # market orders fill or are rejected at once
+
+    def wait_for_fill(self, order: OrderState) -> OrderState:
+        return order  # final already
 
     def cancel(self, client_order_id: str) -> None:
         return None
@@ -121,8 +119,11 @@ class SimBroker:
                 self.book["cash"] + 1e-9:
             reason = "insufficient balance"
         if reason:
-            return self._record(OrderState(client_order_id, symbol, side, qty, 0.0, None,
-                                           "rejected", reason=reason))
+            order = OrderState(client_order_id, symbol, side, qty, 0.0, None,
+                               OrderStatus.REJECTED, reason=reason)
+            with self.engine.begin() as conn:
+                self._record(order, conn)
+            return order
         fill = price * (1 + self.slip) if side == "buy" else price * (1 - self.slip)
         notional = qty * fill
         fee = notional * self.fee
@@ -139,22 +140,16 @@ class SimBroker:
                 book["positions"].pop(symbol, None)
             else:
                 book["positions"][symbol] = {"qty": left, "avg": held["avg"]}
-        order = OrderState(client_order_id, symbol, side, qty, qty, fill, "filled", fee,
-                           broker_id=client_order_id)
+        order = OrderState(client_order_id, symbol, side, qty, qty, fill, OrderStatus.FILLED,
+                           fee, broker_id=client_order_id)
         with self.engine.begin() as conn:  # order and book change in one transaction
             self._record(order, conn)
             self._save_book(book, conn)
         self.book = book
         return order
 
-    def _record(self, order: OrderState, conn=None) -> OrderState:
-        values = dict(client_order_id=order.client_order_id, symbol=order.symbol,
-                      side=order.side, qty=order.qty, filled_qty=order.filled_qty,
-                      price=order.filled_avg_price, fee=order.fee, status=order.status,
-                      reason=order.reason)
-        if conn is not None:
-            conn.execute(sim_orders.insert().values(**values))
-        else:
-            with self.engine.begin() as c:
-                c.execute(sim_orders.insert().values(**values))
-        return order
+    def _record(self, order: OrderState, conn) -> None:
+        conn.execute(sim_orders.insert().values(
+            client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
+            qty=order.qty, filled_qty=order.filled_qty, price=order.filled_avg_price,
+            fee=order.fee, status=order.status.value, reason=order.reason))

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -127,19 +128,24 @@ def build_manifest(version: int, cfg: Config, sel: Selection) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "selection": {"rule": "top COMPLETE trials by value", "top_n": e.top_n,
                       "min_members": e.min_members, "min_value": e.min_value,
-                      "max_similar": e.max_similar, "weighting": e.weighting},
+                      "max_similar": e.max_similar, "weighting": e.weighting,
+                      "risk_mismatch": e.risk_mismatch},
         "members": [{
             "trial_id": m.trial_id, "number": m.number, "value": m.value, "sha256": m.sha256,
             "completed_at": m.completed_at, "pinned": m.trial_id == sel.pinned,
-            "params": m.spec.get("hyperparameters", {}),
-            "trailing_stop_pct": m.spec.get("env", {}).get("trailing_stop_pct"),
-            "path": f"members/{m.trial_id}", "spec": m.spec,
+            "params": m.spec.hyperparameters,
+            "trailing_stop_pct": m.spec.env.trailing_stop_pct,
+            "risk_differences": m.risk_differences,
+            "path": f"members/{m.trial_id}", "spec": m.spec.to_dict(),
         } for m in sel.members],
     }
 
 
-def write_version(root: Path, version: int, manifest: dict, sel: Selection) -> Path:
-    """Write a complete version directory; returns its final path (not yet current)."""
+def write_version(root: Path, version: int, manifest: dict, sel: Selection,
+                  on_write: Callable[[Path], None] | None = None) -> Path:
+    """Write a complete version directory; returns its final path (not yet current).
+    `on_write(tmp)` runs once the members are in place, before the manifest (tests stop a
+    publish there)."""
     tmp = root / f".tmp-{version_name(version)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "members").mkdir(parents=True)
@@ -148,8 +154,8 @@ def write_version(root: Path, version: int, manifest: dict, sel: Selection) -> P
         dst.mkdir()
         for name in ("model.pt", "spec.json", "model.sha256"):
             _link_or_copy(m.artifact_dir / name, dst / name)
-    # Test switch: hold here so a test can kill -9 a sync in the middle of a publish.
-    time.sleep(float(os.environ.get("CAPPUCCINO_TEST_PUBLISH_PAUSE_S", "0")))
+    if on_write is not None:
+        on_write(tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     _fsync_tree(tmp)
     final = root / version_name(version)
@@ -224,8 +230,10 @@ def _apply_pin(cfg: Config, engine: Engine, sel: Selection) -> bool:
     return True
 
 
-def sync(cfg: Config, engine: Engine, study: str | None = None) -> SyncResult:
-    """Select the active study's members and publish a new version if the set changed."""
+def sync(cfg: Config, engine: Engine, study: str | None = None,
+         on_write: Callable[[Path], None] | None = None) -> SyncResult:
+    """Select the active study's members and publish a new version if the set changed.
+    (What cappuccino-ensemble-sync runs; `on_write` as in `write_version`.)"""
     study = study or cfg.active_study
     if not study:
         raise SelectionError("no active study: write active_study.yaml "
@@ -253,7 +261,7 @@ def sync(cfg: Config, engine: Engine, study: str | None = None) -> SyncResult:
                               f"ensemble v{current['version']} is up to date")
         version = next_version(root, engine)
         manifest = build_manifest(version, cfg, sel)
-        path = write_version(root, version, manifest, sel)
+        path = write_version(root, version, manifest, sel, on_write)
         make_current(root, path)
         _record_version(engine, manifest, path)
         _cleanup(root, cfg.ensemble.keep_versions)

@@ -1,17 +1,17 @@
 """Selecting an ensemble's members: the active study's best COMPLETE trials that can be served.
 
-The ranking reads Optuna's schema directly, read-only, with one indexed query (Optuna's
-`get_trials()` loads every trial of a study, seconds at 10,000 trials). Trials are identified
-by their storage-wide trial id, never by number: numbers repeat across studies.
+The ranking is one indexed query over Optuna's tables (`optuna_db.ranked_trials`). Trials are
+identified by their storage-wide trial id, never by number: numbers repeat across studies.
 
-A trial is eligible when its artifact exists, its checksum matches what the trial recorded,
-and its spec fits the trading configuration (same symbols in the same order, same timeframe,
-same feature set). Every skipped trial is reported with its reason.
+A trial is eligible when its artifact exists, its checksum matches what the trial recorded, its
+spec fits the trading configuration (same symbols in the same order, same timeframe, same
+feature set), and it was trained under the live risk rules and costs (`ensemble.risk_mismatch:
+refuse`; with `warn` it is served and the differences are logged and shown). Every skipped
+trial is reported with its reason.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,37 +20,12 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..artifacts import ArtifactError, ModelSpec, read_spec, sha256_file
 from ..config import Config
-from ..data.features import FEATURE_SET
-from ..training.artifacts import ArtifactError, read_spec, sha256_file
+from ..optuna_db import (ATTR_ARTIFACT_DIR, ATTR_SHA256, complete_trial, ranked_trials,
+                         study_exists, trial_attrs)
 
 log = logging.getLogger(__name__)
-
-_RANKED = sa.text("""
-    SELECT t.trial_id, t.number, v.value, t.datetime_complete
-    FROM trials t
-    JOIN studies s ON s.study_id = t.study_id
-    JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
-    WHERE s.study_name = :study AND t.state = 'COMPLETE'
-      AND (:min_value IS NULL OR v.value >= :min_value)
-    ORDER BY v.value DESC, t.trial_id
-    LIMIT :limit OFFSET :offset
-""")
-
-_ATTRS = sa.text("""
-    SELECT trial_id, key, value_json FROM trial_user_attributes
-    WHERE key IN ('artifact_dir', 'sha256') AND trial_id IN :ids
-""").bindparams(sa.bindparam("ids", expanding=True))
-
-_STUDY = sa.text("SELECT study_id FROM studies WHERE study_name = :study")
-
-_ONE = sa.text("""
-    SELECT t.trial_id, t.number, v.value, t.datetime_complete
-    FROM trials t
-    JOIN studies s ON s.study_id = t.study_id
-    JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
-    WHERE s.study_name = :study AND t.trial_id = :trial_id AND t.state = 'COMPLETE'
-""")
 
 
 class SelectionError(Exception):
@@ -64,8 +39,9 @@ class Member:
     value: float
     artifact_dir: Path
     sha256: str
-    spec: dict
+    spec: ModelSpec
     completed_at: str | None = None  # ISO time, UTC
+    risk_differences: list[str] = field(default_factory=list)  # served under `warn`
 
 
 @dataclass
@@ -81,20 +57,23 @@ class Selection:
         return sorted((m.trial_id, m.sha256) for m in self.members)
 
 
-def spec_mismatch(spec: dict, cfg: Config) -> str | None:
-    """Why a model's spec does not fit the trading configuration, or None."""
-    if spec.get("symbols") != list(cfg.data.symbols):
-        return f"symbols {spec.get('symbols')} != configured {list(cfg.data.symbols)}"
-    if spec.get("timeframe") != cfg.data.timeframe:
-        return f"timeframe {spec.get('timeframe')} != configured {cfg.data.timeframe}"
-    if spec.get("feature_set") != FEATURE_SET or spec.get("feature_set") != cfg.data.feature_set:
-        return f"feature set {spec.get('feature_set')} != {cfg.data.feature_set}"
-    return None
+def fit_problem(spec: ModelSpec, cfg: Config) -> tuple[str | None, list[str]]:
+    """(why the model must not be served under `cfg`, or None; the risk differences that are
+    tolerated under `ensemble.risk_mismatch: warn`)."""
+    why = spec.mismatch(cfg)
+    if why:
+        return why, []
+    differences = spec.risk_differences(cfg)
+    if differences and cfg.ensemble.risk_mismatch == "refuse":
+        return ("trained under other risk rules: " + "; ".join(differences)
+                + " (ensemble.risk_mismatch: refuse)"), []
+    return None, differences
 
 
-def check_member(trial_id: int, study: str, attrs: dict, cfg: Config) -> tuple[dict | None, str]:
-    """(spec, "") for an eligible trial, else (None, reason)."""
-    directory, digest = attrs.get("artifact_dir"), attrs.get("sha256")
+def check_member(trial_id: int, study: str, attrs: dict,
+                 cfg: Config) -> tuple[Member | None, str]:
+    """(a member without its ranking fields filled, "") for an eligible trial, else (None, why)."""
+    directory, digest = attrs.get(ATTR_ARTIFACT_DIR), attrs.get(ATTR_SHA256)
     if not directory or not digest:
         return None, "no artifact recorded"
     path = Path(directory)
@@ -107,13 +86,19 @@ def check_member(trial_id: int, study: str, attrs: dict, cfg: Config) -> tuple[d
         spec = read_spec(path)
     except ArtifactError as e:
         return None, str(e)
-    if spec.get("study") != study or spec.get("trial_id") != trial_id:
-        return None, (f"artifact belongs to study {spec.get('study')!r} trial id "
-                      f"{spec.get('trial_id')}, not to this trial")
-    if spec.get("sha256") != digest:
+    if spec.study != study or spec.trial_id != trial_id:
+        return None, (f"artifact belongs to study {spec.study!r} trial id {spec.trial_id}, "
+                      "not to this trial")
+    if spec.sha256 != digest:
         return None, "spec checksum differs from the trial's"
-    why = spec_mismatch(spec, cfg)
-    return (None, why) if why else (spec, "")
+    why, differences = fit_problem(spec, cfg)
+    if why:
+        return None, why
+    if differences:
+        log.warning("study %s trial id %d served despite other risk rules: %s", study,
+                    trial_id, "; ".join(differences))
+    return Member(trial_id, spec.trial_number, spec.value, path, digest, spec,
+                  risk_differences=differences), ""
 
 
 def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = None,
@@ -124,31 +109,27 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
     max_similar = max_similar or cfg.ensemble.max_similar
     selection = Selection(study, [])
     with engine.connect() as conn:
-        if conn.execute(_STUDY, {"study": study}).first() is None:
+        if not study_exists(conn, study):
             raise SelectionError(f"study {study!r} does not exist in the storage")
         offset, page = 0, max(3 * top_n, 30)
         while len(selection.members) < top_n:
-            rows = conn.execute(_RANKED, {"study": study, "min_value": min_value,
-                                          "limit": page, "offset": offset}).all()
+            rows = ranked_trials(conn, study, min_value, page, offset)
             if not rows:
                 break
             offset += page
-            attrs: dict[int, dict] = {}
-            for trial_id, key, value_json in conn.execute(_ATTRS, {"ids": [r[0] for r in rows]}):
-                attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
+            attrs = trial_attrs(conn, [r[0] for r in rows], (ATTR_ARTIFACT_DIR, ATTR_SHA256))
             for trial_id, number, value, completed in rows:
-                spec, why = check_member(trial_id, study, attrs.get(trial_id, {}), cfg)
-                if spec is not None and max_similar and \
-                        _similar_count(spec, selection.members) >= max_similar:
-                    spec, why = None, f"more than {max_similar} members with these parameters"
-                if spec is None:
+                member, why = check_member(trial_id, study, attrs.get(trial_id, {}), cfg)
+                if member is not None and max_similar and \
+                        _similar_count(member.spec, selection.members) >= max_similar:
+                    member, why = None, f"more than {max_similar} members with these parameters"
+                if member is None:
                     selection.skipped.append((trial_id, number, why))
                     log.info("study %s trial %d (id %d) skipped: %s", study, number, trial_id, why)
                     continue
-                selection.members.append(Member(
-                    trial_id, number, value, Path(attrs[trial_id]["artifact_dir"]),
-                    attrs[trial_id]["sha256"], spec,
-                    _utc_iso(completed)))
+                member.number, member.value = number, value
+                member.completed_at = _utc_iso(completed)
+                selection.members.append(member)
                 if len(selection.members) == top_n:
                     break
     return selection
@@ -166,15 +147,16 @@ def pinned_trial(engine: Engine, study: str) -> int | None:
 def member_by_id(engine: Engine, cfg: Config, study: str, trial_id: int) -> tuple[Member | None, str]:
     """One trial of `study` as a member, if it is eligible; else (None, why)."""
     with engine.connect() as conn:
-        row = conn.execute(_ONE, {"study": study, "trial_id": trial_id}).first()
+        row = complete_trial(conn, study, trial_id)
         if row is None:
             return None, f"trial id {trial_id} is not a COMPLETE trial of {study!r}"
-        attrs = {key: json.loads(v) for _, key, v in conn.execute(_ATTRS, {"ids": [trial_id]})}
-    spec, why = check_member(trial_id, study, attrs, cfg)
-    if spec is None:
+        attrs = trial_attrs(conn, [trial_id], (ATTR_ARTIFACT_DIR, ATTR_SHA256)).get(trial_id, {})
+    member, why = check_member(trial_id, study, attrs, cfg)
+    if member is None:
         return None, why
-    return Member(trial_id, row.number, row.value, Path(attrs["artifact_dir"]), attrs["sha256"],
-                  spec, _utc_iso(row.datetime_complete)), ""
+    member.number, member.value = row.number, row.value
+    member.completed_at = _utc_iso(row.datetime_complete)
+    return member, ""
 
 
 def _utc_iso(value) -> str | None:
@@ -185,12 +167,12 @@ def _utc_iso(value) -> str | None:
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).isoformat()
 
 
-def _similar_count(spec: dict, members: list[Member], rel_tol: float = 0.05) -> int:
+def _similar_count(spec: ModelSpec, members: list[Member], rel_tol: float = 0.05) -> int:
     """Members whose hyperparameters are all within 5% (numbers) or equal (others)."""
     def close(a, b):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             return abs(a - b) <= rel_tol * max(abs(a), abs(b), 1e-12)
         return a == b
-    mine = spec.get("hyperparameters", {})
-    return sum(all(close(v, m.spec.get("hyperparameters", {}).get(k)) for k, v in mine.items())
+    mine = spec.hyperparameters
+    return sum(all(close(v, m.spec.hyperparameters.get(k)) for k, v in mine.items())
                for m in members)

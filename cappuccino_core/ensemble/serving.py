@@ -10,19 +10,22 @@ or weighted by objective value (config `ensemble.weighting`).
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..agent import ActorCritic
+from ..artifacts import ArtifactError, ModelSpec, load_artifact
 from ..config import Config
 from ..env import Normalisation, live_observation
-from ..training.artifacts import ArtifactError, load_artifact
 from .publish import read_manifest
-from .selection import spec_mismatch
+from .selection import fit_problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,7 +36,8 @@ class LoadedMember:
     agent: ActorCritic
     norm: Normalisation
     lookback: int
-    spec: dict
+    spec: ModelSpec
+    risk_differences: list[str] = field(default_factory=list)  # served under `warn`
 
 
 @dataclass
@@ -74,34 +78,37 @@ class Ensemble:
         return max(m.lookback for m in self.members)
 
     @torch.no_grad()
-    def member_weights(self, features: np.ndarray, cash_weight: float,
-                       position_weights: np.ndarray) -> np.ndarray:
+    def member_weights(self, features: np.ndarray, position_weights: np.ndarray,
+                       cash_weight: float) -> np.ndarray:
         """Each member's target weights `[members, A+1]` from raw feature rows `[.., A, F]`
         (oldest first; at least `max_lookback` rows, the last one the newest closed bar)."""
         out = []
         for m in self.members:
             normalised = m.norm.apply(features[-m.lookback:]).astype(np.float32)
-            obs = live_observation(normalised, m.lookback, cash_weight, position_weights)
+            obs = live_observation(normalised, m.lookback, position_weights, cash_weight)
             out.append(m.agent.weights(obs)[0].numpy())
         return np.stack(out)
 
-    def target_weights(self, features: np.ndarray, cash_weight: float,
-                       position_weights: np.ndarray) -> np.ndarray:
+    def target_weights(self, features: np.ndarray, position_weights: np.ndarray,
+                       cash_weight: float) -> np.ndarray:
         """The ensemble's target weights `[A+1]` (assets then cash)."""
-        return self.blend @ self.member_weights(features, cash_weight, position_weights)
+        return self.blend @ self.member_weights(features, position_weights, cash_weight)
 
 
 def load_member(directory: Path, sha256: str, study: str, trial_id: int, number: int,
                 value: float, cfg: Config) -> LoadedMember:
     agent, spec = load_artifact(directory, expected_sha256=sha256)
-    if spec.get("trial_id") != trial_id or spec.get("study") != study:
-        raise ArtifactError(f"{directory}: spec names study {spec.get('study')!r} trial id "
-                            f"{spec.get('trial_id')}, expected {study!r} {trial_id}")
-    why = spec_mismatch(spec, cfg)
+    if spec.trial_id != trial_id or spec.study != study:
+        raise ArtifactError(f"{directory}: spec names study {spec.study!r} trial id "
+                            f"{spec.trial_id}, expected {study!r} {trial_id}")
+    why, differences = fit_problem(spec, cfg)
     if why:
         raise ArtifactError(f"{directory}: {why}")
-    return LoadedMember(trial_id, number, value, agent,
-                        Normalisation.from_dict(spec["normalisation"]), spec["lookback"], spec)
+    if differences:
+        log.warning("trial id %d served under other risk rules than it was trained with: %s",
+                    trial_id, "; ".join(differences))
+    return LoadedMember(trial_id, number, value, agent, spec.normalisation, spec.lookback, spec,
+                        differences)
 
 
 def blend_weights(values: list[float], weighting: str) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ from ..service import Notifier
 from .trader import Trader
 
 log = logging.getLogger(__name__)
-HANG_SWITCH = "CAPPUCCINO_TEST_HANG_FILE"  # test-only: while this file exists, the loop hangs
 
 
 class SystemClock:
@@ -77,8 +75,7 @@ class LiveLoop:
             log.error(error)
         if ensemble is None:
             log.warning("no ensemble yet: the trader waits for `cappuccino ensemble sync`")
-        self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble,
-                             wait_for_fill=getattr(self.broker, "wait_for_fill", None))
+        self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble)
         self.trader.start()
         self.notifier.ready(self.status_line())
         log.info("trader %s ready: %s", self.name, self.status_line())
@@ -96,9 +93,6 @@ class LiveLoop:
         self.notifier.stopping()
 
     def cycle(self) -> None:
-        hang = os.environ.get(HANG_SWITCH)
-        while hang and Path(hang).exists():  # a test stands in for a loop stuck in I/O
-            time.sleep(0.5)
         now = self.clock.now()
         self.maybe_reload()
         newest = closed_end(now, self.cfg.bar_seconds, self.cfg.data.closed_bar_delay_s) - self.bar
@@ -125,8 +119,7 @@ class LiveLoop:
             log.warning("bar %s not available yet (newest %s)", bar_time,
                         bars.index[-1] if len(bars) else None)
             return
-        if hasattr(self.broker, "mark"):  # the simulated broker trades at the last close
-            self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
+        self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
         result = self.trader.on_bar(bar_time, compute_features(bars), now)
         log.info("bar %s: %s", bar_time, result)
 

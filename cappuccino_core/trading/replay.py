@@ -51,7 +51,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
         raise ReplayError(f"no bars to replay between {start} and {end} "
                           f"(data: {bars.index[0]} .. {bars.index[-1]})")
     o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
-    broker = SimBroker.from_config(cfg, engine)
+    broker = SimBroker.from_config(cfg, engine, account=name)
     broker.mark(dict(zip(bars.symbols, c[i0])))
     watcher = EnsembleWatcher(ensembles_dir(cfg), cfg)
     ensemble, error = watcher.poll()

@@ -7,31 +7,26 @@ from sqlalchemy.engine import Engine
 
 from ..config import Config
 from ..ensemble.publish import current_manifest, ensembles_dir
-from ..storage import equity_snapshots, fills, orders, trader_state
-
-
-def _state(engine: Engine, name: str) -> dict:
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(trader_state.c.key, trader_state.c.value).where(
-            trader_state.c.trader == name)).all())
+from ..storage import equity_snapshots, fills, orders
+from .journal import Journal, TraderState
 
 
 def trader_status(cfg: Config, engine: Engine, name: str) -> str:
-    state = _state(engine, name)
+    state = Journal(engine, name).load_state()
     with engine.connect() as conn:
         snap = conn.execute(sa.select(equity_snapshots).where(
             equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id.desc())
             .limit(1)).first()
-    if snap is None and not state:
+    if snap is None and state == TraderState():
         return f"trader {name!r}: no state yet"
     manifest = current_manifest(ensembles_dir(cfg))
-    lines = [f"trader {name}: last bar {state.get('last_bar') or '-'}; ensemble "
+    lines = [f"trader {name}: last bar {state.last_bar or '-'}; ensemble "
              + (f"v{manifest['version']} (study {manifest['study']})" if manifest else "none")]
     if snap is not None:
         lines.append(f"equity {snap.equity:,.2f}  cash {snap.cash:,.2f}  (at {snap.ts:%Y-%m-%d %H:%M})")
-    if state.get("halted"):
+    if state.halted:
         lines.append("!! new buying halted by the drawdown limit")
-    stops = state.get("stops", {})
+    stops = state.stops
     trail, sl = cfg.risk.trailing_stop_pct, cfg.risk.stop_loss_pct
     lines.append(f"{'symbol':<10}{'qty':>16}{'entry':>14}{'peak':>14}{'stop level':>14}")
     for symbol, qty in sorted((snap.positions if snap is not None else {}).items()):

@@ -1,7 +1,8 @@
 """The trader: one decision per closed bar, stop checks between bars, all state in the database.
 
-`Trader` is driven from outside (the live loop in daemons/paper_trader.py, or a replay on a
-simulated clock) and knows nothing of clocks itself:
+`Trader` is driven from outside (the live loop in trading/live.py, or a replay on a simulated
+clock) and knows nothing of clocks itself; it decides, and its journal (trading/journal.py)
+writes everything down:
 
 - `start()` reconciles with the broker (its positions are the truth; differences are logged)
   and resolves orders a crash left pending, by client order id.
@@ -20,95 +21,63 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime, timezone
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
-from ..broker.base import OrderState
+from ..backtest import trading_settings
+from ..broker.base import Broker
 from ..config import Config
 from ..ensemble.serving import Ensemble
-from ..env import EnvSettings, apply_stops
-from ..storage import equity_snapshots, fills, orders, record_event, trader_state
+from ..env import apply_stops
+from .journal import Journal, StateKey, TraderState
 from .orders import PlannedOrder, client_order_id, plan_rebalance
 
 log = logging.getLogger(__name__)
-
-
-def trading_settings(cfg: Config, ensemble: Ensemble | None) -> EnvSettings:
-    """Live risk and fees from the config; the no-trade band the members were trained with
-    (their median), so the trader rebalances as they learnt to."""
-    band = 0.0
-    if ensemble is not None:
-        band = float(np.median([m.spec.get("env", {}).get("min_rebalance_weight", 0.0)
-                                for m in ensemble.members]))
-    return EnvSettings.from_config(cfg, min_rebalance_weight=band)
+STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION = StateKey
 
 
 class Trader:
-    def __init__(self, cfg: Config, broker, engine: Engine, name: str = "paper",
-                 ensemble: Ensemble | None = None,
-                 wait_for_fill: Callable[[OrderState], OrderState] | None = None):
-        self.cfg, self.broker, self.engine, self.name = cfg, broker, engine, name
+    def __init__(self, cfg: Config, broker: Broker, engine: Engine, name: str = "paper",
+                 ensemble: Ensemble | None = None):
+        self.cfg, self.broker, self.name = cfg, broker, name
+        self.journal = Journal(engine, name)
         self.symbols = list(cfg.data.symbols)
         self.ensemble = ensemble
         self.settings = trading_settings(cfg, ensemble)
-        self.wait_for_fill = wait_for_fill or (lambda order: order)
         self.rules = broker.asset_rules(self.symbols)
-        self.state = self._load_state()
-
-    # --- persistent state ------------------------------------------------------------------
-
-    def _load_state(self) -> dict:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(trader_state.c.key, trader_state.c.value).where(
-                trader_state.c.trader == self.name)).all()
-        state = {"stops": {}, "last_bar": None, "equity_peak": None, "halted": False,
-                 "decision": None}
-        state.update({k: v for k, v in rows})
-        return state
-
-    def _save_state(self, *keys: str) -> None:
-        with self.engine.begin() as conn:
-            for key in keys:
-                conn.execute(trader_state.delete().where(trader_state.c.trader == self.name,
-                                                         trader_state.c.key == key))
-                conn.execute(trader_state.insert().values(trader=self.name, key=key,
-                                                          value=self.state[key]))
+        self.state: TraderState = self.journal.load_state()
 
     @property
     def last_bar(self) -> pd.Timestamp | None:
-        v = self.state["last_bar"]
+        v = self.state.last_bar
         return None if v is None else pd.Timestamp(v)
 
     # --- start-up --------------------------------------------------------------------------
 
     def start(self) -> None:
         """Resolve orders left pending by a crash, then reconcile with the broker."""
-        with self.engine.connect() as conn:
-            pending = conn.execute(sa.select(orders.c.client_order_id).where(
-                orders.c.trader == self.name,
-                orders.c.status.in_(["pending_submit", "new", "partially_filled"]))).scalars()
-            pending = list(pending)
-        for coid in pending:
+        for coid in self.journal.open_orders():
             found = self.broker.get_order(coid)
             if found is None:
-                self._update_order(coid, status="not_sent")
+                self.journal.mark_not_sent(coid)
                 log.warning("order %s was never received by the broker", coid)
             else:
-                self._journal_result(self.wait_for_fill(found))
-                log.info("order %s resolved after restart: %s", coid, found.status)
+                self.journal.record_result(self.broker.wait_for_fill(found))
+                log.info("order %s resolved after restart: %s", coid, found.status.value)
+        unknown = [o.client_order_id for o in self.broker.open_orders()
+                   if o.client_order_id.startswith(f"cap-{self.name}-")]
+        for coid in unknown:  # ours by its id, but not in the journal (a lost database?)
+            log.warning("open order %s at the broker is not in the journal", coid)
         self.reconcile()
-        self._save_state("stops")
+        self.journal.save_state(self.state, STOPS)
 
     def reconcile(self) -> None:
         """The broker's positions are the truth: adopt them, log what the state disagreed on."""
         positions = self.broker.positions()
-        stops = self.state["stops"]
+        stops = self.state.stops
         for symbol in set(stops) - set(positions):
             log.warning("reconcile: %s has no position at the broker; dropping its stop", symbol)
             stops.pop(symbol)
@@ -142,16 +111,16 @@ class Trader:
         value = np.array([positions[s].qty * prices[i] if s in positions else 0.0
                           for i, s in enumerate(self.symbols)])
         equity = account.cash + value.sum()
-        decided = self.state.get("decision") or {}
+        decided = self.state.decision or {}
         if decided.get("bar") == bar_time.isoformat():
             target = np.array(decided["target"])  # resuming a bar a crash interrupted
         else:
-            target = self.ensemble.target_weights(features, account.cash / equity,
-                                                  value / equity)
+            target = self.ensemble.target_weights(features, value / equity,
+                                                  account.cash / equity)
             target = self._drawdown_guard(target, value / equity, equity)
-            self.state["decision"] = {"bar": bar_time.isoformat(), "target": target.tolist(),
-                                      "ensemble": self.ensemble.version}
-            self._save_state("decision", "equity_peak", "halted")  # before any order
+            self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
+                                   "ensemble": self.ensemble.version}
+            self.journal.save_state(self.state, DECISION, EQUITY_PEAK, HALTED)  # before orders
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
                               self.settings, self.rules)
         self._execute([o for o in plan if o.side == "sell"], bar_time)
@@ -171,16 +140,16 @@ class Trader:
 
     def _drawdown_guard(self, target: np.ndarray, current: np.ndarray, equity: float):
         """Past `risk.max_drawdown_halt_pct` below the equity peak: no new buying."""
-        peak = max(self.state["equity_peak"] or equity, equity)
-        self.state["equity_peak"] = peak
+        peak = max(self.state.equity_peak or equity, equity)
+        self.state.equity_peak = peak
         limit = self.cfg.risk.max_drawdown_halt_pct
         halted = limit is not None and equity <= peak * (1 - limit)
-        if halted != self.state["halted"]:
-            self.state["halted"] = halted
+        if halted != self.state.halted:
+            self.state.halted = halted
             msg = (f"drawdown {1 - equity / peak:.1%} from peak {peak:,.2f}: "
                    + ("new buying halted" if halted else "buying resumes"))
             log.warning(msg)
-            record_event(self.engine, self.name, "warning", "drawdown_halt", msg)
+            self.journal.event("warning", "drawdown_halt", msg)
         if halted:
             assets = np.minimum(target[:-1], current)
             return np.concatenate([assets, [1 - assets.sum()]])
@@ -188,15 +157,15 @@ class Trader:
 
     def _mark_processed(self, bar_time: pd.Timestamp) -> None:
         """The bar is done: its stops, equity peak and the bar itself are saved together."""
-        self.state["last_bar"] = bar_time.isoformat()
-        self._save_state("stops", "equity_peak", "halted", "last_bar")
+        self.state.last_bar = bar_time.isoformat()
+        self.journal.save_state(self.state, STOPS, EQUITY_PEAK, HALTED, LAST_BAR)
 
     # --- stops -----------------------------------------------------------------------------
 
     def check_stops(self, bar_open, high, low, close) -> list[tuple[str, float]]:
         """Stops hit by prices seen since the last check (arrays in symbol order; one live
         price goes in as all four). Updates the peaks; returns [(symbol, exit price)]."""
-        stops = self.state["stops"]
+        stops = self.state.stops
         held = [s in stops for s in self.symbols]
         if not any(held):
             return []
@@ -215,7 +184,7 @@ class Trader:
                 exits.append((s, float(exit_px[a])))
             else:
                 stops[s]["peak"] = float(new_peak[a])
-        self._save_state("stops")
+        self.journal.save_state(self.state, STOPS)
         return exits
 
     def exit_positions(self, exits: list[tuple[str, float]], when: pd.Timestamp) -> None:
@@ -224,20 +193,19 @@ class Trader:
         plan = [PlannedOrder(s, "sell", positions[s].qty, "stop") for s, _ in exits
                 if s in positions]
         for s, price in exits:
-            msg = f"stop exit {s} at {price:.6g} (peak {self.state['stops'][s]['peak']:.6g})"
+            msg = f"stop exit {s} at {price:.6g} (peak {self.state.stops[s]['peak']:.6g})"
             log.warning(msg)
-            record_event(self.engine, self.name, "warning", "stop_exit", msg,
-                         {"symbol": s, "price": price})
+            self.journal.event("warning", "stop_exit", msg, {"symbol": s, "price": price})
         self._execute(plan, when)
         for s, _ in exits:  # a stopped position starts afresh if it is bought again
-            self.state["stops"].pop(s, None)
+            self.state.stops.pop(s, None)
         self._update_stops(self._prices())
-        self._save_state("stops")
+        self.journal.save_state(self.state, STOPS)
 
     def _update_stops(self, prices: np.ndarray) -> None:
         """New positions start their stop at the entry price; closed ones lose it."""
         positions = self.broker.positions()
-        stops = self.state["stops"]
+        stops = self.state.stops
         for a, s in enumerate(self.symbols):
             if s in positions and s not in stops:
                 entry = positions[s].avg_entry_price
@@ -250,59 +218,20 @@ class Trader:
     def _execute(self, plan: list[PlannedOrder], when: pd.Timestamp) -> None:
         for o in plan:
             coid = client_order_id(self.name, o.purpose, when, o.symbol, o.side)
-            if not self._journal_new(coid, o, when):  # journaled before: sent before?
-                known = self.broker.get_order(coid)
+            if not self.journal.record_new(coid, o.symbol, o.side, o.qty, o.purpose, when):
+                known = self.broker.get_order(coid)  # journaled before: sent before?
                 if known is not None:
-                    self._journal_result(self.wait_for_fill(known))
+                    self.journal.record_result(self.broker.wait_for_fill(known))
                     continue
             result = self.broker.submit_market_order(o.symbol, o.side, o.qty, coid)
-            self._journal_result(self.wait_for_fill(result))
-
-    def _journal_new(self, coid: str, o: PlannedOrder, when: pd.Timestamp) -> bool:
-        """Write the order to the journal before it is sent; False if it was already there."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(orders.insert().values(
-                    client_order_id=coid, trader=self.name, bar_time=when.to_pydatetime(),
-                    symbol=o.symbol, side=o.side, qty=o.qty, reason=o.purpose,
-                    status="pending_submit"))
-            return True
-        except sa.exc.IntegrityError:
-            return False
-
-    def _update_order(self, coid: str, **values) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(orders.update().where(orders.c.client_order_id == coid).values(
-                updated_at=datetime.now(timezone.utc), **values))
-
-    def _journal_result(self, r: OrderState) -> None:
-        with self.engine.begin() as conn:
-            prev = conn.execute(sa.select(orders.c.filled_qty).where(
-                orders.c.client_order_id == r.client_order_id)).scalar() or 0.0
-            conn.execute(orders.update().where(
-                orders.c.client_order_id == r.client_order_id).values(
-                status=r.status, broker_order_id=r.broker_id, filled_qty=r.filled_qty,
-                filled_avg_price=r.filled_avg_price, fee=r.fee,
-                updated_at=datetime.now(timezone.utc)))
-            if r.filled_qty > prev + 1e-12 and r.filled_avg_price:
-                conn.execute(fills.insert().values(
-                    client_order_id=r.client_order_id, symbol=r.symbol, side=r.side,
-                    qty=r.filled_qty - prev, price=r.filled_avg_price,
-                    fee=r.fee * (r.filled_qty - prev) / max(r.filled_qty, 1e-300)))
-        if r.status == "rejected":
-            log.error("order %s rejected: %s", r.client_order_id, r.reason)
-            record_event(self.engine, self.name, "error", "order_rejected",
-                         f"{r.client_order_id}: {r.reason}")
+            self.journal.record_result(self.broker.wait_for_fill(result))
 
     # --- reporting -------------------------------------------------------------------------
 
     def snapshot(self, ts: pd.Timestamp) -> float:
         account = self.broker.account()
         positions = {s: p.qty for s, p in self.broker.positions().items()}
-        with self.engine.begin() as conn:
-            conn.execute(equity_snapshots.insert().values(
-                trader=self.name, ts=ts.to_pydatetime(), equity=account.equity,
-                cash=account.cash, positions=positions))
+        self.journal.snapshot(ts, account.equity, account.cash, positions)
         return account.equity
 
     def reload(self, ensemble: Ensemble) -> None:

@@ -30,12 +30,13 @@ import torch
 
 from .. import __version__
 from ..agent import PPOConfig, TrainStats, train_ppo
+from ..artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
 from ..backtest import run_backtest, sharpe
 from ..config import Config
 from ..data.bars import Bars
 from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
-from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation
-from .artifacts import artifact_dir, save_artifact
+from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
+from ..optuna_db import ATTR_ARTIFACT_DIR, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS, trial_id
 from .cv import Split, make_splits
 from .search_space import sample_params, split_params
 
@@ -156,15 +157,15 @@ class Objective:
         params = sample_params(trial)
         ppo, env = split_params(params, self.base_env, self.total_timesteps,
                                 self.cfg.training.n_envs)
-        seed = trial_seed(self.study_name, trial._trial_id)
-        trial.set_user_attr("seed", seed)
+        seed = trial_seed(self.study_name, trial_id(trial))
+        trial.set_user_attr(ATTR_SEED, seed)
         results = []
         for split in self.splits:
             label = f"trial {trial.number}, split {split.index + 1}/{len(self.splits)}"
             results.append(self.evaluate_split(split, ppo, env, seed + split.index, label))
             diffs = [r["excess_sharpe"] for r in results]
             trial.report(float(np.mean(diffs)), split.index)
-            trial.set_user_attr("splits", results)
+            trial.set_user_attr(ATTR_SPLITS, results)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after split {split.index + 1}")
             gc.collect()
@@ -174,32 +175,27 @@ class Objective:
         segment = [(WARMUP, self.data.train_hi)]
         agent, market, norm = self.train(segment, ppo, env, seed + 10_000,
                                          f"trial {trial.number}, final fit")
-        directory = artifact_dir(self.artifacts_root, self.study_name, trial._trial_id)
+        directory = artifact_dir(self.artifacts_root, self.study_name, trial_id(trial))
         spec = self.spec(trial, params, ppo, env, norm, seed, value, market)
         digest = save_artifact(directory, agent, spec)
-        trial.set_user_attr("artifact_dir", str(directory))
-        trial.set_user_attr("sha256", digest)
+        trial.set_user_attr(ATTR_ARTIFACT_DIR, str(directory))
+        trial.set_user_attr(ATTR_SHA256, digest)
         del agent, market
         gc.collect()
         return value
 
     def spec(self, trial, params, ppo: PPOConfig, env: EnvSettings, norm: Normalisation,
-             seed: int, value: float, market: Market) -> dict:
-        from ..env import observation_size
+             seed: int, value: float, market: Market) -> ModelSpec:
         bars = self.data.bars
-        return {
-            "study": self.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
-            "value": value, "code_version": __version__,
-            "symbols": list(bars.symbols), "timeframe": self.cfg.data.timeframe,
-            "lookback": env.lookback, "feature_set": FEATURE_SET,
-            "feature_names": list(FEATURE_NAMES), "normalisation": norm.to_dict(),
-            "hyperparameters": params, "ppo": ppo.to_dict(), "env": env.to_dict(),
-            "network": {"obs_size": observation_size(market.n_assets, market.n_features,
-                                                     env.lookback),
-                        "n_actions": market.n_assets + 1, "hidden": ppo.hidden,
-                        "layers": ppo.layers},
-            "seed": seed, "weights": "final fit on the whole training range",
-            "trained_on": {"from": str(bars.index[WARMUP]),
-                           "to": str(bars.index[self.data.train_hi - 1])},
-            "held_out_from": str(self.data.train_end),
-        }
+        return ModelSpec(
+            study=self.study_name, trial_id=trial_id(trial), trial_number=trial.number,
+            value=value, code_version=__version__, symbols=tuple(bars.symbols),
+            timeframe=self.cfg.data.timeframe, lookback=env.lookback, feature_set=FEATURE_SET,
+            feature_names=tuple(FEATURE_NAMES), normalisation=norm, hyperparameters=params,
+            ppo=ppo.to_dict(), env=env, seed=seed,
+            network=NetworkSpec(observation_size(market.n_assets, market.n_features,
+                                                 env.lookback), market.n_assets + 1,
+                                ppo.hidden, ppo.layers),
+            trained_on={"from": str(bars.index[WARMUP]),
+                        "to": str(bars.index[self.data.train_hi - 1])},
+            held_out_from=str(self.data.train_end))

@@ -20,26 +20,22 @@ from typing import Callable
 import optuna
 import pandas as pd
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import Config
 from ..data import load_bars
-from ..storage import make_optuna_storage
+from ..optuna_db import (ATTR_RETRY_OF, STUDY_HELDOUT_DAYS, STUDY_SYMBOLS, STUDY_TARGET,
+                         STUDY_TRAIN_END, trial_id)
+from ..storage import optuna_storage
 from .objective import Interrupted, Objective, held_out_start, prepare_data
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TARGET_ATTR = "n_trials_target"
 
 
 def make_storage(cfg: Config) -> optuna.storages.RDBStorage:
-    t = cfg.training
-    return make_optuna_storage(
-        cfg.storage_url, pool_size=cfg.storage.pool_size, max_overflow=cfg.storage.max_overflow,
-        sqlite_busy_timeout_s=cfg.storage.sqlite_busy_timeout_s,
-        heartbeat_interval=t.heartbeat_interval_s, grace_period=t.heartbeat_grace_s,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry))
+    """The study storage as trainers use it: with heartbeats, stale trials retried."""
+    return optuna_storage(cfg, heartbeats=True)
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -56,11 +52,11 @@ def open_study(cfg: Config, name: str, storage=None) -> optuna.Study:
 
 
 def set_target(study: optuna.Study, n_trials: int) -> None:
-    study.set_user_attr(TARGET_ATTR, int(n_trials))
+    study.set_user_attr(STUDY_TARGET, int(n_trials))
 
 
 def target_of(study: optuna.Study, cfg: Config) -> int:
-    return int(study.user_attrs.get(TARGET_ATTR, cfg.training.n_trials))
+    return int(study.user_attrs.get(STUDY_TARGET, cfg.training.n_trials))
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -85,13 +81,13 @@ class WorkerHooks:
 def fixed_train_end(study: optuna.Study, cfg: Config, bars) -> pd.Timestamp:
     """The study's recorded start of the held-out window, recorded now if this is the first
     worker. Training never uses bars from there on."""
-    recorded = study.user_attrs.get("train_end")
+    recorded = study.user_attrs.get(STUDY_TRAIN_END)
     if recorded:
         return pd.Timestamp(recorded)
     end = held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds)
-    study.set_user_attr("train_end", str(end))
-    study.set_user_attr("heldout_days", cfg.training.heldout_days)
-    study.set_user_attr("symbols", list(bars.symbols))
+    study.set_user_attr(STUDY_TRAIN_END, str(end))
+    study.set_user_attr(STUDY_HELDOUT_DAYS, cfg.training.heldout_days)
+    study.set_user_attr(STUDY_SYMBOLS, list(bars.symbols))
     return end
 
 
@@ -154,7 +150,7 @@ def _requeue_interrupted(stop: threading.Event):
     again so that the work is redone by whichever worker comes next."""
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if stop.is_set() and trial.state == TrialState.FAIL:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial._trial_id},
+            study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial_id(trial)},
                                 skip_if_exists=False)
             log.info("trial %d interrupted; its parameters are queued again", trial.number)
     return callback

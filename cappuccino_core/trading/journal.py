@@ -1,0 +1,156 @@
+"""The trader's persistence: its order journal, its state, its equity snapshots.
+
+`Trader` decides; this module owns what is written down. Orders move through `OrderStatus`
+along the transitions in `ALLOWED` (journaled as `pending_submit` before they are sent, then
+whatever the broker says, until a final status); a transition outside it is a bug and raises
+`InvalidTransition` instead of silently rewriting history. The trader's state is a typed record
+(`TraderState`) saved key by key (`StateKey`), so a crash between two writes loses nothing that
+was saved.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..broker.base import FINAL, OrderState, OrderStatus
+from ..storage import equity_snapshots, fills, orders, record_event, trader_state
+
+log = logging.getLogger(__name__)
+
+
+OPEN = set(OrderStatus) - FINAL - {OrderStatus.PENDING_SUBMIT}
+# From each status, where an order may go next. A final status only repeats itself (the same
+# answer read twice).
+# `not_sent` is final for a crash's clean-up, but the resumed bar may send the order after all.
+BROKER_SAYS = OPEN | FINAL - {OrderStatus.NOT_SENT}
+ALLOWED: dict[OrderStatus, set[OrderStatus]] = {
+    OrderStatus.PENDING_SUBMIT: BROKER_SAYS | {OrderStatus.NOT_SENT},
+    OrderStatus.NOT_SENT: BROKER_SAYS | {OrderStatus.NOT_SENT},
+    **{s: BROKER_SAYS for s in OPEN},
+    **{s: {s} for s in FINAL - {OrderStatus.NOT_SENT}},
+}
+
+
+class InvalidTransition(Exception):
+    """An order status change the lifecycle does not allow (a bug, or a broker gone mad)."""
+
+
+class StateKey(str, enum.Enum):
+    STOPS = "stops"
+    LAST_BAR = "last_bar"
+    EQUITY_PEAK = "equity_peak"
+    HALTED = "halted"
+    DECISION = "decision"
+
+
+@dataclass
+class TraderState:
+    stops: dict[str, dict] = field(default_factory=dict)  # symbol -> {"entry", "peak"}
+    last_bar: str | None = None       # open time (ISO) of the last bar processed
+    equity_peak: float | None = None  # for the drawdown halt
+    halted: bool = False              # new buying halted by the drawdown limit
+    decision: dict | None = None      # {"bar", "target", "ensemble"}: saved before any order
+
+
+class Journal:
+    def __init__(self, engine: Engine, trader: str):
+        self.engine, self.trader = engine, trader
+
+    # --- state ---------------------------------------------------------------------------
+
+    def load_state(self) -> TraderState:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(trader_state.c.key, trader_state.c.value).where(
+                trader_state.c.trader == self.trader)).all()
+        known = {k.value for k in StateKey}
+        return TraderState(**{k: v for k, v in rows if k in known})
+
+    def save_state(self, state: TraderState, *keys: StateKey) -> None:
+        with self.engine.begin() as conn:
+            for key in keys:
+                key = StateKey(key)
+                conn.execute(trader_state.delete().where(trader_state.c.trader == self.trader,
+                                                         trader_state.c.key == key.value))
+                conn.execute(trader_state.insert().values(
+                    trader=self.trader, key=key.value, value=getattr(state, key.value)))
+
+    # --- orders --------------------------------------------------------------------------
+
+    def open_orders(self) -> list[str]:
+        """Client order ids a crash may have left unresolved."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(orders.c.client_order_id).where(
+                orders.c.trader == self.trader,
+                orders.c.status.in_([s.value for s in OPEN | {OrderStatus.PENDING_SUBMIT}])))
+                .scalars())
+
+    def record_new(self, coid: str, symbol: str, side: str, qty: float, purpose: str,
+                   when: pd.Timestamp) -> bool:
+        """Journal an order before it is sent; False if it is journaled already."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(orders.insert().values(
+                    client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
+                    symbol=symbol, side=side, qty=qty, reason=purpose,
+                    status=OrderStatus.PENDING_SUBMIT.value))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def _status(self, conn, coid: str) -> tuple[OrderStatus, float]:
+        row = conn.execute(sa.select(orders.c.status, orders.c.filled_qty).where(
+            orders.c.client_order_id == coid)).one()
+        return OrderStatus(row.status), row.filled_qty or 0.0
+
+    @staticmethod
+    def _check(coid: str, old: OrderStatus, new: OrderStatus) -> None:
+        if new not in ALLOWED[old]:
+            raise InvalidTransition(f"order {coid}: {old.value} -> {new.value} is not a "
+                                    "transition of the order lifecycle")
+
+    def mark_not_sent(self, coid: str) -> None:
+        with self.engine.begin() as conn:
+            old, _ = self._status(conn, coid)
+            self._check(coid, old, OrderStatus.NOT_SENT)
+            conn.execute(orders.update().where(orders.c.client_order_id == coid).values(
+                status=OrderStatus.NOT_SENT.value, updated_at=datetime.now(timezone.utc)))
+
+    def record_result(self, r: OrderState) -> None:
+        """The broker's answer about an order: its status, and a fill row for what was newly
+        filled since the last answer."""
+        new = OrderStatus(r.status)
+        with self.engine.begin() as conn:
+            old, prev = self._status(conn, r.client_order_id)
+            self._check(r.client_order_id, old, new)
+            conn.execute(orders.update().where(
+                orders.c.client_order_id == r.client_order_id).values(
+                status=new.value, broker_order_id=r.broker_id, filled_qty=r.filled_qty,
+                filled_avg_price=r.filled_avg_price, fee=r.fee,
+                updated_at=datetime.now(timezone.utc)))
+            if r.filled_qty > prev + 1e-12 and r.filled_avg_price:
+                conn.execute(fills.insert().values(
+                    client_order_id=r.client_order_id, symbol=r.symbol, side=r.side,
+                    qty=r.filled_qty - prev, price=r.filled_avg_price,
+                    fee=r.fee * (r.filled_qty - prev) / max(r.filled_qty, 1e-300)))
+        if new is OrderStatus.REJECTED:
+            log.error("order %s rejected: %s", r.client_order_id, r.reason)
+            self.event("error", "order_rejected", f"{r.client_order_id}: {r.reason}")
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def snapshot(self, ts: pd.Timestamp, equity: float, cash: float,
+                 positions: dict[str, float]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(equity_snapshots.insert().values(
+                trader=self.trader, ts=ts.to_pydatetime(), equity=equity, cash=cash,
+                positions=positions))
+
+    def event(self, level: str, kind: str, message: str, data: dict | None = None) -> None:
+        record_event(self.engine, self.trader, level, kind, message, data)
