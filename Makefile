@@ -2,13 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  ?= torch==2.13.0
+TORCH  ?= -r requirements-torch.txt
 
 PREFIX ?= /opt/cappuccino
 
 .PHONY: venv install uninstall install-units demo test bench lint clean
 
-$(BIN)/cappuccino: setup.cfg pyproject.toml
+$(BIN)/cappuccino: setup.cfg pyproject.toml requirements-torch.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build first: a looser requirement resolved alone may pull a multi-GB CUDA build

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
@@ -86,6 +87,17 @@ class EnsemblePolicy:
         w = self.ensemble.target_weights(self.features[:i + 1], obs[0, :n].double().numpy(),
                                          float(obs[0, n]))
         return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
+
+
+def held_out_range(engine, study: str, bars) -> tuple[int, int]:
+    """Bar indices [lo, hi) of the study's held-out window: from its recorded `train_end` (fixed
+    when its first worker started) to the end of `bars`."""
+    from .ensemble.selection import SelectionError
+    from .optuna_db import STUDY_TRAIN_END, study_attr
+    train_end = study_attr(engine, study, STUDY_TRAIN_END)
+    if train_end is None:
+        raise SelectionError(f"study {study!r} has no recorded held-out window (train_end)")
+    return int(bars.index.searchsorted(pd.Timestamp(train_end))), len(bars)
 
 
 def trading_settings(cfg, ensemble) -> EnvSettings:

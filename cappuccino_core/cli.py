@@ -14,6 +14,7 @@ import yaml
 from . import __version__
 from .config import ConfigError, effective_config, load_config
 from .data.bars import DataError
+from .optuna_db import OptunaSchemaError
 from .service import setup_logging
 
 log = logging.getLogger("cappuccino")
@@ -87,7 +88,7 @@ def cmd_ensemble_sync(args) -> int:
 
 
 def cmd_ensemble_show(args) -> int:
-    from .ensemble.publish import current_manifest, ensembles_dir
+    from .ensemble.publish import current_manifest, ensembles_dir, member_risk_differences
     cfg = load_config(args.config_dir)
     manifest = current_manifest(ensembles_dir(cfg))
     if manifest is None:
@@ -115,7 +116,7 @@ def cmd_ensemble_show(args) -> int:
               f"{(f'{stop:.0%}' if stop else '-'):>14} {age:>8}  "
               f"lr {p.get('learning_rate', 0):.1e} gamma {p.get('gamma', 0):.3f} "
               f"lookback {p.get('lookback')}")
-        differing += [(m, d) for d in _risk_differences(m, cfg)]
+        differing += [(m, d) for d in member_risk_differences(m, cfg)]
     if differing:
         print(f"WARNING: {len({m['trial_id'] for m, _ in differing})} member(s) trained under "
               f"other risk rules than configured (ensemble.risk_mismatch: "
@@ -125,14 +126,7 @@ def cmd_ensemble_show(args) -> int:
     return 0
 
 
-def _risk_differences(member: dict, cfg) -> list[str]:
-    """A manifest member's risk rules against today's configuration (which may have changed
-    since the version was published)."""
-    from .artifacts import ArtifactError, ModelSpec
-    try:
-        return ModelSpec.from_dict(member["spec"]).risk_differences(cfg)
-    except ArtifactError as e:
-        return [f"unreadable spec ({e})"]
+
 
 
 def cmd_study_list(args) -> int:
@@ -554,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 1
+    except OptunaSchemaError as e:
+        print(f"storage error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

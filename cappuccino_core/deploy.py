@@ -27,17 +27,16 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-import pandas as pd
 from sqlalchemy.engine import Engine
 
-from .backtest import HOURS_PER_YEAR, backtest_ensemble
+from .backtest import HOURS_PER_YEAR, backtest_ensemble, held_out_range
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
 from .ensemble.publish import current_dir, ensembles_dir, sync
 from .ensemble.selection import SelectionError, pinned_trial, select_members
 from .ensemble.serving import Ensemble
-from .optuna_db import ATTR_SPLITS, STUDY_TRAIN_END, study_attr, trial_attrs, trial_count
+from .optuna_db import ATTR_SPLITS, trial_attrs, trial_count
 from .storage import deploy_decisions
 
 log = logging.getLogger(__name__)
@@ -115,14 +114,6 @@ def _splits_matrix(engine: Engine, trial_ids: list[int]) -> np.ndarray:
     return np.array([c[:k] for c in cols]).T
 
 
-def held_out_range(cfg: Config, engine: Engine, study: str, bars) -> tuple[int, int]:
-    train_end = study_attr(engine, study, STUDY_TRAIN_END)
-    if train_end is None:
-        raise SelectionError(f"study {study!r} has no recorded held-out window (train_end)")
-    lo = int(bars.index.searchsorted(pd.Timestamp(train_end)))
-    return lo, len(bars)
-
-
 def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     study = study or cfg.active_study
     d = cfg.deploy
@@ -133,7 +124,7 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     decision = Decision(study, best.trial_id, best.number)
     bars = load_bars(cfg)
     features = compute_features(bars)
-    lo, hi = held_out_range(cfg, engine, study, bars)
+    lo, hi = held_out_range(engine, study, bars)
     if hi - lo < 48:
         decision.reasons.append(f"held-out window too short ({hi - lo} bars)")
         return decision

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .units import render_units
+from .units import render_units, write_units
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "cappuccino"
@@ -47,14 +47,13 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
         target = _under(root_p, prefix) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
         pip = [str(target / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["torch==2.13.0"], check=True)  # the CPU build first
+        subprocess.run(pip + ["-r", str(REPO / "requirements-torch.txt")],
+                       check=True)  # the CPU build first
         subprocess.run(pip + [str(REPO)], check=True)
         done.append(f"virtualenv {target} with cappuccino")
     units_dir = _under(root_p, "/etc/systemd/system")
-    units_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in render_units(prefix).items():
-        (units_dir / name).write_text(text)
-        done.append(f"unit {units_dir / name}")
+    for path in write_units(units_dir, prefix):
+        done.append(f"unit {path}")
     etc = _under(root_p, "/etc/cappuccino")
     (etc / "credentials").mkdir(parents=True, exist_ok=True)
     (etc / "credentials").chmod(0o700)
@@ -89,6 +88,8 @@ def uninstall(prefix: str = "/opt/cappuccino", root: str = "/", log=print) -> li
         if path.exists():
             path.unlink()
             done.append(f"removed {path}")
+            if path.parent != units_dir and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # a drop-in directory of ours, now empty
     target = _under(root_p, prefix)
     if target.exists():
         shutil.rmtree(target)

@@ -20,8 +20,7 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
-from .backtest import backtest_ensemble
-from .deploy import held_out_range
+from .backtest import backtest_ensemble, held_out_range
 from .ensemble.publish import current_dir, ensembles_dir
 from .ensemble.serving import Ensemble
 from .optuna_db import complete_values
@@ -128,7 +127,7 @@ def backtest_section(cfg: Config, engine: Engine, bars, features) -> str:
     if path is None or not cfg.active_study:
         return "<h2>Backtest</h2><p>No ensemble published yet.</p>"
     ens = Ensemble.load(path, cfg)
-    lo, hi = held_out_range(cfg, engine, ens.study, bars)
+    lo, hi = held_out_range(engine, ens.study, bars)
     if hi - lo < 2:
         return "<h2>Backtest</h2><p>The held-out window is empty.</p>"
     res = backtest_ensemble(cfg, ens, bars, features, lo, hi)

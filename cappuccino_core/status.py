@@ -14,7 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .config import Config
-from .ensemble.publish import current_manifest, ensembles_dir
+from .ensemble.publish import current_manifest, ensembles_dir, member_risk_differences
 from .optuna_db import completed_since, study_summaries
 from .storage import app_engine, deploy_decisions, equity_snapshots, events, trader_state
 
@@ -111,7 +111,9 @@ def _ensemble(engine, cfg: Config) -> dict:
         "follows_active_study": manifest["study"] == cfg.active_study,
         "age_hours": round((datetime.now(timezone.utc) - created).total_seconds() / 3600, 2),
         "members": len(values), "best_value": max(values),
-        "mean_value": sum(values) / len(values)}
+        "mean_value": sum(values) / len(values),
+        "members_with_other_risk_rules": sum(
+            bool(member_risk_differences(m, cfg)) for m in manifest["members"])}
 
 
 def render(s: dict) -> str:
@@ -135,6 +137,9 @@ def render(s: dict) -> str:
         lines.append(f"ensemble: v{e['version']} of study {e['study']}, {e['members']} members, "
                      f"{e['age_hours']:.1f} h old, best {e['best_value']:.3f}, "
                      f"mean {e['mean_value']:.3f}")
+        if e["members_with_other_risk_rules"]:
+            lines.append(f"!! {e['members_with_other_risk_rules']} member(s) trained under other "
+                         "risk rules than configured (cappuccino ensemble show)")
         if not e["follows_active_study"]:
             lines.append(f"!! THE ENSEMBLE DOES NOT FOLLOW THE ACTIVE STUDY "
                          f"({e['study']} != {s['active_study']})")

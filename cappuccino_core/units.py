@@ -2,6 +2,8 @@
 
 The files use `@PREFIX@` for the install prefix (the virtualenv is `@PREFIX@/venv`). Rendering
 is the only change `make install` makes to them: they are installed as they are otherwise.
+Besides the units, `cappuccino-.service.d/` holds the drop-in every cappuccino service shares
+(its user, directories and sandbox).
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
 
 def render_units(prefix: str | Path, python: str | Path | None = None,
                  source: Path = UNITS_DIR) -> dict[str, str]:
-    """{file name: text} with the prefix filled in; `python` overrides the venv's interpreter
-    (tests point it at the running one)."""
+    """{path relative to the unit directory: text} with the prefix filled in; `python`
+    overrides the venv's interpreter (tests point it at the running one)."""
     if not source.is_dir():
         raise FileNotFoundError(f"{source} not found: install from a source checkout "
                                 "(make install)")
     out = {}
-    for path in sorted(source.iterdir()):
-        if path.suffix not in {".service", ".timer", ".path", ".target"}:
+    for path in sorted(source.rglob("*")):
+        if path.suffix not in {".service", ".timer", ".path", ".target", ".conf"}:
             continue
         text = path.read_text()
         if python is not None:
             text = text.replace("@PREFIX@/venv/bin/python", str(python))
-        out[path.name] = text.replace("@PREFIX@", str(prefix))
+        out[path.relative_to(source).as_posix()] = text.replace("@PREFIX@", str(prefix))
     return out
 
 
@@ -34,6 +36,8 @@ def write_units(directory: str | Path, prefix: str | Path, python=None) -> list[
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in render_units(prefix, python).items():
-        (directory / name).write_text(text)
-        written.append(directory / name)
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
     return written

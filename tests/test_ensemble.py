@@ -16,13 +16,13 @@ import sqlalchemy as sa
 
 from cappuccino_core import cli
 from cappuccino_core.config import load_config
-from cappuccino_core.data.features import WARMUP, compute_features
+from cappuccino_core.data.features import compute_features
 from cappuccino_core.data.synthetic import synthetic_market
 from cappuccino_core.ensemble.publish import (current_dir, current_manifest, ensembles_dir,
                                               sync)
 from cappuccino_core.ensemble.selection import SelectionError, select_members
 from cappuccino_core.ensemble.serving import Ensemble
-from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market
 from cappuccino_core.storage import ensemble_versions, make_optuna_storage, open_app_db
 from cappuccino_core.studies import write_active_study
 from cappuccino_core.artifacts import ArtifactError
@@ -300,6 +300,64 @@ def test_study_list_and_ensemble_show(env, capsys):
     assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
     out = capsys.readouterr().out
     assert "ensemble v1  study alpha" in out and "10%" in out and "best 0.500" in out
+
+
+@pytest.mark.parametrize("rule", ["refuse", "warn"])
+def test_a_member_trained_under_another_stop_is_refused_or_warned(env, tmp_path, capsys, rule):
+    """A model trained with a 12% trailing stop, traded under the configured 10%: refused from
+    selection and serving (`refuse`), or served and shown as different (`warn`)."""
+    cfg, engine, storage = env
+    cfg_dir = write_config(tmp_path / f"etc-{rule}", {
+        "storage": {"url": cfg.storage.url}, "paths": {"state_dir": str(cfg.state_dir)},
+        "ensemble": {"top_n": 4, "min_members": 2, "risk_mismatch": rule}}, active_study="alpha")
+    cfg = load_config(cfg_dir)
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+    loose = add_trial(alpha, cfg, 0.9, seed=7, trailing_stop_pct=0.12)  # the best value
+    sel = select_members(engine, cfg, "alpha")
+    members = {m.trial_id for m in sel.members}
+    if rule == "refuse":
+        assert loose._trial_id not in members
+        (skipped,) = [why for tid, _, why in sel.skipped if tid == loose._trial_id]
+        assert "trailing stop 0.12 trained, 0.1 configured" in skipped
+    else:
+        assert loose._trial_id in members
+        (m,) = [m for m in sel.members if m.trial_id == loose._trial_id]
+        assert m.risk_differences == ["trailing stop 0.12 trained, 0.1 configured"]
+    sync(cfg, engine)
+    ensemble = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    assert (loose._trial_id in {m.trial_id for m in ensemble.members}) == (rule == "warn")
+    assert cli.main(["ensemble", "show", "--config-dir", str(cfg_dir)]) == 0
+    out = capsys.readouterr().out
+    if rule == "warn":
+        assert "1 member(s) trained under other risk rules" in out
+        assert f"trial {loose.number} (id {loose._trial_id}): trailing stop 0.12 trained, " \
+               "0.1 configured" in out
+    else:
+        assert "other risk rules" not in out
+    assert cli.main(["status", "--config-dir", str(cfg_dir)]) in (0, 1)
+    status = capsys.readouterr().out
+    assert ("1 member(s) trained under other risk rules" in status) == (rule == "warn")
+    # serving re-checks against today's configuration: under `refuse` the 12% member is refused
+    strict = dataclasses.replace(cfg, ensemble=dataclasses.replace(cfg.ensemble,
+                                                                   risk_mismatch="refuse"))
+    if rule == "warn":
+        with pytest.raises(ArtifactError, match="trailing stop 0.12 trained"):
+            Ensemble.load(current_dir(ensembles_dir(cfg)), strict)
+
+
+def test_an_unknown_optuna_schema_is_refused_with_one_clear_line(env, capsys):
+    cfg, engine, storage = env
+    new_study(storage, "alpha")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'v9.9.9.z'"))
+    from cappuccino_core.optuna_db import OptunaSchemaError, check_schema
+    with pytest.raises(OptunaSchemaError, match="revision 'v9.9.9.z'"):
+        check_schema(engine)
+    code = cli.main(["study", "list", "--config-dir", cfg.config_dir])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Optuna schema is revision 'v9.9.9.z'" in err[0]
 
 
 def test_study_import_from_an_old_sqlite_file(env, tmp_path):

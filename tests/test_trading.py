@@ -227,3 +227,35 @@ def test_drawdown_halt_stops_new_buying(tmp_path, shared_data):
     halted = trader._drawdown_guard(target, current, 79_000.0)  # -21%: no new buying
     assert np.allclose(halted[:-1], [0.1, 0.0, 0.2]) and halted.sum() == pytest.approx(1)
     assert trader.state.halted is True
+
+
+def test_the_journal_checks_every_order_status_change(tmp_path):
+    from cappuccino_core.broker.base import OrderState, OrderStatus
+    from cappuccino_core.trading.journal import ALLOWED, InvalidTransition, Journal
+    engine = open_app_db(f"sqlite:///{tmp_path / 'j.db'}")
+    journal = Journal(engine, "t")
+    when = pd.Timestamp("2024-01-01", tz="UTC")
+    assert journal.record_new("cap-t-1", "BTC/USD", "buy", 0.5, "rebalance", when)
+    assert not journal.record_new("cap-t-1", "BTC/USD", "buy", 0.5, "rebalance", when)
+    assert journal.open_orders() == ["cap-t-1"]
+    state = OrderState("cap-t-1", "BTC/USD", "buy", 0.5, 0.2, 100.0, "partially_filled", 0.05)
+    journal.record_result(state)
+    journal.record_result(dataclasses_replace(state, filled_qty=0.5, status="filled", fee=0.125))
+    assert journal.open_orders() == []
+    with pytest.raises(InvalidTransition, match="filled -> canceled"):
+        journal.record_result(dataclasses_replace(state, status="canceled"))
+    with pytest.raises(InvalidTransition, match="filled -> not_sent"):
+        journal.mark_not_sent("cap-t-1")
+    with engine.connect() as conn:
+        from cappuccino_core.storage import fills, orders
+        assert conn.execute(sa.select(orders.c.status)).scalar() == "filled"
+        assert conn.execute(sa.select(fills.c.qty)).scalars().all() == pytest.approx([0.2, 0.3])
+    # every status a broker can answer with is known, and a final one never moves on
+    assert all(ALLOWED[s] == {s} for s in OrderStatus if s.final and s is not OrderStatus.NOT_SENT)
+    with pytest.raises(ValueError):
+        OrderState("x", "BTC/USD", "buy", 1, 0, None, "teleported")
+
+
+def dataclasses_replace(state, **changes):
+    import dataclasses
+    return dataclasses.replace(state, **changes)

@@ -1,5 +1,6 @@
 """The unit files: valid for systemd, and hardened (systemd-analyze, offline, no systemd boot)."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,10 +19,19 @@ def units(tmp_path):
     return write_units(tmp_path, prefix=tmp_path, python=sys.executable)
 
 
-def test_every_unit_verifies(units):
-    result = subprocess.run([analyze, "verify", "--man=no", *map(str, units)],
-                            capture_output=True, text=True)
+def with_unit_dir(directory) -> dict:
+    """systemd-analyze's environment with `directory` first in the unit path, so that the
+    units are read as installed there, with their drop-ins (a trailing ':' keeps the defaults)."""
+    return {**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:"}
+
+
+def test_every_unit_verifies(units, tmp_path):
+    files = [u for u in units if u.suffix != ".conf"]
+    result = subprocess.run([analyze, "verify", "--man=no", *map(str, files)],
+                            capture_output=True, text=True, env=with_unit_dir(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Unknown key" not in result.stderr, result.stderr  # the shared drop-in too
+    assert (tmp_path / "cappuccino-.service.d" / "10-hardening.conf") in units
     assert {u.name for u in units} >= {
         "cappuccino-train@.service", "cappuccino-ensemble-sync.service",
         "cappuccino-ensemble-sync.timer", "cappuccino-active-study.path",
@@ -40,10 +50,9 @@ def test_a_broken_unit_fails_verification(tmp_path):
 @pytest.mark.parametrize("name", ["cappuccino-paper-trader.service",
                                   "cappuccino-ensemble-sync.service",
                                   "cappuccino-auto-deployer.service"])
-def test_exposure_is_at_most_3(units, name):
-    unit = next(u for u in units if u.name == name)
-    result = subprocess.run([analyze, "security", "--offline=true", str(unit)],
-                            capture_output=True, text=True)
+def test_exposure_is_at_most_3(units, tmp_path, name):
+    result = subprocess.run([analyze, "security", "--offline=true", name],
+                            capture_output=True, text=True, env=with_unit_dir(tmp_path))
     level = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)[1])
     assert level <= 3.0, result.stdout[-2000:]
 
@@ -51,6 +60,8 @@ def test_exposure_is_at_most_3(units, name):
 def test_the_units_say_what_the_design_says():
     u = render_units("/opt/cappuccino")
     trader, train = u["cappuccino-paper-trader.service"], u["cappuccino-train@.service"]
+    shared = u["cappuccino-.service.d/10-hardening.conf"]
+    assert "User=cappuccino" in shared and "ProtectSystem=strict" in shared
     for text in (trader, train):
         assert "Type=notify" in text and "WatchdogSec=" in text and "PartOf=cappuccino.target" in text
         assert "ExecStart=/opt/cappuccino/venv/bin/python -m daemons." in text

@@ -14,7 +14,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..config import Config
-from .alpaca_source import AlpacaSource
 from .bars import Bars, DataError, align, closed_end, only_closed, validate
 from .cache import BarCache
 from .csv_source import CsvSource
@@ -33,6 +32,7 @@ def make_source(cfg: Config, source: str | None = None, csv_path: str | None = N
         return CsvSource(csv_path or cfg.data.csv_path or SAMPLE_DIR, cfg.data.timeframe,
                          cfg.bar_seconds)
     if kind == "alpaca":
+        from .alpaca_source import AlpacaSource  # the SDK only where Alpaca is used
         return AlpacaSource(cfg.bar_seconds, url_override=os.environ.get("CAPPUCCINO_ALPACA_DATA_URL"),
                             api_key=cfg.broker.api_key_id, secret_key=cfg.broker.api_secret_key)
     raise DataError(f"unknown data source {kind!r}")

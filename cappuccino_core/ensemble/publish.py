@@ -63,6 +63,16 @@ def read_manifest(directory: Path) -> dict:
     return json.loads((directory / "manifest.json").read_text())
 
 
+def member_risk_differences(member: dict, cfg: Config) -> list[str]:
+    """A manifest member's risk rules and costs against today's configuration (which may have
+    changed since the version was published); [] when they agree."""
+    from ..artifacts import ArtifactError, ModelSpec
+    try:
+        return ModelSpec.from_dict(member["spec"]).risk_differences(cfg)
+    except (ArtifactError, KeyError) as e:
+        return [f"unreadable spec ({e})"]
+
+
 def current_manifest(root: Path) -> dict | None:
     d = current_dir(root)
     return read_manifest(d) if d is not None and (d / "manifest.json").exists() else None

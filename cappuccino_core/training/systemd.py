@@ -1,8 +1,8 @@
 """`cappuccino train start|stop`: the usual systemctl calls for training workers.
 
 `start --study S --workers W --n-trials K [--activate]` sets the study's target, makes it the
-active study if asked (as the old start_training.sh did, so training, ensemble and trader
-follow one study from the start), and starts `cappuccino-train@S:0` .. `S:W-1`.
+active study if asked (so that training, ensemble and trader follow one study from the
+start), and starts `cappuccino-train@S:0` .. `S:W-1`.
 `stop --study S` stops every worker of that study on this host.
 """
 
