@@ -22,13 +22,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .agent import ActorCritic
-from .env import EnvSettings, Normalisation
+from .env_settings import EnvSettings, Normalisation
 from .files import fsync_path
+
+if TYPE_CHECKING:  # torch is imported where weights are written or read, not for a spec
+    from .agent import ActorCritic
 
 # 2: observations lay out the portfolio as [assets..., cash], like actions (1 was [cash, assets])
 SPEC_FORMAT = 2
@@ -169,9 +169,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(directory: Path, agent: ActorCritic, spec: ModelSpec) -> str:
+def save_artifact(directory: Path, agent: "ActorCritic", spec: ModelSpec) -> str:
     """Write the artifact completely in a temporary directory, then rename it into place.
     Returns the weights' sha256."""
+    import torch
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -204,9 +205,12 @@ def read_spec(directory: Path) -> ModelSpec:
 
 
 def load_artifact(directory: Path,
-                  expected_sha256: str | None = None) -> tuple[ActorCritic, ModelSpec]:
+                  expected_sha256: str | None = None) -> tuple["ActorCritic", ModelSpec]:
     """The policy and its spec, after checking the weights' checksum (against the spec and,
     when given, against the checksum the caller expects)."""
+    import torch
+
+    from .agent import ActorCritic
     directory = Path(directory)
     spec = read_spec(directory)
     weights = directory / "model.pt"

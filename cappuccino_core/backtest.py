@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
@@ -89,17 +88,6 @@ class EnsemblePolicy:
         return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
 
 
-def held_out_range(engine, study: str, bars) -> tuple[int, int]:
-    """Bar indices [lo, hi) of the study's held-out window: from its recorded `train_end` (fixed
-    when its first worker started) to the end of `bars`."""
-    from .ensemble.selection import SelectionError
-    from .optuna_db import STUDY_TRAIN_END, study_attr
-    train_end = study_attr(engine, study, STUDY_TRAIN_END)
-    if train_end is None:
-        raise SelectionError(f"study {study!r} has no recorded held-out window (train_end)")
-    return int(bars.index.searchsorted(pd.Timestamp(train_end))), len(bars)
-
-
 def trading_settings(cfg, ensemble) -> EnvSettings:
     """Live risk and fees from the config; the no-trade band the members were trained with
     (their median), so the trader rebalances as they learnt to."""
@@ -111,11 +99,17 @@ def trading_settings(cfg, ensemble) -> EnvSettings:
 
 def backtest_ensemble(cfg, ensemble, bars, features, lo: int, hi: int) -> "BacktestResult":
     """An ensemble through the training environment with the live risk rules, deciding at
-    bars lo-1 .. hi-2."""
+    bars lo .. hi-2 (a `Window`'s decisions)."""
     settings = dataclasses.replace(trading_settings(cfg, ensemble), lookback=1)
     norm = Normalisation(np.zeros(features.shape[1:]), np.ones(features.shape[1:]))
     market = Market.from_bars(bars, norm, features=features)  # accounting only
-    return run_backtest(EnsemblePolicy(ensemble, features), market, lo - 1, hi, settings)
+    return run_backtest(EnsemblePolicy(ensemble, features), market, lo, hi, settings)
+
+
+def first_decision_bar(ensemble) -> int:
+    """The first bar index every member of `ensemble` has a full feature window for."""
+    from .data.features import WARMUP
+    return WARMUP + ensemble.max_lookback - 1
 
 
 @torch.no_grad()

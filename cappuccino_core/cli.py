@@ -14,7 +14,9 @@ import yaml
 from . import __version__
 from .config import ConfigError, effective_config, load_config
 from .data.bars import DataError
+from .window import WindowError
 from .optuna_db import OptunaSchemaError
+from .storage import StorageEmpty
 from .service import setup_logging
 
 log = logging.getLogger("cappuccino")
@@ -26,7 +28,9 @@ def cmd_config_check(args) -> int:
     if args.json:
         print(json.dumps(effective, indent=2))
     else:
-        print(f"# effective configuration from {cfg.config_dir} (secrets masked)")
+        read = ", ".join(cfg.files_read) or "none (no file there: every value is the default)"
+        print(f"# configuration directory {cfg.config_dir}; files read: {read}")
+        print("# the effective configuration (secrets masked):")
         print(yaml.safe_dump(effective, sort_keys=False), end="")
     return 0
 
@@ -48,9 +52,33 @@ def cmd_data_fetch(args) -> int:
         span = f"{df.index[0]}  {df.index[-1]}" if len(df) else "(none in range)"
         print(f"{s:<10} {added[s]:>9} {len(df):>7}  {span}")
     print(f"cache: {cache.dir}")
+    _follow_the_fetch(cfg, args)
     return 0
 
 
+def _follow_the_fetch(cfg, args) -> None:
+    """A fetch from another source or directory than the configured one is written into the
+    configuration: training and trading then read what was just fetched, never silently the
+    bundled sample or an older source."""
+    from pathlib import Path
+
+    from .config import set_config_values
+    wanted = {}
+    if args.source and args.source != cfg.data.source:
+        wanted["source"] = args.source
+    if args.path and (cfg.data.csv_path is None
+                      or Path(args.path).resolve() != Path(cfg.data.csv_path).resolve()):
+        wanted["csv_path"] = str(Path(args.path).resolve())
+    if wanted:
+        path = set_config_values(cfg.config_dir, "data", wanted)
+        print(f"{path}: " + ", ".join(f"data.{k}: {v}" for k, v in wanted.items())
+              + " (training and trading now read what was fetched)")
+
+
+TRADER_HELP = "trader name (default: 'paper' if it has traded, else the most recently active)"
+WINDOW_FROM_HELP = ("first decision at the first bar opening at or after this UTC time "
+                    "(default: the active study's held-out window)")
+WINDOW_TO_HELP = "end, exclusive: the last bar lived through opens before it (default: the data's end)"
 CONFIG_DIR_HELP = ("directory holding cappuccino.yaml and active_study.yaml "
                    "(default: $CAPPUCCINO_CONFIG_DIR or /etc/cappuccino)")
 
@@ -68,8 +96,15 @@ def cmd_train(args) -> int:
 
 
 def _app_db(cfg):
+    """The database for a command that writes (created and migrated if need be)."""
     from .storage import app_engine
     return app_engine(cfg)
+
+
+def _read_db(cfg):
+    """The database for a command that only reads: never created nor migrated by it."""
+    from .storage import read_engine
+    return read_engine(cfg)
 
 
 def cmd_ensemble_sync(args) -> int:
@@ -132,7 +167,7 @@ def cmd_ensemble_show(args) -> int:
 def cmd_study_list(args) -> int:
     from .optuna_db import study_summaries
     cfg = load_config(args.config_dir)
-    rows = study_summaries(_app_db(cfg))
+    rows = study_summaries(_read_db(cfg))
     print(f"{'study':<24}{'complete':>9}{'running':>8}{'failed':>7}{'pruned':>7}{'best':>9}")
     for name, r in sorted(rows.items()):
         mark = " *" if name == cfg.active_study else ""
@@ -148,7 +183,7 @@ def cmd_study_activate(args) -> int:
     from .optuna_db import study_exists
     from .studies import write_active_study
     cfg = load_config(args.config_dir)
-    if not study_exists(_app_db(cfg), args.name):
+    if not study_exists(_read_db(cfg), args.name):
         print(f"study {args.name!r} does not exist in {cfg.storage_url.split('@')[-1]}",
               file=sys.stderr)
         return 1
@@ -183,28 +218,46 @@ def cmd_paper(args) -> int:
     cfg = load_config(args.config_dir)
     try:
         result = replay(cfg, _app_db(cfg), args.start, args.end, name=args.name,
-                        progress=sys.stderr.isatty())
+                        progress=sys.stderr.isatty(), reset=args.reset)
     except ReplayError as e:
         print(f"replay: {e}", file=sys.stderr)
         return 1
     ret = result.equity / cfg.broker.initial_cash - 1
-    print(f"replayed {result.bars} bars {result.start:%Y-%m-%d %H:%M} .. "
-          f"{result.end:%Y-%m-%d %H:%M} UTC with ensemble v{', v'.join(map(str, result.versions))}"
-          f": equity {result.equity:,.2f} ({ret:+.2%})")
+    print(f"replayed {result.window} as trader {args.name!r} with ensemble "
+          f"v{', v'.join(map(str, result.versions))}: final equity {result.equity:,.2f} "
+          f"({ret:+.2%} from {cfg.broker.initial_cash:,.2f})")
     return 0
+
+
+def _trader_name(engine, asked: str | None) -> str | None:
+    """The trader a command shows: the one asked for, else 'paper' if it has traded, else the
+    most recently active one (said on stderr); None (with the reason said) when none has."""
+    from .trading.journal import pick_trader
+    name, note = pick_trader(engine, asked)
+    if note:
+        print(note, file=sys.stderr)
+    return name
 
 
 def cmd_trader_status(args) -> int:
     from .trading.report import trader_status
     cfg = load_config(args.config_dir)
-    print(trader_status(cfg, _app_db(cfg), args.name))
+    engine = _read_db(cfg)
+    name = _trader_name(engine, args.name)
+    if name is None:
+        return 1
+    print(trader_status(cfg, engine, name))
     return 0
 
 
 def cmd_trader_history(args) -> int:
     from .trading.report import trader_history
     cfg = load_config(args.config_dir)
-    print(trader_history(_app_db(cfg), args.name, args.limit))
+    engine = _read_db(cfg)
+    name = _trader_name(engine, args.name)
+    if name is None:
+        return 1
+    print(trader_history(engine, name, args.limit))
     return 0
 
 
@@ -247,15 +300,18 @@ def _metrics_table(results: dict[str, dict]) -> str:
 
 
 def cmd_backtest(args) -> int:
-    from .backtest import backtest_ensemble
+    from .backtest import backtest_ensemble, first_decision_bar
+    from .window import held_out_start, resolve_window
     from .data import load_bars
-    from .data.features import WARMUP, compute_features
+    from .data.features import compute_features
     from .ensemble.publish import current_dir, ensembles_dir
     from .ensemble.selection import member_by_id
     from .ensemble.serving import Ensemble
     cfg = load_config(args.config_dir)
+    engine = _read_db(cfg)
+    study = args.study or cfg.active_study
     if args.trial is not None:
-        member, why = member_by_id(_app_db(cfg), cfg, args.study or cfg.active_study, args.trial)
+        member, why = member_by_id(engine, cfg, study, args.trial)
         if member is None:
             print(f"backtest: {why}", file=sys.stderr)
             return 1
@@ -268,18 +324,15 @@ def cmd_backtest(args) -> int:
             print("backtest: no ensemble published yet", file=sys.stderr)
             return 1
         ens = Ensemble.load(path, cfg)
-        name = f"ensemble v{ens.version}"
+        name, study = f"ensemble v{ens.version}", ens.study
     bars = load_bars(cfg)
-    first = WARMUP + ens.max_lookback  # the first bar every member can decide on
-    lo = max(int(bars.index.searchsorted(pd.Timestamp(args.start, tz="UTC"))) if args.start
-             else 0, first)
-    hi = int(bars.index.searchsorted(pd.Timestamp(args.end, tz="UTC"))) if args.end else len(bars)
-    if hi - lo < 2:
-        print("backtest: no bars in that range", file=sys.stderr)
-        return 1
-    result = backtest_ensemble(cfg, ens, bars, compute_features(bars), lo, hi)
-    print(f"{name}: {bars.index[lo]:%Y-%m-%d %H:%M} .. {bars.index[hi - 1]:%Y-%m-%d %H:%M} UTC, "
-          f"{len(result.returns)} bars, live risk rules")
+    window = resolve_window(bars, args.start, args.end, first_decision_bar(ens),
+                            held_out_start(engine, study), study)
+    result = backtest_ensemble(cfg, ens, bars, compute_features(bars), window.lo, window.hi)
+    final = float(result.equity[-1])
+    print(f"{name}: {window}, live risk rules")
+    print(f"final equity {final:,.2f} ({final / result.equity[0] - 1:+.2%} from "
+          f"{result.equity[0]:,.2f})")
     print(_metrics_table({name: result.metrics()}))
     return 0
 
@@ -288,7 +341,7 @@ def cmd_report(args) -> int:
     from .report import write_report
     cfg = load_config(args.config_dir)
     out = args.out or str(cfg.state_dir / "reports" / f"report-{pd.Timestamp.now(tz='UTC'):%Y%m%d-%H%M}.html")
-    path = write_report(cfg, _app_db(cfg), out, args.trader)
+    path = write_report(cfg, _read_db(cfg), out, args.trader, args.start, args.end)
     print(f"report written: {path}")
     return 0
 
@@ -424,9 +477,12 @@ def _add_trading(sub, common) -> None:
         description="Run the trading loop with the simulated broker on a simulated clock over "
                     "historical bars (--replay); live paper trading is the service.")
     paper.add_argument("--replay", action="store_true", help="replay history (required)")
-    paper.add_argument("--from", dest="start", help="first bar, UTC (default: the data's)")
-    paper.add_argument("--to", dest="end", help="end, exclusive, UTC (default: the data's)")
-    paper.add_argument("--name", default="replay", help="trader name in the database")
+    paper.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
+    paper.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
+    paper.add_argument("--name", default="replay", help="trader name in the database "
+                       "(its own simulated account; default: replay)")
+    paper.add_argument("--reset", action="store_true",
+                       help="start the trader afresh if it has state (else refused)")
     paper.set_defaults(func=cmd_paper)
 
     trader = _group(sub, "trader", "inspect a trader: status and history",
@@ -435,12 +491,12 @@ def _add_trading(sub, common) -> None:
         "status", parents=[common], help="equity, cash, positions with stops, last bar",
         description="Equity, cash, positions with entry, peak and stop level, the last bar "
                     "processed and the ensemble version.")
-    t_status.add_argument("--name", default="paper", help="trader name (default: paper)")
+    t_status.add_argument("--name", help=TRADER_HELP)
     t_status.set_defaults(func=cmd_trader_status)
     t_hist = trader.add_parser("history", parents=[common], help="orders, fills, fees, P&L",
                                description="Orders with their fills and fees, and the "
                                            "realised P&L.")
-    t_hist.add_argument("--name", default="paper", help="trader name (default: paper)")
+    t_hist.add_argument("--name", help=TRADER_HELP)
     t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
     t_hist.set_defaults(func=cmd_trader_history)
 
@@ -463,8 +519,8 @@ def _add_validation(sub, common) -> None:
     which.add_argument("--trial", type=int, help="trial id (storage-wide, not the number)")
     which.add_argument("--ensemble", choices=["current"], help="the current ensemble")
     backtest.add_argument("--study", help="study of --trial (default: the active study)")
-    backtest.add_argument("--from", dest="start", help="first bar, UTC")
-    backtest.add_argument("--to", dest="end", help="end, exclusive, UTC")
+    backtest.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
+    backtest.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
     backtest.set_defaults(func=cmd_backtest)
 
     report = sub.add_parser(
@@ -473,7 +529,10 @@ def _add_validation(sub, common) -> None:
                     "a held-out backtest of the current ensemble with each member's part, and "
                     "the study's optimisation history.")
     report.add_argument("--out", help="file to write (default: <state_dir>/reports/...)")
-    report.add_argument("--trader", default="paper", help="trader name (default: paper)")
+    report.add_argument("--trader", help="trader name (default: 'paper' if it has traded, "
+                        "else the most recently active trader)")
+    report.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
+    report.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
     report.set_defaults(func=cmd_report)
 
 
@@ -551,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     except OptunaSchemaError as e:
         print(f"storage error: {e}", file=sys.stderr)
         return 2
+    except WindowError as e:
+        print(f"window error: {e}", file=sys.stderr)
+        return 2
+    except StorageEmpty as e:
+        print(f"storage: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

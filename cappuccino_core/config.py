@@ -9,6 +9,7 @@ the bad value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -40,6 +41,14 @@ class ConfigError(Exception):
 _NO_VALUE = object()
 
 
+class ConfigErrors(ConfigError):
+    """Several errors at once: every one of them is listed, not only the first."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        Exception.__init__(self, f"{len(errors)} errors:\n" + "\n".join(f"  {e}" for e in errors))
+
+
 # --- checks: each returns a description of what is expected, and a predicate -------------------
 
 def _in_open_unit(v: float) -> bool:
@@ -50,6 +59,15 @@ def check(expected: str, ok: Callable[[Any], bool]) -> dict:
     return {"check": (expected, ok)}
 
 
+def _is_date(v: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(v)
+        return True
+    except ValueError:
+        return False
+
+
+DATE = check("a date like 2023-01-01 (or 2023-01-01T12:00)", _is_date)
 FRACTION = check("a number in (0, 1)", _in_open_unit)
 POSITIVE = check("a number > 0", lambda v: v > 0)
 NON_NEGATIVE = check("a number >= 0", lambda v: v >= 0)
@@ -87,8 +105,8 @@ class DataConfig:
                        and all(SYMBOL_RE.match(s) for s in v)))
     timeframe: str = field(default="1h", metadata=choice(*TIMEFRAMES))
     closed_bar_delay_s: float = field(default=10.0, metadata=NON_NEGATIVE)
-    start: str | None = field(default=None, metadata=check(
-        "a date like 2023-01-01", lambda v: bool(re.match(r"^\d{4}-\d{2}-\d{2}", v))))
+    start: str | None = field(default=None, metadata=DATE)
+    end: str | None = field(default=None, metadata=DATE)  # exclusive; null: up to the latest bar
     feature_set: str = field(default="v1", metadata=choice("v1"))
 
 
@@ -191,9 +209,10 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
-    # Not from cappuccino.yaml: where the files were read, and the active study.
+    # Not from cappuccino.yaml: where the files were read, which were, and the active study.
     config_dir: str = field(default=DEFAULT_CONFIG_DIR, metadata={"internal": True})
     active_study: str | None = field(default=None, metadata={"internal": True})
+    files_read: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     @property
     def storage_url(self) -> str:
@@ -247,10 +266,16 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (dt.date, dt.datetime)):  # an unquoted date in the YAML
+            return value.isoformat()
     raise ConfigError(file, key, value, _type_name(tp))
 
 
-def _build(cls: type, raw: Any, file: str, prefix: str = "") -> Any:
+def _build(cls: type, raw: Any, file: str, prefix: str = "",
+           errors: list[ConfigError] | None = None) -> Any:
+    """`cls` from the mapping `raw`. Every bad key is appended to `errors` (and left at its
+    default) so that all of them can be reported at once; raises when `errors` is None."""
+    collect = errors if errors is not None else []
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -260,34 +285,76 @@ def _build(cls: type, raw: Any, file: str, prefix: str = "") -> Any:
     values = {}
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(file, path, _NO_VALUE, f"one of the keys {', '.join(fields)}",
-                              got=f", got the unknown key {key!r}{hint}")
-        f = fields[key]
-        coerced = _coerce(hints[key], value, file, path)
-        checked = f.metadata.get("check")
-        if checked and coerced is not None and not checked[1](coerced):
-            raise ConfigError(file, path, value, checked[0])
-        values[key] = coerced
+        try:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(file, path, _NO_VALUE, f"one of the keys {', '.join(fields)}",
+                                  got=f", got the unknown key {key!r}{hint}")
+            f = fields[key]
+            sub = get_args(hints[key]) or (hints[key],)
+            if dataclasses.is_dataclass(hints[key]) or any(dataclasses.is_dataclass(a) for a in sub):
+                coerced = _build(hints[key], value, file, path, collect)
+            else:
+                coerced = _coerce(hints[key], value, file, path)
+            checked = f.metadata.get("check")
+            if checked and coerced is not None and not checked[1](coerced):
+                raise ConfigError(file, path, value, checked[0])
+            values[key] = coerced
+        except ConfigError as e:
+            collect.append(e)
+    if errors is None and collect:
+        raise collect[0] if len(collect) == 1 else ConfigErrors(collect)
     return cls(**values)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as an operator means it: an unquoted date stays text (the schema checks it, so
+    2023-13-45 is a clear error, not a crash), and a key given twice is an error (YAML would
+    silently keep the last one: a second `ensemble:` block replacing the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(path.name, "", _NO_VALUE, f"valid YAML (error at {where}: {e})") from e
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(path.name, "", _NO_VALUE,
+                          f"valid YAML (error at {where}: {problem})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(path.name, "", _NO_VALUE, "a UTF-8 text file",
+                          got=f" (byte {e.start} is not UTF-8: binary or UTF-16?)") from e
     except OSError as e:
         raise ConfigError(str(path), "", _NO_VALUE, f"a readable file ({e.strerror})") from e
 
 
 def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
-    """`--config-dir`, else `$CAPPUCCINO_CONFIG_DIR`, else /etc/cappuccino."""
-    return Path(config_dir or os.environ.get("CAPPUCCINO_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+    """`--config-dir`, else `$CAPPUCCINO_CONFIG_DIR`, else /etc/cappuccino. A directory named
+    explicitly must exist (a typo would otherwise run on silent defaults); the default one may
+    be absent (the embedded defaults)."""
+    named = config_dir or os.environ.get("CAPPUCCINO_CONFIG_DIR")
+    path = Path(named or DEFAULT_CONFIG_DIR)
+    if named and not path.is_dir():
+        raise ConfigError(str(path), "", _NO_VALUE, "an existing configuration directory",
+                          got=" (it does not exist)")
+    return path
 
 
 def load_active_study(config_dir: str | os.PathLike | None = None) -> str | None:
@@ -314,7 +381,8 @@ def load_config(config_dir: str | os.PathLike | None = None) -> Config:
     raw = _read_yaml(path) if path.exists() else {}
     cfg = _build(Config, raw, CONFIG_FILE)
     _check_cross_fields(cfg)
-    return dataclasses.replace(cfg, config_dir=str(directory),
+    read = tuple(str(p) for p in (path, directory / ACTIVE_STUDY_FILE) if p.exists())
+    return dataclasses.replace(cfg, config_dir=str(directory), files_read=read,
                                active_study=load_active_study(directory))
 
 
@@ -366,3 +434,41 @@ def effective_config(cfg: Config) -> dict:
     d = dataclasses.asdict(cfg)
     d["storage"]["url"] = cfg.storage_url
     return mask_secrets(d)
+
+
+# --- writing a setting ---------------------------------------------------------------------------
+
+def set_config_values(config_dir: str | os.PathLike, section: str, values: dict[str, Any]) -> Path:
+    """Set `section.key: value` in cappuccino.yaml, keeping the rest of the file (comments
+    included) as it is; the file is replaced atomically and checked by the validator after."""
+    path = Path(config_dir) / CONFIG_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    head = next((i for i, line in enumerate(lines) if re.match(rf"^{section}:\s*(#.*)?$", line)),
+                None)
+    if head is None:
+        lines += [f"{section}:"]
+        head = len(lines) - 1
+    end = next((i for i in range(head + 1, len(lines))
+                if lines[i].strip() and not lines[i].startswith((" ", "\t", "#"))), len(lines))
+    for key, value in values.items():
+        rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        for i in range(head + 1, end):
+            m = re.match(rf"^(\s+){key}:(\s*)([^#]*?)(\s*#.*)?$", lines[i])
+            if m:
+                lines[i] = f"{m[1]}{key}: {rendered}{m[4] or ''}"
+                break
+        else:
+            lines.insert(head + 1, f"  {key}: {rendered}")
+            end += 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    written = _build(Config, _read_yaml(tmp), CONFIG_FILE)
+    got = {k: getattr(getattr(written, section), k) for k in values}
+    if got != values:
+        tmp.unlink()
+        raise ConfigError(CONFIG_FILE, section, _NO_VALUE, f"a file where {values} can be set",
+                          got=f" (the edit read back as {got}: edit it by hand)")
+    os.replace(tmp, path)
+    return path

@@ -116,8 +116,7 @@ def run_demo(workdir: str | None = None) -> int:
 
         result = replay(cfg, engine, start=held_out, name="demo", on_bar=mid_run, progress=True)
         versions = " -> ".join(f"v{v}" for v in result.versions)
-        print(f"[7] paper replay of the held-out window: {result.bars} bars "
-              f"{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}, ensembles {versions} "
+        print(f"[7] paper replay: {result.window}, ensembles {versions} "
               f"(hot reload mid-run: {swap.get('result').message if 'result' in swap else '-'})")
 
     with stage("auto-deployer decision"):
@@ -131,11 +130,12 @@ def run_demo(workdir: str | None = None) -> int:
         report = write_report(cfg, engine, root / "report.html", trader="demo")
         print(f"[9] report: {report}")
 
-    span = bars.between(result.start, None)
+    span = bars.slice(result.window.lo, result.window.hi)
     bh = float((span.close[-1] / span.close[0]).mean() - 1)
     ret = result.equity / cfg.broker.initial_cash - 1
     print("\nsummary")
-    print(f"  {'held-out window':<34}{result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}")
+    print(f"  {'held-out window':<34}{result.window.first:%Y-%m-%d} .. "
+          f"{result.window.last:%Y-%m-%d}")
     print(f"  {'paper trader (SimBroker, fees)':<34}{ret:>+9.2%}  equity "
           f"{result.equity:,.2f}")
     print(f"  {'equal-weight buy-and-hold':<34}{bh:>+9.2%}")

@@ -29,7 +29,7 @@ from statistics import NormalDist
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from .backtest import HOURS_PER_YEAR, backtest_ensemble, held_out_range
+from .backtest import HOURS_PER_YEAR, backtest_ensemble, first_decision_bar
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
@@ -38,6 +38,7 @@ from .ensemble.selection import SelectionError, pinned_trial, select_members
 from .ensemble.serving import Ensemble
 from .optuna_db import ATTR_SPLITS, trial_attrs, trial_count
 from .storage import deploy_decisions
+from .window import WindowError, held_out_window
 
 log = logging.getLogger(__name__)
 EULER_GAMMA = 0.5772156649
@@ -124,17 +125,23 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     decision = Decision(study, best.trial_id, best.number)
     bars = load_bars(cfg)
     features = compute_features(bars)
-    lo, hi = held_out_range(engine, study, bars)
-    if hi - lo < 48:
-        decision.reasons.append(f"held-out window too short ({hi - lo} bars)")
-        return decision
     candidate = Ensemble.of_trial(best.artifact_dir, best.sha256, study, best.trial_id,
                                   best.number, best.value, cfg)
-    cand = backtest_ensemble(cfg, candidate, bars, features, lo, hi)
-    m = {"candidate": cand.metrics(), "held_out": [str(bars.index[lo]), str(bars.index[hi - 1])]}
     current_path = current_dir(ensembles_dir(cfg))
-    if current_path is not None:
-        current = Ensemble.load(current_path, cfg)
+    current = Ensemble.load(current_path, cfg) if current_path is not None else None
+    first = max(first_decision_bar(e) for e in (candidate, current) if e is not None)
+    try:
+        window = held_out_window(engine, study, bars, first)
+    except WindowError as e:
+        raise SelectionError(str(e)) from e
+    lo, hi = window.lo, window.hi
+    if window.decisions < 48:
+        decision.reasons.append(f"held-out window too short ({window})")
+        return decision
+    cand = backtest_ensemble(cfg, candidate, bars, features, lo, hi)
+    m = {"candidate": cand.metrics(), "held_out": [str(window.first), str(window.last)],
+         "window": str(window)}
+    if current is not None:
         m["current"] = backtest_ensemble(cfg, current, bars, features, lo, hi).metrics()
         m["current_version"] = current.version
         baseline, base_name = m["current"]["sharpe"], f"ensemble v{current.version}"

@@ -40,43 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import BrokerConfig, RiskConfig
 from .data.bars import Bars
 from .data.features import WARMUP, compute_features
+from .env_settings import EnvSettings, Normalisation
 
-# The risk and cost defaults are the configuration's: one source, never a second copy here.
-_RISK, _BROKER = RiskConfig(), BrokerConfig()
-
-
-@dataclass(frozen=True)
-class EnvSettings:
-    fee: float = _BROKER.taker_fee
-    slippage_bps: float = _BROKER.slippage_bps
-    min_order_notional: float = _BROKER.min_order_notional
-    max_position_pct: float = _RISK.max_position_pct
-    min_cash_reserve_pct: float = _RISK.min_cash_reserve_pct
-    trailing_stop_pct: float | None = _RISK.trailing_stop_pct
-    stop_loss_pct: float | None = _RISK.stop_loss_pct
-    min_rebalance_weight: float = 0.0
-    initial_cash: float = _BROKER.initial_cash
-    reward: str = "log_growth"
-    episode_bars: int = 720
-    lookback: int = 4
-
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> "EnvSettings":
-        """The live risk and fee settings from cappuccino.yaml; hyperparameters override the rest."""
-        base = cls(fee=cfg.broker.taker_fee, slippage_bps=cfg.broker.slippage_bps,
-                   min_order_notional=cfg.broker.min_order_notional,
-                   max_position_pct=cfg.risk.max_position_pct,
-                   min_cash_reserve_pct=cfg.risk.min_cash_reserve_pct,
-                   trailing_stop_pct=cfg.risk.trailing_stop_pct,
-                   stop_loss_pct=cfg.risk.stop_loss_pct, initial_cash=cfg.broker.initial_cash)
-        return dataclasses.replace(base, **overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
+__all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
+           "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
+           "live_observation", "observation_size"]
 
 # --- the shared arithmetic ------------------------------------------------------------------
 
@@ -175,28 +145,6 @@ def update_entry(old_units, new_units, entry, peak, fill_price):
 
 
 # --- market tensors -------------------------------------------------------------------------
-
-@dataclass
-class Normalisation:
-    """Per asset and feature mean/std, fitted on training rows only; stored in the model spec."""
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, features: np.ndarray, rows: np.ndarray) -> "Normalisation":
-        x = features[rows]
-        return cls(mean=x.mean(axis=0), std=x.std(axis=0) + 1e-8)
-
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        return np.clip((features - self.mean) / self.std, -5, 5)
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Normalisation":
-        return cls(mean=np.asarray(d["mean"]), std=np.asarray(d["std"]))
-
 
 @dataclass
 class Market:

@@ -77,6 +77,8 @@ def _json(value: str | None) -> Any:
 
 def study_exists(conn: Connection | Engine, name: str) -> bool:
     with _connection(conn) as c:
+        if not sa.inspect(c).has_table("studies"):
+            return False
         return c.execute(sa.text("SELECT 1 FROM studies WHERE study_name = :n"),
                          {"n": name}).first() is not None
 
@@ -90,6 +92,8 @@ def study_summaries(engine: Engine) -> dict[str, dict]:
         LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
         GROUP BY s.study_name, t.state""")
     out: dict[str, dict] = {}
+    if not has_optuna_tables(engine):
+        return out  # no study was ever created in this database
     with engine.connect() as conn:
         for name, state, count, best in conn.execute(q):
             row = out.setdefault(name, {"counts": {s: 0 for s in STATES}, "best": None})

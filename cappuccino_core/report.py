@@ -20,11 +20,13 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
-from .backtest import backtest_ensemble, held_out_range
+from .backtest import backtest_ensemble, first_decision_bar
 from .ensemble.publish import current_dir, ensembles_dir
 from .ensemble.serving import Ensemble
 from .optuna_db import complete_values
 from .storage import equity_snapshots, orders
+from .trading.journal import pick_trader
+from .window import WindowError, held_out_start, resolve_window
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
@@ -88,14 +90,17 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
-def paper_section(engine: Engine, bars, name: str) -> str:
+def paper_section(engine: Engine, bars, name: str | None, note: str = "") -> str:
+    if name is None:
+        return f"<h2>Paper trading</h2><p>{html.escape(note)}</p>"
     with engine.connect() as conn:
         snaps = conn.execute(sa.select(equity_snapshots).where(
             equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id)).all()
         recent = conn.execute(sa.select(orders).where(orders.c.trader == name)
                               .order_by(orders.c.id.desc()).limit(50)).all()
     if len(snaps) < 2:
-        return f"<h2>Paper trading ({html.escape(name)})</h2><p>No equity history yet.</p>"
+        return (f"<h2>Paper trading ({html.escape(name)})</h2><p>No equity history yet. "
+                f"{html.escape(note)}</p>")
     ts = pd.DatetimeIndex([pd.Timestamp(s.ts) for s in snaps]).tz_localize(None)
     equity = np.array([s.equity for s in snaps])
     index = bars.index.tz_localize(None)
@@ -108,9 +113,10 @@ def paper_section(engine: Engine, bars, name: str) -> str:
     trades = [[f"{r.bar_time:%Y-%m-%d %H:%M}", r.symbol, r.side, r.reason, f"{r.filled_qty:.8g}",
                f"{r.filled_avg_price:.6g}" if r.filled_avg_price else "-", f"{r.fee:.2f}",
                r.status] for r in recent]
-    return (f"<h2>Paper trading ({html.escape(name)})</h2>"
-            f"<p>{ts[0]:%Y-%m-%d %H:%M} .. {ts[-1]:%Y-%m-%d %H:%M} UTC: equity "
-            f"{equity[0]:,.2f} &rarr; {equity[-1]:,.2f} ({equity[-1] / equity[0] - 1:+.2%}); "
+    return (f"<h2>Paper trading ({html.escape(name)})</h2><p>{html.escape(note)}</p>"
+            f"<p>{ts[0]:%Y-%m-%d %H:%M} .. {ts[-1]:%Y-%m-%d %H:%M} UTC: starting capital "
+            f"{equity[0]:,.2f}, final equity <b class='paper-final'>{equity[-1]:,.2f}</b> "
+            f"({equity[-1] / equity[0] - 1:+.2%}); "
             f"equal-weight buy-and-hold {bench[-1] / bench[0] - 1:+.2%}.</p>"
             + svg_chart("Equity vs equal-weight buy-and-hold (days)",
                         {"paper trader": (days, equity), "buy-and-hold": (days, bench)}, "USD")
@@ -122,14 +128,17 @@ def paper_section(engine: Engine, bars, name: str) -> str:
                      trades))
 
 
-def backtest_section(cfg: Config, engine: Engine, bars, features) -> str:
+def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, end=None) -> str:
     path = current_dir(ensembles_dir(cfg))
-    if path is None or not cfg.active_study:
+    if path is None:
         return "<h2>Backtest</h2><p>No ensemble published yet.</p>"
     ens = Ensemble.load(path, cfg)
-    lo, hi = held_out_range(engine, ens.study, bars)
-    if hi - lo < 2:
-        return "<h2>Backtest</h2><p>The held-out window is empty.</p>"
+    try:
+        window = resolve_window(bars, start, end, first_decision_bar(ens),
+                                held_out_start(engine, ens.study), ens.study)
+    except WindowError as e:
+        return f"<h2>Backtest</h2><p>{html.escape(str(e))}</p>"
+    lo, hi = window.lo, window.hi
     res = backtest_ensemble(cfg, ens, bars, features, lo, hi)
     days = np.arange(len(res.equity)) / 24
     m = res.metrics()
@@ -142,9 +151,11 @@ def backtest_section(cfg: Config, engine: Engine, bars, features) -> str:
         members.append([member.number, member.trial_id, f"{member.value:.3f}", f"{weight:.2f}",
                         f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}"])
     weights = {s: (days[1:], res.weights[:, a]) for a, s in enumerate(bars.symbols)}
-    return (f"<h2>Backtest: ensemble v{ens.version} on the held-out window</h2>"
-            f"<p>{bars.index[lo]:%Y-%m-%d} .. {bars.index[hi - 1]:%Y-%m-%d}, same environment, "
-            f"live risk rules (trailing stop {cfg.risk.trailing_stop_pct:.0%}).</p>"
+    return (f"<h2>Backtest: ensemble v{ens.version}</h2>"
+            f"<p>{html.escape(str(window))}, same environment, live risk rules (trailing stop "
+            f"{cfg.risk.trailing_stop_pct:.0%}): starting capital {res.equity[0]:,.2f}, final "
+            f"equity <b class='backtest-final'>{res.equity[-1]:,.2f}</b> "
+            f"({res.equity[-1] / res.equity[0] - 1:+.2%}).</p>"
             + svg_chart("Equity vs equal-weight buy-and-hold (days)",
                         {"ensemble": (days, res.equity),
                          "buy-and-hold": (days, res.benchmark_equity)}, "USD")
@@ -170,10 +181,16 @@ def history_section(engine: Engine, study: str | None) -> str:
                         "objective"))
 
 
-def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str = "paper") -> Path:
+def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | None = None,
+                 start=None, end=None) -> Path:
+    """The report: `trader`'s paper trading (default: see `pick_trader`), a backtest of the
+    current ensemble over the window `start`/`end` (default its study's held-out window), and
+    the optimisation history."""
     bars = load_bars(cfg)
     features = compute_features(bars)
-    body = (paper_section(engine, bars, trader) + backtest_section(cfg, engine, bars, features)
+    name, note = pick_trader(engine, trader)
+    body = (paper_section(engine, bars, name, note)
+            + backtest_section(cfg, engine, bars, features, start, end)
             + history_section(engine, cfg.active_study))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Cappuccino report</title>"

@@ -16,18 +16,22 @@ import sqlalchemy as sa
 from .config import Config
 from .ensemble.publish import current_manifest, ensembles_dir, member_risk_differences
 from .optuna_db import completed_since, study_summaries
-from .storage import app_engine, deploy_decisions, equity_snapshots, events, trader_state
+from .storage import (StorageEmpty, deploy_decisions, equity_snapshots, events, read_engine,
+                      trader_state)
+from .trading.journal import traders_with_data
 
 
 def collect(cfg: Config) -> dict:
     out: dict = {"active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1],
                  "units": _units()}
     try:
-        engine = app_engine(cfg)
+        engine = read_engine(cfg)
         out["training"] = _training(engine, cfg)
         out["ensemble"] = _ensemble(engine, cfg)
-        out["trader"] = _trader(engine, cfg)
+        out["traders"] = {name: _trader(engine, cfg, name) for name in traders_with_data(engine)}
         out["deployer"] = _deployer(engine)
+    except StorageEmpty as e:
+        out["error"] = str(e)
     except sa.exc.SQLAlchemyError as e:
         out["error"] = f"storage unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"
     return out
@@ -52,7 +56,7 @@ def _units() -> dict:
     return units
 
 
-def _trader(engine, cfg: Config, name: str = "paper") -> dict:
+def _trader(engine, cfg: Config, name: str) -> dict:
     with engine.connect() as conn:
         snaps = conn.execute(sa.select(equity_snapshots.c.ts, equity_snapshots.c.equity,
                                        equity_snapshots.c.positions)
@@ -147,15 +151,14 @@ def render(s: dict) -> str:
     if ls and ls["needed"]:
         lines.append(f"!! last sync: {ls['needed']} more eligible trial(s) needed before the "
                      f"ensemble can follow the study ({ls['ts'][:16]})")
-    tr = s["trader"]
-    if tr.get("running"):
-        lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
-        lines.append(f"trader: equity {tr['equity']:,.2f}, {tr['positions']} positions, today "
-                     f"{tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}")
-        if tr.get("lag_bars", 0) > 2:
-            lines.append("!! THE TRADER IS BEHIND: no bar processed for more than one bar")
-    else:
+    if not s["traders"]:
         lines.append("trader: no equity recorded yet")
+    for name, tr in s["traders"].items():
+        lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
+        lines.append(f"trader {name}: equity {tr['equity']:,.2f}, {tr['positions']} positions, "
+                     f"today {tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}")
+        if name == "paper" and tr.get("lag_bars", 0) > 2:
+            lines.append("!! THE TRADER IS BEHIND: no bar processed for more than one bar")
     d = s["deployer"]
     lines.append("deployer: no decision yet" if d is None else
                  f"deployer: {d['ts'][:16]} study {d['study']} trial id {d['trial_id']}: "

@@ -72,8 +72,10 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
         heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    _ensure_sqlite_dir(url)
+def make_engine(url: str, create: bool = True, **kwargs) -> Engine:
+    """An engine on `url`; `create=False` never makes a directory for a SQLite file."""
+    if create:
+        _ensure_sqlite_dir(url)
     engine = sa.create_engine(driver_url(url), **engine_kwargs(url, **kwargs))
     if is_sqlite(url):
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -323,6 +325,32 @@ def _engine_options(cfg) -> dict:
 def app_engine(cfg) -> Engine:
     """The configured database, the app's tables created or upgraded, Optuna's schema checked."""
     return open_app_db(cfg.storage_url, **_engine_options(cfg))
+
+
+class StorageEmpty(Exception):
+    """A read-only command found nothing to read: no database, or no tables of ours yet."""
+
+
+def read_engine(cfg) -> Engine:
+    """The configured database for a command that only reads (`status`, `study list`, `trader
+    status`, `report`, ...): it never creates a file, a table or a migration, and says plainly
+    (StorageEmpty) when there is nothing to read yet."""
+    from .optuna_db import check_schema
+    url = cfg.storage_url
+    where = url.split("@")[-1]
+    if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
+        raise StorageEmpty(f"no database at {url.removeprefix('sqlite:///')} yet: nothing has "
+                           "run with this configuration")
+    engine = make_engine(url, create=False, **_engine_options(cfg))
+    check_schema(engine)
+    version = schema_version(engine)
+    if version == 0:
+        raise StorageEmpty(f"the database {where} has no Cappuccino tables yet: nothing has "
+                           "run with this configuration")
+    if version < SCHEMA_VERSION:
+        raise StorageEmpty(f"the database {where} has schema v{version}, this release reads "
+                           f"v{SCHEMA_VERSION}: start any Cappuccino service once to upgrade it")
+    return engine
 
 
 def optuna_storage(cfg, heartbeats: bool = False) -> optuna.storages.RDBStorage:

@@ -83,7 +83,45 @@ def test_config_dir_from_environment(tmp_path, monkeypatch):
     write_config(tmp_path, {"ensemble": {"top_n": 7}})
     monkeypatch.setenv("CAPPUCCINO_CONFIG_DIR", str(tmp_path))
     assert load_config().ensemble.top_n == 7
+    (tmp_path / "elsewhere").mkdir()
     assert load_config(tmp_path / "elsewhere").ensemble.top_n == 10  # the argument wins
+
+
+def test_a_named_config_dir_that_does_not_exist_is_refused(tmp_path, capsys):
+    missing = tmp_path / "does-not-exist"
+    assert cli.main(["config", "check", "--config-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: expected an existing configuration directory" in err
+    assert cli.main(["status", "--config-dir", str(missing)]) == 2
+    assert not any(tmp_path.rglob("*.db"))  # nothing was created on the way
+
+
+def test_config_check_says_which_files_it_read(tmp_path, capsys):
+    assert cli.main(["config", "check", "--config-dir", str(tmp_path)]) == 0
+    assert "files read: none (no file there: every value is the default)" in capsys.readouterr().out
+    write_config(tmp_path, {"ensemble": {"top_n": 7}}, active_study="s1")
+    assert cli.main(["config", "check", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"files read: {tmp_path / 'cappuccino.yaml'}, {tmp_path / 'active_study.yaml'}" in out
+
+
+def test_config_check_lists_every_error(tmp_path, capsys):
+    write_config(tmp_path, {"risk": {"trailing_stop_pct": 10, "max_positon_pct": 0.2},
+                            "ensemble": {"top_n": "ten"}, "training": {"cv": "kfold"}})
+    assert cli.main(["config", "check", "--config-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "4 errors" in err
+    for key in ("risk.trailing_stop_pct", "risk.max_positon_pct", "ensemble.top_n", "training.cv"):
+        assert f"cappuccino.yaml: {key}: expected" in err, key
+
+
+def test_dates_are_accepted_quoted_or_not_and_data_end_exists(tmp_path):
+    (tmp_path / "cappuccino.yaml").write_text("data:\n  start: 2022-01-01\n  end: '2023-06-01'\n")
+    cfg = load_config(tmp_path)
+    assert (cfg.data.start, cfg.data.end) == ("2022-01-01", "2023-06-01")
+    (tmp_path / "cappuccino.yaml").write_text("data:\n  end: 2023-13-45\n")
+    with pytest.raises(ConfigError, match="data.end: expected a date"):
+        load_config(tmp_path)
 
 
 def test_secrets_are_masked():

@@ -61,7 +61,7 @@ def test_replay_cli_and_inspection(tmp_path, shared_data, capsys):
     assert "realised P&L" in out and "filled" in out
     assert cli.main(["status", "--config-dir", d]) == 0
     out = capsys.readouterr().out
-    assert "trader: equity" in out and "last bar 2022-05-31" in out
+    assert "trader paper: equity" in out and "last bar 2022-05-31" in out
     assert "THE TRADER IS BEHIND" in out  # a replayed May 2022 is years behind today
     assert "units: unknown" in out or "cappuccino" in out  # no systemd here: says so
 

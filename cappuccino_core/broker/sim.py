@@ -54,6 +54,15 @@ class SimBroker:
         if not updated:
             conn.execute(sim_accounts.insert().values(account=self.account_name, **values))
 
+    def reset(self, initial_cash: float) -> None:
+        """Start this account afresh: its cash, no positions, no orders (a fresh replay)."""
+        ours = sa.or_(*(sim_orders.c.client_order_id.startswith(f"cap-{self.account_name}-{p}-")
+                        for p in ("rebalance", "stop")))
+        with self.engine.begin() as conn:
+            conn.execute(sim_orders.delete().where(ours))
+            self.book = {"cash": initial_cash, "positions": {}}
+            self._save_book(self.book, conn)
+
     # --- prices --------------------------------------------------------------------------
 
     def mark(self, prices: dict[str, float]) -> None:

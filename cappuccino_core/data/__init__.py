@@ -70,12 +70,13 @@ def fetch_into_cache(cache: BarCache, symbols: list[str], start: pd.Timestamp, e
 def load_bars(cfg: Config, start: str | pd.Timestamp | None = None,
               end: str | pd.Timestamp | None = None, now: pd.Timestamp | None = None,
               symbols: list[str] | None = None, progress: bool = False) -> Bars:
-    """Closed, validated, aligned bars of the configured symbols with open time in [start, end).
+    """Closed, validated, aligned bars of the configured symbols with open time in [start, end)
+    (default: `data.start`, `data.end`, else all there is up to now).
 
     Missing ranges are fetched from the configured source into the cache first."""
     now = to_utc(now, pd.Timestamp.now(tz="UTC"))
     start = to_utc(start if start is not None else cfg.data.start, EARLIEST)
-    end = to_utc(end, now)
+    end = to_utc(end if end is not None else cfg.data.end, now)
     symbols = list(symbols or cfg.data.symbols)
     cache = make_cache(cfg, make_source(cfg))
     fetch_into_cache(cache, symbols, start, end, now, progress)

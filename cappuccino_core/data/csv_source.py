@@ -43,7 +43,9 @@ class CsvSource:
                         f"in {self.path}")
 
     def _load(self, symbol: str) -> pd.DataFrame:
-        return _read_file(self.file_for(symbol), symbol, self.bar_seconds)
+        path = self.file_for(symbol)
+        stat = path.stat()  # a file that grew or changed is read again, not served from memory
+        return _read_file(path, stat.st_size, stat.st_mtime_ns, symbol, self.bar_seconds)
 
     def fetch(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Closed bars with open time in [start, end)."""
@@ -60,18 +62,38 @@ class CsvSource:
 
 
 @lru_cache(maxsize=64)
-def _read_file(path: Path, symbol: str, bar_seconds: int) -> pd.DataFrame:
+def _read_file(path: Path, size: int, mtime_ns: int, symbol: str,
+               bar_seconds: int) -> pd.DataFrame:
+    """The closed bars of one file (cached per path, size and modification time)."""
     try:
         raw = pd.read_csv(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{symbol}: cannot read {path}: {e}") from e
+    header = list(raw.columns)
+    raw.columns = [str(c).strip().lower() for c in raw.columns]  # Date, OPEN, ... are fine
     missing = {"date", *COLUMNS} - set(raw.columns)
     if missing:
-        raise DataError(f"{symbol}: {path} lacks columns {sorted(missing)}")
+        raise DataError(f"{symbol}: {path} lacks columns {sorted(missing)} (case does not "
+                        f"matter); its header is {','.join(map(str, header))}")
+    # The last row may be an unfinished candle, or a line still being written: it goes before
+    # anything is checked, so a half-written line never rejects the whole file.
+    raw = raw.iloc[:-1]
     if raw.empty:
         return empty_frame()
-    index = utc_index(raw["date"])
+    try:
+        index = utc_index(raw["date"])
+    except (ValueError, TypeError) as e:
+        bad = next((v for v in raw["date"] if _bad_date(v)), "?")
+        raise DataError(f"{symbol}: {path}: a date that does not parse: {bad!r}") from e
     df = pd.DataFrame({c: pd.to_numeric(raw[c], errors="coerce").to_numpy("float64")
                        for c in COLUMNS}, index=index)
     validate(symbol, df, bar_seconds)
-    return df.iloc[:-1]  # the last row may be an unfinished candle
+    return df
+
+
+def _bad_date(value) -> bool:
+    try:
+        pd.Timestamp(value)
+        return False
+    except (ValueError, TypeError):
+        return True

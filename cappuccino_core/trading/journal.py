@@ -59,6 +59,33 @@ class TraderState:
     decision: dict | None = None      # {"bar", "target", "ensemble"}: saved before any order
 
 
+def traders_with_data(engine: Engine) -> list[str]:
+    """Names of the traders with equity history in this database, most recently active first."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(equity_snapshots.c.trader,
+                                      sa.func.max(equity_snapshots.c.id).label("last"))
+                            .group_by(equity_snapshots.c.trader)
+                            .order_by(sa.desc("last"))).all()
+    return [r.trader for r in rows]
+
+
+def pick_trader(engine: Engine, asked: str | None) -> tuple[str | None, str]:
+    """The trader to show: the one asked for, else 'paper' if it has traded, else the most
+    recently active one; and a note for the reader when the choice was not theirs."""
+    have = traders_with_data(engine)
+    if asked is not None:
+        note = "" if asked in have else (
+            f"Trader {asked!r} has no equity history; traders with data: "
+            f"{', '.join(have) or 'none'}.")
+        return asked, note
+    if not have:
+        return None, "No trader has equity history in this database yet."
+    chosen = "paper" if "paper" in have else have[0]
+    others = [t for t in have if t != chosen]
+    return chosen, (f"Showing trader {chosen!r}" + (f"; also with data: {', '.join(others)} "
+                                                     "(--trader NAME)" if others else "") + ".")
+
+
 class Journal:
     def __init__(self, engine: Engine, trader: str):
         self.engine, self.trader = engine, trader
@@ -143,7 +170,27 @@ class Journal:
             log.error("order %s rejected: %s", r.client_order_id, r.reason)
             self.event("error", "order_rejected", f"{r.client_order_id}: {r.reason}")
 
+    def has_state(self) -> bool:
+        """Whether this trader has traded or recorded anything in this database."""
+        with self.engine.connect() as conn:
+            return any(conn.execute(sa.select(table.c.trader).where(
+                table.c.trader == self.trader).limit(1)).first()
+                for table in (trader_state, orders, equity_snapshots))
+
+    def reset(self) -> None:
+        """Forget this trader: its state, orders, fills and snapshots (a fresh replay)."""
+        with self.engine.begin() as conn:
+            ids = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
+            conn.execute(fills.delete().where(fills.c.client_order_id.in_(ids)))
+            for table in (orders, trader_state, equity_snapshots):
+                conn.execute(table.delete().where(table.c.trader == self.trader))
+
     # --- reporting -----------------------------------------------------------------------
+
+    def has_snapshots(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(equity_snapshots.c.id).where(
+                equity_snapshots.c.trader == self.trader).limit(1)).first() is not None
 
     def snapshot(self, ts: pd.Timestamp, equity: float, cash: float,
                  positions: dict[str, float]) -> None:

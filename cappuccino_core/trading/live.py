@@ -120,7 +120,7 @@ class LiveLoop:
                         bars.index[-1] if len(bars) else None)
             return
         self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
-        result = self.trader.on_bar(bar_time, compute_features(bars), now)
+        result = self.trader.on_bar(bar_time, compute_features(bars), now, close=bars.close[-1])
         log.info("bar %s: %s", bar_time, result)
 
     def check_stops(self, now: pd.Timestamp) -> None:

@@ -63,3 +63,20 @@ def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
 def _round_down(qty: float, rule: AssetRule) -> float:
     step = rule.min_trade_increment
     return math.floor(qty / step + 1e-6) * step  # forgive float error in qty / step
+
+
+def affordable(buys: list[PlannedOrder], cash: float, prices: dict[str, float],
+               settings: EnvSettings, rules: dict[str, AssetRule]) -> list[PlannedOrder]:
+    """The planned buys, scaled down (to each asset's increment) if together with slippage and
+    fees they would cost more than `cash`, as `env.rebalance` scales them."""
+    slip = settings.slippage_bps * 1e-4
+    cost = sum(o.qty * prices[o.symbol] for o in buys) * (1 + slip) * (1 + settings.fee)
+    if cost <= cash or cost <= 0:
+        return buys
+    scale = max(cash, 0.0) / cost
+    out = []
+    for o in buys:
+        qty = _round_down(o.qty * scale, rules[o.symbol])
+        if qty >= rules[o.symbol].min_order_size:
+            out.append(PlannedOrder(o.symbol, o.side, qty, o.purpose))
+    return out

@@ -1,6 +1,7 @@
 """Replay: the trading loop on a simulated clock over historical bars, with the SimBroker.
 
-For each bar t in the range: the ensemble is reloaded if a new version became current (between
+The window is `backtest.Window`'s, the same bars a backtest over the same `--from/--to`
+covers. For each bar t in it: the ensemble is reloaded if a new version became current (between
 bars, as live), the trader decides on the closed bar t with orders filling at bar t+1's open,
 then bar t+1 is lived through: its open, high, low and close go through the stop check (the
 environment's rule), and exits fill at their stop level. Features are computed once over the
@@ -17,12 +18,15 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
+from ..backtest import first_decision_bar
+from ..window import Window, held_out_start, resolve_window
 from ..broker.sim import SimBroker
 from ..config import Config
-from ..data import load_bars, to_utc
-from ..data.features import WARMUP, compute_features
+from ..data import load_bars
+from ..data.features import compute_features
 from ..ensemble.publish import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
+from .journal import Journal
 from .trader import Trader
 
 
@@ -32,35 +36,46 @@ class ReplayError(Exception):
 
 @dataclass
 class ReplayResult:
-    bars: int
-    start: pd.Timestamp
-    end: pd.Timestamp
+    window: Window
     equity: float
     versions: list[int]
     trader: Trader
 
+    @property
+    def bars(self) -> int:
+        return self.window.decisions
+
 
 def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "replay",
            on_bar: Callable[[int, Trader], None] | None = None,
-           progress: bool = False) -> ReplayResult:
-    bars = load_bars(cfg)
-    feats = compute_features(bars)
-    i0 = max(WARMUP, int(bars.index.searchsorted(to_utc(start, bars.index[0]))))
-    i1 = min(len(bars), int(bars.index.searchsorted(to_utc(end, bars.index[-1] + pd.Timedelta(1)))))
-    if i1 - i0 < 2:
-        raise ReplayError(f"no bars to replay between {start} and {end} "
-                          f"(data: {bars.index[0]} .. {bars.index[-1]})")
-    o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
-    broker = SimBroker.from_config(cfg, engine, account=name)
-    broker.mark(dict(zip(bars.symbols, c[i0])))
+           progress: bool = False, reset: bool = False) -> ReplayResult:
+    """Replay the window (see `backtest.Window`; default the active study's held-out window)
+    as trader `name`, with its own simulated account. A name that has state in this database
+    is refused unless `reset` (which starts it afresh): two replays never share a book."""
+    journal = Journal(engine, name)
+    if journal.has_state() and not reset:
+        raise ReplayError(f"trader {name!r} already has state in this database (last bar "
+                          f"{journal.load_state().last_bar}); pass --reset to start it afresh, "
+                          "or --name to replay under another name")
     watcher = EnsembleWatcher(ensembles_dir(cfg), cfg)
     ensemble, error = watcher.poll()
     if ensemble is None:
         raise ReplayError(error or "no ensemble published (cappuccino ensemble sync)")
-    trader = Trader(cfg, broker, engine, name, ensemble)
-    trader.start()
-    versions = [ensemble.version]
+    bars = load_bars(cfg)
+    feats = compute_features(bars)
+    window = resolve_window(bars, start, end, first_decision_bar(ensemble),
+                            held_out_start(engine, cfg.active_study), cfg.active_study)
+    i0, i1 = window.lo, window.hi
+    o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
     step = pd.Timedelta(seconds=cfg.bar_seconds)
+    broker = SimBroker.from_config(cfg, engine, account=name)
+    if reset:
+        journal.reset()
+        broker.reset(cfg.broker.initial_cash)
+    broker.mark(dict(zip(bars.symbols, c[i0])))
+    trader = Trader(cfg, broker, engine, name, ensemble)
+    trader.start(at=bars.index[i0] + step)  # the starting capital, before the first decision
+    versions = [ensemble.version]
     delay = pd.Timedelta(seconds=cfg.data.closed_bar_delay_s)
     for t in tqdm(range(i0, i1 - 1), disable=not progress, desc="replay", unit="bar"):
         new, error = watcher.poll()  # between bars, as the live loop does
@@ -69,7 +84,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
             versions.append(new.version)
         bar_time = bars.index[t]
         broker.mark(dict(zip(bars.symbols, o[t + 1])))
-        trader.on_bar(bar_time, feats[:t + 1], now=bar_time + step + delay)
+        trader.on_bar(bar_time, feats[:t + 1], now=bar_time + step + delay, close=c[t])
         exits = trader.check_stops(o[t + 1], h[t + 1], lo[t + 1], c[t + 1])
         if exits:
             broker.mark(dict(exits))  # a stop fills at its level (or the open, gapped below)
@@ -78,7 +93,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
         if on_bar:
             on_bar(t, trader)
     equity = trader.snapshot(bars.index[i1 - 1] + step)
-    return ReplayResult(i1 - 1 - i0, bars.index[i0], bars.index[i1 - 1], equity, versions, trader)
+    return ReplayResult(window, equity, versions, trader)
 
 
 def fills_table(engine: Engine, trader: str) -> list[tuple]:

@@ -33,7 +33,7 @@ from ..config import Config
 from ..ensemble.serving import Ensemble
 from ..env import apply_stops
 from .journal import Journal, StateKey, TraderState
-from .orders import PlannedOrder, client_order_id, plan_rebalance
+from .orders import PlannedOrder, affordable, client_order_id, plan_rebalance
 
 log = logging.getLogger(__name__)
 STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION = StateKey
@@ -57,8 +57,10 @@ class Trader:
 
     # --- start-up --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Resolve orders left pending by a crash, then reconcile with the broker."""
+    def start(self, at: pd.Timestamp | None = None) -> None:
+        """Resolve orders left pending by a crash, then reconcile with the broker. A trader's
+        first start records its starting equity (at `at`, default now): returns are measured
+        from there, before the first fee."""
         for coid in self.journal.open_orders():
             found = self.broker.get_order(coid)
             if found is None:
@@ -73,6 +75,8 @@ class Trader:
             log.warning("open order %s at the broker is not in the journal", coid)
         self.reconcile()
         self.journal.save_state(self.state, STOPS)
+        if not self.journal.has_snapshots():
+            self.snapshot(at if at is not None else pd.Timestamp.now(tz="UTC"))
 
     def reconcile(self) -> None:
         """The broker's positions are the truth: adopt them, log what the state disagreed on."""
@@ -93,8 +97,13 @@ class Trader:
 
     # --- one bar ---------------------------------------------------------------------------
 
-    def on_bar(self, bar_time: pd.Timestamp, features: np.ndarray, now: pd.Timestamp) -> str:
-        """Trade the closed bar that opened at `bar_time`. Returns what happened."""
+    def on_bar(self, bar_time: pd.Timestamp, features: np.ndarray, now: pd.Timestamp,
+               close: np.ndarray | None = None) -> str:
+        """Trade the closed bar that opened at `bar_time`. Returns what happened.
+
+        As in the environment, the members see the portfolio valued at the bar's `close`
+        (symbol order; default the broker's latest prices) and orders are planned at the
+        broker's latest prices (the next bar's open, live or in a replay)."""
         if self.last_bar is not None and bar_time <= self.last_bar:
             return "already processed"
         age = now - (bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
@@ -108,7 +117,8 @@ class Trader:
         prices = self._prices()
         account = self.broker.account()
         positions = self.broker.positions()
-        value = np.array([positions[s].qty * prices[i] if s in positions else 0.0
+        valued_at = prices if close is None else np.asarray(close, dtype=float)
+        value = np.array([positions[s].qty * valued_at[i] if s in positions else 0.0
                           for i, s in enumerate(self.symbols)])
         equity = account.cash + value.sum()
         decided = self.state.decision or {}
@@ -121,14 +131,14 @@ class Trader:
             self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
                                    "ensemble": self.ensemble.version}
             self.journal.save_state(self.state, DECISION, EQUITY_PEAK, HALTED)  # before orders
+        # One plan, as the environment trades it: sells first, then the buys it planned on the
+        # cash the sells bring (scaled down only if the fills brought less than planned).
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
                               self.settings, self.rules)
         self._execute([o for o in plan if o.side == "sell"], bar_time)
-        # buys re-planned on the cash the sells actually brought
-        account, positions = self.broker.account(), self.broker.positions()
-        plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
-                              self.settings, self.rules)
-        self._execute([o for o in plan if o.side == "buy"], bar_time)
+        buys = affordable([o for o in plan if o.side == "buy"], self.broker.account().cash,
+                          dict(zip(self.symbols, prices)), self.settings, self.rules)
+        self._execute(buys, bar_time)
         self._update_stops(prices)
         self.snapshot(bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
         self._mark_processed(bar_time)
@@ -210,7 +220,9 @@ class Trader:
             if s in positions and s not in stops:
                 entry = positions[s].avg_entry_price
                 stops[s] = {"entry": entry, "peak": max(entry, float(prices[a]))}
-            elif s not in positions:
+            elif s in positions:  # added to: the entry averages, the peak stays (as the env)
+                stops[s]["entry"] = positions[s].avg_entry_price
+            else:
                 stops.pop(s, None)
 
     # --- orders ----------------------------------------------------------------------------

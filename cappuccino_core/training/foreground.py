@@ -1,8 +1,9 @@
 """`cappuccino train --study S --n-trials K --workers W`: workers in the foreground.
 
 The W workers are the same program systemd runs (`daemons/trainer.py`), started as child
-processes; this process shows a progress bar of finished trials and, on Ctrl-C, stops the
-workers the way systemd would (SIGTERM), so no trial is left RUNNING.
+processes; this process shows a progress bar of finished trials and, on Ctrl-C or SIGTERM,
+stops the workers the way systemd would (SIGTERM) and waits for them, so no trial is left
+RUNNING and no worker outlives it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
                               env=env) for k in range(workers)]
     bar = tqdm(total=target, initial=finished_count(study), unit="trial",
                desc=f"study {study_name}", disable=None)
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # the same clean stop as Ctrl-C
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(2)
@@ -47,11 +52,15 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
                 pass
             bar.refresh()
     except KeyboardInterrupt:
+        print("stopping the workers: each finishes its PPO update; a trial in progress is "
+              "queued again", file=sys.stderr)
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         bar.n = finished_count(study)
         bar.close()
     codes = [p.wait() for p in procs]
