@@ -208,3 +208,14 @@ def _load(url, name):
 def _children(pid: int) -> list[int]:
     path = f"/proc/{pid}/task/{pid}/children"
     return [int(c) for c in open(path).read().split()] if os.path.exists(path) else []
+
+
+def test_data_end_bounds_what_training_and_backtests_read(tmp_path, shared_data):
+    from cappuccino_core.data import load_bars
+    etc = write_config(tmp_path / "etc", {
+        "paths": {"state_dir": str(tmp_path / "state")},
+        "data": {"csv_path": str(shared_data), "symbols": ["BTC/USD", "ETH/USD"],
+                 "start": "2022-01-01", "end": "2022-03-01"}})
+    bars = load_bars(load_config(etc))
+    assert bars.index[0] == pd.Timestamp("2022-01-01", tz="UTC")
+    assert bars.index[-1] == pd.Timestamp("2022-02-28 23:00", tz="UTC")

@@ -76,7 +76,7 @@ class LiveLoop:
         if ensemble is None:
             log.warning("no ensemble yet: the trader waits for `cappuccino ensemble sync`")
         self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble)
-        self.trader.start()
+        self.trader.start(at=self.clock.now())
         self.notifier.ready(self.status_line())
         log.info("trader %s ready: %s", self.name, self.status_line())
 
