@@ -54,10 +54,10 @@ def test_live_loop_trades_each_closed_bar_once_and_reloads(tmp_path, shared_data
     import sqlalchemy as sa
     with engine.connect() as conn:
         snaps = conn.execute(sa.select(equity_snapshots.c.ts).where(
-            equity_snapshots.c.trader == "paper")).scalars().all()
+            equity_snapshots.c.trader == "paper").order_by(equity_snapshots.c.id)).scalars().all()
     # the starting capital (at the first start), then one per bar, none twice
     assert len(snaps) == len(set(snaps)) == 5
-    assert min(snaps) == pd.Timestamp("2022-05-10 00:00:05").to_pydatetime()
+    assert snaps[0] == pd.Timestamp("2022-05-10 00:00:05").to_pydatetime()
 
     for i in range(4):
         add_trial(study, cfg, 5 + i, lookback=2, seed=50 + i, band=0.02)
