@@ -1,6 +1,8 @@
 """The trader's persistence: its order journal, its state, its equity snapshots.
 
-`Trader` decides; this module owns what is written down. Orders move through `OrderStatus`
+`Trader` decides; this module owns what is written down. During a database outage the writes
+of a stop exit are held in memory, in order (`tolerant()`), and written when the database is
+back (`flush()`): a stop never waits for the database. Orders move through `OrderStatus`
 along the transitions in `ALLOWED` (journaled as `pending_submit` before they are sent, then
 whatever the broker says, until a final status); a transition outside it is a bug and raises
 `InvalidTransition` instead of silently rewriting history. The trader's state is a typed record
@@ -10,10 +12,12 @@ was saved.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 import pandas as pd
 import sqlalchemy as sa
@@ -86,9 +90,50 @@ def pick_trader(engine: Engine, asked: str | None) -> tuple[str | None, str]:
                                                      "(--trader NAME)" if others else "") + ".")
 
 
+# What a database that went away looks like (refused or dropped connections, a locked file).
+DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
 class Journal:
     def __init__(self, engine: Engine, trader: str):
         self.engine, self.trader = engine, trader
+        self.pending: list[Callable[[], Any]] = []  # writes an outage held back, in order
+        self._tolerant = False
+
+    # --- outages -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tolerant(self):
+        """Within it, a write that finds the database down is held back instead of raising."""
+        before, self._tolerant = self._tolerant, True
+        try:
+            yield
+        finally:
+            self._tolerant = before
+
+    def _run(self, write: Callable[[], Any], held_back: Any = None) -> Any:
+        if self.pending:
+            if self._tolerant:  # behind the writes already waiting, never before them
+                self.pending.append(write)
+                return held_back
+            self.flush()
+        try:
+            return write()
+        except DATABASE_DOWN:
+            if not self._tolerant:
+                raise
+            self.pending.append(write)
+            return held_back
+
+    def flush(self) -> int:
+        """Write what an outage held back; raises while the database is still down.
+        Returns how many writes went through."""
+        done = 0
+        while self.pending:
+            self.pending[0]()
+            self.pending.pop(0)
+            done += 1
+        return done
 
     # --- state ---------------------------------------------------------------------------
 
@@ -100,13 +145,16 @@ class Journal:
         return TraderState(**{k: v for k, v in rows if k in known})
 
     def save_state(self, state: TraderState, *keys: StateKey) -> None:
-        with self.engine.begin() as conn:
-            for key in keys:
-                key = StateKey(key)
-                conn.execute(trader_state.delete().where(trader_state.c.trader == self.trader,
-                                                         trader_state.c.key == key.value))
-                conn.execute(trader_state.insert().values(
-                    trader=self.trader, key=key.value, value=getattr(state, key.value)))
+        values = {StateKey(k).value: _copy(getattr(state, StateKey(k).value)) for k in keys}
+
+        def write():
+            with self.engine.begin() as conn:
+                for key, value in values.items():
+                    conn.execute(trader_state.delete().where(
+                        trader_state.c.trader == self.trader, trader_state.c.key == key))
+                    conn.execute(trader_state.insert().values(trader=self.trader, key=key,
+                                                              value=value))
+        self._run(write)
 
     # --- orders --------------------------------------------------------------------------
 
@@ -119,17 +167,20 @@ class Journal:
                 .scalars())
 
     def record_new(self, coid: str, symbol: str, side: str, qty: float, purpose: str,
-                   when: pd.Timestamp) -> bool:
-        """Journal an order before it is sent; False if it is journaled already."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(orders.insert().values(
-                    client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
-                    symbol=symbol, side=side, qty=qty, reason=purpose,
-                    status=OrderStatus.PENDING_SUBMIT.value))
-            return True
-        except sa.exc.IntegrityError:
-            return False
+                   when: pd.Timestamp) -> bool | None:
+        """Journal an order before it is sent; False if it is journaled already, None if an
+        outage held the write back (the caller asks the broker before sending)."""
+        def write():
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(orders.insert().values(
+                        client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
+                        symbol=symbol, side=side, qty=qty, reason=purpose,
+                        status=OrderStatus.PENDING_SUBMIT.value))
+                return True
+            except sa.exc.IntegrityError:
+                return False
+        return self._run(write)
 
     def _status(self, conn, coid: str) -> tuple[OrderStatus, float]:
         row = conn.execute(sa.select(orders.c.status, orders.c.filled_qty).where(
@@ -152,6 +203,9 @@ class Journal:
     def record_result(self, r: OrderState) -> None:
         """The broker's answer about an order: its status, and a fill row for what was newly
         filled since the last answer."""
+        self._run(lambda: self._record_result(r))
+
+    def _record_result(self, r: OrderState) -> None:
         new = OrderStatus(r.status)
         with self.engine.begin() as conn:
             old, prev = self._status(conn, r.client_order_id)
@@ -194,10 +248,18 @@ class Journal:
 
     def snapshot(self, ts: pd.Timestamp, equity: float, cash: float,
                  positions: dict[str, float]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(equity_snapshots.insert().values(
-                trader=self.trader, ts=ts.to_pydatetime(), equity=equity, cash=cash,
-                positions=positions))
+        def write():
+            with self.engine.begin() as conn:
+                conn.execute(equity_snapshots.insert().values(
+                    trader=self.trader, ts=ts.to_pydatetime(), equity=equity, cash=cash,
+                    positions=positions))
+        self._run(write)
 
     def event(self, level: str, kind: str, message: str, data: dict | None = None) -> None:
-        record_event(self.engine, self.trader, level, kind, message, data)
+        self._run(lambda: record_event(self.engine, self.trader, level, kind, message, data))
+
+
+def _copy(value):
+    """A value as it is now (a held-back write must not see later changes to the state)."""
+    import copy
+    return copy.deepcopy(value)

@@ -1,10 +1,18 @@
 """The live paper-trading loop: closed bars, stop checks between them, reloads, systemd.
 
 Every cycle (at most `risk.intrabar_check_s` apart, and at each bar's close plus the closed-bar
-delay): pick up a new ensemble version if one became current (between bars only), trade the
-newest closed bar if it has not been traded, check the stops against the latest prices, ping
-the watchdog from this loop itself and publish a one-line STATUS. SIGHUP (ExecReload=, or the
-ensemble sync) makes the next cycle look for a new version at once.
+delay): write what a database outage held back, pick up a new ensemble version if one became
+current (between bars only), trade the newest closed bar if it has not been traded, check the
+stops against the latest prices, ping the watchdog from this loop itself and publish a
+one-line STATUS. SIGHUP (ExecReload=, or the ensemble sync) makes the next cycle look for a
+new version at once.
+
+Nothing that goes wrong in one step ends the loop: a data error, a database outage or a broker
+error is logged once ("degraded: <cause>", at error priority), STATUS says so, the failed step
+is retried on the next cycle, sooner at first and backing off to `intrabar_check_s`, and the
+stops keep being checked against the broker's prices all along (they need no database). The
+first cycle in which every step succeeds logs "recovered". A hung loop stops pinging the
+watchdog, and only then does systemd restart the trader.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +58,9 @@ class LiveLoop:
         self.watcher = EnsembleWatcher(ensembles_dir(cfg), cfg)
         self.trader: Trader | None = None
         self.bar = pd.Timedelta(seconds=cfg.bar_seconds)
+        self.problems: dict[str, str] = {}  # step -> cause, while degraded
+        self.degraded_since: float | None = None
+        self.failed_cycles = 0
 
     # --- signals -----------------------------------------------------------------------
 
@@ -94,13 +106,48 @@ class LiveLoop:
 
     def cycle(self) -> None:
         now = self.clock.now()
-        self.maybe_reload()
+        problems: dict[str, str] = {}
+
+        def step(name: str, action) -> None:
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - one failed step never ends the loop
+                problems[name] = _one_line(e)
+                log.debug("%s failed", name, exc_info=True)
+
+        step("journal", self.flush_journal)
+        step("reload", self.maybe_reload)
         newest = closed_end(now, self.cfg.bar_seconds, self.cfg.data.closed_bar_delay_s) - self.bar
         if self.trader.last_bar is None or newest > self.trader.last_bar:
-            self.trade_bar(newest, now)
-        self.check_stops(now)
-        self.notifier.watchdog()
+            step(f"bar {newest:%Y-%m-%d %H:%M}", lambda: self.trade_bar(newest, now))
+        step("stop check", lambda: self.check_stops(now))
+        self.note_health(problems)
+        self.notifier.watchdog()  # from this loop only: a hung loop is restarted by systemd
         self.notifier.status(self.status_line(now))
+
+    def flush_journal(self) -> None:
+        written = self.trader.journal.flush()
+        if written:
+            log.info("wrote %d journal entries an outage had held back", written)
+
+    def note_health(self, problems: dict[str, str]) -> None:
+        """Say "degraded" once when trouble starts and "recovered" once when it ends."""
+        if problems and not self.problems:
+            self.degraded_since = time.monotonic()
+            log.error("degraded: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        elif problems and problems.keys() != self.problems.keys():
+            log.debug("still degraded: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        elif not problems and self.problems:
+            took = time.monotonic() - (self.degraded_since or time.monotonic())
+            log.warning("recovered after %.0f s (%s)", took, "; ".join(self.problems))
+            try:
+                self.trader.journal.event("warning", "recovered",
+                                          f"recovered after {took:.0f} s: "
+                                          + "; ".join(f"{k}: {v}" for k, v in self.problems.items()))
+            except Exception:  # noqa: BLE001 - a note about the past is no reason to fail now
+                log.debug("could not record the recovery", exc_info=True)
+        self.failed_cycles = self.failed_cycles + 1 if problems else 0
+        self.problems = problems
 
     def maybe_reload(self) -> None:
         self.reload_now.clear()
@@ -136,9 +183,20 @@ class LiveLoop:
         now = self.clock.now()
         next_close = closed_end(now, self.cfg.bar_seconds, self.cfg.data.closed_bar_delay_s) \
             + self.bar + pd.Timedelta(seconds=self.cfg.data.closed_bar_delay_s)
-        return min(self.cfg.risk.intrabar_check_s, (next_close - now).total_seconds())
+        wait = min(self.cfg.risk.intrabar_check_s, (next_close - now).total_seconds())
+        if self.failed_cycles:  # retry soon, then back off: 2, 4, 8 ... s
+            wait = min(wait, 2.0 ** min(self.failed_cycles, 10))
+        return wait
 
     def status_line(self, now: pd.Timestamp | None = None) -> str:
+        if self.problems:
+            return "degraded: " + "; ".join(f"{k}: {v}" for k, v in self.problems.items())
+        try:
+            return self._status_line(now)
+        except Exception as e:  # noqa: BLE001 - the status line itself must not end the loop
+            return f"degraded: status: {_one_line(e)}"
+
+    def _status_line(self, now: pd.Timestamp | None = None) -> str:
         t = self.trader
         if t is None:
             return "starting"
@@ -149,3 +207,9 @@ class LiveLoop:
         nxt = closed_end(now, self.cfg.bar_seconds, 0) + self.bar
         return (f"equity {account.equity:,.2f} | {len(self.broker.positions())} positions | "
                 f"{ens} | next bar {nxt:%H:%M} UTC")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__

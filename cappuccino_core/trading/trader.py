@@ -174,7 +174,8 @@ class Trader:
 
     def check_stops(self, bar_open, high, low, close) -> list[tuple[str, float]]:
         """Stops hit by prices seen since the last check (arrays in symbol order; one live
-        price goes in as all four). Updates the peaks; returns [(symbol, exit price)]."""
+        price goes in as all four). Updates the peaks; returns [(symbol, exit price)].
+        Needs no database: the peaks live in memory and are written when it answers."""
         stops = self.state.stops
         held = [s in stops for s in self.symbols]
         if not any(held):
@@ -194,23 +195,27 @@ class Trader:
                 exits.append((s, float(exit_px[a])))
             else:
                 stops[s]["peak"] = float(new_peak[a])
-        self.journal.save_state(self.state, STOPS)
+        with self.journal.tolerant():
+            self.journal.save_state(self.state, STOPS)
         return exits
 
     def exit_positions(self, exits: list[tuple[str, float]], when: pd.Timestamp) -> None:
-        """Sell every unit of each position whose stop was hit."""
+        """Sell every unit of each position whose stop was hit. Needs only the broker: during
+        a database outage the journal writes wait in memory, in order, and the order is still
+        sent (its client order id makes a resend after a crash harmless)."""
         positions = self.broker.positions()
         plan = [PlannedOrder(s, "sell", positions[s].qty, "stop") for s, _ in exits
                 if s in positions]
-        for s, price in exits:
-            msg = f"stop exit {s} at {price:.6g} (peak {self.state.stops[s]['peak']:.6g})"
-            log.warning(msg)
-            self.journal.event("warning", "stop_exit", msg, {"symbol": s, "price": price})
-        self._execute(plan, when)
-        for s, _ in exits:  # a stopped position starts afresh if it is bought again
-            self.state.stops.pop(s, None)
-        self._update_stops(self._prices())
-        self.journal.save_state(self.state, STOPS)
+        with self.journal.tolerant():
+            for s, price in exits:
+                msg = f"stop exit {s} at {price:.6g} (peak {self.state.stops[s]['peak']:.6g})"
+                log.warning(msg)
+                self.journal.event("warning", "stop_exit", msg, {"symbol": s, "price": price})
+            self._execute(plan, when)
+            for s, _ in exits:  # a stopped position starts afresh if it is bought again
+                self.state.stops.pop(s, None)
+            self._update_stops(self._prices())
+            self.journal.save_state(self.state, STOPS)
 
     def _update_stops(self, prices: np.ndarray) -> None:
         """New positions start their stop at the entry price; closed ones lose it."""
@@ -231,7 +236,8 @@ class Trader:
         for o in plan:
             coid = client_order_id(self.name, o.purpose, when, o.symbol, o.side)
             if not self.journal.record_new(coid, o.symbol, o.side, o.qty, o.purpose, when):
-                known = self.broker.get_order(coid)  # journaled before: sent before?
+                # journaled before (False), or the journal is down (None): sent before?
+                known = self.broker.get_order(coid)
                 if known is not None:
                     self.journal.record_result(self.broker.wait_for_fill(known))
                     continue
