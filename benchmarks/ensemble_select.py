@@ -20,7 +20,7 @@ import uuid
 import optuna
 import psycopg2
 
-from cappuccino_core.ensemble.selection import _ATTRS, _RANKED
+from cappuccino_core.optuna_db import ATTR_ARTIFACT_DIR, ATTR_SHA256, ranked_trials, trial_attrs
 from cappuccino_core.storage import make_engine, make_optuna_storage
 
 
@@ -59,9 +59,8 @@ def time_query(engine, study: str, repeat: int = 20) -> float:
     with engine.connect() as conn:
         for _ in range(repeat):
             t0 = time.perf_counter()
-            rows = conn.execute(_RANKED, {"study": study, "min_value": None, "limit": 30,
-                                          "offset": 0}).all()
-            conn.execute(_ATTRS, {"ids": [r[0] for r in rows]}).all()
+            rows = ranked_trials(conn, study, None, 30, 0)
+            trial_attrs(conn, [r[0] for r in rows], (ATTR_ARTIFACT_DIR, ATTR_SHA256))
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -80,8 +80,8 @@ def main() -> None:
     t0 = time.perf_counter()
     result = replay(cfg2, engine2)
     wall = time.perf_counter() - t0
-    print(f"replay of {result.bars:,} hourly bars ({result.start:%Y-%m-%d} .. "
-          f"{result.end:%Y-%m-%d}, 7 assets, 10 members): {wall:.1f} s "
+    print(f"replay of {result.bars:,} hourly bars ({result.window.first:%Y-%m-%d} .. "
+          f"{result.window.last:%Y-%m-%d}, 7 assets, 10 members): {wall:.1f} s "
           f"(target < 60 s for a year: {'met' if wall < 60 else 'NOT met'})")
 
 

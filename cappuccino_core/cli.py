@@ -123,7 +123,8 @@ def cmd_ensemble_sync(args) -> int:
 
 
 def cmd_ensemble_show(args) -> int:
-    from .ensemble.publish import current_manifest, ensembles_dir, member_risk_differences
+    from .ensemble.publish import (current_dir, current_manifest, ensembles_dir,
+                                   member_risk_differences, version_problems)
     cfg = load_config(args.config_dir)
     manifest = current_manifest(ensembles_dir(cfg))
     if manifest is None:
@@ -139,6 +140,9 @@ def cmd_ensemble_show(args) -> int:
     if not follows:
         print(f"WARNING: the active study is {cfg.active_study!r}: this ensemble does not "
               "follow it")
+    broken = version_problems(current_dir(ensembles_dir(cfg)))
+    if broken:
+        print(f"BROKEN: ensemble v{manifest['version']}: " + "; ".join(broken))
     print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'age':>8}  parameters")
     now = pd.Timestamp.now(tz="UTC")
     differing = []

@@ -14,7 +14,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .config import Config
-from .ensemble.publish import current_manifest, ensembles_dir, member_risk_differences
+from .ensemble.publish import (current_manifest, ensembles_dir, member_risk_differences,
+                               version_problems)
 from .optuna_db import completed_since, study_summaries
 from .storage import (StorageEmpty, deploy_decisions, equity_snapshots, events, read_engine,
                       trader_state)
@@ -117,7 +118,26 @@ def _ensemble(engine, cfg: Config) -> dict:
         "members": len(values), "best_value": max(values),
         "mean_value": sum(values) / len(values),
         "members_with_other_risk_rules": sum(
-            bool(member_risk_differences(m, cfg)) for m in manifest["members"])}
+            bool(member_risk_differences(m, cfg)) for m in manifest["members"]),
+        "broken": version_health(engine, cfg, manifest)}
+
+
+def version_health(engine, cfg: Config, manifest: dict) -> list[str]:
+    """Why the current version is broken ([] if it is not): its files on disk, and a refusal
+    by the trader since it was published (weights that do not load)."""
+    root = ensembles_dir(cfg)
+    name = f"v{manifest['version']:06d}"
+    problems = version_problems(root / name)
+    created = datetime.fromisoformat(manifest["created_at"])
+    with engine.connect() as conn:
+        refusals = conn.execute(sa.select(events.c.ts, events.c.message, events.c.data).where(
+            events.c.kind == "ensemble_refused").order_by(events.c.id.desc()).limit(20)).all()
+    for ts, message, data in refusals:
+        when = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        if name in (data or {}).get("versions", []) and when >= created:
+            problems.append(f"the trader refused it: {message}")
+            break
+    return problems
 
 
 def render(s: dict) -> str:
@@ -141,6 +161,8 @@ def render(s: dict) -> str:
         lines.append(f"ensemble: v{e['version']} of study {e['study']}, {e['members']} members, "
                      f"{e['age_hours']:.1f} h old, best {e['best_value']:.3f}, "
                      f"mean {e['mean_value']:.3f}")
+        if e["broken"]:
+            lines.append(f"!! ENSEMBLE v{e['version']} IS BROKEN: " + "; ".join(e["broken"]))
         if e["members_with_other_risk_rules"]:
             lines.append(f"!! {e['members_with_other_risk_rules']} member(s) trained under other "
                          "risk rules than configured (cappuccino ensemble show)")

@@ -123,10 +123,15 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
         conn.execute(sa.text("UPDATE trial_user_attributes SET value_json = :v "
                              "WHERE trial_id = :id AND key = 'sha256'"),
                      {"v": json.dumps(digest), "id": evil._trial_id})
+    # the sync test-loads every member: the checksum matches, the weights do not load
     result = sync(cfg, engine)
-    assert result.status == "published" and not marker.exists()
-    with pytest.raises(ArtifactError, match="weights refused"):
-        Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    assert result.status == "too_few" and not marker.exists()
+    (why,) = [w for tid, _, w in result.selection.skipped if tid == evil._trial_id]
+    assert "does not load" in why and "weights refused" in why
+    assert current_dir(ensembles_dir(cfg)) is None  # nothing published with it
+    from cappuccino_core.artifacts import load_artifact
+    with pytest.raises(ArtifactError, match="weights refused"):  # and serving refuses it too
+        load_artifact(d, digest)
     assert not marker.exists()  # refused without executing
     # and the payload is real: unpickling it the unsafe way would have run it
     pickle.loads(pickle.dumps(Payload()))

@@ -120,3 +120,39 @@ def test_a_data_error_is_one_line_and_the_loop_goes_on(tmp_path, shared_data, ca
     loop.cycle()
     assert loop.trader.last_bar is not None and not loop.problems
     assert np.isfinite(loop.broker.account().equity)
+
+
+def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_last_good(
+        tmp_path, shared_data, caplog, capsys):
+    """v1 good; v2 published, then one member truncated on disk (its checksum recorded
+    before). A restarted trader serves v1 and says why; status and show call v2 broken; the
+    next sync test-loads every member and does not publish the truncated one again."""
+    import optuna
+
+    from cappuccino_core import cli
+    from cappuccino_core.broker.sim import SimBroker
+    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+    from ensemble_helpers import add_trial
+    cfg, engine, study = setup_trader_env(tmp_path, shared_data)
+    assert current_dir(ensembles_dir(cfg)).name == "v000001"
+    late = add_trial(study, cfg, 9.0, seed=9)
+    assert sync(cfg, engine).version == 2
+    member = current_dir(ensembles_dir(cfg)) / "members" / str(late._trial_id) / "model.pt"
+    member.write_bytes(member.read_bytes()[:100])  # truncated after publishing
+    broker = SimBroker(engine, 100_000, 0.0025, 5)
+    loop = LiveLoop(cfg, broker, engine, RecordingNotifier(), FakeClock("2022-05-10 00:00:15"))
+    caplog.set_level(logging.INFO, logger="cappuccino_core")
+    loop.start()
+    assert loop.trader.ensemble.version == 1
+    assert "ensemble v000002 does not load" in caplog.text
+    assert "serving ensemble v1, the newest version that loads" in caplog.text
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) in (0, 1)
+    assert "ENSEMBLE v2 IS BROKEN" in capsys.readouterr().out
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
+    assert "BROKEN: ensemble v2" in capsys.readouterr().out
+    # the trial's own artifact is truncated too (hard links): the sync refuses it
+    (cfg.state_dir / "trader.pid").unlink()  # (the sync would SIGHUP this test's process)
+    result = sync(cfg, engine)
+    assert late._trial_id not in {m.trial_id for m in result.selection.members}
+    assert any(tid == late._trial_id for tid, _, _ in result.selection.skipped)
+    assert optuna.trial.TrialState.COMPLETE == study.trials[-1].state

@@ -73,6 +73,27 @@ def member_risk_differences(member: dict, cfg: Config) -> list[str]:
         return [f"unreadable spec ({e})"]
 
 
+def version_problems(directory: Path) -> list[str]:
+    """What is wrong with a published version on disk: an unreadable manifest, a member's file
+    missing, a checksum that differs, a spec that does not parse. [] when it is whole. (No
+    torch: cheap enough for `status`; whether the weights load, the trader reports.)"""
+    from ..artifacts import ArtifactError, read_spec, sha256_file
+    try:
+        manifest = read_manifest(directory)
+    except (OSError, ValueError) as e:
+        return [f"manifest unreadable ({e})"]
+    problems = []
+    for m in manifest.get("members", []):
+        member = directory / m["path"]
+        try:
+            if sha256_file(member / "model.pt") != m["sha256"]:
+                problems.append(f"trial id {m['trial_id']}: model.pt checksum differs")
+            read_spec(member)
+        except (OSError, ArtifactError) as e:
+            problems.append(f"trial id {m['trial_id']}: {e}")
+    return problems
+
+
 def current_manifest(root: Path) -> dict | None:
     d = current_dir(root)
     return read_manifest(d) if d is not None and (d / "manifest.json").exists() else None

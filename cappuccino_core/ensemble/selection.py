@@ -3,8 +3,9 @@
 The ranking is one indexed query over Optuna's tables (`optuna_db.ranked_trials`). Trials are
 identified by their storage-wide trial id, never by number: numbers repeat across studies.
 
-A trial is eligible when its artifact exists, its checksum matches what the trial recorded, its
-spec fits the trading configuration (same symbols in the same order, same timeframe, same
+A trial is eligible when its artifact exists, its checksum matches what the trial recorded, it
+loads (`torch.load(weights_only=True)` and the network's shapes: a matching checksum does not
+prove that), its spec fits the trading configuration (same symbols in the same order, same timeframe, same
 feature set), and it was trained under the live risk rules and costs (`ensemble.risk_mismatch:
 refuse`; with `warn` it is served and the differences are logged and shown). Every skipped
 trial is reported with its reason.
@@ -91,6 +92,11 @@ def check_member(trial_id: int, study: str, attrs: dict,
                       "not to this trial")
     if spec.sha256 != digest:
         return None, "spec checksum differs from the trial's"
+    try:  # a checksum can match weights that still cannot load (truncated, a pickle payload)
+        from ..artifacts import load_artifact
+        load_artifact(path, digest)
+    except ArtifactError as e:
+        return None, f"does not load: {e}"
     why, differences = fit_problem(spec, cfg)
     if why:
         return None, why

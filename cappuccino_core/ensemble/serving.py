@@ -139,6 +139,25 @@ class EnsembleWatcher:
         link = self.root / "current"
         return os.readlink(link) if link.is_symlink() else None
 
+    def newest_loadable(self) -> tuple[Ensemble | None, list[str]]:
+        """For a start: the current version if it loads, else the newest older one that does
+        (a restart never leaves the trader with nothing while a good version is on disk);
+        and one line per version skipped, saying why."""
+        current = self._target()
+        older = sorted((p.name for p in self.root.glob("v[0-9]*") if p.is_dir()), reverse=True)
+        skipped = []
+        for name in ([current] if current else []) + [n for n in older if n != current]:
+            try:
+                ensemble = Ensemble.load(self.root / name, self.cfg)
+            except (ArtifactError, OSError, ValueError, KeyError) as e:
+                skipped.append(f"ensemble {name} does not load: {e}")
+                continue
+            self.loaded_target = name
+            if name != current:
+                self.rejected_target = current
+            return ensemble, skipped
+        return None, skipped
+
     def poll(self) -> tuple[Ensemble | None, str | None]:
         """(new ensemble or None, error message or None)."""
         target = self._target()

@@ -82,11 +82,15 @@ class LiveLoop:
 
     def start(self) -> None:
         self.write_pid()
-        ensemble, error = self.watcher.poll()
-        if error:
-            log.error(error)
+        ensemble, skipped = self.watcher.newest_loadable()
+        for line in skipped:
+            log.error("%s; skipped", line)
+        if skipped:
+            self._record_refusal(skipped)
         if ensemble is None:
             log.warning("no ensemble yet: the trader waits for `cappuccino ensemble sync`")
+        elif skipped:
+            log.warning("serving ensemble v%d, the newest version that loads", ensemble.version)
         self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble)
         self.trader.start(at=self.clock.now())
         self.notifier.ready(self.status_line())
@@ -125,6 +129,15 @@ class LiveLoop:
         self.notifier.watchdog()  # from this loop only: a hung loop is restarted by systemd
         self.notifier.status(self.status_line(now))
 
+    def _record_refusal(self, lines: list[str]) -> None:
+        """Tell `status` and `ensemble show` that a version did not load here."""
+        from ..storage import record_event
+        try:
+            record_event(self.engine, self.name, "error", "ensemble_refused", "; ".join(lines),
+                         {"versions": [line.split()[1] for line in lines]})
+        except Exception:  # noqa: BLE001 - the refusal is logged already
+            log.debug("could not record the refusal", exc_info=True)
+
     def flush_journal(self) -> None:
         written = self.trader.journal.flush()
         if written:
@@ -154,6 +167,7 @@ class LiveLoop:
         ensemble, error = self.watcher.poll()
         if error:
             log.error(error)
+            self._record_refusal([error])
         if ensemble is not None:
             self.notifier.reloading()
             self.trader.reload(ensemble)
