@@ -12,11 +12,7 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .config import ConfigError, effective_config, load_config
-from .data.bars import DataError
-from .window import WindowError
-from .optuna_db import OptunaSchemaError
-from .storage import StorageEmpty
+from .config import effective_config, load_config
 from .service import setup_logging
 
 log = logging.getLogger("cappuccino")
@@ -382,6 +378,16 @@ def cmd_demo(args) -> int:
     return run_demo(args.workdir)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _common_options() -> argparse.ArgumentParser:
     """Options every subcommand accepts after its name too (`cappuccino config check --config-dir`)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -431,8 +437,9 @@ def _add_training(sub, common) -> None:
     train.add_argument("action", nargs="?", choices=["start", "stop"],
                        help="(systemd) start or stop cappuccino-train@STUDY units instead")
     train.add_argument("--study", help="study name (default: the active study)")
-    train.add_argument("--n-trials", type=int, help="target number of finished trials")
-    train.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    train.add_argument("--n-trials", type=positive_int, help="target number of finished trials")
+    train.add_argument("--workers", type=positive_int, default=1,
+                       help="worker processes (default 1)")
     train.add_argument("--activate", action="store_true",
                        help="(start) also make the study the active one")
     train.set_defaults(func=cmd_train)
@@ -590,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cappuccino {__version__}")
     parser.add_argument("--config-dir", help=CONFIG_DIR_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_config_and_data, _add_training, _add_ensemble, _add_trading,
                 _add_validation, _add_operations):
@@ -602,24 +611,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 1
-    except OptunaSchemaError as e:
-        print(f"storage error: {e}", file=sys.stderr)
-        return 2
-    except WindowError as e:
-        print(f"window error: {e}", file=sys.stderr)
-        return 2
-    except StorageEmpty as e:
-        print(f"storage: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - every error ends as one line (see errors.py)
+        from .errors import describe
+        if args.debug:
+            raise
+        code, line = describe(e)
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

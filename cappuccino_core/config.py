@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -73,6 +75,10 @@ POSITIVE = check("a number > 0", lambda v: v > 0)
 NON_NEGATIVE = check("a number >= 0", lambda v: v >= 0)
 
 
+def between(lo: float, hi: float, what: str = "a number") -> dict:
+    return check(f"{what} in [{lo:g}, {hi:g}]", lambda v: lo <= v <= hi)
+
+
 def choice(*options: str) -> dict:
     return check("one of " + ", ".join(options), lambda v: v in options)
 
@@ -83,9 +89,9 @@ def choice(*options: str) -> dict:
 class StorageConfig:
     url: str | None = field(default=None, metadata=check(
         "a postgresql:// or sqlite:/// URL", lambda v: v.startswith(("postgresql", "sqlite:///"))))
-    pool_size: int = field(default=5, metadata=POSITIVE)
-    max_overflow: int = field(default=10, metadata=NON_NEGATIVE)
-    sqlite_busy_timeout_s: float = field(default=30.0, metadata=POSITIVE)
+    pool_size: int = field(default=5, metadata=between(1, 1000, "an integer"))
+    max_overflow: int = field(default=10, metadata=between(0, 1000, "an integer"))
+    sqlite_busy_timeout_s: float = field(default=30.0, metadata=between(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -104,15 +110,18 @@ class DataConfig:
                        lambda v: len(v) > 0 and len(set(v)) == len(v)
                        and all(SYMBOL_RE.match(s) for s in v)))
     timeframe: str = field(default="1h", metadata=choice(*TIMEFRAMES))
-    closed_bar_delay_s: float = field(default=10.0, metadata=NON_NEGATIVE)
+    closed_bar_delay_s: float = field(default=10.0, metadata=between(0, 3600))
     start: str | None = field(default=None, metadata=DATE)
     end: str | None = field(default=None, metadata=DATE)  # exclusive; null: up to the latest bar
     feature_set: str = field(default="v1", metadata=choice("v1"))
+    # a longer run of missing bars than this is refused (a dead feed, not a quiet hour);
+    # shorter ones are filled flat at the previous close, flagged, and counted in the log
+    max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    n_trials: int = field(default=100, metadata=POSITIVE)
+    n_trials: int = field(default=100, metadata=between(1, 10_000_000, "an integer"))
     cv: str = field(default="cpcv", metadata=choice("cpcv", "walk_forward"))
     cv_groups: int = field(default=6, metadata=check("an integer >= 2", lambda v: v >= 2))
     cv_test_groups: int = field(default=2, metadata=POSITIVE)
@@ -120,10 +129,10 @@ class TrainingConfig:
     heldout_days: int = field(default=60, metadata=NON_NEGATIVE)
     pruner: str = field(default="median", metadata=choice("median", "none"))
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
-    total_timesteps: int = field(default=200_000, metadata=POSITIVE)
-    n_envs: int = field(default=64, metadata=POSITIVE)
-    heartbeat_interval_s: int = field(default=30, metadata=POSITIVE)
-    heartbeat_grace_s: int = field(default=120, metadata=POSITIVE)
+    total_timesteps: int = field(default=200_000, metadata=between(1, 10**11, "an integer"))
+    n_envs: int = field(default=64, metadata=between(1, 1_048_576, "an integer"))
+    heartbeat_interval_s: int = field(default=30, metadata=between(1, 3600, "an integer"))
+    heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
     compile_env: bool = False
 
@@ -150,8 +159,8 @@ class RiskConfig:
     min_cash_reserve_pct: float = field(default=0.05, metadata=check(
         "a number in [0, 1)", lambda v: 0 <= v < 1))
     max_drawdown_halt_pct: float | None = field(default=None, metadata=FRACTION)
-    intrabar_check_s: float = field(default=60.0, metadata=POSITIVE)
-    stale_bar_limit_bars: int = field(default=2, metadata=POSITIVE)
+    intrabar_check_s: float = field(default=60.0, metadata=between(1, 3600))
+    stale_bar_limit_bars: int = field(default=2, metadata=between(1, 1000, "an integer"))
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,7 @@ class BrokerConfig:
                                                             lambda v: 0 <= v < 0.1))
     slippage_bps: float = field(default=5.0, metadata=NON_NEGATIVE)
     min_order_notional: float = field(default=10.0, metadata=NON_NEGATIVE)
-    initial_cash: float = field(default=100_000.0, metadata=POSITIVE)
+    initial_cash: float = field(default=100_000.0, metadata=between(1, 1e12))
     url_override: str | None = None
     api_key_id: str | None = None  # prefer systemd credentials or the environment
     api_secret_key: str | None = None
@@ -262,6 +271,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(file, key, value, "a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -357,6 +368,16 @@ def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+STUDY_NAME_RULE = "a study name of letters, digits, '_', '.', '-' (at most 64, not starting with '.')"
+
+
+def check_study_name(name, where: str = "command line", key: str = "--study") -> str:
+    """A study name is also a directory name (artifacts): only a safe pattern passes."""
+    if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
+        raise ConfigError(where, key, name, STUDY_NAME_RULE)
+    return name
+
+
 def load_active_study(config_dir: str | os.PathLike | None = None) -> str | None:
     """The study named in active_study.yaml, or None when the file does not exist."""
     path = resolve_config_dir(config_dir) / ACTIVE_STUDY_FILE
@@ -367,11 +388,7 @@ def load_active_study(config_dir: str | os.PathLike | None = None) -> str | None
         extra = sorted(set(raw) - {"study"}) if isinstance(raw, dict) else None
         raise ConfigError(ACTIVE_STUDY_FILE, extra[0] if extra else "", _NO_VALUE if extra else raw,
                           "a mapping with the single key 'study'")
-    study = raw.get("study")
-    if not isinstance(study, str) or not STUDY_NAME_RE.match(study):
-        raise ConfigError(ACTIVE_STUDY_FILE, "study", study,
-                          "a study name of letters, digits, '_', '.', '-' (at most 64)")
-    return study
+    return check_study_name(raw.get("study"), ACTIVE_STUDY_FILE, "study")
 
 
 def load_config(config_dir: str | os.PathLike | None = None) -> Config:
@@ -382,8 +399,29 @@ def load_config(config_dir: str | os.PathLike | None = None) -> Config:
     cfg = _build(Config, raw, CONFIG_FILE)
     _check_cross_fields(cfg)
     read = tuple(str(p) for p in (path, directory / ACTIVE_STUDY_FILE) if p.exists())
+    if path.exists():
+        _warn_if_readable_secrets(path, cfg)
     return dataclasses.replace(cfg, config_dir=str(directory), files_read=read,
                                active_study=load_active_study(directory))
+
+
+def _warn_if_readable_secrets(path: Path, cfg: Config) -> None:
+    """A file holding a password or a key should not be readable by every user."""
+    secrets = [k for k, v in _flatten(effective_config(cfg, masked=False)).items()
+               if v and (SECRET_KEY_RE.search(k.split(".")[-1]) or
+                         (isinstance(v, str) and URL_PASSWORD_RE.search(v)))]
+    if secrets and path.stat().st_mode & 0o004:
+        logging.getLogger("cappuccino.config").warning(
+            "%s holds secrets (%s) and is readable by every user: chmod 640 (root:cappuccino)",
+            path, ", ".join(secrets))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
 
 
 def _check_cross_fields(cfg: Config) -> None:
@@ -429,11 +467,11 @@ def mask_text(text: str) -> str:
     return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
 
 
-def effective_config(cfg: Config) -> dict:
+def effective_config(cfg: Config, masked: bool = True) -> dict:
     """The configuration as a plain dict, secrets masked, with derived values filled in."""
     d = dataclasses.asdict(cfg)
-    d["storage"]["url"] = cfg.storage_url
-    return mask_secrets(d)
+    d["storage"]["url"] = cfg.storage_url if masked else cfg.storage.url
+    return mask_secrets(d) if masked else d
 
 
 # --- writing a setting ---------------------------------------------------------------------------

@@ -33,7 +33,6 @@ slippage; `excess` subtracts the log return of an equal-weight buy-and-hold over
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 

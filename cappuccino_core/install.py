@@ -36,6 +36,17 @@ def check_interpreter(home: Path) -> None:
                          "Python, e.g. make install PYTHON=/usr/bin/python3")
 
 
+def _protect(path: Path) -> None:
+    """0640, owned by root and the service's group where that group exists."""
+    import grp
+    import os
+    path.chmod(0o640)
+    try:
+        os.chown(path, 0, grp.getgrnam(USER).gr_gid)
+    except (KeyError, PermissionError):
+        pass  # no such group yet (staged install) or not root: the mode still protects it
+
+
 def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
             user: bool = True, systemd_reload: bool = True, log=print) -> list[str]:
     """Returns what it did, one line each."""
@@ -54,6 +65,13 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
     units_dir = _under(root_p, "/etc/systemd/system")
     for path in write_units(units_dir, prefix):
         done.append(f"unit {path}")
+    if user and root_p == Path("/"):
+        exists = subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0
+        if not exists:
+            subprocess.run(["useradd", "--system", "--user-group", "--home-dir",
+                            "/var/lib/cappuccino", "--shell", "/usr/sbin/nologin", USER],
+                           check=True)
+            done.append(f"system user {USER}")
     etc = _under(root_p, "/etc/cappuccino")
     (etc / "credentials").mkdir(parents=True, exist_ok=True)
     (etc / "credentials").chmod(0o700)
@@ -63,14 +81,8 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
             done.append(f"kept the operator's {dest}")
         else:
             shutil.copy2(example, dest)
-            done.append(f"example config {dest}")
-    if user and root_p == Path("/"):
-        exists = subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0
-        if not exists:
-            subprocess.run(["useradd", "--system", "--user-group", "--home-dir",
-                            "/var/lib/cappuccino", "--shell", "/usr/sbin/nologin", USER],
-                           check=True)
-            done.append(f"system user {USER}")
+            _protect(dest)  # it will hold the storage password: root writes, the service reads
+            done.append(f"example config {dest} (0640 root:{USER})")
     if systemd_reload and root_p == Path("/") and shutil.which("systemctl"):
         subprocess.run(["systemctl", "daemon-reload"], check=False)
         done.append("systemctl daemon-reload")

@@ -37,6 +37,20 @@ def start_daemon(parser, argv=None):
         raise SystemExit(2) from e
 
 
+def run_daemon(main, argv=None) -> int:
+    """Run a daemon's `main`: whatever ends it is logged as one line naming the cause (the
+    traceback only at debug level, or with CAPPUCCINO_DEBUG=1), and the exit code says what
+    kind of failure it was (2 bad configuration, 1 runtime), for systemd and the operator."""
+    from .errors import describe
+    try:
+        return main(argv)
+    except Exception as e:  # noqa: BLE001 - every failure ends as one line (see errors.py)
+        code, line = describe(e)
+        logging.getLogger("cappuccino").error(
+            "%s", line, exc_info=os.environ.get("CAPPUCCINO_DEBUG") == "1")
+        return code
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Journald format when run by systemd (JOURNAL_STREAM is set), readable lines on a terminal."""
     handler = logging.StreamHandler(sys.stderr)

@@ -10,16 +10,14 @@ from pathlib import Path
 import optuna
 import yaml
 
-from .config import ACTIVE_STUDY_FILE, STUDY_NAME_RE, Config, ConfigError
+from .config import ACTIVE_STUDY_FILE, Config, ConfigError, check_study_name
 from .storage import make_optuna_storage, optuna_storage
 
 
 def write_active_study(config_dir: str | Path, name: str) -> Path:
     """Write active_study.yaml atomically (a complete temporary file, then one rename), so a
     reader (or the path unit) never sees half a file."""
-    if not STUDY_NAME_RE.match(name):
-        raise ConfigError(ACTIVE_STUDY_FILE, "study", name,
-                          "a study name of letters, digits, '_', '.', '-' (at most 64)")
+    check_study_name(name, ACTIVE_STUDY_FILE, "study")
     directory = Path(config_dir)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".active_study.", suffix=".tmp")
     try:
@@ -40,6 +38,10 @@ def write_active_study(config_dir: str | Path, name: str) -> Path:
 def import_studies(cfg: Config, source_url: str, names: list[str] | None = None) -> list[str]:
     """Copy studies (all, or `names`) from another storage into the configured one. A study
     that already exists here is left alone."""
+    path = source_url.removeprefix("sqlite:///") if source_url.startswith("sqlite:///") else None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError("command line", "--from", source_url,
+                          "an existing storage (no such SQLite file; nothing was created)")
     source = make_optuna_storage(source_url)
     target = optuna_storage(cfg)
     wanted = names or [s.study_name for s in optuna.get_all_study_summaries(source)]

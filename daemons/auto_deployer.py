@@ -10,7 +10,7 @@ import sys
 
 from cappuccino_core import deploy
 from cappuccino_core.ensemble.selection import SelectionError
-from cappuccino_core.service import start_daemon
+from cappuccino_core.service import run_daemon, start_daemon
 from cappuccino_core.storage import app_engine
 
 log = logging.getLogger("cappuccino.auto_deployer")
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_daemon(main))

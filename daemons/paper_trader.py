@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from cappuccino_core.service import Notifier, start_daemon
+from cappuccino_core.service import Notifier, run_daemon, start_daemon
 from cappuccino_core.storage import app_engine
 from cappuccino_core.trading.live import LiveLoop
 
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_daemon(main))

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from cappuccino_core.service import Notifier, start_daemon
+from cappuccino_core.service import Notifier, run_daemon, start_daemon
 from cappuccino_core.training.worker import WorkerHooks, run_worker
 
 log = logging.getLogger("cappuccino.trainer")
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_daemon(main))

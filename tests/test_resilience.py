@@ -156,3 +156,149 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
     assert late._trial_id not in {m.trial_id for m in result.selection.members}
     assert any(tid == late._trial_id for tid, _, _ in result.selection.skipped)
     assert optuna.trial.TrialState.COMPLETE == study.trials[-1].state
+
+
+# --- one line, naming the cause, for every error -------------------------------------------------
+
+def cappuccino(*args, env=None) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+    exe = os.path.join(os.path.dirname(sys.executable), "cappuccino")
+    return subprocess.run([exe, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def one_line(result, code: int, *fragments: str) -> None:
+    err = result.stderr.strip()
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def test_bad_files_and_values_get_one_line_and_exit_2(tmp_path):
+    from conftest import write_config
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "cappuccino.yaml").write_bytes("data:\n  start: 2022-01-01\n".encode("utf-16"))
+    one_line(cappuccino("config", "check", "--config-dir", str(etc)), 2, "not UTF-8")
+    (etc / "cappuccino.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    one_line(cappuccino("config", "check", "--config-dir", str(etc)), 2, "cappuccino.yaml")
+    (etc / "cappuccino.yaml").write_text("data:\n  start: 2023-13-45\n")
+    one_line(cappuccino("config", "check", "--config-dir", str(etc)), 2,
+             "data.start: expected a date like 2023-01-01")
+    for text, key in [("ensemble:\n  min_value: .nan\n", "ensemble.min_value: expected a finite"),
+                      ("broker:\n  initial_cash: .inf\n", "broker.initial_cash: expected a finite"),
+                      ("risk:\n  intrabar_check_s: .inf\n", "risk.intrabar_check_s"),
+                      ("training:\n  n_envs: 100000000000000000000000\n", "training.n_envs"),
+                      ("ensemble:\n  top_n: 4\nensemble:\n  top_n: 5\n", "'ensemble' appears twice")]:
+        (etc / "cappuccino.yaml").write_text(text)
+        one_line(cappuccino("config", "check", "--config-dir", str(etc)), 2, key)
+    write_config(etc, {"paths": {"state_dir": str(tmp_path / "state")}})
+    result = cappuccino("train", "--n-trials", "-5", "--config-dir", str(etc))
+    assert result.returncode == 2 and "expected an integer >= 1" in result.stderr
+    one_line(cappuccino("train", "--study", "../../escape", "--n-trials", "1",
+                        "--config-dir", str(etc)), 2, "--study", "a study name of letters")
+    assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_storage_down_or_missing_is_one_line_everywhere(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_config
+    etc = write_config(tmp_path / "etc", {
+        "storage": {"url": "postgresql://nobody@127.0.0.1:1/nowhere"},
+        "paths": {"state_dir": str(tmp_path / "state")}}, active_study="s")
+    for args in (["study", "list"], ["ensemble", "sync"], ["trader", "status"], ["deploy"],
+                 ["status"], ["paper", "--replay"]):
+        result = cappuccino(*args, "--config-dir", str(etc))
+        if args == ["status"]:  # status shows every section it can, and says why not the rest
+            assert result.returncode == 1 and "storage unreachable" in result.stdout
+            continue
+        one_line(result, 1, "storage unreachable")
+    debug = cappuccino("--debug", "study", "list", "--config-dir", str(etc))
+    assert "Traceback" in debug.stderr  # the traceback is there when asked for
+    daemon = subprocess.run([sys.executable, "-m", "daemons.ensemble_sync", "--config-dir",
+                             str(etc)], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    assert daemon.returncode == 1 and "Traceback" not in daemon.stderr
+    assert "storage unreachable" in daemon.stderr
+    (etc / "cappuccino.yaml").write_text("risk:\n  trailing_stop_pct: 10\n")
+    daemon = subprocess.run([sys.executable, "-m", "daemons.paper_trader", "--config-dir",
+                             str(etc)], capture_output=True, text=True)
+    assert daemon.returncode == 2 and "risk.trailing_stop_pct" in daemon.stderr
+
+
+def test_a_bad_artifact_and_a_bad_csv_date_are_one_line(tmp_path, shared_data):
+    cfg, engine, study = setup_trader_env(tmp_path, shared_data)
+    trial = study.trials[-1]
+    model = f"{trial.user_attrs['artifact_dir']}/model.pt"
+    with open(model, "r+b") as f:
+        f.truncate(50)
+    one_line(cappuccino("backtest", "--trial", str(trial._trial_id), "--config-dir",
+                        cfg.config_dir), 1, "checksum")
+    src = tmp_path / "csv"
+    src.mkdir()
+    rows = "\n".join(f"2024-01-01 {h:02d}:00:00,1,2,0.5,1.5,10" for h in range(4))
+    for base in ("BTC", "ETH", "SOL"):
+        (src / f"{base}USDT_1h.csv").write_text(f"date,open,high,low,close,volume\n{rows}\n"
+                                                "2024-13-45 04:00:00,1,2,0.5,1.5,10\n"
+                                                "2024-01-01 05:00:00,1,2,0.5,1.5,10\n")
+    one_line(cappuccino("data", "fetch", "--source", "csv", "--path", str(src), "--start",
+                        "2024-01-01", "--end", "2024-01-02", "--config-dir", cfg.config_dir),
+             1, "data error", "2024-13-45")
+
+
+def test_long_gaps_are_refused_and_short_ones_counted(caplog):
+    from cappuccino_core.data.bars import DataError, align
+    idx = pd.date_range("2024-01-01", periods=100, freq="1h", tz="UTC")
+    full = pd.DataFrame({"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0},
+                        index=idx)
+    holed = full.drop(idx[10:40])  # 30 bars missing in a row
+    with pytest.raises(DataError, match=r"ETH/USD 2024-01-01 10:00:00\+00:00: 30 bars missing"):
+        align({"BTC/USD": full, "ETH/USD": holed}, ["BTC/USD", "ETH/USD"], 3600, 24)
+    caplog.set_level(logging.INFO)
+    bars = align({"BTC/USD": full, "ETH/USD": full.drop(idx[10:13])}, ["BTC/USD", "ETH/USD"],
+                 3600, 24)
+    assert bars.filled[:, 1].sum() == 3
+    assert "ETH/USD: 3 missing bars filled flat" in caplog.text
+
+
+def test_secrets_in_a_world_readable_file_are_warned_and_install_protects_them(tmp_path, caplog):
+    import os
+    import stat
+
+    from cappuccino_core.config import load_config
+    from cappuccino_core.install import install
+    (tmp_path / "cappuccino.yaml").write_text("storage:\n  url: postgresql://u:hunter2@db/x\n")
+    os.chmod(tmp_path / "cappuccino.yaml", 0o644)
+    caplog.set_level(logging.WARNING)
+    load_config(tmp_path)
+    assert "readable by every user" in caplog.text and "hunter2" not in caplog.text
+    root = tmp_path / "root"
+    install("/opt/cappuccino", str(root), venv=False, user=False, systemd_reload=False,
+            log=lambda line: None)
+    mode = stat.S_IMODE((root / "etc/cappuccino/cappuccino.yaml").stat().st_mode)
+    assert mode == 0o640
+
+
+def test_importing_from_a_file_that_does_not_exist_creates_nothing(tmp_path):
+    from conftest import write_config
+    etc = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")}})
+    missing = tmp_path / "nonexistent" / "x.db"
+    one_line(cappuccino("study", "import", "--from", f"sqlite:///{missing}", "--config-dir",
+                        str(etc)), 2, "--from", "no such SQLite file")
+    assert not missing.parent.exists()
+
+
+def test_a_sync_starts_by_removing_what_killed_syncs_left(tmp_path, shared_data):
+    from cappuccino_core.ensemble.publish import ensembles_dir, sync
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    root = ensembles_dir(cfg)
+    (root / ".tmp-v000009-4242" / "members").mkdir(parents=True)
+    (root / ".current-4242").symlink_to("v000009")
+    assert sync(cfg, engine).status == "unchanged"  # nothing to publish, still cleaned
+    assert not list(root.glob(".tmp-*")) and not list(root.glob(".current-*"))

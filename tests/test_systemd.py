@@ -188,6 +188,10 @@ def test_trainer_killed_mid_trial_fails_and_is_retried(box, pg_url, hook):
 
 
 def test_trader_trades_and_a_kill_9_neither_repeats_orders_nor_forgets_peaks(box, db):
+    # the trader first, with no ensemble yet (the timers' first sync is due at once: OnBootSec
+    # passed while the container trained), then everything else
+    box.systemctl("start", TRADER)
+    wait_for(lambda: said(box, TRADER, "no ensemble yet"), 60, "the trader without an ensemble")
     box.systemctl("start", "cappuccino.target")
     box.systemctl("start", SYNC)  # the first ensemble, from alpha
     first_pid = wait_for(lambda: main_pid(box, TRADER), 60, "the trader")

@@ -68,6 +68,9 @@ def test_the_units_say_what_the_design_says():
     assert "Restart=always" in trader and "ExecReload=/bin/kill -HUP $MAINPID" in trader
     assert "LoadCredential=alpaca:/etc/cappuccino/credentials" in trader
     assert "Restart=on-failure" in train and "Nice=" in train and "PrivateDevices=" not in train
+    # start limits that fit each unit: outages cost restarts, a crash loop fails (and alerts)
+    assert "StartLimitBurst=10" in trader and "StartLimitIntervalSec=15min" in trader
+    assert "StartLimitBurst=20" in train and "StartLimitIntervalSec=30min" in train
     assert "OnUnitActiveSec=10min" in u["cappuccino-ensemble-sync.timer"]
     assert "OnCalendar=hourly" in u["cappuccino-auto-deployer.timer"]
     assert "PathChanged=/etc/cappuccino/active_study.yaml" in u["cappuccino-active-study.path"]

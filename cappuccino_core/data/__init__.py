@@ -81,4 +81,4 @@ def load_bars(cfg: Config, start: str | pd.Timestamp | None = None,
     cache = make_cache(cfg, make_source(cfg))
     fetch_into_cache(cache, symbols, start, end, now, progress)
     frames = {s: cache.read(s, start, end, now) for s in symbols}
-    return align(frames, symbols, cfg.bar_seconds)
+    return align(frames, symbols, cfg.bar_seconds, cfg.data.max_gap_bars)

@@ -6,10 +6,13 @@ closed, and may drive a decision, once `t + bar + delay <= now`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -105,11 +108,14 @@ class Bars:
         return self.slice(lo, hi)
 
 
-def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int) -> Bars:
+def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int,
+          max_gap_bars: int | None = None) -> Bars:
     """Put `symbols` (in that order) on one complete UTC grid over their common span.
 
     Bars missing at the source (exchange-wide maintenance, or one market's gap) are filled
-    with the previous close as open/high/low/close and zero volume, and flagged."""
+    with the previous close as open/high/low/close and zero volume, flagged, and counted in
+    the log. A run of more than `max_gap_bars` missing bars is refused (DataError naming the
+    symbol and the gap): that is a dead feed, not a quiet hour."""
     for s in symbols:
         if frames[s].empty:
             raise DataError(f"{s}: no bars in the requested range")
@@ -133,4 +139,25 @@ def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int)
         out[:, a, :] = df[list(COLUMNS)].to_numpy()
         filled[:, a] = missing
     keep = grid >= start
+    _check_gaps(symbols, grid[keep], filled[keep], max_gap_bars)
     return Bars(tuple(symbols), grid[keep], out[keep], filled[keep])
+
+
+def _check_gaps(symbols, grid: pd.DatetimeIndex, filled: np.ndarray,
+                max_gap_bars: int | None) -> None:
+    for a, symbol in enumerate(symbols):
+        missing = filled[:, a]
+        if not missing.any():
+            continue
+        # runs of consecutive missing bars: where they start and how long they are
+        edges = np.diff(np.concatenate([[0], missing.astype(int), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        longest = int(np.argmax(ends - starts))
+        length = int(ends[longest] - starts[longest])
+        if max_gap_bars is not None and length > max_gap_bars:
+            raise DataError(f"{symbol} {grid[starts[longest]]}: {length} bars missing in a row "
+                            f"(to {grid[ends[longest] - 1]}), more than data.max_gap_bars "
+                            f"({max_gap_bars})")
+        log.info("%s: %d missing bars filled flat at the previous close (%d gaps, the longest "
+                 "%d bars from %s)", symbol, int(missing.sum()), len(starts), length,
+                 grid[starts[longest]])

@@ -216,14 +216,19 @@ def _record_version(engine: Engine, manifest: dict, path: Path) -> None:
                                for m in manifest["members"]]}))
 
 
-def _cleanup(root: Path, keep: int) -> None:
-    """Remove leftovers of interrupted syncs and versions beyond the newest `keep`."""
-    current = current_dir(root)
+def _remove_leftovers(root: Path) -> None:
+    """Temporary versions and links of interrupted syncs (call with the sync lock held)."""
     for tmp in list(root.glob(".tmp-*")) + list(root.glob(".current-*")):
         if tmp.is_symlink() or tmp.is_file():
             tmp.unlink()
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cleanup(root: Path, keep: int) -> None:
+    """Remove leftovers of interrupted syncs and versions beyond the newest `keep`."""
+    current = current_dir(root)
+    _remove_leftovers(root)
     versions = sorted(p for p in root.glob(f"{VERSION_PREFIX}[0-9]*") if p.is_dir())
     for old in versions[:-keep]:
         if current is None or old.resolve() != current.resolve():
@@ -271,6 +276,7 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
                              "(cappuccino study activate NAME)")
     root = ensembles_dir(cfg)
     with SyncLock(root):
+        _remove_leftovers(root)  # of syncs killed mid-publish, whatever this one decides
         sel = select_members(engine, cfg, study)
         pinned = _apply_pin(cfg, engine, sel)
         current = current_manifest(root)

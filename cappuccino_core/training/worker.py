@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from ..config import Config
+from ..config import Config, check_study_name
 from ..data import load_bars
 from ..optuna_db import (ATTR_RETRY_OF, STUDY_HELDOUT_DAYS, STUDY_SYMBOLS, STUDY_TARGET,
                          STUDY_TRAIN_END, trial_id)
@@ -46,6 +46,7 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 def open_study(cfg: Config, name: str, storage=None) -> optuna.Study:
     """Create the study if absent (safe when several workers start at once), else load it."""
+    check_study_name(name)  # it names the artifacts' directory: nothing like ../../escape
     return optuna.create_study(study_name=name, storage=storage or make_storage(cfg),
                                direction="maximize", load_if_exists=True,
                                pruner=make_pruner(cfg))

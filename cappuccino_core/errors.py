@@ -1,0 +1,55 @@
+"""One line for every error a command or a daemon can end on, and its exit code.
+
+2 for bad configuration or arguments (fix the input), 1 for runtime failures (storage down,
+bad data, a model that will not load, the broker refusing). The traceback is for `--debug`
+(or `CAPPUCCINO_DEBUG=1` for a daemon), never the default: an operator reads the cause.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from .config import ConfigError, mask_text
+from .optuna_db import OptunaSchemaError
+from .storage import StorageEmpty
+from .window import WindowError
+
+USAGE = 2
+RUNTIME = 1
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return mask_text(text.splitlines()[0][:500]) if text else type(e).__name__
+
+
+def describe(e: BaseException) -> tuple[int, str]:
+    """(exit code, one line naming the cause) for an exception that ends a command."""
+    from .artifacts import ArtifactError
+    from .data.bars import DataError
+    if isinstance(e, ConfigError):
+        return USAGE, f"configuration error: {e}"
+    if isinstance(e, WindowError):
+        return USAGE, f"window error: {e}"
+    if isinstance(e, OptunaSchemaError):
+        return USAGE, f"storage error: {e}"
+    if isinstance(e, StorageEmpty):
+        return RUNTIME, f"storage: {e}"
+    if isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return RUNTIME, f"storage unreachable: {first_line(e.orig or e)}"
+    if isinstance(e, sa.exc.SQLAlchemyError):
+        return RUNTIME, f"storage error: {type(e).__name__}: {first_line(e)}"
+    if isinstance(e, DataError):
+        return RUNTIME, f"data error: {first_line(e)}"
+    if isinstance(e, ArtifactError):
+        return RUNTIME, f"model artifact refused: {first_line(e)}"
+    if _is_broker_error(e):
+        return RUNTIME, f"broker error: {first_line(e)}"
+    if isinstance(e, OSError):
+        return RUNTIME, f"{type(e).__name__}: {first_line(e)}"
+    return RUNTIME, f"error: {type(e).__name__}: {first_line(e)}"
+
+
+def _is_broker_error(e: BaseException) -> bool:
+    module = type(e).__module__ or ""
+    return module.startswith(("alpaca.", "requests.")) or type(e).__name__ == "BrokerUnavailable"
