@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from cappuccino_core.ensemble import sync
+from cappuccino_core.ensemble import sync, sync_following
 from cappuccino_core.ensemble.selection import SelectionError
 from cappuccino_core.service import run_daemon, start_daemon
 from cappuccino_core.storage import app_engine
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", help="override the active study (testing)")
     args, cfg = start_daemon(parser, argv)
     try:
-        result = sync(cfg, app_engine(cfg), args.study)
+        engine = app_engine(cfg)
+        result = sync(cfg, engine, args.study) if args.study else sync_following(cfg, engine)
     except SelectionError as e:
         log.error("ensemble sync: %s; the current ensemble is untouched", e)
         return 1

@@ -75,3 +75,18 @@ def test_data_fetch_command_fills_cache_from_alpaca(emulator, config_dir, monkey
     assert cli.main(args) == 0  # all cached: the emulator is not asked again
     assert len(bar_requests(emulator.emulator)) == n
     assert "BTC/USD            0     240" in capsys.readouterr().out
+
+
+def test_a_refused_key_is_one_line_from_the_command(emulator, tmp_path, monkeypatch, capsys):
+    """Alpaca answering 401 (a bad key) ends `data fetch` with one line naming it, exit 1."""
+    from conftest import write_config
+    etc = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")},
+                                          "data": {"source": "alpaca",
+                                                   "symbols": ["BTC/USD", "ETH/USD"]}})
+    monkeypatch.setenv("CAPPUCCINO_ALPACA_DATA_URL", emulator.url)
+    emulator.emulator.fail_next(401)
+    code = cli.main(["data", "fetch", "--start", "2022-03-01", "--end", "2022-03-02",
+                     "--config-dir", str(etc)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("data error: BTC/USD: Alpaca bars request failed")

@@ -440,3 +440,17 @@ def test_optional_rules_and_old_versions_are_pruned(env):
     versions = sorted(p.name for p in ensembles_dir(cfg).glob("v*"))
     assert versions == ["v000003", "v000004"] and current_manifest(ensembles_dir(cfg))["version"] == 4
     assert all(m["completed_at"] for m in current_manifest(ensembles_dir(cfg))["members"])
+
+
+def test_a_study_switch_during_a_sync_is_followed_by_the_same_sync(env):
+    """systemd merges the path unit's start into a sync already running; the running sync
+    sees the change when it ends and syncs the new study too."""
+    from cappuccino_core.ensemble.publish import sync_following
+    cfg, engine, storage = env
+    alpha, beta = new_study(storage, "alpha"), new_study(storage, "beta")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.1 * i, seed=i)
+        add_trial(beta, cfg, 0.1 * i, seed=10 + i)
+    write_active_study(cfg.config_dir, "beta")  # written while a sync of alpha was running
+    result = sync_following(cfg, engine)  # cfg still says alpha: what the sync started with
+    assert result.selection.study == "beta" and current_manifest(ensembles_dir(cfg))["study"] == "beta"

@@ -305,3 +305,101 @@ def test_stopping_the_target_stops_everything_in_time(box, pg_url):
     assert not trials(load(pg_url, "alpha"), TrialState.RUNNING)
     # nothing was killed: both stopped on SIGTERM
     assert box.show(TRADER, "Result") == "success" and box.show(unit, "Result") == "success"
+
+
+# --- resilience: a database outage, a broken version ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def outage_db():
+    """A PostgreSQL server of this test's own, which it stops for a minute."""
+    from private_postgres import PrivatePostgres
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.remove()
+
+
+@pytest.fixture(scope="module")
+def alpaca():
+    """Alpaca's endpoints, emulated on the host (the container shares its network): a broker
+    that needs no database, as the real one."""
+    from alpaca_emulator import AlpacaEmulator, RunningEmulator
+    with RunningEmulator(AlpacaEmulator()) as running:
+        yield running
+
+
+def journal_lines(box, unit, text) -> list[str]:
+    return [e["MESSAGE"] for e in box.journal(unit) if text in e.get("MESSAGE", "")]
+
+
+def test_a_database_outage_never_restarts_the_trader_and_its_stops_still_fire(
+        box, hook, outage_db, alpaca):
+    emu = alpaca.emulator
+    for s in SYMBOLS:  # the latest trades: the minute bars' last closes
+        base = s.split("/")[0]
+        emu.prices[s] = float(pd.read_csv(SAMPLE / f"{base}USDT_1h.csv.gz")["close"].iloc[-1])
+    cfg = yaml.safe_load(config(outage_db.url, hook[0], total_timesteps=1024))
+    cfg["broker"] = {"kind": "alpaca", "url_override": alpaca.url}
+    box.write("/etc/cappuccino/cappuccino.yaml", yaml.safe_dump(cfg))
+    box.write("/etc/cappuccino/credentials/key_id", "test-key")  # LoadCredential=alpaca:...
+    box.write("/etc/cappuccino/credentials/secret_key", "test-secret")
+    box.systemctl("start", TRADER)
+    pid = main_pid(box, TRADER)
+    wait_for(lambda: emu.positions, 120, "the trader holding positions at the broker")
+    held = {box_symbol(p): v["qty"] for p, v in emu.positions.items()}
+    intrabar = cfg["risk"]["intrabar_check_s"]
+
+    outage_db.stop()
+    down_at = time.monotonic()
+    try:
+        wait_for(lambda: journal_lines(box, TRADER, "live: degraded:"), 90,
+                 "the trader to notice the outage")
+        emu.prices.update({s: p * 0.85 for s, p in emu.prices.items()})  # through every stop
+        dropped_at = time.monotonic()
+
+        def exits():
+            return {o["symbol"]: float(o["qty"]) for o in emu.posted_orders()
+                    if "-stop-" in o["client_order_id"]}
+        wait_for(lambda: exits().keys() >= held.keys(), 60, "the stop exits, without a database")
+        took = time.monotonic() - dropped_at
+        assert exits() == pytest.approx(held)  # every position, whole
+        assert took <= intrabar + 5, f"the stop exit took {took:.1f} s"
+        time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))  # a minute without PostgreSQL
+    finally:
+        outage_db.start()
+    wait_for(lambda: journal_lines(box, TRADER, "live: recovered after"), 90, "the recovery")
+    assert main_pid(box, TRADER) == pid and box.show(TRADER, "NRestarts") == "0"
+    assert len(journal_lines(box, TRADER, "live: degraded:")) == 1
+    assert len(journal_lines(box, TRADER, "live: recovered after")) == 1
+    engine = make_engine(outage_db.url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT symbol, status, filled_qty FROM cappuccino_orders WHERE reason = 'stop'")).all()
+    finally:
+        engine.dispose()
+    assert {r.symbol: r.filled_qty for r in rows} == pytest.approx(held)
+    assert {r.status for r in rows} == {"filled"}
+
+
+def box_symbol(plain: str) -> str:
+    return next(s for s in SYMBOLS if s.replace("/", "") == plain)
+
+
+def test_a_restarted_trader_serves_the_newest_version_that_loads(box):
+    current = os.readlink(box.path("/var/lib/cappuccino/ensembles/current"))
+    version = int(current.lstrip("v"))
+    members = sorted(box.path(f"/var/lib/cappuccino/ensembles/{current}/members").iterdir())
+    model = members[0] / "model.pt"
+    model.write_bytes(model.read_bytes()[:64])  # a member truncated on disk
+    box.systemctl("restart", TRADER)
+    said_skip = wait_for(lambda: journal_lines(box, TRADER, f"ensemble {current} does not load"),
+                         60, "the trader to skip the broken version")
+    assert said_skip
+    (serving,) = journal_lines(box, TRADER, "the newest version that loads")[-1:]
+    served = int(re.search(r"serving ensemble v(\d+)", serving)[1])
+    assert served < version
+    assert box.show(TRADER, "ActiveState") == "active"
+    box.systemctl("stop", TRADER)

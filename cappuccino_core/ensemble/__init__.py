@@ -1,7 +1,8 @@
 """The ensemble: selection (selection.py), atomic publishing (publish.py), serving (serving.py).
 
-`sync(cfg, engine)` is what the ensemble-sync service runs."""
+`sync_following(cfg, engine)` (a `sync` that follows a change of the active study made while
+it ran) is what the ensemble-sync service runs."""
 
-from .publish import SyncResult, sync
+from .publish import SyncResult, sync, sync_following
 
-__all__ = ["sync", "SyncResult"]
+__all__ = ["sync", "sync_following", "SyncResult"]

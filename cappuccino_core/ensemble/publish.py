@@ -19,6 +19,7 @@ every poll, so a lost signal delays a reload by at most one poll cycle.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -308,3 +309,20 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
                      {"study": study, "version": version})
     notify_trader(cfg)
     return SyncResult("published", version, sel, msg)
+
+
+def sync_following(cfg: Config, engine: Engine, rounds: int = 3) -> SyncResult:
+    """A sync that follows the active study even when it changes during the sync: systemd
+    merges the path unit's start into a sync already running (the timer's, say), so a change
+    made meanwhile would otherwise wait for the next timer. Syncs again (at most `rounds`
+    times) until the study synced is the one active_study.yaml names."""
+    from ..config import load_active_study
+    result = sync(cfg, engine)
+    for _ in range(rounds - 1):
+        active = load_active_study(cfg.config_dir)
+        if active == result.selection.study:
+            break
+        log.info("the active study changed to %s during the sync: syncing it", active)
+        cfg = dataclasses.replace(cfg, active_study=active)
+        result = sync(cfg, engine)
+    return result
