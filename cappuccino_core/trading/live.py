@@ -32,6 +32,7 @@ from ..data.bars import closed_end
 from ..data.features import LIVE_HISTORY, compute_features
 from ..ensemble.publish import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
+from ..errors import first_line
 from ..service import Notifier
 from .trader import Trader
 
@@ -224,6 +225,6 @@ class LiveLoop:
 
 
 def _one_line(e: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+    """An exception as one short line: its type and the first line of its message (secrets
+    masked)."""
+    return f"{type(e).__name__}: {first_line(e)}"

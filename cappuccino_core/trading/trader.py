@@ -9,8 +9,9 @@ writes everything down:
 - `on_bar(bar_time, features, now)` trades one closed bar: never a bar twice, never one older
   than `risk.stale_bar_limit_bars`. Ensemble -> target weights (saved before any order, so a
   restart in the middle of the bar finishes the same decision) -> drawdown halt -> order plan
-  with the environment's arithmetic -> sells, then buys re-planned on the cash the sells
-  brought -> stops updated -> equity snapshot -> the bar recorded as processed.
+  with the environment's arithmetic -> sells, then the planned buys (scaled down only if the
+  sells brought less cash than planned) -> stops updated -> equity snapshot -> the bar
+  recorded as processed.
 - `check_stops(open, high, low, close)` and `exit_positions()` apply the trailing stop and the
   stop loss with the environment's rule (`env.apply_stops`); exits sell the whole position, in
   the asset's own units, as the broker reports it.
