@@ -272,6 +272,8 @@ def cmd_deploy(args) -> int:
         print(f"deploy: {e}", file=sys.stderr)
         return 1
     m = decision.metrics
+    if "window" in m:
+        print(f"window: {m['window']}")
     print(decision.summary())
     if "candidate" in m:
         print(_metrics_table({"candidate": m["candidate"],

@@ -116,6 +116,7 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     assert cli.main(["deploy", "--dry-run", "--config-dir", cfg.config_dir]) == 0
     out = capsys.readouterr().out
     assert "PROMOTE" in out and "dry run: would promote" in out
+    assert "window: " in out and "held-out window of study" in out  # the bars it judged on
     assert current_manifest(ensembles_dir(cfg))["version"] == 1  # the dry run changed nothing
     decision = validate(cfg, engine)
     m = decision.metrics

@@ -219,3 +219,16 @@ def test_data_end_bounds_what_training_and_backtests_read(tmp_path, shared_data)
     bars = load_bars(load_config(etc))
     assert bars.index[0] == pd.Timestamp("2022-01-01", tz="UTC")
     assert bars.index[-1] == pd.Timestamp("2022-02-28 23:00", tz="UTC")
+
+
+def test_a_database_without_our_tables_is_said_plainly(tmp_path, pg_url, capsys):
+    etc = write_config(tmp_path / "etc", {"storage": {"url": pg_url},
+                                          "paths": {"state_dir": str(tmp_path / "state")}})
+    code, out, err = run(capsys, "study", "list", "--config-dir", str(etc))
+    assert code == 1 and "has no Cappuccino tables yet" in err
+    import sqlalchemy as sa
+    from cappuccino_core.storage import make_engine
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:  # and nothing was created by asking
+        assert not sa.inspect(conn).get_table_names()
+    engine.dispose()
