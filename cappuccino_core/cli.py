@@ -202,11 +202,11 @@ def cmd_study_import(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .status import collect, render
+    from .status import LEVELS, collect, render
     cfg = load_config(args.config_dir)
     state = collect(cfg)
     print(json.dumps(state, indent=2, default=str) if args.json else render(state))
-    return 1 if "error" in state else 0
+    return LEVELS.index(state["health"]["level"])  # 0 ok, 1 warning, 2 critical
 
 
 def cmd_paper(args) -> int:
@@ -576,9 +576,11 @@ def _add_operations(sub, common) -> None:
     alert.set_defaults(func=cmd_alert)
 
     status = sub.add_parser(
-        "status", parents=[common], help="one screen: study, training, ensemble",
-        description="Show the active study, training progress and the ensemble (whether it "
-                    "follows the active study, and how many trials it still needs).")
+        "status", parents=[common], help="one screen: study, training, ensemble, traders, units",
+        description="Show the active study, training progress, the ensemble (whether it "
+                    "follows the active study, and how many trials it still needs), the "
+                    "traders, the deployer's last decision and the units. Exit 0 ok, 1 "
+                    "warning, 2 critical (the health level), for any monitoring system.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 

@@ -1,7 +1,9 @@
 """`cappuccino status`: one screen on the whole operation (and `--json` for scripts).
 
 Sections grow with the product; each is computed independently, so one broken part (say, an
-unreachable database) is shown as such instead of hiding the rest.
+unreachable database) is shown as such instead of hiding the rest. `health` sums it up for a
+monitoring system: its level is also the exit code (0 ok, 1 warning, 2 critical). The JSON's
+shape is `docs/status.schema.json` (`schema_version` changes when it does).
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from .storage import (StorageEmpty, deploy_decisions, equity_snapshots, events, 
 from .trading.journal import traders_with_data
 
 
+SCHEMA_VERSION = 1
+LEVELS = ("ok", "warning", "critical")  # their index is the exit code
+
+
 def collect(cfg: Config) -> dict:
-    out: dict = {"active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1],
-                 "units": _units()}
+    out: dict = {"schema_version": SCHEMA_VERSION,
+                 "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "active_study": cfg.active_study, "storage": cfg.storage_url.split("@")[-1],
+                 "error": None, "systemd": _systemd(), "training": None, "ensemble": None,
+                 "traders": {}, "deployer": None}
     try:
         engine = read_engine(cfg)
         out["training"] = _training(engine, cfg)
@@ -35,17 +44,56 @@ def collect(cfg: Config) -> dict:
         out["error"] = str(e)
     except sa.exc.SQLAlchemyError as e:
         out["error"] = f"storage unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"
+    out["health"] = health(out, cfg)
     return out
 
 
-def _units() -> dict:
-    """Each cappuccino unit's state and restart count, or unknown without systemd."""
+def health(s: dict, cfg: Config) -> dict:
+    """The problems an operator must know about, each ok/warning/critical, and the worst."""
+    problems: list[dict] = []
+
+    def say(level: str, message: str) -> None:
+        problems.append({"level": level, "message": message})
+
+    if s["error"]:
+        say("critical", s["error"])
+    e = s["ensemble"] or {}
+    if s["ensemble"] is not None and e.get("version") is None:
+        say("warning", "no ensemble published yet")
+    if e.get("broken"):
+        say("critical", f"ensemble v{e['version']} is broken: " + "; ".join(e["broken"]))
+    if e.get("version") is not None and not e["follows_active_study"]:
+        say("critical", f"the ensemble follows {e['study']}, the active study is "
+                        f"{s['active_study']}")
+    if e.get("members_with_other_risk_rules"):
+        say("warning", f"{e['members_with_other_risk_rules']} ensemble member(s) trained under "
+                       "other risk rules than configured")
+    if e.get("age_hours", 0) > cfg.monitor.ensemble_max_age_hours:
+        say("warning", f"the ensemble is {e['age_hours']:.0f} h old")
+    if (e.get("last_sync") or {}).get("needed"):
+        say("warning", f"{e['last_sync']['needed']} more eligible trial(s) needed")
+    paper = s["traders"].get("paper")
+    if paper and paper.get("lag_bars", 0) > 2:
+        say("critical", f"the trader is {paper['lag_bars']:.0f} bars behind")
+    for name, u in s["systemd"]["units"].items():
+        if u["state"].startswith("failed"):
+            say("critical", f"{name} has failed")
+        elif u["restarts"]:
+            say("warning", f"{name} restarted {u['restarts']} time(s)")
+    worst = max((LEVELS.index(p["level"]) for p in problems), default=0)
+    return {"level": LEVELS[worst], "problems": problems}
+
+
+def _systemd() -> dict:
+    """Each cappuccino unit's state and restart count, or why they cannot be known here."""
+    def unknown(reason: str) -> dict:
+        return {"available": False, "reason": reason, "units": {}}
     if not shutil.which("systemctl"):
-        return {"_": "unknown: systemctl not found"}
+        return unknown("systemctl not found")
     listed = subprocess.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
                              "cappuccino*"], capture_output=True, text=True)
     if listed.returncode != 0:
-        return {"_": "unknown: systemd is not running here"}
+        return unknown("systemd is not running here")
     names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
     units = {}
     for name in names:
@@ -54,7 +102,7 @@ def _units() -> dict:
         props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
         units[name] = {"state": f"{props.get('ActiveState')}/{props.get('SubState')}",
                        "restarts": int(props.get("NRestarts") or 0)}
-    return units
+    return {"available": True, "reason": None, "units": units}
 
 
 def _trader(engine, cfg: Config, name: str) -> dict:
@@ -65,9 +113,7 @@ def _trader(engine, cfg: Config, name: str) -> dict:
                              .order_by(equity_snapshots.c.id.desc()).limit(200)).all()
         last_bar = conn.execute(sa.select(trader_state.c.value).where(
             trader_state.c.trader == name, trader_state.c.key == "last_bar")).scalar()
-    if not snaps:
-        return {"running": False}
-    latest = snaps[0]
+    latest = snaps[0]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
     today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
     info = {"running": True, "equity": latest.equity, "positions": len(latest.positions),
@@ -142,8 +188,8 @@ def version_health(engine, cfg: Config, manifest: dict) -> list[str]:
 
 def render(s: dict) -> str:
     lines = [f"active study: {s['active_study'] or '(none: cappuccino study activate NAME)'}"
-             f"   storage: {s['storage']}"]
-    if "error" in s:
+             f"   storage: {s['storage']}   health: {s['health']['level'].upper()}"]
+    if s["error"]:
         return "\n".join(lines + [f"!! {s['error']}"])
     t = s["training"]
     c = t["counts"]
@@ -186,9 +232,9 @@ def render(s: dict) -> str:
                  f"deployer: {d['ts'][:16]} study {d['study']} trial id {d['trial_id']}: "
                  f"{'promoted' if d['promoted'] else ('passed' if d['passed'] else 'rejected')}"
                  f" ({'; '.join(d['reasons'])})")
-    units = s["units"]
-    if "_" in units:
-        lines.append(f"units: {units['_']}")
+    units = s["systemd"]["units"]
+    if not s["systemd"]["available"]:
+        lines.append(f"units: unknown: {s['systemd']['reason']}")
     else:
         for name, u in sorted(units.items()):
             lines.append(f"  {name:<48}{u['state']:<22}restarts {u['restarts']}")

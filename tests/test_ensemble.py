@@ -406,7 +406,7 @@ def test_status_shows_the_ensemble_and_how_many_trials_it_still_needs(env, capsy
     alpha = new_study(storage, "alpha")
     add_trial(alpha, cfg, 0.4, seed=1)
     sync(cfg, engine)  # one eligible, two needed
-    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 1  # a warning
     out = capsys.readouterr().out
     assert "1 complete" in out and "ensemble: none published yet" in out
     assert "1 more eligible trial(s) needed" in out
@@ -414,10 +414,10 @@ def test_status_shows_the_ensemble_and_how_many_trials_it_still_needs(env, capsy
     sync(cfg, engine)
     new_study(storage, "beta")
     write_active_study(cfg.config_dir, "beta")
-    assert cli.main(["status", "--json", "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["status", "--json", "--config-dir", cfg.config_dir]) == 2  # critical
     state = json.loads(capsys.readouterr().out)
     assert state["ensemble"]["version"] == 1 and state["ensemble"]["follows_active_study"] is False
-    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 2
     assert "DOES NOT FOLLOW THE ACTIVE STUDY" in capsys.readouterr().out
 
 

@@ -146,7 +146,7 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
     assert loop.trader.ensemble.version == 1
     assert "ensemble v000002 does not load" in caplog.text
     assert "serving ensemble v1, the newest version that loads" in caplog.text
-    assert cli.main(["status", "--config-dir", cfg.config_dir]) in (0, 1)
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 2  # critical
     assert "ENSEMBLE v2 IS BROKEN" in capsys.readouterr().out
     assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
     assert "BROKEN: ensemble v2" in capsys.readouterr().out
@@ -216,7 +216,7 @@ def test_storage_down_or_missing_is_one_line_everywhere(tmp_path):
                  ["status"], ["paper", "--replay"]):
         result = cappuccino(*args, "--config-dir", str(etc))
         if args == ["status"]:  # status shows every section it can, and says why not the rest
-            assert result.returncode == 1 and "storage unreachable" in result.stdout
+            assert result.returncode == 2 and "storage unreachable" in result.stdout
             continue
         one_line(result, 1, "storage unreachable")
     debug = cappuccino("--debug", "study", "list", "--config-dir", str(etc))
