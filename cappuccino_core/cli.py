@@ -364,6 +364,9 @@ def cmd_monitor(args) -> int:
     for incident in new:
         print(f"{incident.severity}: {incident.message}")
     print(f"{len(new)} new incident(s)")
+    from .metrics import render, textfile_path, write_textfile
+    from .status import collect
+    print(f"metrics: {write_textfile(textfile_path(cfg), render(collect(cfg)))}")
     return 0
 
 
@@ -564,10 +567,11 @@ def _add_operations(sub, common) -> None:
     inst.set_defaults(func=cmd_install)
 
     monitor = sub.add_parser(
-        "monitor", parents=[common], help="run the checks; alert once per incident",
+        "monitor", parents=[common], help="run the checks; alert once per incident; metrics",
         description="Check training progress, the study target, the ensemble's age and "
                     "study, the trader's lag and drawdown, stop exits and free disk; send an "
-                    "alert when an incident starts (once), record when it ends.")
+                    "alert when an incident starts (once), record when it ends; write the "
+                    "Prometheus metrics (monitor.metrics_textfile).")
     monitor.set_defaults(func=cmd_monitor)
     alert = sub.add_parser("alert", parents=[common], help="send one alert about a failed unit",
                            description="Send an alert through every configured channel about "

@@ -194,6 +194,9 @@ class MonitorConfig:
     ensemble_max_age_hours: float = field(default=24.0, metadata=POSITIVE)
     drawdown_alert_pct: float = field(default=0.15, metadata=FRACTION)
     min_free_disk_pct: float = field(default=0.10, metadata=FRACTION)
+    # Prometheus metrics for node_exporter's textfile collector (its --collector.textfile.
+    # directory); null: <state_dir>/metrics/cappuccino.prom
+    metrics_textfile: str | None = None
 
 
 @dataclass(frozen=True)

@@ -113,11 +113,14 @@ def _trader(engine, cfg: Config, name: str) -> dict:
                              .order_by(equity_snapshots.c.id.desc()).limit(200)).all()
         last_bar = conn.execute(sa.select(trader_state.c.value).where(
             trader_state.c.trader == name, trader_state.c.key == "last_bar")).scalar()
+        peak = conn.execute(sa.select(sa.func.max(equity_snapshots.c.equity)).where(
+            equity_snapshots.c.trader == name)).scalar()
     latest = snaps[0]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
     today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
     info = {"running": True, "equity": latest.equity, "positions": len(latest.positions),
-            "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar}
+            "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar,
+            "peak_equity": peak, "drawdown": max(0.0, 1 - latest.equity / peak) if peak else 0.0}
     if last_bar:
         closed = pd.Timestamp(last_bar) + pd.Timedelta(seconds=cfg.bar_seconds)
         lag = pd.Timestamp.now(tz="UTC") - closed

@@ -52,3 +52,44 @@ def test_status_json_fits_its_schema_and_its_exit_code_is_the_health(tmp_path, s
     code, out = status_json(capsys, cfg.config_dir)
     assert code == 2 and any("bars behind" in p["message"] for p in out["health"]["problems"])
     assert out["traders"]["paper"]["positions"] >= 0
+
+
+def test_the_monitor_writes_prometheus_metrics_a_parser_reads(tmp_path, shared_data, capsys):
+    from prometheus_client.parser import text_string_to_metric_families
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--name", "paper",
+                     "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
+    path = cfg.state_dir / "metrics" / "cappuccino.prom"
+    assert f"metrics: {path}" in capsys.readouterr().out
+    assert not list(path.parent.glob(".*.tmp"))  # written whole, renamed into place
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    sample = lambda name, **labels: next(  # noqa: E731
+        s.value for s in families[name].samples if all(s.labels.get(k) == v
+                                                       for k, v in labels.items()))
+    status = json.loads(_status_json(cfg))
+    paper = status["traders"]["paper"]
+    assert sample("cappuccino_trader_equity", trader="paper") == pytest.approx(paper["equity"])
+    assert sample("cappuccino_trader_drawdown_ratio", trader="paper") == pytest.approx(
+        paper["drawdown"])
+    assert sample("cappuccino_trader_lag_bars", trader="paper") > 2
+    assert sample("cappuccino_ensemble_version", study="live") == 1
+    assert sample("cappuccino_trials", study="live", state="COMPLETE") == 4
+    assert sample("cappuccino_health_level") == 2  # the trader is behind: critical
+    assert families["cappuccino_trader_equity"].type == "gauge"
+
+
+def _status_json(cfg) -> str:
+    import io
+    from contextlib import redirect_stdout
+    out = io.StringIO()
+    with redirect_stdout(out):
+        cli.main(["status", "--json", "--config-dir", cfg.config_dir])
+    return out.getvalue()
+
+
+def test_the_example_grafana_dashboard_reads_our_metrics():
+    from cappuccino_core.metrics import FAMILIES
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs and all(any(name in e for name in FAMILIES) for e in exprs)
