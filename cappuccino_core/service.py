@@ -1,9 +1,19 @@
-"""What every daemon shares with systemd: journald-friendly logging and sd_notify."""
+"""What every daemon shares with systemd: journald logging and sd_notify.
+
+Logging follows the rule systemd documents for `$JOURNAL_STREAM` (systemd.exec(5)): a process
+is talking to the journal only when the device and inode of its stderr are the ones that
+variable names; a child that merely inherited the variable (a shell, a pipe to a file) writes
+plain lines. When it is the journal, each log record is sent as ONE entry over journald's native
+protocol (systemd-journald.service(8), "Native Journal Protocol"), so a multi-line message or a
+traceback stays one entry with its priority, instead of one entry per line.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import struct
 import sys
 
 # syslog priorities, so `journalctl -p warning` works on our stdout/stderr lines.
@@ -21,6 +31,61 @@ class JournalFormatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def stderr_is_the_journal() -> bool:
+    """$JOURNAL_STREAM ("device:inode") names the stream systemd connected to the journal;
+    stderr is that stream only if its own device and inode match."""
+    try:
+        device, inode = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (KeyError, ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def journal_datagram(fields: dict[str, str]) -> bytes:
+    """Fields in the native protocol: KEY=value lines; a value holding a newline is sent as
+    KEY, a newline, its length as 64-bit little endian, the bytes, and a newline."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """One journal entry per log record, whatever its lines, with its syslog priority."""
+
+    def __init__(self, path: str = JOURNAL_SOCKET, identifier: str = "cappuccino"):
+        super().__init__()
+        self.path, self.identifier = path, identifier
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(JournalFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        fields = {"MESSAGE": text, "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
+                  "SYSLOG_IDENTIFIER": self.identifier, "LOGGER": record.name,
+                  "CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
+                  "CODE_FUNC": record.funcName}
+        try:
+            self.sock.sendto(journal_datagram(fields), self.path)
+        except OSError:  # too large for a datagram, or journald away: the stream still works
+            self.fallback.emit(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
 
 
 def start_daemon(parser, argv=None):
@@ -52,11 +117,16 @@ def run_daemon(main, argv=None) -> int:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Journald format when run by systemd (JOURNAL_STREAM is set), readable lines on a terminal."""
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+    """The journal's native protocol when stderr is the journal (see the module's docstring),
+    readable lines otherwise."""
+    handler: logging.Handler
+    if stderr_is_the_journal() and os.path.exists(JOURNAL_SOCKET):
+        handler = JournalHandler()
+    elif stderr_is_the_journal():  # no socket to speak to: `<N>` prefixes on the stream
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JournalFormatter())
     else:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                                                "%H:%M:%S"))
     root = logging.getLogger()

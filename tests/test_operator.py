@@ -93,3 +93,81 @@ def test_the_example_grafana_dashboard_reads_our_metrics():
     dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert exprs and all(any(name in e for name in FAMILIES) for e in exprs)
+
+
+# --- the journal -------------------------------------------------------------------------------
+
+def parse_datagram(data: bytes) -> dict[str, str]:
+    """journald's native protocol, read back (the inverse of service.journal_datagram)."""
+    import struct
+    fields, i = {}, 0
+    while i < len(data):
+        end = data.index(b"\n", i)
+        line = data[i:end]
+        if b"=" in line:
+            key, value = line.split(b"=", 1)
+            fields[key.decode()] = value.decode()
+            i = end + 1
+        else:
+            size = struct.unpack("<Q", data[end + 1:end + 9])[0]
+            fields[line.decode()] = data[end + 9:end + 9 + size].decode()
+            i = end + 9 + size + 1
+    return fields
+
+
+def test_one_journal_entry_per_message_tracebacks_included(tmp_path):
+    import logging
+    import socket
+    from cappuccino_core.service import JournalHandler
+    path = str(tmp_path / "journal.sock")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(path)
+    journal.settimeout(2)
+    handler = JournalHandler(path)
+    log = logging.getLogger("cappuccino.test")
+    log.addHandler(handler)
+    try:
+        log.warning("first line\nsecond line")
+        try:
+            raise ValueError("the cause")
+        except ValueError:
+            log.error("it failed", exc_info=True)
+        first, second = (parse_datagram(journal.recv(65536)) for _ in range(2))
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        journal.close()
+    assert first["MESSAGE"] == "cappuccino.test: first line\nsecond line"
+    assert first["PRIORITY"] == "4" and first["SYSLOG_IDENTIFIER"] == "cappuccino"
+    assert second["PRIORITY"] == "3" and second["MESSAGE"].startswith("cappuccino.test: it failed")
+    assert "Traceback" in second["MESSAGE"] and "ValueError: the cause" in second["MESSAGE"]
+
+
+def test_only_a_stderr_that_is_the_journal_gets_journal_output(tmp_path):
+    """systemd's rule: JOURNAL_STREAM must name stderr's own device and inode; inheriting the
+    variable (a terminal, a file) gives plain lines, never `<4>` prefixes."""
+    import os
+    import subprocess
+    import sys
+    probe = ("import logging; from cappuccino_core.service import setup_logging, "
+             "stderr_is_the_journal; setup_logging(); print(stderr_is_the_journal()); "
+             "logging.getLogger('probe').warning('first line\\nsecond line')")
+    out_file = tmp_path / "stderr.txt"
+    other = tmp_path / "other"
+    other.write_text("")
+    for stream, expected in ((other, "False"), (out_file, "True")):
+        out_file.write_text("")
+        st = os.stat(stream)
+        with open(out_file, "a") as err:
+            result = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE,
+                                    stderr=err, text=True, cwd=REPO,
+                                    env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+                                         "INVOCATION_ID": "x"})
+        assert result.stdout.strip() == expected
+        written = out_file.read_text()
+        if expected == "False":  # plain lines for a person
+            assert "<4>" not in written and "WARNING probe: first line" in written
+        elif os.path.exists("/run/systemd/journal/socket"):  # sent to journald, not the stream
+            assert written == ""
+        else:  # no journald here: the stream with priorities, still the journal's format
+            assert "<4>probe: first line" in written

@@ -119,6 +119,12 @@ def seconds(span: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|min|s|h)", span))
 
 
+def message_of(entry: dict) -> str:
+    """journalctl's JSON gives a message with unprintable bytes as a list of byte values."""
+    m = entry.get("MESSAGE", "")
+    return bytes(m).decode("utf-8", "replace") if isinstance(m, list) else m
+
+
 def said(box, unit, text) -> bool:
     return any(text in e.get("MESSAGE", "") for e in box.journal(unit))
 
@@ -279,11 +285,20 @@ def test_the_journal_has_each_services_logs_with_priorities(box):
     for unit in (TRADER, SYNC, "cappuccino-train@alpha:0.service"):
         # our processes' lines (systemd's own about the unit are there too, and don't count)
         priorities = {e.get("PRIORITY") for e in box.journal(unit)
-                      if e.get("SYSLOG_IDENTIFIER") == "python"}
+                      if e.get("SYSLOG_IDENTIFIER") == "cappuccino"}
         assert "6" in priorities, (unit, priorities)
     # the trader's warnings are warnings: `journalctl -p warning` finds them
     warned = box.run("journalctl", "-u", TRADER, "-p", "warning", "--no-pager").stdout
     assert "no ensemble yet" in warned
+    # one entry per message, however many lines (journald's native protocol), its priority kept
+    python = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
+    box.run("systemd-run", "--wait", "--unit=cappuccino-journal-probe", python, "-c",
+            "import logging; from cappuccino_core.service import setup_logging; setup_logging(); "
+            "logging.getLogger('probe').warning('first line\\nsecond line')")
+    probe = [e for e in box.journal("cappuccino-journal-probe.service")
+             if "first line" in message_of(e)]
+    assert len(probe) == 1 and message_of(probe[0]) == "probe: first line\nsecond line"
+    assert probe[0]["PRIORITY"] == "4" and probe[0]["SYSLOG_IDENTIFIER"] == "cappuccino"
     # the hardening leaves torch what it needs to pick its fast kernels
     assert not said(box, "cappuccino-train@alpha:0.service", "Error in cpuinfo")
 
