@@ -366,7 +366,10 @@ def cmd_monitor(args) -> int:
     print(f"{len(new)} new incident(s)")
     from .metrics import render, textfile_path, write_textfile
     from .status import collect
+    from .summary import send_if_due
     print(f"metrics: {write_textfile(textfile_path(cfg), render(collect(cfg)))}")
+    if send_if_due(cfg, _app_db(cfg)):
+        print("daily summary sent")
     return 0
 
 

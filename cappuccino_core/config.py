@@ -201,12 +201,14 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    webhook_url: str | None = None          # generic: POST {"title", "message", "severity"}
-    discord_webhook_url: str | None = None  # Discord-compatible: {"content": ...}
-    slack_webhook_url: str | None = None    # Slack-compatible: {"text": ...}
-    email_to: str | None = None             # through the local sendmail
-    sendmail_path: str = "/usr/sbin/sendmail"
-    timeout_s: float = field(default=10.0, metadata=POSITIVE)
+    # Apprise URLs, one per channel: tgram://BOT_TOKEN/CHAT_ID, ntfy://TOPIC,
+    # pover://USER_KEY@APP_TOKEN, slack://..., discord://ID/TOKEN, mailto://..., json://HOST/PATH
+    urls: list[str] = field(default_factory=list)
+    timeout_s: float = field(default=10.0, metadata=between(0.5, 300))
+    # a summary (equity, P&L, trades, stops, ensemble, training) once a day at HH:MM UTC, sent
+    # by the first monitor run at or after it; null: none
+    daily_summary_at: str | None = field(default=None, metadata=check(
+        "a time of day like 08:00 (UTC)", lambda v: bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v))))
 
 
 @dataclass(frozen=True)
@@ -448,7 +450,7 @@ def _check_cross_fields(cfg: Config) -> None:
 
 # --- showing the effective configuration -----------------------------------------------------
 
-SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key|webhook_url)", re.I)
+SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key|webhook_url|^urls$)", re.I)
 URL_PASSWORD_RE = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]+)(?P<tail>@)")
 
 

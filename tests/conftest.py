@@ -81,15 +81,26 @@ def config_dir(tmp_path) -> Path:
 
 @contextmanager
 def webhook_receiver():
-    """A local HTTP server that keeps every JSON POST; yields (its URL, [(path, body), ...])."""
+    """A local HTTP server that keeps every POST; yields (its URL, [(path, body), ...]): the
+    body parsed when it is JSON, else {"raw": text, "headers": {...}} (ntfy posts plain text)."""
     received = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, json.loads(body)))
-            self.send_response(204)
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = {"raw": body.decode("utf-8", "replace"), "headers": dict(self.headers)}
+            received.append((self.path, parsed))
+            # 200 with a JSON body, as webhook receivers and an ntfy server answer
+            # (https://docs.ntfy.sh/publish/: the published message comes back as JSON)
+            answer = json.dumps({"id": str(len(received)), "event": "message"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            self.wfile.write(answer)
 
         def log_message(self, *args):
             pass

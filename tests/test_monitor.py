@@ -29,22 +29,36 @@ def make_env(tmp_path, pg_url, url, **extra):
     cfg = load_config(write_config(tmp_path / "etc", {
         "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
         "ensemble": {"top_n": 2, "min_members": 1},
-        "alerts": {"webhook_url": f"{url}/generic", "slack_webhook_url": f"{url}/slack",
-                   "discord_webhook_url": f"{url}/discord"}, **extra}, active_study="mon"))
+        "alerts": {"urls": [apprise_json(url, "generic"), apprise_json(url, "second"),
+                            apprise_ntfy(url, "cappuccino-alerts")]}, **extra},
+        active_study="mon"))
     return cfg, open_app_db(pg_url)
+
+
+def apprise_json(url: str, path: str) -> str:
+    """Apprise's generic JSON webhook to the local receiver (json:// is plain http)."""
+    return f"json://{url.removeprefix('http://')}/{path}"
+
+
+def apprise_ntfy(url: str, topic: str) -> str:
+    """ntfy, the phone-push service, as a self-hosted server: here, the local receiver."""
+    return f"ntfy://{url.removeprefix('http://')}/{topic}"
 
 
 def test_channels_deliver_and_a_failing_one_breaks_nothing(tmp_path, hook):
     url, received = hook
-    cfg = load_config(write_config(tmp_path, {"alerts": {
-        "webhook_url": f"{url}/generic", "slack_webhook_url": "http://127.0.0.1:9/nothing",
-        "discord_webhook_url": f"{url}/discord"}}))
+    cfg = load_config(write_config(tmp_path, {"alerts": {"urls": [
+        apprise_json(url, "generic"), "json://127.0.0.1:9/nothing", "not-a-url",
+        apprise_ntfy(url, "cappuccino-alerts")]}}))
     done = send_alert(cfg, "trader down", "see postgresql://trader:hunter2@db/x", "error")
-    assert done == ["webhook", "discord"]  # slack's address refused: logged, skipped
+    assert done == ["json", "ntfy"]  # the refused address and the bad URL: logged, skipped
     generic = dict(received)["/generic"]
-    assert generic["severity"] == "error" and "trader down" in generic["title"]
+    assert generic["type"] == "failure" and "trader down" in generic["title"]
     assert "hunter2" not in json.dumps(received) and "trader:***@db" in generic["message"]
-    assert "**" in dict(received)["/discord"]["content"]
+    # ntfy publishes as JSON to the server's root, the topic in the body
+    # (https://docs.ntfy.sh/publish/#publish-as-json)
+    (push,) = [b for p, b in received if p == "/" and b.get("topic") == "cappuccino-alerts"]
+    assert "trader:***@db" in push["message"] and "trader down" in push["title"]
 
 
 def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
@@ -90,6 +104,31 @@ def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
 
 def test_alert_command_for_a_failed_unit(tmp_path, hook):
     url, received = hook
-    d = write_config(tmp_path, {"alerts": {"webhook_url": f"{url}/generic"}})
+    d = write_config(tmp_path, {"alerts": {"urls": [apprise_json(url, "generic")]}})
     assert cli.main(["alert", "cappuccino-paper-trader.service", "--config-dir", str(d)]) == 0
     assert "cappuccino-paper-trader.service failed" in received[0][1]["title"]
+
+
+def test_a_daily_summary_once_a_day_at_the_configured_time(tmp_path, pg_url, hook, shared_data):
+    from datetime import datetime, timezone
+
+    from cappuccino_core.summary import send_if_due
+    url, received = hook
+    cfg, engine = make_env(tmp_path, pg_url, url, alerts={
+        "urls": [apprise_json(url, "summary")], "daily_summary_at": "08:00"})
+    early = datetime.now(timezone.utc).replace(hour=7, minute=59)
+    on_time = early.replace(hour=8, minute=3)
+    with engine.begin() as conn:
+        for hours_ago, eq in ((30, 100_000), (2, 101_500)):
+            conn.execute(equity_snapshots.insert().values(
+                trader="paper", ts=on_time - timedelta(hours=hours_ago),
+                equity=eq, cash=eq, positions={}))
+    record_event(engine, "paper", "warning", "stop_exit", "stop exit BTC/USD at 27,000")
+    assert not send_if_due(cfg, engine, early) and not received  # not yet
+    assert send_if_due(cfg, engine, on_time)
+    assert not send_if_due(cfg, engine, on_time.replace(hour=9))  # once a day
+    ((path, body),) = received
+    assert path == "/summary" and "daily summary" in body["title"]
+    text = body["message"]
+    assert "trader paper: equity 101,500.00 (+1,500.00 in 24 h)" in text
+    assert "1 stop exits" in text and "health:" in text

@@ -42,7 +42,7 @@ SYNC = "cappuccino-ensemble-sync.service"
 def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
     return yaml.safe_dump({
         "storage": {"url": pg_url},
-        "alerts": {"webhook_url": f"{hook_url}/generic"},
+        "alerts": {"urls": [f"json://{hook_url.removeprefix('http://')}/generic"]},
         "data": {"csv_path": "/srv/cappuccino-test/bars", "symbols": SYMBOLS,
                  "timeframe": "1m", "closed_bar_delay_s": 1},
         "training": {"cv": "walk_forward", "cv_groups": 3, "cv_test_groups": 1,
