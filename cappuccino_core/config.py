@@ -97,6 +97,8 @@ class StorageConfig:
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: str = "/var/lib/cappuccino"
+    # the bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=), else <state_dir>/cache
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,11 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return Path(self.paths.state_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+        return Path(self.paths.cache_dir or systemd or self.state_dir / "cache")
 
     @property
     def bar_seconds(self) -> int:

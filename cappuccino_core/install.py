@@ -1,9 +1,15 @@
 """`cappuccino install` / `make install`: the package in a virtualenv under a prefix, the units
-in /etc/systemd/system, the example configuration where none exists, and the service user.
+where locally installed software puts its units, the example configuration where none exists,
+the service user, and `cappuccino` on the PATH.
 
-`--root DIR` stages everything under DIR instead of / (packaging, tests). An operator's
-configuration is never overwritten: an example file is copied only where no file exists.
-`uninstall` removes the units and the prefix, and leaves configuration and state alone.
+The units are the vendor's: they go to /usr/local/lib/systemd/system and are replaced on every
+install. The operator's changes live in drop-ins under /etc/systemd/system/<unit>.d/ (e.g.
+`systemctl edit cappuccino-paper-trader`), which install never touches, so an upgrade keeps
+them. An operator's configuration is never overwritten either: an example file is copied only
+where no file exists. `uninstall` disables and stops the units, then removes them, the
+`cappuccino` link and the prefix; configuration, drop-ins and state stay.
+
+`--root DIR` stages everything under DIR instead of / (packaging, tests).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from .units import render_units, write_units
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "cappuccino"
+VENDOR_UNITS = "/usr/local/lib/systemd/system"  # systemd's unit path for local packages
+OPERATOR_UNITS = "/etc/systemd/system"           # the operator's drop-ins: never touched
+BIN_LINK = "/usr/local/bin/cappuccino"
 HIDDEN_HOMES = (Path("/root"), Path("/home"))
 
 
@@ -62,9 +71,17 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
                        check=True)  # the CPU build first
         subprocess.run(pip + [str(REPO)], check=True)
         done.append(f"virtualenv {target} with cappuccino")
-    units_dir = _under(root_p, "/etc/systemd/system")
+    units_dir = _under(root_p, VENDOR_UNITS)
+    _remove_units(units_dir)  # an upgrade drops units a release no longer ships
+    done += _retire_old_copies(_under(root_p, OPERATOR_UNITS), prefix)
     for path in write_units(units_dir, prefix):
         done.append(f"unit {path}")
+    link = _under(root_p, BIN_LINK)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(prefix) / "venv" / "bin" / "cappuccino")
+    done.append(f"{link} -> {prefix}/venv/bin/cappuccino")
     if user and root_p == Path("/"):
         exists = subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0
         if not exists:
@@ -91,22 +108,60 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
     return done
 
 
+def _retire_old_copies(etc_units: Path, prefix: str) -> list[str]:
+    """Releases before this one wrote full unit files into /etc/systemd/system, where they
+    would shadow the vendor units: they are renamed aside (`.pre-vendor`, which systemd does
+    not load), never deleted; changes belong in drop-ins."""
+    done = []
+    for name in render_units(prefix):
+        old = etc_units / name
+        if "/" not in name and old.is_file() and not old.is_symlink():
+            old.rename(old.with_name(old.name + ".pre-vendor"))
+            done.append(f"moved the old unit copy {old} aside ({old.name}.pre-vendor): put "
+                        "your changes in a drop-in (systemctl edit)")
+    return done
+
+
+def _remove_units(units_dir: Path) -> list[Path]:
+    """Our unit files and drop-ins in the vendor directory (nothing of the operator's)."""
+    removed = []
+    for path in sorted(units_dir.glob("cappuccino*"), reverse=True):
+        if path.is_dir():
+            for f in path.iterdir():
+                f.unlink()
+                removed.append(f)
+            path.rmdir()
+        else:
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def uninstall(prefix: str = "/opt/cappuccino", root: str = "/", log=print) -> list[str]:
+    """Disable and stop the units first (no dangling .wants links, nothing left running), then
+    remove them, the link and the prefix."""
     root_p = Path(root)
     done = []
-    units_dir = _under(root_p, "/etc/systemd/system")
-    for name in render_units(prefix):
-        path = units_dir / name
-        if path.exists():
-            path.unlink()
-            done.append(f"removed {path}")
-            if path.parent != units_dir and not any(path.parent.iterdir()):
-                path.parent.rmdir()  # a drop-in directory of ours, now empty
+    live = root_p == Path("/") and shutil.which("systemctl")
+    if live:
+        names = [n for n in render_units(prefix) if "/" not in n and "@." not in n]
+        subprocess.run(["systemctl", "disable", "--now", *names], check=False)
+        subprocess.run(["systemctl", "stop", "cappuccino-train@*.service"], check=False)
+        done.append("disabled and stopped " + ", ".join(names))
+    for path in _remove_units(_under(root_p, VENDOR_UNITS)):
+        done.append(f"removed {path}")
+    link = _under(root_p, BIN_LINK)
+    if link.is_symlink():
+        link.unlink()
+        done.append(f"removed {link}")
     target = _under(root_p, prefix)
     if target.exists():
         shutil.rmtree(target)
         done.append(f"removed {target}")
-    done.append("kept /etc/cappuccino and /var/lib/cappuccino (configuration and state)")
+    if live:
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    done.append("kept /etc/cappuccino, /var/lib/cappuccino and the drop-ins in "
+                f"{OPERATOR_UNITS} (configuration, state, your changes)")
     for line in done:
         log(line)
     return done

@@ -126,6 +126,9 @@ class Container:
         """`cappuccino install` as an operator runs it, with the checkout's virtualenv standing
         in for the one it would build (no network, no minutes of pip)."""
         python = str(REPO / ".venv" / "bin" / "python")
+        # /usr is the host's, read-only, in this container: a tmpfs on /usr/local takes the
+        # vendor units and the `cappuccino` link that install puts there
+        self.run("mount", "-t", "tmpfs", "tmpfs", "/usr/local")
         self.run(python, "-m", "cappuccino_core.cli", "install", "--prefix", prefix, "--no-venv")
         self.run("mkdir", "-p", prefix)
         self.run("ln", "-sfn", str(REPO / ".venv"), f"{prefix}/venv")

@@ -161,6 +161,10 @@ def test_timers_are_registered_with_their_schedule(box):
     assert "OnUnitActiveUSec=5min" in box.show("cappuccino-monitor.timer", "TimersMonotonic")
     assert "*-*-* *:00:00" in box.show("cappuccino-auto-deployer.timer", "TimersCalendar")
     assert box.show("cappuccino-active-study.path", "Unit") == SYNC
+    # the vendor units where local packages put theirs, the operator's drop-ins in /etc
+    assert box.show(TRADER, "FragmentPath") == f"/usr/local/lib/systemd/system/{TRADER}"
+    assert f"/etc/systemd/system/{TRADER}.d/test-watchdog.conf" in box.show(TRADER, "DropInPaths")
+    assert "cappuccino 0." in box.run("cappuccino", "--version").stdout  # on the PATH
 
 
 def test_trainer_killed_mid_trial_fails_and_is_retried(box, pg_url, hook):

@@ -39,7 +39,7 @@ def make_source(cfg: Config, source: str | None = None, csv_path: str | None = N
 
 
 def make_cache(cfg: Config, source) -> BarCache:
-    return BarCache(cfg.state_dir / "cache" / "bars", source, cfg.data.timeframe, cfg.bar_seconds,
+    return BarCache(cfg.cache_dir / "bars", source, cfg.data.timeframe, cfg.bar_seconds,
                     cfg.data.closed_bar_delay_s)
 
 
