@@ -171,3 +171,66 @@ def test_only_a_stderr_that_is_the_journal_gets_journal_output(tmp_path):
             assert written == ""
         else:  # no journald here: the stream with priorities, still the journal's format
             assert "<4>probe: first line" in written
+
+
+# --- the report, as a person sees it ------------------------------------------------------------
+
+def chromium() -> str | None:
+    import os
+    import shutil
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CAPPUCCINO_REQUIRE_BROWSER_TESTS") == "1":
+        pytest.fail("the browser test is required here, but chromium is not installed")
+    return found
+
+
+def screenshot(html_file, png, width=1000, height=2400) -> bytes:
+    """Headless Chromium's picture of a local page (flags as the machine's notes advise)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                        "--disable-quic", "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={png}", f"file://{html_file}"],
+                       capture_output=True, timeout=120, check=True)
+    return png.read_bytes()
+
+
+def test_the_report_reads_at_a_glance_and_renders_in_a_browser(tmp_path, shared_data):
+    import re
+    import struct
+    from xml.etree import ElementTree
+    if chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    d = ["--config-dir", cfg.config_dir]
+    assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--name", "paper",
+                     *d]) == 0
+    out = tmp_path / "report.html"
+    assert cli.main(["report", "--out", str(out), "--from", LUNA[0], "--to", LUNA[1], *d]) == 0
+    page = out.read_text()
+    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
+    assert len(svgs) >= 7
+    for svg in svgs:  # every chart: labelled axes with ticks, and a legend
+        root = ElementTree.fromstring(svg)
+        groups = {g.get("class"): g for g in root.iter("{http://www.w3.org/2000/svg}g")}
+        for axis in ("x-axis", "y-axis"):
+            labels = [t.text for t in groups[axis].iter("{http://www.w3.org/2000/svg}text")
+                      if t.get("class") == "axis-label"]
+            ticks = [t.text for t in groups[axis].iter("{http://www.w3.org/2000/svg}text")
+                     if t.get("class") != "axis-label"]
+            assert labels and labels[0] and len(ticks) >= 2, (axis, svg[:200])
+        assert list(groups["legend"].iter("{http://www.w3.org/2000/svg}text"))
+    assert re.search(r">2022-05-\d\d<", page)  # dates on the time axes
+    assert re.search(r">\d{2,3}\.\dk<", page) and "1.2e+05" not in page  # k ticks, no 1e5
+    assert re.search(r">-?\d+\.\d%<", page)  # drawdown in percent
+    assert ">trial number<" in page  # the optimisation history by trial number
+    assert "Open positions and their stops" in page and "stop level" in page
+    assert re.search(r"<td>[+-][\d,]+\.\d\d</td>", page)  # a fill's realised P&L
+    assert re.search(r"total return</td><td>[+-]\d+\.\d\d%", page)  # metrics in percent
+    png = screenshot(out, tmp_path / "report.png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1000, 2400) and len(png) > 30_000  # a page, not a blank
