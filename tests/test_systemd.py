@@ -422,3 +422,17 @@ def test_a_restarted_trader_serves_the_newest_version_that_loads(box):
     assert served < version
     assert box.show(TRADER, "ActiveState") == "active"
     box.systemctl("stop", TRADER)
+
+
+def test_uninstall_disables_then_removes_and_leaves_no_dangling_links(box):
+    box.systemctl("enable", "cappuccino.target", "cappuccino-ensemble-sync.timer")
+    wants = box.path("/etc/systemd/system")
+    assert list(wants.glob("*.wants/cappuccino*"))  # enabled: links in .wants directories
+    python = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
+    box.run(python, "-m", "cappuccino_core.cli", "install", "--prefix", "/opt/cappuccino",
+            "--uninstall")
+    assert not list(wants.glob("*.wants/cappuccino*"))  # disabled before the files went
+    assert not list(box.path("/usr/local/lib/systemd/system").glob("cappuccino*"))
+    assert box.show(TRADER, "LoadState") == "not-found"
+    assert box.path("/etc/cappuccino/cappuccino.yaml").exists()  # configuration stays
+    assert box.path(f"/etc/systemd/system/{TRADER}.d/test-watchdog.conf").exists()  # drop-ins

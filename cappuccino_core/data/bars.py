@@ -143,6 +143,9 @@ def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int,
     return Bars(tuple(symbols), grid[keep], out[keep], filled[keep])
 
 
+_SAID: set[tuple] = set()
+
+
 def _check_gaps(symbols, grid: pd.DatetimeIndex, filled: np.ndarray,
                 max_gap_bars: int | None) -> None:
     for a, symbol in enumerate(symbols):
@@ -158,6 +161,8 @@ def _check_gaps(symbols, grid: pd.DatetimeIndex, filled: np.ndarray,
             raise DataError(f"{symbol} {grid[starts[longest]]}: {length} bars missing in a row "
                             f"(to {grid[ends[longest] - 1]}), more than data.max_gap_bars "
                             f"({max_gap_bars})")
-        log.info("%s: %d missing bars filled flat at the previous close (%d gaps, the longest "
-                 "%d bars from %s)", symbol, int(missing.sum()), len(starts), length,
-                 grid[starts[longest]])
+        said = (symbol, int(missing.sum()), str(grid[starts[longest]]))
+        if said not in _SAID:  # once per process: a live trader reloads the same bars hourly
+            _SAID.add(said)
+            log.info("%s: %d missing bars filled flat at the previous close (%d gaps, the "
+                     "longest %d bars from %s)", symbol, said[1], len(starts), length, said[2])
