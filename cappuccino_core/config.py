@@ -42,6 +42,15 @@ class ConfigError(Exception):
 
 _NO_VALUE = object()
 
+# Keys of earlier releases, and what to write instead.
+REPLACED = {
+    "alerts.webhook_url": "now a URL in alerts.urls: jsons://HOST/PATH (json:// for http)",
+    "alerts.discord_webhook_url": "now a URL in alerts.urls: discord://WEBHOOK_ID/TOKEN",
+    "alerts.slack_webhook_url": "now a URL in alerts.urls: slack://TOKEN_A/TOKEN_B/TOKEN_C",
+    "alerts.email_to": "now a URL in alerts.urls: mailto://USER:PASSWORD@HOST?to=ADDRESS",
+    "alerts.sendmail_path": "alerts go through alerts.urls (Apprise) now",
+}
+
 
 class ConfigErrors(ConfigError):
     """Several errors at once: every one of them is listed, not only the first."""
@@ -312,6 +321,7 @@ def _build(cls: type, raw: Any, file: str, prefix: str = "",
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = f" ({REPLACED[path]})" if path in REPLACED else hint
                 raise ConfigError(file, path, _NO_VALUE, f"one of the keys {', '.join(fields)}",
                                   got=f", got the unknown key {key!r}{hint}")
             f = fields[key]

@@ -132,3 +132,10 @@ def test_a_daily_summary_once_a_day_at_the_configured_time(tmp_path, pg_url, hoo
     text = body["message"]
     assert "trader paper: equity 101,500.00 (+1,500.00 in 24 h)" in text
     assert "1 stop exits" in text and "health:" in text
+
+
+def test_the_old_alert_keys_say_what_to_write_instead(tmp_path):
+    from cappuccino_core.config import ConfigError
+    write_config(tmp_path, {"alerts": {"webhook_url": "https://hooks.example.com/x"}})
+    with pytest.raises(ConfigError, match=r"alerts.webhook_url: .*now a URL in alerts.urls"):
+        load_config(tmp_path)
