@@ -1,14 +1,12 @@
 """The operator's view: `status --json` with a documented schema and exit codes a monitoring
 system can use (issue 15)."""
 
-import dataclasses
 import json
 
 import jsonschema
 import pytest
 
 from cappuccino_core import cli
-from cappuccino_core.config import load_config
 
 from conftest import REPO, write_config
 from test_trading import LUNA, setup_trader_env

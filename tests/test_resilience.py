@@ -160,7 +160,8 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
 
 # --- one line, naming the cause, for every error -------------------------------------------------
 
-def cappuccino(*args, env=None) -> "subprocess.CompletedProcess":
+def cappuccino(*args, env=None):
+    """The installed `cappuccino` script, as an operator runs it (a CompletedProcess)."""
     import os
     import subprocess
     import sys
