@@ -9,10 +9,9 @@ file. Everything comes from `status.collect`: the metrics and `cappuccino status
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from .files import atomic_write_text
 from .status import LEVELS
 
 # name -> (type, help)
@@ -84,15 +83,7 @@ def textfile_path(cfg) -> Path:
 
 
 def write_textfile(path: Path, text: str) -> Path:
-    """Written whole under a temporary name in the same directory, then renamed."""
+    """Written whole under a temporary name in the same directory, then renamed; readable by
+    node_exporter, which runs as another user."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # node_exporter runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text, 0o644)

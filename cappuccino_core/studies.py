@@ -3,14 +3,13 @@ and how far they are: `optuna_db.study_summaries`.)"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import optuna
 import yaml
 
 from .config import ACTIVE_STUDY_FILE, Config, ConfigError, check_study_name
+from .files import atomic_write_text
 from .storage import make_optuna_storage, optuna_storage
 
 
@@ -18,21 +17,10 @@ def write_active_study(config_dir: str | Path, name: str) -> Path:
     """Write active_study.yaml atomically (a complete temporary file, then one rename), so a
     reader (or the path unit) never sees half a file."""
     check_study_name(name, ACTIVE_STUDY_FILE, "study")
-    directory = Path(config_dir)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".active_study.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("# The study that training, the ensemble and the trader follow.\n"
-                     "# Written by `cappuccino study activate`.\n")
-            yaml.safe_dump({"study": name}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / ACTIVE_STUDY_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return directory / ACTIVE_STUDY_FILE
+    return atomic_write_text(Path(config_dir) / ACTIVE_STUDY_FILE,
+                             "# The study that training, the ensemble and the trader follow.\n"
+                             "# Written by `cappuccino study activate`.\n"
+                             + yaml.safe_dump({"study": name}))
 
 
 def import_studies(cfg: Config, source_url: str, names: list[str] | None = None) -> list[str]:
