@@ -102,6 +102,32 @@ def start_daemon(parser, argv=None):
         raise SystemExit(2) from e
 
 
+def wait_for_storage(action, notifier: "Notifier", limit_s: float = 540.0):
+    """At start-up, retry `action` while the storage is unreachable (a database still booting,
+    an outage): said once in the journal and in STATUS, retried with backoff, and given up
+    (the error raised, for systemd's restart) only after `limit_s`, well inside the units'
+    TimeoutStartSec. A restart could not fix an outage sooner; burning the start limit on it
+    would only fail the unit."""
+    import time
+
+    from .errors import first_line
+    from .trading.journal import DATABASE_DOWN
+    delay, deadline, said = 2.0, time.monotonic() + limit_s, False
+    while True:
+        try:
+            return action()
+        except DATABASE_DOWN as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not said:
+                logging.getLogger("cappuccino").error("waiting for the storage: %s",
+                                                      first_line(e.orig or e))
+                said = True
+            notifier.status(f"waiting for the storage: {first_line(e.orig or e)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def run_daemon(main, argv=None) -> int:
     """Run a daemon's `main`: whatever ends it is logged as one line naming the cause (the
     traceback only at debug level, or with CAPPUCCINO_DEBUG=1), and the exit code says what

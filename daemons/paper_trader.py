@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from cappuccino_core.service import Notifier, run_daemon, start_daemon
+from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
 from cappuccino_core.storage import app_engine
 from cappuccino_core.trading.live import LiveLoop
 
@@ -33,8 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="paper", help="trader name in the database")
     args, cfg = start_daemon(parser, argv)
-    engine = app_engine(cfg)
-    loop = LiveLoop(cfg, make_broker(cfg, engine, args.name), engine, Notifier(), name=args.name)
+    notifier = Notifier()
+
+    def start() -> LiveLoop:
+        engine = app_engine(cfg)
+        loop = LiveLoop(cfg, make_broker(cfg, engine, args.name), engine, notifier,
+                        name=args.name)
+        loop.start()
+        return loop
+    loop = wait_for_storage(start, notifier)  # a database still booting is no crash
     signal.signal(signal.SIGHUP, lambda *_: loop.request_reload())
     signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
     signal.signal(signal.SIGINT, lambda *_: loop.request_stop())

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from cappuccino_core.service import Notifier, run_daemon, start_daemon
+from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
 from cappuccino_core.training.worker import WorkerHooks, run_worker
 
 log = logging.getLogger("cappuccino.trainer")
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     study = study_of(args.instance)
     notifier.status(f"{study}: loading data")
-    n = run_worker(cfg, study, hooks)
+    # a storage outage pauses the worker (said once, retried with backoff) instead of
+    # crashing it through its start limit
+    n = wait_for_storage(lambda: run_worker(cfg, study, hooks), notifier)
     log.info("worker %s stopped after %d trial(s)", args.instance, n)
     return 0
 

@@ -303,3 +303,46 @@ def test_a_sync_starts_by_removing_what_killed_syncs_left(tmp_path, shared_data)
     (root / ".current-4242").symlink_to("v000009")
     assert sync(cfg, engine).status == "unchanged"  # nothing to publish, still cleaned
     assert not list(root.glob(".tmp-*")) and not list(root.glob(".current-*"))
+
+
+def test_a_trader_started_while_the_database_is_down_waits_for_it(tmp_path, shared_data):
+    """A database still booting (or an outage) at start-up is waited for, said once, and the
+    trader comes up when it answers: no crash, so no start limit burnt on it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_config
+    from private_postgres import PrivatePostgres
+    pg = PrivatePostgres()
+    try:
+        etc = write_config(tmp_path / "etc", {
+            "storage": {"url": pg.url}, "paths": {"state_dir": str(tmp_path / "state")},
+            "data": {"csv_path": str(shared_data), "symbols": SYMBOLS}})
+        log = tmp_path / "trader.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "daemons.paper_trader",
+                                     "--config-dir", str(etc)], stdout=out,
+                                    stderr=subprocess.STDOUT,
+                                    env={k: v for k, v in os.environ.items()
+                                         if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")})
+        try:
+            deadline = time.monotonic() + 30
+            while "waiting for the storage" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            pg.start()  # the database comes up
+            deadline = time.monotonic() + 60
+            while "ready:" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        text = log.read_text()
+        assert code == 0 and text.count("waiting for the storage") == 1, text
+        assert "Traceback" not in text
+    finally:
+        pg.remove()

@@ -98,7 +98,8 @@ class LiveLoop:
         log.info("trader %s ready: %s", self.name, self.status_line())
 
     def run(self, max_cycles: int | None = None) -> None:
-        self.start()
+        if self.trader is None:
+            self.start()
         cycles = 0
         while not self.stop.is_set():
             self.cycle()
