@@ -37,6 +37,7 @@ class AlpacaEmulator:
     positions: dict[str, dict] = field(default_factory=dict)  # BTCUSD -> {qty, avg}
     orders: dict[str, dict] = field(default_factory=dict)  # id -> order json
     min_order_size: float = 1e-6
+    min_trade_increment: str = "0.000000001"  # a string, as Alpaca sends it
     _faults: list[int] = field(default_factory=list)
     _order_delay_s: float = 0.0
     _partial: float | None = None
@@ -116,11 +117,20 @@ class AlpacaEmulator:
                 "current_price": str(price)}
 
     def asset(self, symbol: str) -> dict:
+        # The trading pair object of https://alpaca.markets/docs/crypto-trading ("Supported
+        # Coins"): sizes and increments are decimal strings.
         return {"id": str(uuid.UUID(int=3)), "class": "crypto", "asset_class": "crypto",
-                "exchange": "CRYPTO", "symbol": symbol, "name": symbol, "status": "active",
-                "tradable": True, "marginable": False, "shortable": False,
+                "exchange": "CRYPTO", "symbol": symbol, "name": f"{symbol} pair",
+                "status": "active", "tradable": True, "marginable": False, "shortable": False,
                 "easy_to_borrow": False, "fractionable": True,
-                "min_order_size": str(self.min_order_size), "min_trade_increment": "1e-09"}
+                "min_order_size": str(self.min_order_size),
+                "min_trade_increment": self.min_trade_increment, "price_increment": "1"}
+
+    def assets(self, q: dict) -> tuple[int, list]:
+        """`GET /v2/assets?asset_class=crypto`: every pair, slash symbols (same document)."""
+        if q.get("asset_class") not in (None, "crypto"):
+            return 200, []
+        return 200, [self.asset(s) for s in sorted(self.prices)]
 
     def _fill(self, order: dict, qty: float) -> None:
         symbol, price = order["symbol"], self.prices[order["symbol"]]
@@ -155,6 +165,12 @@ class AlpacaEmulator:
         if qty < self.min_order_size:
             return 422, {"code": 40010001,
                          "message": f"qty must be >= {self.min_order_size}"}
+        # Stricter than a float check: Alpaca refuses a quantity that is not a whole number of
+        # the pair's min_trade_increment (too many decimals), e.g. float noise like
+        # 0.8317411010000001 (issue 11's probe; crypto-trading doc: min_trade_increment).
+        if not _whole_steps(str(body["qty"]), self.min_trade_increment):
+            return 422, {"code": 40010001, "message": f"qty must be in increments of "
+                                                      f"{self.min_trade_increment}"}
         if side == "buy" and qty * price > self.cash:
             return 403, {"code": 40310000, "message": "insufficient balance for USD"}
         held = self.positions.get(symbol.replace("/", ""), {"qty": 0.0})["qty"]
@@ -200,8 +216,13 @@ class AlpacaEmulator:
                 return 200, self.account()
             if method == "GET" and path == "/v2/positions":
                 return 200, [self.position_json(s, p) for s, p in self.positions.items()]
+            if method == "GET" and path == "/v2/assets":
+                return self.assets(query)
             if method == "GET" and path.startswith("/v2/assets/"):
-                return 200, self.asset(path.removeprefix("/v2/assets/"))
+                name = path.removeprefix("/v2/assets/")
+                if "/" in name:  # BTC/USD in a path is two segments: not found (alpaca-py #537)
+                    return 404, {"code": 40410000, "message": "asset not found"}
+                return 200, self.asset(name)
             if method == "POST" and path == "/v2/orders":
                 return self.submit(body or {})
             if method == "GET" and path == "/v2/orders:by_client_order_id":
@@ -274,3 +295,8 @@ class RunningEmulator:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _whole_steps(qty: str, step: str) -> bool:
+    from decimal import Decimal
+    return (Decimal(qty) / Decimal(step)) % 1 == 0

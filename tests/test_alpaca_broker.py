@@ -41,7 +41,11 @@ def broker_for(emulator, **kw):
 def test_account_positions_assets_and_prices(emulator):
     b = broker_for(emulator)
     assert b.account().cash == 100_000.0
-    assert b.asset_rules(["BTC/USD"])["BTC/USD"].min_order_size == 1e-6
+    rules = b.asset_rules(["BTC/USD", "ETH/USD", "XYZ/USD"])
+    assert rules["BTC/USD"].min_order_size == 1e-6 and rules["BTC/USD"].min_trade_increment == 1e-9
+    assert rules["BTC/USD"].price_increment == 1.0 and not rules["XYZ/USD"].tradable
+    asked = [p for m, p, q in emulator.emulator.requests if p.startswith("/v2/assets")]
+    assert asked == ["/v2/assets"]  # one list call for every symbol, no slash in a path
     assert b.latest_prices(SYMBOLS) == PRICES
     order = b.submit_market_order("ETH/USD", "buy", 2.5, "cap-t-1")
     assert order.status == "filled" and order.filled_qty == 2.5
@@ -153,3 +157,25 @@ def test_restart_mid_bar_on_alpaca_sends_nothing_twice_and_reconciles(emulator, 
     fresh.start()
     assert set(fresh.state.stops) == set(broker_for(emulator).positions())
     assert "held at the broker with no stop state" in caplog.text
+
+
+def test_orders_are_sized_in_whole_increments_without_float_noise(emulator, tmp_path,
+                                                                  shared_data):
+    """Alpaca refuses a quantity that is not a whole number of the pair's increment; the
+    trader's plan rounds down to the increment in decimal arithmetic."""
+    from cappuccino_core.broker.base import AssetRule, Position
+    from cappuccino_core.env import EnvSettings
+    from cappuccino_core.trading.orders import plan_rebalance
+    emu = emulator.emulator
+    emu.min_trade_increment = "0.0001"  # the documented BTC/USD pair
+    b = broker_for(emulator)
+    noisy = b.submit_market_order("BTC/USD", "buy", 0.8317411010000001, "cap-t-noise")
+    assert noisy.status == "rejected" and "increments of 0.0001" in noisy.reason
+    rules = {s: AssetRule(s, 1e-4, 1e-4) for s in SYMBOLS}
+    plan = plan_rebalance(np.array([0.2, 0.1, 0.05, 0.65]), SYMBOLS,
+                          {"ETH/USD": Position("ETH/USD", 1.23456789, 2000.0)}, 90_000.0,
+                          np.array([30_000.0, 2_000.0, 40.0]), EnvSettings(), rules)
+    assert plan and all(str(o.qty) == str(round(o.qty, 4)) for o in plan)  # no noise
+    for k, o in enumerate(plan):
+        sent = b.submit_market_order(o.symbol, o.side, o.qty, f"cap-t-plan-{k}")
+        assert sent.status == "filled", (o, sent.reason)

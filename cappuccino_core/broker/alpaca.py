@@ -75,6 +75,7 @@ class AlpacaBroker:
         self.by_plain = {s.replace("/", ""): s for s in symbols}
         self.fee, self.retry_wait_s, self.max_retries = fee, retry_wait_s, max_retries
         self.fill_timeout_s, self.poll_s = fill_timeout_s, poll_s
+        self._assets: dict | None = None  # the crypto asset list, asked for once
 
     @classmethod
     def from_config(cls, cfg) -> "AlpacaBroker":
@@ -118,11 +119,26 @@ class AlpacaBroker:
         return out
 
     def asset_rules(self, symbols: list[str]) -> dict[str, AssetRule]:
+        """Minimum size, increments and tradability per symbol, from ONE call for the whole
+        crypto asset list (`GET /v2/assets?asset_class=crypto`, cached): asking for one asset
+        by its `BTC/USD` name would put a slash in the path. A symbol Alpaca does not list is
+        not tradable (and said so)."""
+        if self._assets is None:
+            from alpaca.trading.enums import AssetClass
+            from alpaca.trading.requests import GetAssetsRequest
+            listed = self._call("assets", self.trading.get_all_assets,
+                                GetAssetsRequest(asset_class=AssetClass.CRYPTO))
+            self._assets = {a.symbol: a for a in listed}
         rules = {}
         for s in symbols:
-            a = self._call("asset", self.trading.get_asset, s)
+            a = self._assets.get(s) or self._assets.get(s.replace("/", ""))
+            if a is None:
+                log.warning("Alpaca lists no crypto asset %s: it is not traded", s)
+                rules[s] = AssetRule(s, 0.0, 1e-9, tradable=False)
+                continue
             rules[s] = AssetRule(s, float(a.min_order_size or 0),
-                                 float(a.min_trade_increment or 1e-9), bool(a.tradable))
+                                 float(a.min_trade_increment or 1e-9), bool(a.tradable),
+                                 float(a.price_increment) if a.price_increment else None)
         return rules
 
     def mark(self, prices: dict[str, float]) -> None:

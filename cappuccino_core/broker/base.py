@@ -60,6 +60,7 @@ class AssetRule:
     min_order_size: float
     min_trade_increment: float
     tradable: bool = True
+    price_increment: float | None = None  # for orders that send a price (limit orders)
 
 
 @dataclass

@@ -9,8 +9,8 @@ it is for, so a restart in the middle of a bar re-derives the same ids and canno
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 import pandas as pd
@@ -61,8 +61,15 @@ def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
 
 
 def _round_down(qty: float, rule: AssetRule) -> float:
-    step = rule.min_trade_increment
-    return math.floor(qty / step + 1e-6) * step  # forgive float error in qty / step
+    """`qty` down to a whole number of the asset's increments, in decimal arithmetic, so that
+    what is sent has no float noise (0.8317411010000001 is refused by Alpaca for too many
+    decimals). A hair under a whole step (float error in the plan) counts as the step."""
+    step = Decimal(repr(float(rule.min_trade_increment)))
+    exact = Decimal(repr(float(qty))) / step
+    steps = exact.to_integral_value(rounding=ROUND_FLOOR)
+    if exact - steps > Decimal("0.999999"):
+        steps += 1
+    return float(steps * step)
 
 
 def affordable(buys: list[PlannedOrder], cash: float, prices: dict[str, float],
