@@ -367,8 +367,9 @@ def cmd_monitor(args) -> int:
     from .metrics import render, textfile_path, write_textfile
     from .status import collect
     from .summary import send_if_due
-    print(f"metrics: {write_textfile(textfile_path(cfg), render(collect(cfg)))}")
-    if send_if_due(cfg, _app_db(cfg)):
+    status = collect(cfg)  # one reading for the metrics and the summary
+    print(f"metrics: {write_textfile(textfile_path(cfg), render(status))}")
+    if send_if_due(cfg, _app_db(cfg), status=status):
         print("daily summary sent")
     return 0
 

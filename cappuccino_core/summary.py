@@ -68,15 +68,17 @@ def compose(cfg: Config, engine: Engine, status: dict, now: datetime) -> str:
     return "\n".join(lines)
 
 
-def send_if_due(cfg: Config, engine: Engine, now: datetime | None = None) -> bool:
-    """Send today's summary if it is due; True when it was sent."""
+def send_if_due(cfg: Config, engine: Engine, now: datetime | None = None,
+                status: dict | None = None) -> bool:
+    """Send today's summary if it is due (from `status`, else a fresh `status.collect`);
+    True when it was sent."""
     from .alerts import send_alert
     from .status import collect
     now = now or datetime.now(timezone.utc)
     key = due(cfg, engine, now)
     if key is None:
         return False
-    text = compose(cfg, engine, collect(cfg), now)
+    text = compose(cfg, engine, status or collect(cfg), now)
     send_alert(cfg, f"daily summary {now:%Y-%m-%d}", text, "info")
     record_event(engine, SOURCE, "info", KIND, text, incident_key=key)
     return True
