@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .data.features import WARMUP
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 
 HOURS_PER_YEAR = 24 * 365
@@ -108,7 +109,6 @@ def backtest_ensemble(cfg, ensemble, bars, features, lo: int, hi: int) -> "Backt
 
 def first_decision_bar(ensemble) -> int:
     """The first bar index every member of `ensemble` has a full feature window for."""
-    from .data.features import WARMUP
     return WARMUP + ensemble.max_lookback - 1
 
 

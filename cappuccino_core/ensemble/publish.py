@@ -227,9 +227,9 @@ def _remove_leftovers(root: Path) -> None:
 
 
 def _cleanup(root: Path, keep: int) -> None:
-    """Remove leftovers of interrupted syncs and versions beyond the newest `keep`."""
+    """Remove versions beyond the newest `keep` (leftovers of interrupted syncs went at the
+    start of the sync)."""
     current = current_dir(root)
-    _remove_leftovers(root)
     versions = sorted(p for p in root.glob(f"{VERSION_PREFIX}[0-9]*") if p.is_dir())
     for old in versions[:-keep]:
         if current is None or old.resolve() != current.resolve():

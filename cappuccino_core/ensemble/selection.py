@@ -3,8 +3,8 @@
 The ranking is one indexed query over Optuna's tables (`optuna_db.ranked_trials`). Trials are
 identified by their storage-wide trial id, never by number: numbers repeat across studies.
 
-A trial is eligible when its artifact exists, its checksum matches what the trial recorded, it
-loads (`torch.load(weights_only=True)` and the network's shapes: a matching checksum does not
+A trial is eligible when its artifact exists, its checksum matches what the trial recorded (and
+its spec), it loads (`torch.load(weights_only=True)` and the network's shapes: a matching checksum does not
 prove that), its spec fits the trading configuration (same symbols in the same order, same timeframe, same
 feature set), and it was trained under the live risk rules and costs (`ensemble.risk_mismatch:
 refuse`; with `warn` it is served and the differences are logged and shown). Every skipped
@@ -21,7 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..artifacts import ArtifactError, ModelSpec, read_spec, sha256_file
+from ..artifacts import ArtifactError, ModelSpec
 from ..config import Config
 from ..optuna_db import (ATTR_ARTIFACT_DIR, ATTR_SHA256, complete_trial, ranked_trials,
                          study_exists, trial_attrs)
@@ -80,23 +80,15 @@ def check_member(trial_id: int, study: str, attrs: dict,
     path = Path(directory)
     if not (path / "model.pt").exists():
         return None, f"artifact missing at {path}"
-    actual = sha256_file(path / "model.pt")
-    if actual != digest:
-        return None, f"checksum {actual[:12]} != recorded {digest[:12]} (corrupted or replaced)"
-    try:
-        spec = read_spec(path)
+    try:  # the checksums (the trial's and the spec's), the spec, and the weights loading: a
+        # checksum can match weights that still cannot load (truncated, a pickle payload)
+        from ..artifacts import load_artifact
+        _, spec = load_artifact(path, digest)
     except ArtifactError as e:
-        return None, str(e)
+        return None, f"does not load: {e}"
     if spec.study != study or spec.trial_id != trial_id:
         return None, (f"artifact belongs to study {spec.study!r} trial id {spec.trial_id}, "
                       "not to this trial")
-    if spec.sha256 != digest:
-        return None, "spec checksum differs from the trial's"
-    try:  # a checksum can match weights that still cannot load (truncated, a pickle payload)
-        from ..artifacts import load_artifact
-        load_artifact(path, digest)
-    except ArtifactError as e:
-        return None, f"does not load: {e}"
     why, differences = fit_problem(spec, cfg)
     if why:
         return None, why
