@@ -18,8 +18,11 @@ Action. Target weights per asset plus cash (non-negative, summing to 1). They ar
 `max_position_pct` per asset and scaled so that `min_cash_reserve_pct` stays in cash; orders
 are the differences to the current holdings in value, skipped when smaller than
 `min_order_notional` or than `min_rebalance_weight` of equity. Selling to a zero weight sells
-every unit. Fees (`fee`, a fraction of notional) and slippage (`slippage_bps`, against the
-trader) are paid on every fill. Buys are scaled down, if needed, so cash never goes negative.
+every unit. Slippage (`slippage_bps`, against the trader) is paid on every fill, and fees
+(`fee`, a fraction of notional) as Alpaca charges crypto: a sell's fee comes out of the cash
+proceeds; a BUY's fee comes out of the asset received (ordering q units leaves q x (1 - fee)
+in the position, and the cash pays q x price only; alpaca-py issue #374, Alpaca's crypto fee
+page). Buys are scaled down, if needed, so cash never goes negative.
 
 Stops, the rule the trader applies live (see `apply_stops`): peak = highest price since entry;
 exit the WHOLE position when price <= peak x (1 - trailing_stop_pct), or when price <=
@@ -82,15 +85,18 @@ def rebalance(units: torch.Tensor, cash: torch.Tensor, target: torch.Tensor,
 
     buy_px = price * (1 + slip)
     buy_value = delta.clamp_min(0)  # notional wanted, at the quoted price
-    cost = (buy_value * (1 + slip)).sum(-1) * (1 + s.fee)
+    cost = (buy_value * (1 + slip)).sum(-1)
     scale = torch.where(cost > cash, cash / cost.clamp_min(1e-300), torch.ones_like(cost))
     buy_value = buy_value * scale.clamp(0, 1).unsqueeze(-1)
-    buy_units = buy_value / price
+    buy_units = buy_value / price  # what is ordered
     buy_notional = (buy_units * buy_px).sum(-1)
+    cash = cash - buy_notional
+    # The buy fee is taken from the asset received (as Alpaca charges crypto): the cash pays
+    # the notional only, and the position grows by the ordered units less the fee.
     buy_fees = buy_notional * s.fee
-    cash = cash - buy_notional - buy_fees
+    received = buy_units * (1 - s.fee)
 
-    new_units = units - sell_units + buy_units
+    new_units = units - sell_units + received
     fill_price = torch.where(buy_units > 0, buy_px, sell_px)
     return new_units, cash, sell_fees + buy_fees, proceeds + buy_notional, fill_price
 

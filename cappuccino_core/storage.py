@@ -132,8 +132,11 @@ fills = sa.Table(
     sa.Column("side", sa.String(8), nullable=False),
     sa.Column("qty", sa.Float, nullable=False),
     sa.Column("price", sa.Float, nullable=False),
-    sa.Column("fee", sa.Float, nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now))
+    sa.Column("fee", sa.Float, nullable=False),  # in USD (a buy's: the asset fee at its price)
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now),
+    # A buy's fee as taken from the asset received: the position grows by qty - fee_qty.
+    sa.Column("fee_qty", sa.Float, nullable=False, default=0.0, server_default="0",
+              info={"since": 5}))
 
 trader_state = sa.Table(
     "cappuccino_trader_state", metadata,
@@ -198,6 +201,16 @@ sim_orders = sa.Table(
     info={"since": 3})
 
 
+decisions = sa.Table(
+    "cappuccino_decisions", metadata,
+    sa.Column("trader", sa.String(64), primary_key=True),
+    sa.Column("bar_time", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("target", sa.JSON, nullable=False),     # symbol -> weight, and "cash"
+    sa.Column("prices", sa.JSON, nullable=False),     # symbol -> price the plan used
+    sa.Column("quiet", sa.JSON, nullable=False),      # symbols flat-filled on this bar
+    sa.Column("ensemble", sa.Integer),
+    info={"since": 5})
+
 sim_accounts = sa.Table(
     "cappuccino_sim_accounts", metadata,
     sa.Column("account", sa.String(64), primary_key=True),
@@ -252,8 +265,15 @@ def _migration_4(conn: Connection) -> None:
                              "WHERE trader = 'sim-broker' AND key = 'book'"))
 
 
+def _migration_5(conn: Connection) -> None:
+    """Buy fees in the asset (fills.fee_qty), and each bar's decision for `reconcile`."""
+    conn.execute(sa.text("ALTER TABLE cappuccino_fills ADD COLUMN fee_qty FLOAT "
+                         "NOT NULL DEFAULT 0"))
+    decisions.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3,
-                                                  _migration_4]
+                                                  _migration_4, _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -47,8 +47,9 @@ def test_hand_computed_buy_fee_and_next_open_fill():
     bars = bars_from_prices([100, 100.5, 110], [100, 111, 111], [100, 100, 109], [100, 110, 110])
     env = single_env(bars, dataclasses.replace(NO_CAPS, fee=0.0025))
     _, reward, _, info = env.step(T([[0.5, 0.5]]))
-    units = 50_000 / 100.5
-    cash = 100_000 - 50_000 * 1.0025
+    # 50,000 of notional ordered at 100.5; the 0.25% fee is taken from the units received
+    units = 50_000 / 100.5 * (1 - 0.0025)
+    cash = 100_000 - 50_000
     assert float(env.units[0, 0]) == pytest.approx(units, rel=1e-12)
     assert float(env.cash[0]) == pytest.approx(cash, rel=1e-12)
     assert float(info["fees"][0]) == pytest.approx(125.0, rel=1e-12)
@@ -60,9 +61,10 @@ def test_slippage_is_paid_on_both_sides():
     s = dataclasses.replace(NO_CAPS, fee=0.001, slippage_bps=10)
     units, cash, fees, traded, fill = rebalance(T([[0.0]], dtype=torch.float64), T([1000.0]),
                                                 T([[1.0]]), T([[10.0]], dtype=torch.float64), s)
-    # everything buyable: value v with v * 1.001 (slippage) * 1.001 (fee) = 1000
-    v = 1000 / (1.001 * 1.001)
-    assert float(units[0, 0]) == pytest.approx(v / 10, rel=1e-12)
+    # everything buyable: value v with v * 1.001 (slippage) = 1000; the fee comes out of
+    # the units received
+    v = 1000 / 1.001
+    assert float(units[0, 0]) == pytest.approx(v / 10 * 0.999, rel=1e-12)
     assert float(cash[0]) == pytest.approx(0.0, abs=1e-9)
     assert float(fill[0, 0]) == pytest.approx(10.01)
     units2, cash2, *_ = rebalance(units, cash, T([[0.0]]), T([[10.0]], dtype=torch.float64), s)
@@ -118,7 +120,7 @@ def test_every_exit_sells_the_whole_position(price):
     w = T([[0.3, 0.7]])
     env.step(w)
     held = float(env.units[0, 0])
-    assert held == pytest.approx(30_000 / p, rel=1e-9)  # max_position_pct 0.3
+    assert held == pytest.approx(30_000 / p * (1 - 0.0025), rel=1e-9)  # cap 0.3, fee in units
     _, _, _, info = env.step(w)
     assert int(info["stops"][0]) == 0
     _, _, _, info = env.step(w)

@@ -47,6 +47,9 @@ def test_upgrade_from_older_schema_keeps_rows(storage_url):
         conn.execute(storage.orders.insert().values(
             client_order_id="cap-1", trader="t", symbol="BTC/USD", side="buy", qty=0.5,
             reason="rebalance", status="filled"))
+        conn.execute(sa.text("INSERT INTO cappuccino_fills (client_order_id, symbol, side, qty, "
+                             "price, fee, ts) VALUES ('cap-1', 'BTC/USD', 'buy', 0.5, 100, 0.1, "
+                             "CURRENT_TIMESTAMP)"))
         # release 0.1 kept the simulated broker's book in trader_state, under a fake trader
         conn.execute(storage.trader_state.insert().values(
             trader="sim-broker", key="book", value={"cash": 1234.5, "positions": {
@@ -54,11 +57,13 @@ def test_upgrade_from_older_schema_keeps_rows(storage_url):
     assert "incident_key" not in {c["name"] for c in sa.inspect(engine).get_columns("cappuccino_events")}
 
     upgraded = storage.open_app_db(storage_url)  # a newer release starts on the old database
-    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 4
+    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 5
     with upgraded.connect() as conn:
         row = conn.execute(sa.select(storage.events)).one()
         assert row.message == "kept" and row.incident_key is None
         assert conn.execute(sa.select(storage.orders.c.qty)).scalar() == 0.5
+        # a fill from before buy fees were taken in the asset: fee_qty 0
+        assert conn.execute(sa.select(storage.fills.c.fee_qty)).scalar() == 0.0
         # the book moved into its own table, as the account of the trader 'paper'
         account = conn.execute(sa.select(storage.sim_accounts)).one()
         assert (account.account, account.cash) == ("paper", 1234.5)

@@ -8,10 +8,11 @@ from typing import Protocol
 
 
 class OrderStatus(str, enum.Enum):
-    """Our journal's statuses: two of our own, then Alpaca's order statuses
+    """Our journal's statuses: three of our own, then Alpaca's order statuses
     (https://docs.alpaca.markets/docs/orders-at-alpaca#order-lifecycle)."""
     PENDING_SUBMIT = "pending_submit"  # journaled, about to be sent
     NOT_SENT = "not_sent"              # journaled, but the broker never received it (a crash)
+    SKIPPED = "skipped"                # planned, below the asset's minimum: never sent
     NEW = "new"
     ACCEPTED = "accepted"
     PENDING_NEW = "pending_new"
@@ -36,8 +37,11 @@ class OrderStatus(str, enum.Enum):
         return self in FINAL
 
 
+# Alpaca's terminal statuses (nothing more will happen to the order), and our own two.
+# done_for_day, stopped, suspended, held... are not: the order may still fill; it is followed
+# until `fill_timeout_s`, then what is left is canceled.
 FINAL = {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED,
-         OrderStatus.REPLACED, OrderStatus.NOT_SENT}
+         OrderStatus.REPLACED, OrderStatus.NOT_SENT, OrderStatus.SKIPPED}
 
 
 @dataclass
@@ -72,9 +76,10 @@ class OrderState:
     filled_qty: float
     filled_avg_price: float | None
     status: OrderStatus
-    fee: float = 0.0
+    fee: float = 0.0       # in USD (a buy's fee valued at its fill price)
     broker_id: str | None = None
     reason: str | None = None  # why it was rejected
+    fee_qty: float = 0.0   # a buy's fee, taken from the asset received
 
     def __post_init__(self):
         self.status = OrderStatus(self.status)

@@ -2,7 +2,8 @@
 
 Market orders fill at once at the current price (`mark()` sets it: the next bar's open in a
 replay, the latest close live) moved against the trader by `slippage_bps`, and pay `taker_fee`
-on the notional, exactly as the training environment charges. Minimum sizes and increments are
+as Alpaca charges crypto and the training environment models it: a buy's fee is taken from
+the asset received, a sell's from the cash proceeds. Minimum sizes and increments are
 enforced. Each account's cash and positions live in their own table (`cappuccino_sim_accounts`)
 and its orders in `cappuccino_sim_orders`, so the book survives restarts, and a client order id
 that was seen before returns the order it named: submitting twice never trades twice.
@@ -93,9 +94,10 @@ class SimBroker:
                 sim_orders.c.client_order_id == client_order_id)).first()
         if row is None:
             return None
+        fee_qty = row.fee / row.price if row.side == "buy" and row.price else 0.0
         return OrderState(row.client_order_id, row.symbol, row.side, row.qty, row.filled_qty,
                           row.price, OrderStatus(row.status), row.fee,
-                          broker_id=row.client_order_id, reason=row.reason)
+                          broker_id=row.client_order_id, reason=row.reason, fee_qty=fee_qty)
 
     def open_orders(self) -> list[OrderState]:
         return []  # market orders fill or are rejected at once
@@ -124,8 +126,7 @@ class SimBroker:
             reason = f"qty {qty} below the minimum {self.min_order_size}"
         elif side == "sell" and qty > held["qty"] + 1e-12:
             reason = f"insufficient qty: {held['qty']} held, {qty} to sell"
-        elif side == "buy" and qty * price * (1 + self.slip) * (1 + self.fee) > \
-                self.book["cash"] + 1e-9:
+        elif side == "buy" and qty * price * (1 + self.slip) > self.book["cash"] + 1e-9:
             reason = "insufficient balance"
         if reason:
             order = OrderState(client_order_id, symbol, side, qty, 0.0, None,
@@ -137,10 +138,11 @@ class SimBroker:
         notional = qty * fill
         fee = notional * self.fee
         book = {"cash": self.book["cash"], "positions": dict(self.book["positions"])}
-        if side == "buy":
-            book["cash"] -= notional + fee
-            total = held["qty"] + qty
-            avg = (held["qty"] * held["avg"] + qty * fill) / total
+        if side == "buy":  # the fee is taken from the asset received
+            book["cash"] -= notional
+            received = qty * (1 - self.fee)
+            total = held["qty"] + received
+            avg = (held["qty"] * held["avg"] + received * fill) / total
             book["positions"][symbol] = {"qty": total, "avg": avg}
         else:
             book["cash"] += notional - fee
@@ -150,7 +152,8 @@ class SimBroker:
             else:
                 book["positions"][symbol] = {"qty": left, "avg": held["avg"]}
         order = OrderState(client_order_id, symbol, side, qty, qty, fill, OrderStatus.FILLED,
-                           fee, broker_id=client_order_id)
+                           fee, broker_id=client_order_id,
+                           fee_qty=qty * self.fee if side == "buy" else 0.0)
         with self.engine.begin() as conn:  # order and book change in one transaction
             self._record(order, conn)
             self._save_book(book, conn)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..broker.base import FINAL, OrderState, OrderStatus
-from ..storage import equity_snapshots, fills, orders, record_event, trader_state
+from ..storage import decisions, equity_snapshots, fills, orders, record_event, trader_state
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ OPEN = set(OrderStatus) - FINAL - {OrderStatus.PENDING_SUBMIT}
 # From each status, where an order may go next. A final status only repeats itself (the same
 # answer read twice).
 # `not_sent` is final for a crash's clean-up, but the resumed bar may send the order after all.
-BROKER_SAYS = OPEN | FINAL - {OrderStatus.NOT_SENT}
+BROKER_SAYS = OPEN | FINAL - {OrderStatus.NOT_SENT, OrderStatus.SKIPPED}
 ALLOWED: dict[OrderStatus, set[OrderStatus]] = {
     OrderStatus.PENDING_SUBMIT: BROKER_SAYS | {OrderStatus.NOT_SENT},
     OrderStatus.NOT_SENT: BROKER_SAYS | {OrderStatus.NOT_SENT},
@@ -216,13 +216,55 @@ class Journal:
                 filled_avg_price=r.filled_avg_price, fee=r.fee,
                 updated_at=datetime.now(timezone.utc)))
             if r.filled_qty > prev + 1e-12 and r.filled_avg_price:
+                share = (r.filled_qty - prev) / max(r.filled_qty, 1e-300)
                 conn.execute(fills.insert().values(
                     client_order_id=r.client_order_id, symbol=r.symbol, side=r.side,
-                    qty=r.filled_qty - prev, price=r.filled_avg_price,
-                    fee=r.fee * (r.filled_qty - prev) / max(r.filled_qty, 1e-300)))
+                    qty=r.filled_qty - prev, price=r.filled_avg_price, fee=r.fee * share,
+                    fee_qty=r.fee_qty * share))
         if new is OrderStatus.REJECTED:
             log.error("order %s rejected: %s", r.client_order_id, r.reason)
             self.event("error", "order_rejected", f"{r.client_order_id}: {r.reason}")
+
+    def record_skipped(self, coid: str, symbol: str, side: str, qty: float, purpose: str,
+                       when: pd.Timestamp, why: str) -> None:
+        """A planned order that was not sent (below the asset's minimum), with the reason."""
+        def write():
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(orders.c.id).where(
+                        orders.c.client_order_id == coid)).first() is not None:
+                    return  # a resumed bar skips it again
+                conn.execute(orders.insert().values(
+                    client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
+                    symbol=symbol, side=side, qty=qty, reason=purpose,
+                    status=OrderStatus.SKIPPED.value, updated_at=datetime.now(timezone.utc)))
+            record_event(self.engine, self.trader, "info", "order_skipped", f"{coid}: {why}",
+                         {"symbol": symbol, "side": side, "qty": qty, "why": why})
+        self._run(write)
+
+    def record_decision(self, bar_time: pd.Timestamp, target: dict[str, float],
+                        prices: dict[str, float], quiet: list[str],
+                        ensemble: int | None) -> None:
+        """The bar's target weights and the prices its plan used (for `reconcile`)."""
+        def write():
+            with self.engine.begin() as conn:
+                conn.execute(decisions.delete().where(decisions.c.trader == self.trader,
+                                                      decisions.c.bar_time == bar_time.to_pydatetime()))
+                conn.execute(decisions.insert().values(
+                    trader=self.trader, bar_time=bar_time.to_pydatetime(), target=target,
+                    prices=prices, quiet=quiet, ensemble=ensemble))
+        self._run(write)
+
+    def positions(self) -> dict[str, float]:
+        """What the journal's fills add up to, per symbol: bought less the fee taken from the
+        asset, less sold. After every bar it must equal the broker's positions."""
+        signed = sa.case((fills.c.side == "buy", fills.c.qty - fills.c.fee_qty),
+                         else_=-fills.c.qty)
+        mine = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(fills.c.symbol, sa.func.sum(signed))
+                                .where(fills.c.client_order_id.in_(mine))
+                                .group_by(fills.c.symbol)).all()
+        return {symbol: float(q) for symbol, q in rows}
 
     def has_state(self) -> bool:
         """Whether this trader has traded or recorded anything in this database."""
@@ -236,7 +278,7 @@ class Journal:
         with self.engine.begin() as conn:
             ids = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
             conn.execute(fills.delete().where(fills.c.client_order_id.in_(ids)))
-            for table in (orders, trader_state, equity_snapshots):
+            for table in (orders, trader_state, equity_snapshots, decisions):
                 conn.execute(table.delete().where(table.c.trader == self.trader))
 
     # --- reporting -----------------------------------------------------------------------

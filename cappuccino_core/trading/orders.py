@@ -26,6 +26,16 @@ class PlannedOrder:
     side: str
     qty: float
     purpose: str  # rebalance | stop
+    skip: str | None = None  # why it is not sent (below the asset's minimum): journaled so
+
+
+def _sized(symbol: str, side: str, qty: float, purpose: str, rule: AssetRule) -> PlannedOrder:
+    """The order, or the order marked skipped when the broker would refuse its size."""
+    if qty < rule.min_order_size or qty <= 0:
+        return PlannedOrder(symbol, side, qty, purpose,
+                            skip=f"{qty:.10g} below {symbol}'s minimum order size "
+                                 f"{rule.min_order_size:g}")
+    return PlannedOrder(symbol, side, qty, purpose)
 
 
 def client_order_id(trader: str, purpose: str, when: pd.Timestamp, symbol: str,
@@ -37,7 +47,8 @@ def client_order_id(trader: str, purpose: str, when: pd.Timestamp, symbol: str,
 def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
                    positions: dict[str, Position], cash: float, prices: np.ndarray,
                    settings: EnvSettings, rules: dict[str, AssetRule]) -> list[PlannedOrder]:
-    """Orders that move the holdings to `target_weights` (assets then cash); sells first."""
+    """Orders that move the holdings to `target_weights` (assets then cash); sells first.
+    Orders the asset's minimum size refuses come back marked `skip`."""
     units = np.array([positions[s].qty if s in positions else 0.0 for s in symbols])
     t = lambda x: torch.as_tensor(np.asarray(x, dtype=float)[None])  # noqa: E731
     new_units, *_ = rebalance(t(units), torch.tensor([cash], dtype=torch.float64),
@@ -49,14 +60,12 @@ def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
         if not rule.tradable:
             continue
         delta = new_units[a] - units[a]
-        if delta < 0:
+        if delta < 0:  # selling out sends the broker's exact quantity
             qty = units[a] if new_units[a] <= 0 else _round_down(-delta, rule)
-            if qty >= rule.min_order_size:
-                sells.append(PlannedOrder(symbol, "sell", qty, "rebalance"))
-        elif delta > 0:
-            qty = _round_down(delta, rule)
-            if qty >= rule.min_order_size:
-                buys.append(PlannedOrder(symbol, "buy", qty, "rebalance"))
+            sells.append(_sized(symbol, "sell", qty, "rebalance", rule))
+        elif delta > 0:  # the environment's position grows net of the fee taken from it
+            qty = _round_down(delta / (1 - settings.fee), rule)
+            buys.append(_sized(symbol, "buy", qty, "rebalance", rule))
     return sells + buys
 
 
@@ -74,16 +83,12 @@ def _round_down(qty: float, rule: AssetRule) -> float:
 
 def affordable(buys: list[PlannedOrder], cash: float, prices: dict[str, float],
                settings: EnvSettings, rules: dict[str, AssetRule]) -> list[PlannedOrder]:
-    """The planned buys, scaled down (to each asset's increment) if together with slippage and
-    fees they would cost more than `cash`, as `env.rebalance` scales them."""
+    """The planned buys, scaled down (to each asset's increment) if with slippage they would
+    cost more than `cash`, as `env.rebalance` scales them (a buy's fee is paid in the asset)."""
     slip = settings.slippage_bps * 1e-4
-    cost = sum(o.qty * prices[o.symbol] for o in buys) * (1 + slip) * (1 + settings.fee)
+    cost = sum(o.qty * prices[o.symbol] for o in buys if not o.skip) * (1 + slip)
     if cost <= cash or cost <= 0:
         return buys
     scale = max(cash, 0.0) / cost
-    out = []
-    for o in buys:
-        qty = _round_down(o.qty * scale, rules[o.symbol])
-        if qty >= rules[o.symbol].min_order_size:
-            out.append(PlannedOrder(o.symbol, o.side, qty, o.purpose))
-    return out
+    return [o if o.skip else _sized(o.symbol, o.side, _round_down(o.qty * scale, rules[o.symbol]),
+                                    o.purpose, rules[o.symbol]) for o in buys]

@@ -29,7 +29,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from ..backtest import trading_settings
-from ..broker.base import Broker
+from ..broker.base import Broker, OrderState
 from ..config import Config
 from ..ensemble.serving import Ensemble
 from ..env import apply_stops
@@ -68,7 +68,8 @@ class Trader:
                 self.journal.mark_not_sent(coid)
                 log.warning("order %s was never received by the broker", coid)
             else:
-                self.journal.record_result(self.broker.wait_for_fill(found))
+                self.journal.record_result(self._with_fee_estimate(
+                    self.broker.wait_for_fill(found)))
                 log.info("order %s resolved after restart: %s", coid, found.status.value)
         unknown = [o.client_order_id for o in self.broker.open_orders()
                    if o.client_order_id.startswith(f"cap-{self.name}-")]
@@ -99,12 +100,14 @@ class Trader:
     # --- one bar ---------------------------------------------------------------------------
 
     def on_bar(self, bar_time: pd.Timestamp, features: np.ndarray, now: pd.Timestamp,
-               close: np.ndarray | None = None) -> str:
+               close: np.ndarray | None = None, quiet: list[str] = ()) -> str:
         """Trade the closed bar that opened at `bar_time`. Returns what happened.
 
         As in the environment, the members see the portfolio valued at the bar's `close`
         (symbol order; default the broker's latest prices) and orders are planned at the
-        broker's latest prices (the next bar's open, live or in a replay)."""
+        broker's latest prices (the next bar's open, live or in a replay). `quiet` names the
+        assets that printed no bar (flat-filled at their last close): recorded with the
+        decision."""
         if self.last_bar is not None and bar_time <= self.last_bar:
             return "already processed"
         age = now - (bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
@@ -132,6 +135,10 @@ class Trader:
             self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
                                    "ensemble": self.ensemble.version}
             self.journal.save_state(self.state, DECISION, EQUITY_PEAK, HALTED)  # before orders
+        self.journal.record_decision(
+            bar_time, {**dict(zip(self.symbols, target[:-1].tolist())), "cash": float(target[-1])},
+            dict(zip(self.symbols, prices.tolist())), list(quiet),
+            self.ensemble.version if self.ensemble else None)
         # One plan, as the environment trades it: sells first, then the buys it planned on the
         # cash the sells bring (scaled down only if the fills brought less than planned).
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
@@ -236,14 +243,47 @@ class Trader:
     def _execute(self, plan: list[PlannedOrder], when: pd.Timestamp) -> None:
         for o in plan:
             coid = client_order_id(self.name, o.purpose, when, o.symbol, o.side)
+            if o.skip:
+                log.info("order %s skipped: %s", coid, o.skip)
+                self.journal.record_skipped(coid, o.symbol, o.side, o.qty, o.purpose, when,
+                                            o.skip)
+                continue
             if not self.journal.record_new(coid, o.symbol, o.side, o.qty, o.purpose, when):
                 # journaled before (False), or the journal is down (None): sent before?
                 known = self.broker.get_order(coid)
                 if known is not None:
-                    self.journal.record_result(self.broker.wait_for_fill(known))
+                    self.journal.record_result(self._with_fee_estimate(
+                        self.broker.wait_for_fill(known)))
                     continue
-            result = self.broker.submit_market_order(o.symbol, o.side, o.qty, coid)
-            self.journal.record_result(self.broker.wait_for_fill(result))
+            before = self._holding(o.symbol)
+            result = self.broker.wait_for_fill(
+                self.broker.submit_market_order(o.symbol, o.side, o.qty, coid))
+            self.journal.record_result(self._with_fees(result, before))
+
+    def _holding(self, symbol: str) -> tuple[float, float]:
+        """(units of `symbol` held, cash) at the broker, to measure what a fill really did."""
+        held = self.broker.positions().get(symbol)
+        return (held.qty if held else 0.0), self.broker.account().cash
+
+    def _with_fees(self, r: OrderState, before: tuple[float, float]) -> OrderState:
+        """The fee the broker actually charged, from what the fill did to the account: a buy's
+        is taken from the asset (ordered units less the position's growth), a sell's from the
+        cash (the notional less the cash received)."""
+        if r.filled_qty <= 0 or not r.filled_avg_price:
+            return r
+        units, cash = self._holding(r.symbol)
+        if r.side == "buy":
+            fee_qty = max(r.filled_qty - (units - before[0]), 0.0)
+            return dataclasses.replace(r, fee_qty=fee_qty, fee=fee_qty * r.filled_avg_price)
+        fee = max(r.filled_qty * r.filled_avg_price - (cash - before[1]), 0.0)
+        return dataclasses.replace(r, fee=fee, fee_qty=0.0)
+
+    def _with_fee_estimate(self, r: OrderState) -> OrderState:
+        """An order resolved after a restart: its fee at the configured rate (the account's
+        state before it is gone)."""
+        fee = r.filled_qty * (r.filled_avg_price or 0.0) * self.settings.fee
+        return dataclasses.replace(r, fee=fee, fee_qty=r.filled_qty * self.settings.fee
+                                   if r.side == "buy" else 0.0)
 
     # --- reporting -------------------------------------------------------------------------
 
