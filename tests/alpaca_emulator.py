@@ -4,14 +4,35 @@ The real alpaca-py clients are pointed at it with `url_override`. Shapes follow 
 market data v1beta3 (`GET /v1beta3/crypto/us/bars`: `{"bars": {symbol: [{t,o,h,l,c,v,n,vw}]},
 "next_page_token": ...}`, paginated across symbols in symbol, time order; `GET
 /v1beta3/crypto/us/latest/trades`) and trading v2 (account, positions, assets, orders, orders
-by client order id, cancel). Market orders fill at once at `prices[symbol]`; crypto positions
-are reported as `BTCUSD`, orders as submitted (`BTC/USD`), as Alpaca does.
+by client order id, cancel). Crypto positions are reported as `BTCUSD`, orders as submitted
+(`BTC/USD`), as Alpaca does. Where the real API's behaviour matters, the emulator does it, and
+says where that is documented:
 
-Faults are switchable per test: `fail_next(429, times=1)` answers the next request(s) with
-that status; `delay_next_order_response(s)` accepts and fills the next order but answers only
-after `s` seconds (a client timeout after acceptance); `partial_next_order(fraction)` fills
-only part of the next order until it is looked up again; `reject_next_order(status, message)`.
-Every request is logged in `requests`.
+- Orders are asynchronous (https://docs.alpaca.markets/docs/orders-at-alpaca, "Order
+  Lifecycle": an order is `new`/`accepted`/`pending_new` until it fills): the POST answers
+  `pending_new` with nothing filled; the order is `new` at its first lookup and fills at its
+  second (`fill_at_lookup`).
+- A crypto buy's fee is taken from the asset received; a sell's from the USD proceeds
+  (alpaca-py issue #374: buying 0.1 BTC leaves a position of 0.09975; alpaca-java issue #148:
+  the order keeps saying `filled_qty` 0.5 while the position holds less, and selling 0.5 is
+  refused). Positions keep 9 decimals.
+- Quantities must be whole numbers of the pair's `min_trade_increment` and at least its
+  `min_order_size` (422 otherwise; https://docs.alpaca.markets/docs/crypto-trading, "Supported
+  Coins").
+- `/v2/assets/BTC/USD` is two path segments: 404 (alpaca-py issue #537); the asset list
+  (`GET /v2/assets?asset_class=crypto`) has every pair.
+- 200 requests per minute per API (https://alpaca.markets/support/usage-limit-api-calls/);
+  every answer carries `X-Ratelimit-Limit`, `-Remaining` and `-Reset` (epoch seconds), and a
+  request past the limit is answered 429 (https://forum.alpaca.markets/t/executing-orders/12029).
+- No bar for an interval without trades (alpaca-py issue #246): a quiet symbol simply has no
+  row; `add_bar` plays a late print.
+
+Faults are switchable per test: `fail_next(429, times=1, retry_after=None)` answers the next
+request(s) with that status; `delay_next_order_response(s)` accepts the next order but answers
+only after `s` seconds (a client timeout after acceptance); `partial_next_order(fraction)` fills
+only part of the next order until it is looked up again; `end_next_order(status, fraction)`
+fills that fraction and leaves the order in `status` (terminal or not); `reject_next_order(status,
+message)`. Every request is logged in `requests`.
 """
 
 from __future__ import annotations
@@ -21,6 +42,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -33,17 +55,25 @@ class AlpacaEmulator:
     page_size_cap: int = 10_000
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
     prices: dict[str, float] = field(default_factory=dict)  # symbol like BTC/USD -> price
+    timeframe: str = "1Hour"  # the bars' timeframe; other timeframes are refused
     cash: float = 100_000.0
-    positions: dict[str, dict] = field(default_factory=dict)  # BTCUSD -> {qty, avg}
+    positions: dict[str, dict] = field(default_factory=dict)  # BTCUSD -> {qty: Decimal, avg}
     orders: dict[str, dict] = field(default_factory=dict)  # id -> order json
     min_order_size: float = 1e-6
     min_trade_increment: str = "0.000000001"  # a string, as Alpaca sends it
-    _faults: list[int] = field(default_factory=list)
+    fee_rate: float = 0.0025  # Alpaca's crypto taker fee (lowest volume tier)
+    fill_at_lookup: int = 2   # an order fills when it is looked up this many times
+    rate_limit: int = 200     # requests per window, per API (trading, market data)
+    rate_window_s: float = 60.0
+    _faults: list[tuple[int, float | None]] = field(default_factory=list)
     _order_delay_s: float = 0.0
     _partial: float | None = None
+    _end: tuple[str, float] | None = None
     _reject: tuple[int, str] | None = None
-    _pending_completion: dict[str, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _plans: dict[str, dict] = field(default_factory=dict)  # order id -> how it will fill
+    _calls: dict[str, list[float]] = field(default_factory=dict)  # API -> request times
+    throttled: int = 0  # requests answered 429 for the rate limit
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def delay_next_order_response(self, seconds: float) -> None:
         self._order_delay_s = seconds
@@ -51,24 +81,47 @@ class AlpacaEmulator:
     def partial_next_order(self, fraction: float) -> None:
         self._partial = fraction
 
+    def end_next_order(self, status: str, fraction: float = 0.0) -> None:
+        self._end = (status, fraction)
+
+    def add_bar(self, symbol: str, t: pd.Timestamp, row: dict) -> None:
+        """A late print: a bar that was not there when first asked for."""
+        df = self.bars[symbol]
+        self.bars[symbol] = pd.concat([df, pd.DataFrame([row], index=[t])]).sort_index()
+
     def reject_next_order(self, status: int, message: str) -> None:
         self._reject = (status, message)
 
     def posted_orders(self) -> list[dict]:
         return [q for m, p, q in self.requests if m == "POST" and p == "/v2/orders"]
 
-    def fail_next(self, status: int, times: int = 1) -> None:
+    def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
         with self._lock:
-            self._faults.extend([status] * times)
+            self._faults.extend([(status, retry_after)] * times)
 
-    def _take_fault(self) -> int | None:
+    def _take_fault(self) -> tuple[int, float | None] | None:
         with self._lock:
             return self._faults.pop(0) if self._faults else None
+
+    def rate(self, path: str) -> tuple[bool, dict]:
+        """Count a request against its API's limit: (within the limit, the rate headers)."""
+        api = "data" if path.startswith("/v1beta3") else "trading"
+        now = time.time()
+        with self._lock:
+            calls = [t for t in self._calls.get(api, []) if t > now - self.rate_window_s]
+            ok = len(calls) < self.rate_limit
+            if ok:
+                calls.append(now)
+            self._calls[api] = calls
+            reset = (calls[0] if calls else now) + self.rate_window_s
+        return ok, {"X-Ratelimit-Limit": str(self.rate_limit),
+                    "X-Ratelimit-Remaining": str(max(self.rate_limit - len(calls), 0)),
+                    "X-Ratelimit-Reset": str(int(reset + 0.999))}
 
     # --- endpoints ---------------------------------------------------------------------------
 
     def crypto_bars(self, q: dict) -> tuple[int, dict]:
-        if q.get("timeframe") != "1Hour":
+        if q.get("timeframe") != self.timeframe:
             return 422, {"code": 42210000, "message": f"unsupported timeframe {q.get('timeframe')}"}
         symbols = q["symbols"].split(",")
         start = pd.Timestamp(q["start"]) if "start" in q else pd.Timestamp.min.tz_localize("UTC")
@@ -100,7 +153,8 @@ class AlpacaEmulator:
     # --- trading ---------------------------------------------------------------------------
 
     def account(self) -> dict:
-        value = sum(p["qty"] * self.prices[self._slashed(s)] for s, p in self.positions.items())
+        value = sum(float(p["qty"]) * self.prices[self._slashed(s)]
+                    for s, p in self.positions.items())
         return {"id": str(uuid.UUID(int=1)), "account_number": "PA000EMU", "status": "ACTIVE",
                 "currency": "USD", "cash": str(self.cash), "equity": str(self.cash + value),
                 "buying_power": str(self.cash), "portfolio_value": str(self.cash + value)}
@@ -113,7 +167,8 @@ class AlpacaEmulator:
         return {"asset_id": str(uuid.UUID(int=2)), "symbol": plain, "exchange": "CRYPTO",
                 "asset_class": "crypto", "avg_entry_price": str(p["avg"]), "qty": str(p["qty"]),
                 "qty_available": str(p["qty"]), "side": "long",
-                "cost_basis": str(p["qty"] * p["avg"]), "market_value": str(p["qty"] * price),
+                "cost_basis": str(float(p["qty"]) * p["avg"]),
+                "market_value": str(float(p["qty"]) * price),
                 "current_price": str(price)}
 
     def asset(self, symbol: str) -> dict:
@@ -132,26 +187,32 @@ class AlpacaEmulator:
             return 200, []
         return 200, [self.asset(s) for s in sorted(self.prices)]
 
-    def _fill(self, order: dict, qty: float) -> None:
+    def _fill(self, order: dict, qty: Decimal) -> None:
+        """Fill `qty` of the order at the current price. A buy's fee is taken from the asset
+        received (to 9 decimals), a sell's from the USD proceeds."""
         symbol, price = order["symbol"], self.prices[order["symbol"]]
         plain = symbol.replace("/", "")
-        held = self.positions.get(plain, {"qty": 0.0, "avg": 0.0})
+        held = self.positions.get(plain, {"qty": Decimal(0), "avg": 0.0})
         if order["side"] == "buy":
-            total = held["qty"] + qty
-            self.positions[plain] = {"qty": total,
-                                     "avg": (held["qty"] * held["avg"] + qty * price) / total}
-            self.cash -= qty * price
+            fee = (qty * Decimal(repr(self.fee_rate))).quantize(Decimal("1e-9"), ROUND_HALF_EVEN)
+            received = qty - fee
+            total = held["qty"] + received
+            self.positions[plain] = {
+                "qty": total,
+                "avg": (float(held["qty"]) * held["avg"] + float(received) * price) / float(total)}
+            self.cash -= float(qty) * price
         else:
             left = held["qty"] - qty
-            self.cash += qty * price
-            if left <= 1e-12:
+            self.cash += float(qty) * price * (1 - self.fee_rate)
+            if left <= 0:
                 self.positions.pop(plain, None)
             else:
                 self.positions[plain] = {"qty": left, "avg": held["avg"]}
-        done = float(order["filled_qty"]) + qty
-        order["filled_qty"] = str(done)
+        done = Decimal(order["filled_qty"]) + qty
+        order["filled_qty"] = str(done)  # the order's own quantity: the fee is not on it
         order["filled_avg_price"] = str(price)
-        order["status"] = "filled" if done >= float(order["qty"]) - 1e-12 else "partially_filled"
+        order["status"] = "filled" if done >= Decimal(order["qty"]) else "partially_filled"
+        order["filled_at"] = order["updated_at"] = _now()
 
     def submit(self, body: dict) -> tuple[int, dict]:
         if any(o["client_order_id"] == body.get("client_order_id") for o in self.orders.values()):
@@ -160,53 +221,79 @@ class AlpacaEmulator:
             status, message = self._reject
             self._reject = None
             return status, {"code": status * 100000, "message": message}
-        symbol, qty, side = body["symbol"], float(body["qty"]), body["side"]
+        symbol, qty, side = body["symbol"], Decimal(str(body["qty"])), body["side"]
         price = self.prices[symbol]
-        if qty < self.min_order_size:
+        if qty < Decimal(repr(self.min_order_size)):
             return 422, {"code": 40010001,
                          "message": f"qty must be >= {self.min_order_size}"}
-        # Stricter than a float check: Alpaca refuses a quantity that is not a whole number of
-        # the pair's min_trade_increment (too many decimals), e.g. float noise like
-        # 0.8317411010000001 (issue 11's probe; crypto-trading doc: min_trade_increment).
-        if not _whole_steps(str(body["qty"]), self.min_trade_increment):
+        # Alpaca refuses a quantity that is not a whole number of the pair's
+        # min_trade_increment (too many decimals), e.g. float noise like 0.8317411010000001.
+        if (qty / Decimal(self.min_trade_increment)) % 1 != 0:
             return 422, {"code": 40010001, "message": f"qty must be in increments of "
                                                       f"{self.min_trade_increment}"}
-        if side == "buy" and qty * price > self.cash:
+        if side == "buy" and float(qty) * price > self.cash:
             return 403, {"code": 40310000, "message": "insufficient balance for USD"}
-        held = self.positions.get(symbol.replace("/", ""), {"qty": 0.0})["qty"]
-        if side == "sell" and qty > held + 1e-12:
-            return 403, {"code": 40310000, "message": f"insufficient balance for {symbol}"}
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        held = self.positions.get(symbol.replace("/", ""), {"qty": Decimal(0)})["qty"]
+        if side == "sell" and qty > held:
+            return 403, {"code": 40310000, "message": f"insufficient balance for {symbol} "
+                                                      f"(requested: {qty}, available: {held})"}
+        now = _now()
         order = {"id": str(uuid.uuid4()), "client_order_id": body["client_order_id"],
                  "created_at": now, "updated_at": now, "submitted_at": now, "filled_at": None,
                  "asset_id": str(uuid.UUID(int=3)), "symbol": symbol, "asset_class": "crypto",
                  "qty": str(qty), "filled_qty": "0", "filled_avg_price": None,
                  "order_class": "simple", "order_type": "market", "type": "market",
                  "side": side, "time_in_force": body.get("time_in_force", "gtc"),
-                 "status": "new", "extended_hours": False}
+                 "status": "pending_new", "extended_hours": False}
         self.orders[order["id"]] = order
-        if self._partial is not None:
-            self._fill(order, qty * self._partial)
-            self._pending_completion[order["id"]] = qty * (1 - self._partial)
-            self._partial = None
-        else:
-            self._fill(order, qty)
+        self._plans[order["id"]] = {"lookups": 0, "partial": self._partial, "end": self._end}
+        self._partial = self._end = None
         return 200, dict(order)
 
+    def _advance(self, order: dict) -> None:
+        """An order moves on when it is looked up: `new` first, then it fills (or partly, or
+        ends in the status a test asked for)."""
+        plan = self._plans.get(order["id"])
+        if plan is None or order["status"] in ("filled", "canceled", "expired", "rejected",
+                                               "replaced"):
+            return
+        plan["lookups"] += 1
+        if plan["lookups"] < self.fill_at_lookup:
+            order["status"] = "new"
+            return
+        qty, filled = Decimal(order["qty"]), Decimal(order["filled_qty"])
+        if plan["end"] is not None:
+            status, fraction = plan["end"]
+            part = (qty * Decimal(repr(fraction))).quantize(Decimal(self.min_trade_increment))
+            if part > filled:
+                self._fill(order, part - filled)
+            order["status"] = status
+            self._plans.pop(order["id"])  # stays in that status until canceled
+        elif plan["partial"] is not None and filled == 0:
+            self._fill(order, (qty * Decimal(repr(plan["partial"]))).quantize(
+                Decimal(self.min_trade_increment)))
+        else:
+            self._fill(order, qty - filled)
+            self._plans.pop(order["id"])
+
     def by_client_id(self, client_id: str) -> tuple[int, dict]:
-        for oid, o in self.orders.items():
+        for o in self.orders.values():
             if o["client_order_id"] == client_id:
-                rest = self._pending_completion.pop(oid, None)
-                if rest:
-                    self._fill(o, rest)  # a partial fill completes later
+                self._advance(o)
                 return 200, dict(o)
         return 404, {"code": 40410000, "message": "order not found"}
+
+    def settle(self) -> None:
+        """Let every open order run to its end (the market moves on without lookups)."""
+        for o in list(self.orders.values()):
+            while o["id"] in self._plans:
+                self._advance(o)
 
     def route(self, method: str, path: str, query: dict, body: dict | None = None):
         self.requests.append((method, path, body if body is not None else query))
         fault = self._take_fault()
         if fault is not None:
-            return fault, {"code": fault * 100000, "message": f"emulated HTTP {fault}"}
+            return fault[0], {"code": fault[0] * 100000, "message": f"emulated HTTP {fault[0]}"}
         with self._lock:
             if method == "GET" and path == "/v1beta3/crypto/us/bars":
                 return self.crypto_bars(query)
@@ -228,13 +315,15 @@ class AlpacaEmulator:
             if method == "GET" and path == "/v2/orders:by_client_order_id":
                 return self.by_client_id(query["client_order_id"])
             if method == "GET" and path == "/v2/orders":
-                return 200, [dict(o) for o in self.orders.values()
-                             if o["status"] in ("new", "partially_filled")]
+                return 200, [dict(o) for o in self.orders.values() if o["status"] not in
+                             ("filled", "canceled", "expired", "rejected", "replaced")]
             if method == "DELETE" and path.startswith("/v2/orders/"):
                 o = self.orders.get(path.removeprefix("/v2/orders/"))
                 if o is None:
                     return 404, {"code": 40410000, "message": "order not found"}
-                self._pending_completion.pop(o["id"], None)
+                if o["status"] in ("filled", "canceled", "expired", "rejected", "replaced"):
+                    return 422, {"code": 42210000, "message": "order is not cancelable"}
+                self._plans.pop(o["id"], None)
                 o["status"] = "canceled"
                 return 204, {}
         return 404, {"code": 40400000, "message": f"no route {method} {path}"}
@@ -252,12 +341,23 @@ class _Handler(BaseHTTPRequestHandler):
         delay = 0.0
         if method == "POST" and url.path == "/v2/orders" and emulator._order_delay_s:
             delay, emulator._order_delay_s = emulator._order_delay_s, 0.0
-        status, payload = emulator.route(method, url.path, query, body)
+        within, headers = emulator.rate(url.path)
+        fault = emulator._faults[0] if emulator._faults else None
+        if not within:
+            emulator.throttled += 1
+            emulator.requests.append((method, url.path, body if body is not None else query))
+            status, payload = 429, {"code": 42910000, "message": "rate limit exceeded"}
+        else:
+            status, payload = emulator.route(method, url.path, query, body)
+        if fault is not None and fault[1] is not None and status == fault[0]:
+            headers["Retry-After"] = str(fault[1])
         if delay:
-            time.sleep(delay)  # accepted and filled, but the answer comes too late
+            time.sleep(delay)  # accepted, but the answer comes too late
         data = b"" if status == 204 else json.dumps(payload).encode()
         try:
             self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -297,6 +397,5 @@ class RunningEmulator:
         self.server.server_close()
 
 
-def _whole_steps(qty: str, step: str) -> bool:
-    from decimal import Decimal
-    return (Decimal(qty) / Decimal(step)) % 1 == 0
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

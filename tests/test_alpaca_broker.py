@@ -1,5 +1,8 @@
 """The real alpaca-py trading client against the emulator, with each fault switched on."""
 
+import dataclasses
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +11,7 @@ import sqlalchemy as sa
 from cappuccino_core.broker.alpaca import AlpacaBroker
 from cappuccino_core.data.features import compute_features
 from cappuccino_core.storage import fills, orders
+from cappuccino_core.trading.orders import PlannedOrder, plan_rebalance
 from cappuccino_core.trading.trader import Trader
 
 from alpaca_emulator import AlpacaEmulator, RunningEmulator
@@ -48,8 +52,11 @@ def test_account_positions_assets_and_prices(emulator):
     assert asked == ["/v2/assets"]  # one list call for every symbol, no slash in a path
     assert b.latest_prices(SYMBOLS) == PRICES
     order = b.submit_market_order("ETH/USD", "buy", 2.5, "cap-t-1")
-    assert order.status == "filled" and order.filled_qty == 2.5
-    assert b.positions()["ETH/USD"].qty == 2.5  # reported as ETHUSD, mapped back
+    assert order.status == "pending_new" and order.filled_qty == 0  # asynchronous
+    done = b.wait_for_fill(order)
+    assert done.status == "filled" and done.filled_qty == 2.5
+    # the fee came out of the asset: 2.5 x 0.25% less ETH, reported as ETHUSD, mapped back
+    assert b.positions()["ETH/USD"].qty == 2.5 - 0.00625
     assert b.get_order("cap-t-1").filled_avg_price == 2_000.0
     assert b.get_order("nope") is None
 
@@ -59,19 +66,19 @@ def test_rate_limits_and_server_errors_are_retried_without_doubling(emulator):
     b = broker_for(emulator)
     emu.fail_next(429)
     emu.fail_next(500, times=2)
-    order = b.submit_market_order("BTC/USD", "buy", 0.1, "cap-t-2")
+    order = b.wait_for_fill(b.submit_market_order("BTC/USD", "buy", 0.1, "cap-t-2"))
     assert order.status == "filled"
-    assert len(emu.orders) == 1 and b.positions()["BTC/USD"].qty == pytest.approx(0.1)
+    assert len(emu.orders) == 1 and b.positions()["BTC/USD"].qty == 0.09975
 
 
 def test_a_timeout_after_acceptance_never_doubles_the_order(emulator):
     emu = emulator.emulator
     b = broker_for(emulator, timeout_s=0.5)
     emu.delay_next_order_response(2.0)  # accepted and filled; the answer comes too late
-    order = b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3")
+    order = b.wait_for_fill(b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3"))
     assert order.status == "filled" and order.client_order_id == "cap-t-3"
     assert len(emu.posted_orders()) == 1 and len(emu.orders) == 1
-    assert b.positions()["SOL/USD"].qty == 10
+    assert b.positions()["SOL/USD"].qty == 9.975
     # sending the same id again (a restart) is answered with the existing order
     again = b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3")
     assert again.broker_id == order.broker_id and len(emu.orders) == 1
@@ -92,7 +99,9 @@ def test_partial_fills_are_followed_to_the_end(emulator):
     b = broker_for(emulator)
     emu.partial_next_order(0.4)
     first = b.submit_market_order("ETH/USD", "buy", 5, "cap-t-6")
-    assert first.status == "partially_filled" and first.filled_qty == pytest.approx(2.0)
+    b.get_order("cap-t-6")  # new
+    part = b.get_order("cap-t-6")
+    assert part.status == "partially_filled" and part.filled_qty == pytest.approx(2.0)
     done = b.wait_for_fill(first)
     assert done.status == "filled" and done.filled_qty == pytest.approx(5.0)
 
@@ -116,6 +125,10 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
         statuses = conn.execute(sa.select(orders.c.status)).scalars().all()
         assert set(statuses) == {"filled"} and len(statuses) == sent
         assert conn.execute(sa.select(sa.func.count()).select_from(fills)).scalar() == sent
+    # the journal's fills (each buy less the fee taken from the asset) add up to the broker's
+    # positions, to the last increment
+    broker_held = {s: p.qty for s, p in broker.positions().items()}
+    assert trader.journal.positions() == pytest.approx(broker_held, abs=1e-9)
     # a restart: new objects, same database and account; the bar is not traded again
     again = Trader(cfg, broker_for(emulator), engine, "paper", ens)
     again.start()
@@ -165,7 +178,6 @@ def test_orders_are_sized_in_whole_increments_without_float_noise(emulator, tmp_
     trader's plan rounds down to the increment in decimal arithmetic."""
     from cappuccino_core.broker.base import AssetRule, Position
     from cappuccino_core.env import EnvSettings
-    from cappuccino_core.trading.orders import plan_rebalance
     emu = emulator.emulator
     emu.min_trade_increment = "0.0001"  # the documented BTC/USD pair
     b = broker_for(emulator)
@@ -177,5 +189,105 @@ def test_orders_are_sized_in_whole_increments_without_float_noise(emulator, tmp_
                           np.array([30_000.0, 2_000.0, 40.0]), EnvSettings(), rules)
     assert plan and all(str(o.qty) == str(round(o.qty, 4)) for o in plan)  # no noise
     for k, o in enumerate(plan):
-        sent = b.submit_market_order(o.symbol, o.side, o.qty, f"cap-t-plan-{k}")
+        sent = b.wait_for_fill(b.submit_market_order(o.symbol, o.side, o.qty, f"cap-t-plan-{k}"))
         assert sent.status == "filled", (o, sent.reason)
+    # sent as decimal strings, exactly the increments planned
+    assert all(isinstance(q["qty"], str) and "e" not in q["qty"] and len(q["qty"].split(".")[-1]) <= 4
+               for q in emu.posted_orders()[1:])
+
+
+# --- the order lifecycle and the rate limit, as Alpaca behaves ------------------------------
+
+@pytest.mark.parametrize("status, final", [
+    ("expired", "expired"), ("canceled", "canceled"), ("replaced", "replaced"),
+    ("done_for_day", "canceled"), ("stopped", "canceled"), ("suspended", "canceled"),
+    ("held", "canceled")])
+def test_every_terminal_status_is_handled_with_its_partial_fill(emulator, status, final):
+    """An order that ends in a terminal status keeps what it filled; one that stalls in a
+    status that is not terminal is followed until the fill timeout, then canceled."""
+    emu = emulator.emulator
+    b = broker_for(emulator, fill_timeout_s=0.3)
+    emu.end_next_order(status, fraction=0.5)
+    done = b.wait_for_fill(b.submit_market_order("ETH/USD", "buy", 4, f"cap-t-{status}"))
+    assert done.status == final and done.final
+    assert done.filled_qty == pytest.approx(2.0) and done.filled_avg_price == 2_000.0
+    assert b.positions()["ETH/USD"].qty == pytest.approx(2.0 * 0.9975)
+
+
+def test_polling_is_bounded_and_backs_off(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator, fill_timeout_s=1.0, max_poll_s=0.2)
+    emu.end_next_order("held")  # never fills
+    b.wait_for_fill(b.submit_market_order("ETH/USD", "buy", 1, "cap-t-stall"))
+    lookups = [p for m, p, q in emu.requests if p == "/v2/orders:by_client_order_id"]
+    # 0.01, 0.02 ... doubling to 0.2 s inside 1 s: about 10, never one per poll_s
+    assert 5 <= len(lookups) <= 14
+
+
+def test_a_429_waits_as_long_as_the_server_says(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator)  # its own backoff would retry after 0.01 s
+    emu.fail_next(429, retry_after=1)
+    began = time.monotonic()
+    assert b.account().cash == 100_000.0
+    assert time.monotonic() - began >= 1.0
+
+
+def test_a_spent_rate_window_is_waited_out_until_its_reset(emulator):
+    """The server's window is spent (our own limiter set far above it): the 429's
+    X-Ratelimit-Reset is honoured instead of retrying into more 429s."""
+    emu = emulator.emulator
+    emu.rate_limit, emu.rate_window_s = 3, 1.5
+    b = broker_for(emulator, max_retries=2)
+    for _ in range(6):
+        assert b.account().cash == 100_000.0
+
+
+def test_the_client_keeps_under_the_rate_limit(emulator):
+    emu = emulator.emulator
+    emu.rate_limit, emu.rate_window_s = 5, 1.0
+    b = broker_for(emulator, requests_per_minute=5, rate_window_s=1.0)
+    began = time.monotonic()
+    for _ in range(12):
+        b.account()
+    assert time.monotonic() - began >= 2.0  # 12 requests at 5 per second
+    assert emu.throttled == 0  # the server never had to say 429
+
+
+def test_a_buy_fee_is_measured_from_the_asset_and_a_full_exit_sells_the_exact_position(
+        emulator, tmp_path, shared_data):
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
+    emu = emulator.emulator
+    emu.prices["BTC/USD"] = 30_000.0
+    trader = Trader(cfg, broker_for(emulator), engine, "fees", ens)
+    when = pd.Timestamp("2024-01-01 00:00", tz="UTC")
+    trader._execute([PlannedOrder("BTC/USD", "buy", 0.1, "rebalance")], when)
+    with engine.connect() as conn:
+        fill = conn.execute(sa.select(fills)).one()
+    assert (fill.qty, fill.fee_qty) == (0.1, pytest.approx(0.00025))
+    assert fill.fee == pytest.approx(0.00025 * 30_000.0)
+    assert trader.journal.positions() == {"BTC/USD": pytest.approx(0.09975, abs=1e-12)}
+    held = trader.broker.positions()["BTC/USD"].qty
+    trader._execute([PlannedOrder("BTC/USD", "sell", held, "stop")], when)
+    assert emu.posted_orders()[-1]["qty"] == "0.09975" and not emu.positions
+    with engine.connect() as conn:
+        sell = conn.execute(sa.select(fills).where(fills.c.side == "sell")).one()
+    assert sell.fee == pytest.approx(0.09975 * 30_000.0 * 0.0025)
+    assert trader.journal.positions() == {"BTC/USD": pytest.approx(0.0, abs=1e-12)}
+
+
+def test_an_order_below_the_minimum_is_journaled_as_skipped(emulator, tmp_path, shared_data):
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
+    emu = emulator.emulator
+    trader = Trader(cfg, broker_for(emulator), engine, "skips", ens)
+    rule = trader.rules["BTC/USD"]
+    plan = plan_rebalance(np.array([1e-9, 0.0, 0.0, 1.0]), SYMBOLS, {}, 1_000.0,
+                          np.array([30_000.0, 2_000.0, 40.0]),
+                          dataclasses.replace(trader.settings, min_order_notional=0.0,
+                                              min_rebalance_weight=0.0), trader.rules)
+    assert [o.skip is not None for o in plan] == [True] and plan[0].qty < rule.min_order_size
+    trader._execute(plan, pd.Timestamp("2024-01-01", tz="UTC"))
+    assert not emu.posted_orders()
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(orders)).one()
+    assert row.status == "skipped" and row.symbol == "BTC/USD"

@@ -1,17 +1,29 @@
 """Alpaca's paper account through alpaca-py: real orders, never doubled.
 
+What Alpaca does that a naive client gets wrong, and what this one does about it (each
+behaviour is emulated, with its source, in tests/alpaca_emulator.py):
+
 - Keys come from systemd credentials (`$CREDENTIALS_DIRECTORY/alpaca_key_id` and
   `alpaca_secret_key`, see `LoadCredential=`), else the environment (`APCA_API_KEY_ID`,
   `APCA_API_SECRET_KEY`), else the config (discouraged). They are never logged.
-- Every HTTP call has a timeout. HTTP 429 is retried by alpaca-py after `retry_wait_s`; 5xx
-  answers and network errors are retried here with exponential backoff.
+- Requests go through `AlpacaCalls` (alpaca_http.py): a timeout, the 200/min rate limit,
+  `Retry-After`/`X-Ratelimit-Reset` honoured, no private alpaca-py attribute touched.
+- Quantities are sent as decimal strings, already whole numbers of the pair's
+  `min_trade_increment` (trading/orders.py rounds them), never with float noise.
+- Orders are asynchronous: the POST answers `pending_new`/`accepted`; `wait_for_fill` polls
+  (0.5 s doubling to 5 s, inside the rate limit) until a final status or `fill_timeout_s`,
+  then cancels what is left and reads the order once more. Every Alpaca status maps to ours
+  (broker/base.py); `replaced` is final for the order it ends.
 - An order whose outcome is unknown (a timeout or a 5xx after sending it) is looked up by its
   client order id BEFORE any resubmission, so a lost answer can never double an order; a
   "client_order_id must be unique" answer is resolved the same way.
-- Rejections (insufficient balance, below the minimum size) come back as a rejected order with
-  Alpaca's message; partial fills are followed until final or `fill_timeout_s`, then the rest
-  is canceled.
-- Crypto positions come back as `BTCUSD`; they are mapped to the configured `BTC/USD`.
+- A crypto buy's fee is taken from the asset received (alpaca-py issue #374: buying 0.1
+  leaves 0.09975), while the order still says `filled_qty` 0.1: the trader measures the fee
+  from the position (trading/trader.py), and a full exit sells the position's exact quantity.
+- Rejections (insufficient balance, a size off the increment) come back as a rejected order
+  with Alpaca's message.
+- Crypto positions come back as `BTCUSD`; they are mapped to the configured `BTC/USD`. Asset
+  rules come from one asset-list call: `BTC/USD` in a path is two segments (alpaca-py #537).
 """
 
 from __future__ import annotations
@@ -19,20 +31,30 @@ from __future__ import annotations
 import logging
 import os
 import time
+from decimal import Decimal
 from pathlib import Path
+from typing import Optional
 
-import requests
 from alpaca.common.exceptions import APIError
-from alpaca.data.historical import CryptoHistoricalDataClient
 from alpaca.data.requests import CryptoLatestTradeRequest
-from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, TimeInForce
-from alpaca.trading.requests import MarketOrderRequest
+from alpaca.trading.enums import AssetClass, OrderSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, MarketOrderRequest
 
-from ..data.alpaca_source import apply_timeout
-from .base import Account, AssetRule, OrderState, Position
+from ..alpaca_http import AlpacaCalls, crypto_data_client, retryable, trading_client
+from .base import Account, AssetRule, OrderState, OrderStatus, Position
 
 log = logging.getLogger(__name__)
+
+
+class DecimalMarketOrder(MarketOrderRequest):
+    """A market order whose quantity travels as the decimal string we computed (Alpaca's
+    `qty` is a string<number>); alpaca-py's float field would be re-serialised from a float."""
+    qty: Optional[str] = None
+
+
+def qty_text(qty: float) -> str:
+    """`qty` as the shortest decimal that is exactly it (0.09975, never 0.0997500000001)."""
+    return format(Decimal(repr(float(qty))).normalize(), "f")
 
 
 class BrokerUnavailable(Exception):
@@ -52,58 +74,36 @@ def read_keys(cfg=None) -> tuple[str, str]:
                             "or APCA_API_KEY_ID/APCA_API_SECRET_KEY in the environment")
 
 
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
-    # 429s alpaca-py has already retried (at a fixed pace) come here: back off harder
-    return isinstance(exc, APIError) and ((exc.status_code or 0) >= 500
-                                          or exc.status_code == 429)
-
-
 class AlpacaBroker:
     def __init__(self, api_key: str, secret_key: str, symbols: list[str],
                  url_override: str | None = None, data_url_override: str | None = None,
-                 fee: float = 0.0025, timeout_s: float = 10.0, retry_wait_s: float = 1.0,
-                 max_retries: int = 4, fill_timeout_s: float = 30.0, poll_s: float = 0.5):
-        self.trading = TradingClient(api_key, secret_key, paper=True, url_override=url_override)
-        self.data = CryptoHistoricalDataClient(api_key, secret_key,
-                                               url_override=data_url_override or url_override)
-        for client in (self.trading, self.data):
-            client._retry_wait = retry_wait_s  # alpaca-py's own 429 wait (no public setting)
-            apply_timeout(client._session, timeout_s)
+                 timeout_s: float = 10.0, retry_wait_s: float = 1.0, max_retries: int = 4,
+                 fill_timeout_s: float = 30.0, poll_s: float = 0.5, max_poll_s: float = 5.0,
+                 requests_per_minute: int = 200, rate_window_s: float = 60.0):
+        self.trading = trading_client(api_key, secret_key, url_override)
+        self.data = crypto_data_client(api_key, secret_key, data_url_override or url_override)
+        self._call = AlpacaCalls(timeout_s, max_retries, retry_wait_s, requests_per_minute,
+                                 rate_window_s)
         self.symbols = list(symbols)
         self.by_plain = {s.replace("/", ""): s for s in symbols}
-        self.fee, self.retry_wait_s, self.max_retries = fee, retry_wait_s, max_retries
-        self.fill_timeout_s, self.poll_s = fill_timeout_s, poll_s
+        self.fill_timeout_s, self.poll_s, self.max_poll_s = fill_timeout_s, poll_s, max_poll_s
         self._assets: dict | None = None  # the crypto asset list, asked for once
 
     @classmethod
     def from_config(cls, cfg) -> "AlpacaBroker":
         key, secret = read_keys(cfg)
-        return cls(key, secret, cfg.data.symbols, url_override=cfg.broker.url_override,
-                   fee=cfg.broker.taker_fee)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _call(self, what: str, fn, *args):
-        for attempt in range(self.max_retries + 1):
-            try:
-                return fn(*args)
-            except Exception as e:  # noqa: BLE001 - filtered just below
-                if not _retryable(e) or attempt == self.max_retries:
-                    raise
-                wait = self.retry_wait_s * 2**attempt
-                log.warning("Alpaca %s failed (%s); retrying in %.1fs", what,
-                            type(e).__name__, wait)
-                time.sleep(wait)
+        return cls(key, secret, cfg.data.symbols, url_override=cfg.broker.url_override)
 
     def _state(self, o) -> OrderState:
+        """Alpaca's order as ours. Its fee is not on the order: the trader measures it."""
         filled = float(o.filled_qty or 0)
         price = float(o.filled_avg_price) if o.filled_avg_price else None
+        if o.status.value == OrderStatus.REPLACED and o.replaced_by:
+            log.warning("order %s was replaced by %s (not by us): followed no further",
+                        o.client_order_id, o.replaced_by)
         return OrderState(o.client_order_id, o.symbol if "/" in o.symbol else
                           self.by_plain.get(o.symbol, o.symbol), o.side.value, float(o.qty or 0),
-                          filled, price, o.status.value,
-                          fee=filled * (price or 0) * self.fee, broker_id=str(o.id))
+                          filled, price, o.status.value, broker_id=str(o.id))
 
     # --- the Broker interface --------------------------------------------------------------
 
@@ -124,8 +124,6 @@ class AlpacaBroker:
         by its `BTC/USD` name would put a slash in the path. A symbol Alpaca does not list is
         not tradable (and said so)."""
         if self._assets is None:
-            from alpaca.trading.enums import AssetClass
-            from alpaca.trading.requests import GetAssetsRequest
             listed = self._call("assets", self.trading.get_all_assets,
                                 GetAssetsRequest(asset_class=AssetClass.CRYPTO))
             self._assets = {a.symbol: a for a in listed}
@@ -159,8 +157,6 @@ class AlpacaBroker:
         return self._state(o)
 
     def open_orders(self) -> list[OrderState]:
-        from alpaca.trading.enums import QueryOrderStatus
-        from alpaca.trading.requests import GetOrdersRequest
         orders = self._call("open orders", self.trading.get_orders,
                             GetOrdersRequest(status=QueryOrderStatus.OPEN))
         return [self._state(o) for o in orders]
@@ -172,12 +168,13 @@ class AlpacaBroker:
 
     def submit_market_order(self, symbol: str, side: str, qty: float,
                             client_order_id: str) -> OrderState:
-        request = MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide(side),
+        """Send the order (asynchronous at Alpaca: usually answered `pending_new`)."""
+        request = DecimalMarketOrder(symbol=symbol, qty=qty_text(qty), side=OrderSide(side),
                                      time_in_force=TimeInForce.GTC,
                                      client_order_id=client_order_id)
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self._call.max_retries + 1):
             try:
-                return self._state(self.trading.submit_order(request))
+                return self._state(self._call.once("order", self.trading.submit_order, request))
             except Exception as e:  # noqa: BLE001 - every branch below decides
                 if isinstance(e, APIError) and e.status_code in (403, 422):
                     if "client_order_id" in str(e):  # sent before: it exists
@@ -186,31 +183,42 @@ class AlpacaBroker:
                             return known
                     return OrderState(client_order_id, symbol, side, qty, 0.0, None,
                                       "rejected", reason=_message(e))
-                if not _retryable(e) or attempt == self.max_retries:
+                if not retryable(e) or attempt == self._call.max_retries:
                     raise BrokerUnavailable(f"order {client_order_id}: {e}") from e
                 # The outcome is unknown: look it up before anything is sent again.
                 known = self.get_order(client_order_id)
                 if known is not None:
                     log.warning("order %s: %s, but the broker has it (%s)", client_order_id,
-                                type(e).__name__, known.status)
+                                type(e).__name__, known.status.value)
                     return known
-                wait = self.retry_wait_s * 2**attempt
+                wait = self._call.wait_after(e, attempt)
                 log.warning("order %s: %s; not at the broker, resending in %.1fs",
                             client_order_id, type(e).__name__, wait)
                 time.sleep(wait)
         raise BrokerUnavailable(f"order {client_order_id}: no answer")
 
     def wait_for_fill(self, order: OrderState) -> OrderState:
-        """Follow an order until final; past `fill_timeout_s`, cancel what is left."""
-        deadline = time.monotonic() + self.fill_timeout_s
-        while not order.final and time.monotonic() < deadline:
-            time.sleep(self.poll_s)
-            order = self.get_order(order.client_order_id) or order
+        """Follow an order until final, polling 0.5 s doubling to `max_poll_s` (a handful of
+        requests per order, inside the rate limit); past `fill_timeout_s`, cancel what is left
+        and read the order until the cancel is final (bounded the same way)."""
+        order = self._poll(order, self.fill_timeout_s)
         if not order.final:
             log.warning("order %s still %s after %.0fs: canceling the rest",
-                        order.client_order_id, order.status, self.fill_timeout_s)
+                        order.client_order_id, order.status.value, self.fill_timeout_s)
             self.cancel(order.client_order_id)
+            order = self._poll(order, max(self.max_poll_s, 5 * self.poll_s), first=0.0)
+        if not order.final:
+            log.error("order %s still %s after the cancel: the next start resolves it",
+                      order.client_order_id, order.status.value)
+        return order
+
+    def _poll(self, order: OrderState, seconds: float, first: float | None = None) -> OrderState:
+        deadline = time.monotonic() + seconds
+        wait = self.poll_s if first is None else first
+        while not order.final and time.monotonic() < deadline:
+            time.sleep(min(wait, max(deadline - time.monotonic(), 0.0)))
             order = self.get_order(order.client_order_id) or order
+            wait = min(max(wait, self.poll_s) * 2, self.max_poll_s)
         return order
 
 
