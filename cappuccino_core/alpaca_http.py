@@ -63,10 +63,11 @@ def crypto_data_client(api_key, secret_key, url_override=None,
 
 class RateLimiter:
     """At most `limit` calls in any `window_s` seconds; `acquire` waits for room. A 429 pauses
-    every caller until the time the server named."""
+    every caller until the time the server named. The window is kept 5% longer than the
+    server's: our clock starts before a request travels, the server's when it arrives."""
 
     def __init__(self, limit: int = 200, window_s: float = 60.0):
-        self.limit, self.window_s = limit, window_s
+        self.limit, self.window_s = limit, window_s * 1.05
         self.calls: collections.deque[float] = collections.deque()
         self.paused_until = 0.0
         self.lock = threading.Lock()

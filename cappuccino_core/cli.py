@@ -28,6 +28,9 @@ def cmd_config_check(args) -> int:
         print(f"# configuration directory {cfg.config_dir}; files read: {read}")
         print("# the effective configuration (secrets masked):")
         print(yaml.safe_dump(effective, sort_keys=False), end="")
+    from .ensemble.publish import venue_warnings
+    for warning in venue_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

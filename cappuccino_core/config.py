@@ -128,6 +128,8 @@ class DataConfig:
     # a longer run of missing bars than this is refused (a dead feed, not a quiet hour);
     # shorter ones are filled flat at the previous close, flagged, and counted in the log
     max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
+    # a live feed's newest bars asked for again on every fetch (a quiet bar's late print)
+    refetch_bars: int = field(default=3, metadata=between(0, 1000, "an integer"))
 
 
 @dataclass(frozen=True)
@@ -463,6 +465,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.broker.kind == "alpaca" and not cfg.broker.paper:
         raise ConfigError(CONFIG_FILE, "broker.paper", False,
                           "true (Cappuccino trades Alpaca's paper account only)")
+    if cfg.broker.kind == "alpaca" and cfg.data.source != "alpaca":
+        raise ConfigError(CONFIG_FILE, "data.source", cfg.data.source,
+                          "alpaca when broker.kind is alpaca (a trader on a live account needs "
+                          "live bars: files never get a new bar, so it would never trade)")
 
 
 # --- showing the effective configuration -----------------------------------------------------

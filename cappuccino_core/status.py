@@ -19,8 +19,8 @@ from .config import Config
 from .ensemble.publish import (current_manifest, ensembles_dir, member_risk_differences,
                                version_problems)
 from .optuna_db import completed_since, study_summaries
-from .storage import (StorageEmpty, deploy_decisions, equity_snapshots, events, read_engine,
-                      trader_state)
+from .storage import (StorageEmpty, decisions, deploy_decisions, equity_snapshots, events,
+                      read_engine, trader_state)
 from .trading.journal import traders_with_data
 
 
@@ -115,12 +115,17 @@ def _trader(engine, cfg: Config, name: str) -> dict:
             trader_state.c.trader == name, trader_state.c.key == "last_bar")).scalar()
         peak = conn.execute(sa.select(sa.func.max(equity_snapshots.c.equity)).where(
             equity_snapshots.c.trader == name)).scalar()
+        since = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=24)).to_pydatetime()
+        recent = conn.execute(sa.select(decisions.c.quiet).where(
+            decisions.c.trader == name, decisions.c.bar_time >= since)).scalars().all()
     latest = snaps[0]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
     today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
     info = {"running": True, "equity": latest.equity, "positions": len(latest.positions),
             "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar,
-            "peak_equity": peak, "drawdown": max(0.0, 1 - latest.equity / peak) if peak else 0.0}
+            "peak_equity": peak, "drawdown": max(0.0, 1 - latest.equity / peak) if peak else 0.0,
+            # assets that printed no bar, flat-filled at their last close (last 24 h)
+            "quiet_bars_24h": sum(len(q or []) for q in recent)}
     if last_bar:
         closed = pd.Timestamp(last_bar) + pd.Timedelta(seconds=cfg.bar_seconds)
         lag = pd.Timestamp.now(tz="UTC") - closed
@@ -227,7 +232,9 @@ def render(s: dict) -> str:
     for name, tr in s["traders"].items():
         lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
         lines.append(f"trader {name}: equity {tr['equity']:,.2f}, {tr['positions']} positions, "
-                     f"today {tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}")
+                     f"today {tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}"
+                     + (f"; {tr['quiet_bars_24h']} quiet asset-bar(s) flat-filled in 24 h"
+                        if tr.get("quiet_bars_24h") else ""))
         if name == "paper" and tr.get("lag_bars", 0) > 2:
             lines.append("!! THE TRADER IS BEHIND: no bar processed for more than one bar")
     d = s["deployer"]

@@ -6,6 +6,7 @@ import numpy as np
 import optuna
 
 from cappuccino_core.agent import ActorCritic
+from cappuccino_core.data import venue
 from cappuccino_core.data.features import FEATURE_NAMES, FEATURE_SET
 from cappuccino_core.env import EnvSettings, observation_size
 from cappuccino_core.artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
@@ -39,7 +40,7 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
         hyperparameters={"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
         env=EnvSettings.from_config(cfg, lookback=lookback, min_rebalance_weight=band, **risk),
         network=NetworkSpec(observation_size(A, F, lookback), A + 1, hidden, layers),
-        seed=seed)
+        seed=seed, trained_on={"venue": venue(cfg)})
     directory = artifact_dir(cfg.state_dir / "trials", study.study_name, trial._trial_id)
     digest = save_artifact(directory, agent, spec)
     trial.set_user_attr("artifact_dir", str(directory))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -291,3 +292,65 @@ def test_an_order_below_the_minimum_is_journaled_as_skipped(emulator, tmp_path, 
     with engine.connect() as conn:
         row = conn.execute(sa.select(orders)).one()
     assert row.status == "skipped" and row.symbol == "BTC/USD"
+
+
+def test_a_quiet_asset_never_holds_back_the_others_and_its_late_print_is_fetched(
+        tmp_path, shared_data, monkeypatch):
+    """Alpaca emits no bar for an hour without trades: the live loop trades the newest bar
+    with the quiet asset flat at its last close (flagged, counted in status), and the cache
+    asks for the newest bars again, so a late print is picked up."""
+    from cappuccino_core import status
+    from cappuccino_core.broker.sim import SimBroker
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.csv_source import CsvSource
+    from cappuccino_core.storage import decisions
+    from cappuccino_core.trading.live import LiveLoop
+    from test_live import FakeClock, RecordingNotifier
+    csv = CsvSource(shared_data, "1h", 3600)
+    last = pd.Timestamp("2022-05-10 00:00", tz="UTC")
+    history = {s: csv.fetch(s, last - pd.Timedelta(days=40), last + pd.Timedelta(hours=1))
+               for s in SYMBOLS}
+    late_print = history["SOL/USD"].iloc[-1].to_dict()
+    history["SOL/USD"] = history["SOL/USD"].iloc[:-1]  # SOL printed nothing in the last hour
+    with RunningEmulator(AlpacaEmulator(bars=history)) as running:
+        monkeypatch.setenv("CAPPUCCINO_ALPACA_DATA_URL", running.url)
+        cfg, engine, _ = setup_trader_env(tmp_path, shared_data,
+                                          data={"source": "alpaca", "symbols": SYMBOLS})
+        now = last + pd.Timedelta(hours=1, seconds=20)
+        broker = SimBroker(engine, 100_000, cfg.broker.taker_fee, cfg.broker.slippage_bps)
+        broker.mark({s: float(history[s]["close"].iloc[-1]) for s in SYMBOLS})
+        loop = LiveLoop(cfg, broker, engine, RecordingNotifier(),
+                        FakeClock(now.tz_localize(None)))
+        loop.start()
+        loop.cycle()
+        assert loop.trader.last_bar == last  # traded, not held back by SOL
+        with engine.connect() as conn:
+            quiet = conn.execute(sa.select(decisions.c.quiet).where(
+                decisions.c.bar_time == last.to_pydatetime())).scalar()
+        assert quiet == ["SOL/USD"]
+        monkeypatch.setattr(pd.Timestamp, "now", classmethod(lambda cls, tz=None: now))
+        assert status._trader(engine, cfg, "paper")["quiet_bars_24h"] == 1
+        bars = load_bars(cfg, start=last - pd.Timedelta(hours=2), end=last + pd.Timedelta(hours=1),
+                         now=now)
+        assert list(bars.filled[-1]) == [False, False, True]
+        running.emulator.add_bar("SOL/USD", last, late_print)  # the late print arrives
+        bars = load_bars(cfg, start=last - pd.Timedelta(hours=2), end=last + pd.Timedelta(hours=1),
+                         now=now + pd.Timedelta(minutes=5))
+        assert list(bars.filled[-1]) == [False, False, False]
+        assert bars.close[-1][2] == pytest.approx(late_print["close"])
+
+
+def test_config_check_warns_when_training_and_trading_venues_differ(tmp_path, shared_data,
+                                                                     capsys):
+    from cappuccino_core import cli
+    from conftest import write_config
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)  # trained on Binance USDT files
+    assert cli.main(["config", "check", "--config-dir", str(cfg.config_dir)]) == 0
+    assert "warning" not in capsys.readouterr().err  # trained and traded on the same bars
+    write_config(Path(cfg.config_dir), {"paths": {"state_dir": str(cfg.state_dir)},
+                                  "data": {"source": "alpaca", "symbols": SYMBOLS},
+                                  "broker": {"kind": "alpaca"}})
+    assert cli.main(["config", "check", "--config-dir", str(cfg.config_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "trained on CSV bars in" in err and "(USDT quotes)" in err
+    assert "trades on Alpaca crypto bars (USD quotes)" in err and "reconcile" in err

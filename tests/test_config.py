@@ -54,6 +54,8 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path):
     ({"training": {"cv_groups": 2.5}}, "training.cv_groups", "an integer"),
     ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql:// or sqlite:///"),
     ({"broker": {"kind": "alpaca", "paper": False}}, "broker.paper", "paper account only"),
+    # a live account with bars from files would never see a new bar
+    ({"broker": {"kind": "alpaca"}}, "data.source", "needs live bars"),
     (["not", "a", "mapping"], "", "a mapping"),
 ])
 def test_invalid_files_are_refused_with_the_key(tmp_path, config, key, fragment):

@@ -54,6 +54,14 @@ def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
     })
 
 
+def minute_frame(symbol: str, end: pd.Timestamp) -> pd.DataFrame:
+    """The bars `minute_bars` writes, as the Alpaca emulator serves them."""
+    from io import StringIO
+    df = pd.read_csv(StringIO(minute_bars(symbol, end)))
+    df.index = pd.to_datetime(df.pop("date"), utc=True)
+    return df[["open", "high", "low", "close", "volume"]]
+
+
 def minute_bars(symbol: str, end: pd.Timestamp) -> str:
     base = symbol.split("/")[0]
     df = pd.read_csv(SAMPLE / f"{base}USDT_1h.csv.gz").tail(MINUTE_BARS).copy()
@@ -345,7 +353,9 @@ def alpaca():
     """Alpaca's endpoints, emulated on the host (the container shares its network): a broker
     that needs no database, as the real one."""
     from alpaca_emulator import AlpacaEmulator, RunningEmulator
-    with RunningEmulator(AlpacaEmulator()) as running:
+    end = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(minutes=60)
+    bars = {s: minute_frame(s, end) for s in SYMBOLS}
+    with RunningEmulator(AlpacaEmulator(bars=bars, timeframe="1Min")) as running:
         yield running
 
 
@@ -360,14 +370,20 @@ def test_a_database_outage_never_restarts_the_trader_and_its_stops_still_fire(
         base = s.split("/")[0]
         emu.prices[s] = float(pd.read_csv(SAMPLE / f"{base}USDT_1h.csv.gz")["close"].iloc[-1])
     cfg = yaml.safe_load(config(outage_db.url, hook[0], total_timesteps=1024))
+    # a live account trades live bars: the emulator serves the same minute bars
     cfg["broker"] = {"kind": "alpaca", "url_override": alpaca.url}
+    cfg["data"] = {**cfg["data"], "source": "alpaca"}
+    cfg["data"].pop("csv_path")
+    box.write(f"/etc/systemd/system/{TRADER}.d/test-alpaca-data.conf",
+              f"[Service]\nEnvironment=CAPPUCCINO_ALPACA_DATA_URL={alpaca.url}\n")
+    box.systemctl("daemon-reload")
     box.write("/etc/cappuccino/cappuccino.yaml", yaml.safe_dump(cfg))
     box.write("/etc/cappuccino/credentials/key_id", "test-key")  # LoadCredential=alpaca:...
     box.write("/etc/cappuccino/credentials/secret_key", "test-secret")
     box.systemctl("start", TRADER)
     pid = main_pid(box, TRADER)
     wait_for(lambda: emu.positions, 120, "the trader holding positions at the broker")
-    held = {box_symbol(p): v["qty"] for p, v in emu.positions.items()}
+    held = {box_symbol(p): float(v["qty"]) for p, v in emu.positions.items()}
     intrabar = cfg["risk"]["intrabar_check_s"]
 
     outage_db.stop()

@@ -38,9 +38,26 @@ def make_source(cfg: Config, source: str | None = None, csv_path: str | None = N
     raise DataError(f"unknown data source {kind!r}")
 
 
+def venue(cfg: Config) -> str:
+    """Where the configured bars come from, in words (recorded with every trained model, so
+    that a model trained on one venue's bars and traded on another's is noticed)."""
+    if cfg.data.source == "alpaca":
+        return "Alpaca crypto bars (USD quotes)"
+    path = Path(cfg.data.csv_path or SAMPLE_DIR)
+    quotes = set()
+    for s in cfg.data.symbols:
+        try:
+            name = CsvSource(path, cfg.data.timeframe, cfg.bar_seconds).file_for(s).name
+        except DataError:
+            continue
+        quotes.add(name.split("_")[0].removeprefix(s.split("/")[0]))
+    sample = " (the bundled Binance sample)" if path == SAMPLE_DIR else ""
+    return f"CSV bars in {path}{sample} ({'/'.join(sorted(quotes)) or '?'} quotes)"
+
+
 def make_cache(cfg: Config, source) -> BarCache:
     return BarCache(cfg.cache_dir / "bars", source, cfg.data.timeframe, cfg.bar_seconds,
-                    cfg.data.closed_bar_delay_s)
+                    cfg.data.closed_bar_delay_s, refetch_bars=cfg.data.refetch_bars)
 
 
 def to_utc(value: str | pd.Timestamp | None, default: pd.Timestamp) -> pd.Timestamp:

@@ -110,11 +110,14 @@ class Bars:
 
 def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int,
           max_gap_bars: int | None = None) -> Bars:
-    """Put `symbols` (in that order) on one complete UTC grid over their common span.
+    """Put `symbols` (in that order) on one complete UTC grid, from the first bar they all
+    have to the newest bar any of them has.
 
-    Bars missing at the source (exchange-wide maintenance, or one market's gap) are filled
+    Bars missing at the source (exchange-wide maintenance, one market's gap, or a quiet asset
+    that printed nothing in the latest bars: Alpaca emits no bar without trades) are filled
     with the previous close as open/high/low/close and zero volume, flagged, and counted in
-    the log. A run of more than `max_gap_bars` missing bars is refused (DataError naming the
+    the log: one quiet asset never holds back the others' newest bar. A run of more than
+    `max_gap_bars` missing bars, trailing ones included, is refused (DataError naming the
     symbol and the gap): that is a dead feed, not a quiet hour."""
     for s in symbols:
         if frames[s].empty:
@@ -122,8 +125,8 @@ def align(frames: dict[str, pd.DataFrame], symbols: list[str], bar_seconds: int,
     step = pd.Timedelta(seconds=bar_seconds)
     first = min(frames[s].index[0] for s in symbols)
     start = max(frames[s].index[0] for s in symbols)
-    end = min(frames[s].index[-1] for s in symbols)
-    if end < start:
+    end = max(frames[s].index[-1] for s in symbols)
+    if min(frames[s].index[-1] for s in symbols) < start:
         raise DataError(f"symbols {', '.join(symbols)} have no common time span")
     grid = pd.date_range(first, end, freq=step, tz="UTC", name="t").as_unit("ns")
     out = np.empty((len(grid), len(symbols), len(COLUMNS)))

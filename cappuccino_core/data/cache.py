@@ -5,6 +5,10 @@ open times (ns), OHLCV and the list of time ranges already asked of the source (
 range with no bars, such as a maintenance window, is covered and never asked again). Only closed
 bars are stored. Each fetched chunk is written atomically before the next is asked for, so a
 crash or Ctrl-C loses at most one chunk.
+
+A live feed (one with no known extent) may still add a bar after it was first asked for: Alpaca
+emits no bar for an interval without trades, and a late print can fill it in. Every fetch from
+a live feed therefore asks again for the newest `refetch_bars` closed bars.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ class BarSource(Protocol):
 
 class BarCache:
     def __init__(self, directory: str | Path, source: BarSource, timeframe: str, bar_seconds: int,
-                 closed_bar_delay_s: float, chunk_bars: int = 2000):
+                 closed_bar_delay_s: float, chunk_bars: int = 2000, refetch_bars: int = 3):
         self.dir = Path(directory) / source.name
         self.source = source
         self.timeframe = timeframe
         self.bar_seconds = bar_seconds
         self.delay_s = closed_bar_delay_s
         self.chunk = pd.Timedelta(seconds=bar_seconds * chunk_bars)
+        self.refetch = pd.Timedelta(seconds=bar_seconds * refetch_bars)
 
     def path(self, symbol: str) -> Path:
         return self.dir / f"{symbol.replace('/', '-')}_{self.timeframe}.npz"
@@ -70,15 +75,18 @@ class BarCache:
     def missing(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
                 now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
         """The ranges of [start, end) that must still be asked of the source."""
-        end = min(end, closed_end(now, self.bar_seconds, self.delay_s))
+        newest = closed_end(now, self.bar_seconds, self.delay_s)
+        end = min(end, newest)
         extent = self.source.extent(symbol)
         if extent is not None:
             start, end = max(start, extent[0]), min(end, extent[1])
         if end <= start:
             return []
         _, covered = self._read(symbol)
-        return [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC"))
-                for lo, hi in uncovered((start.value, end.value), covered)]
+        wanted = uncovered((start.value, end.value), covered)
+        if extent is None and end > newest - self.refetch:  # a live feed's newest bars
+            wanted = merge(wanted + [(max(start, end - self.refetch).value, end.value)])
+        return [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC")) for lo, hi in wanted]
 
     def chunks(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp,
                now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.Timestamp]]:

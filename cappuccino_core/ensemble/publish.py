@@ -100,6 +100,22 @@ def current_manifest(root: Path) -> dict | None:
     return read_manifest(d) if d is not None and (d / "manifest.json").exists() else None
 
 
+def venue_warnings(cfg) -> list[str]:
+    """Models trained on one venue's bars and traded on another's, said with what it means."""
+    from ..data import venue
+    try:
+        manifest = current_manifest(ensembles_dir(cfg))
+    except (OSError, ValueError):
+        return []
+    here = venue(cfg)
+    trained = {m["spec"].get("trained_on", {}).get("venue") for m in (manifest or {}).get(
+        "members", []) if "spec" in m} - {None, here}
+    return [f"the current ensemble was trained on {v}, and trades on {here}: prices differ "
+            "between venues and quote currencies (USDT is not USD), and so do liquidity and "
+            "quiet hours; expect live results to differ from its backtests (`cappuccino "
+            "reconcile` shows by how much, bar by bar)" for v in sorted(trained)]
+
+
 class SyncLock:
     """An exclusive lock on `<root>/.sync.lock`; waits up to `timeout_s`."""
 

@@ -30,7 +30,7 @@ from ..config import Config
 from ..data import load_bars
 from ..data.bars import closed_end
 from ..data.features import LIVE_HISTORY, compute_features
-from ..ensemble.publish import ensembles_dir
+from ..ensemble.publish import ensembles_dir, venue_warnings
 from ..ensemble.serving import EnsembleWatcher
 from ..errors import first_line
 from ..service import Notifier
@@ -92,6 +92,8 @@ class LiveLoop:
             log.warning("no ensemble yet: the trader waits for `cappuccino ensemble sync`")
         elif skipped:
             log.warning("serving ensemble v%d, the newest version that loads", ensemble.version)
+        for warning in venue_warnings(self.cfg):
+            log.warning(warning)
         self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble)
         self.trader.start(at=self.clock.now())
         self.notifier.ready(self.status_line())
@@ -182,8 +184,13 @@ class LiveLoop:
             log.warning("bar %s not available yet (newest %s)", bar_time,
                         bars.index[-1] if len(bars) else None)
             return
+        quiet = [s for s, f in zip(bars.symbols, bars.filled[-1]) if f]
+        if quiet:  # no print in the bar (Alpaca emits none without trades): not a reason to wait
+            log.warning("bar %s: no bar for %s; flat at the last close", bar_time,
+                        ", ".join(quiet))
         self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
-        result = self.trader.on_bar(bar_time, compute_features(bars), now, close=bars.close[-1])
+        result = self.trader.on_bar(bar_time, compute_features(bars), now, close=bars.close[-1],
+                                    quiet=quiet)
         log.info("bar %s: %s", bar_time, result)
 
     def check_stops(self, now: pd.Timestamp) -> None:

@@ -33,6 +33,7 @@ from ..agent import PPOConfig, TrainStats, train_ppo
 from ..artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
 from ..backtest import run_backtest, sharpe
 from ..config import Config
+from ..data import venue
 from ..data.bars import Bars
 from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
 from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
@@ -197,5 +198,6 @@ class Objective:
                                                  env.lookback), market.n_assets + 1,
                                 ppo.hidden, ppo.layers),
             trained_on={"from": str(bars.index[WARMUP]),
-                        "to": str(bars.index[self.data.train_hi - 1])},
+                        "to": str(bars.index[self.data.train_hi - 1]),
+                        "venue": venue(self.cfg)},
             held_out_from=str(self.data.train_end))
