@@ -253,6 +253,19 @@ def cmd_trader_status(args) -> int:
     return 0
 
 
+def cmd_reconcile(args) -> int:
+    from .trading.reconcile import as_dict, reconcile, render
+    cfg = load_config(args.config_dir)
+    engine = _read_db(cfg)
+    name = _trader_name(engine, args.name)
+    if name is None:
+        return 1
+    rec = reconcile(cfg, engine, name, args.start, args.end)
+    print(json.dumps(as_dict(rec), indent=2, default=str) if args.json
+          else render(rec, args.bars))
+    return 0
+
+
 def cmd_trader_history(args) -> int:
     from .trading.report import trader_history
     cfg = load_config(args.config_dir)
@@ -522,6 +535,22 @@ def _add_trading(sub, common) -> None:
     t_hist.add_argument("--name", help=TRADER_HELP)
     t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
     t_hist.set_defaults(func=cmd_trader_history)
+
+    rec = sub.add_parser(
+        "reconcile", parents=[common], help="live vs replay: every difference, attributed",
+        description="Replay a trader's recorded decisions from its recorded account through "
+                    "the backtest environment and show, bar by bar, how its equity differs "
+                    "and why: fill price, fee, skipped order, stop, quiet bar, fill quantity, "
+                    "and what is left unexplained.")
+    rec.add_argument("--from", dest="start", help="first decision bar (UTC; default: the "
+                     "trader's first)")
+    rec.add_argument("--to", dest="end", help="end of the window, exclusive (UTC; default: "
+                     "its latest decision)")
+    rec.add_argument("--name", help=TRADER_HELP)
+    rec.add_argument("--bars", type=int, default=20, help="bars shown (the largest "
+                     "differences; default 20)")
+    rec.add_argument("--json", action="store_true", help="every bar, as JSON")
+    rec.set_defaults(func=cmd_reconcile)
 
 
 def _add_validation(sub, common) -> None:

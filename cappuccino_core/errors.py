@@ -41,6 +41,8 @@ def describe(e: BaseException) -> tuple[int, str]:
         return RUNTIME, f"storage error: {type(e).__name__}: {first_line(e)}"
     if isinstance(e, DataError):
         return RUNTIME, f"data error: {first_line(e)}"
+    if type(e).__name__ == "ReconcileError":
+        return RUNTIME, f"reconcile: {first_line(e)}"
     if isinstance(e, ArtifactError):
         return RUNTIME, f"model artifact refused: {first_line(e)}"
     if _is_broker_error(e):

@@ -300,6 +300,34 @@ def history_section(engine: Engine, study: str | None) -> str:
             + _table(["trial number", "value"], [[k, f"{x:.4f}"] for k, x in top]))
 
 
+def reconcile_section(cfg: Config, engine: Engine, name: str | None) -> str:
+    """Live vs replay (`cappuccino reconcile`) over the trader's recorded decisions."""
+    from .trading.reconcile import CAUSES, ReconcileError, reconcile
+    if name is None:
+        return ""
+    try:
+        rec = reconcile(cfg, engine, name)
+    except ReconcileError as e:
+        return f"<h2>Live vs replay</h2><p>{html.escape(str(e))}</p>"
+    totals = rec.totals()
+    t = _epoch(pd.DatetimeIndex([r.bar for r in rec.rows]).tz_localize(None))
+    live = np.array([r.live_equity for r in rec.rows])
+    replayed = np.array([r.replay_equity for r in rec.rows])
+    return (f"<h2>Live vs replay ({html.escape(name)})</h2><p>The trader's recorded decisions "
+            "replayed through the backtest environment from its recorded account; every "
+            f"difference put on its cause (<code>cappuccino reconcile --name {html.escape(name)}"
+            f"</code> shows every bar). Difference at the end: <b class='reconcile-total'>"
+            f"{rec.difference:+,.2f}</b>.</p>"
+            + svg_chart("Equity: live and replayed", {"live": (t, live), "replay": (t, replayed)},
+                        "equity (USD)", y_format="money")
+            + _table(["cause", "amount"], [[c, f"{totals[c]:+,.2f}"]
+                                           for c in (*CAUSES, "unexplained")])
+            + "<h3>Largest differences</h3>"
+            + _table(["bar", "symbol", "cause", "amount", "what"],
+                     [[f"{x['bar']:%Y-%m-%d %H:%M}", x["symbol"], x["cause"],
+                       f"{x['amount']:+,.2f}", x["what"]] for x in rec.largest]))
+
+
 def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | None = None,
                  start=None, end=None) -> Path:
     """The report: `trader`'s paper trading (default: see `pick_trader`), a backtest of the
@@ -309,6 +337,7 @@ def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | Non
     features = compute_features(bars)
     name, note = pick_trader(engine, trader)
     body = (paper_section(engine, bars, name, note, cfg)
+            + reconcile_section(cfg, engine, name)
             + backtest_section(cfg, engine, bars, features, start, end)
             + history_section(engine, cfg.active_study))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -209,6 +209,11 @@ decisions = sa.Table(
     sa.Column("prices", sa.JSON, nullable=False),     # symbol -> price the plan used
     sa.Column("quiet", sa.JSON, nullable=False),      # symbols flat-filled on this bar
     sa.Column("ensemble", sa.Integer),
+    sa.Column("band", sa.Float, nullable=False),      # the no-trade band the plan used
+    # the account before the bar's orders (the broker's word), and the stops then
+    sa.Column("cash", sa.Float, nullable=False),
+    sa.Column("positions", sa.JSON, nullable=False),  # symbol -> units
+    sa.Column("stops", sa.JSON, nullable=False),      # symbol -> {"entry", "peak"}
     info={"since": 5})
 
 sim_accounts = sa.Table(

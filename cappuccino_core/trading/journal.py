@@ -242,16 +242,19 @@ class Journal:
         self._run(write)
 
     def record_decision(self, bar_time: pd.Timestamp, target: dict[str, float],
-                        prices: dict[str, float], quiet: list[str],
-                        ensemble: int | None) -> None:
-        """The bar's target weights and the prices its plan used (for `reconcile`)."""
+                        prices: dict[str, float], quiet: list[str], ensemble: int | None,
+                        band: float, cash: float, positions: dict[str, float],
+                        stops: dict) -> None:
+        """The bar's target weights, the prices its plan used, and the account and stops
+        before its orders (what `reconcile` replays from)."""
         def write():
             with self.engine.begin() as conn:
                 conn.execute(decisions.delete().where(decisions.c.trader == self.trader,
                                                       decisions.c.bar_time == bar_time.to_pydatetime()))
                 conn.execute(decisions.insert().values(
                     trader=self.trader, bar_time=bar_time.to_pydatetime(), target=target,
-                    prices=prices, quiet=quiet, ensemble=ensemble))
+                    prices=prices, quiet=quiet, ensemble=ensemble, band=band, cash=cash,
+                    positions=positions, stops=_copy(stops)))
         self._run(write)
 
     def positions(self) -> dict[str, float]:

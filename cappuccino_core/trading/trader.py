@@ -135,10 +135,11 @@ class Trader:
             self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
                                    "ensemble": self.ensemble.version}
             self.journal.save_state(self.state, DECISION, EQUITY_PEAK, HALTED)  # before orders
-        self.journal.record_decision(
-            bar_time, {**dict(zip(self.symbols, target[:-1].tolist())), "cash": float(target[-1])},
-            dict(zip(self.symbols, prices.tolist())), list(quiet),
-            self.ensemble.version if self.ensemble else None)
+            self.journal.record_decision(
+                bar_time, {**dict(zip(self.symbols, target[:-1].tolist())),
+                           "cash": float(target[-1])},
+                dict(zip(self.symbols, prices.tolist())), list(quiet), self.ensemble.version,
+                self.settings.min_rebalance_weight, account.cash, {s: p.qty for s, p in positions.items()}, self.state.stops)
         # One plan, as the environment trades it: sells first, then the buys it planned on the
         # cash the sells bring (scaled down only if the fills brought less than planned).
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,

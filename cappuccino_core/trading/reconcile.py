@@ -1,0 +1,291 @@
+"""Live vs replay: why did the trader's account differ from what the backtest says?
+
+`reconcile(cfg, engine, trader, start, end)` takes the trader's recorded decisions (each bar's
+target weights, the prices its plan used, and the account and stops before its orders) and
+replays the same decisions through the backtest environment's arithmetic (`env.rebalance` at
+the next bar's open, `env.apply_stops` over that bar), starting from the account the trader
+really had at the first decision. Both sides trade the same targets, so what differs is
+execution, and every dollar of difference is put on a cause:
+
+- **fill price**: the same quantity bought or sold at another price (a rebalance fill);
+- **fee**: fees charged differ from the modelled rate;
+- **skipped order**: the replay trades a quantity the trader did not (below the asset's
+  minimum, rejected, never sent), and what that position then earned or lost;
+- **stop**: a stop exit that differs (one side only, or at another price or size);
+- **quiet bar**: a quantity difference on an asset that printed no bar that hour;
+- **fill quantity**: other quantity differences (rounding to the increment, partial fills);
+- **unexplained**: what is left. The live side's equity is the broker's account at each
+  decision, while every cause is computed from the journal's fills, so a fill missing from the
+  journal (or a position changed behind the trader's back) lands here.
+
+The account identity behind it: between decision k and k+1, equity valued at each decision's
+prices changes by the trades (cash flow + units received, valued at P[k+1]) plus the units held
+times the price move P[k+1] - P[k]; live minus replay, term by term, per asset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+import torch
+from sqlalchemy.engine import Engine
+
+from ..config import Config
+from ..data import load_bars
+from ..env import EnvSettings, apply_stops, rebalance, update_entry
+from ..storage import decisions, fills, orders
+
+CAUSES = ("fill price", "fee", "skipped order", "stop", "quiet bar", "fill quantity")
+NOT_TRADED = ("skipped", "rejected", "not_sent", "canceled", "expired")
+
+
+@dataclass
+class Trade:
+    qty: float          # units bought or sold (the order's quantity)
+    price: float
+    fee: float          # USD; a buy's: the units taken, valued at the fill price
+    fee_qty: float = 0.0
+
+
+@dataclass
+class Side:
+    """One side's trades in an interval, per (symbol, purpose, side)."""
+    trades: dict[tuple[str, str, str], list[Trade]] = field(
+        default_factory=lambda: defaultdict(list))
+
+    def add(self, symbol: str, purpose: str, side: str, trade: Trade) -> None:
+        self.trades[(symbol, purpose, side)].append(trade)
+
+
+@dataclass
+class BarRow:
+    bar: pd.Timestamp          # the decision: its orders, then the next bar lived through
+    live_equity: float
+    replay_equity: float
+    causes: dict[str, float]   # this interval's difference, by cause
+    unexplained: float
+    fills: list[dict]          # per symbol: live and replay quantities and prices
+
+    @property
+    def difference(self) -> float:
+        return self.live_equity - self.replay_equity
+
+
+@dataclass
+class Reconciliation:
+    trader: str
+    rows: list[BarRow]
+    largest: list[dict]        # the largest single differences, attributed
+
+    def totals(self) -> dict[str, float]:
+        out = {c: sum(r.causes[c] for r in self.rows) for c in CAUSES}
+        out["unexplained"] = sum(r.unexplained for r in self.rows)
+        return out
+
+    @property
+    def difference(self) -> float:
+        return self.rows[-1].difference if self.rows else 0.0
+
+
+class ReconcileError(Exception):
+    pass
+
+
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _decisions(engine: Engine, trader: str, start, end) -> list:
+    q = sa.select(decisions).where(decisions.c.trader == trader)
+    if start is not None:
+        q = q.where(decisions.c.bar_time >= _utc(start).to_pydatetime())
+    if end is not None:
+        q = q.where(decisions.c.bar_time < _utc(end).to_pydatetime())
+    with engine.connect() as conn:
+        return conn.execute(q.order_by(decisions.c.bar_time)).all()
+
+
+def _live_trades(engine: Engine, trader: str, lo: pd.Timestamp, hi: pd.Timestamp,
+                 bar: pd.Timestamp, step: pd.Timedelta) -> tuple[Side, list]:
+    """The journal's fills of interval [decision at `lo`, decision at `hi`): the rebalance
+    orders of bar `lo`, and the stop exits while the next bar was lived through."""
+    lived_from, lived_to = lo + step, hi + step
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(orders.c.symbol, orders.c.side, orders.c.reason, orders.c.status,
+                      orders.c.bar_time, fills.c.qty, fills.c.price, fills.c.fee,
+                      fills.c.fee_qty)
+            .select_from(orders.outerjoin(fills, fills.c.client_order_id
+                                          == orders.c.client_order_id))
+            .where(orders.c.trader == trader,
+                   sa.or_(sa.and_(orders.c.reason == "rebalance",
+                                  orders.c.bar_time == bar.to_pydatetime()),
+                          sa.and_(orders.c.reason == "stop",
+                                  orders.c.bar_time >= lived_from.to_pydatetime(),
+                                  orders.c.bar_time < lived_to.to_pydatetime())))).all()
+    side = Side()
+    not_traded = []
+    for r in rows:
+        if r.qty is not None:
+            side.add(r.symbol, r.reason, r.side, Trade(r.qty, r.price, r.fee, r.fee_qty))
+        elif r.status in NOT_TRADED:
+            not_traded.append((r.symbol, r.side, r.status))
+    return side, not_traded
+
+
+def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) -> Reconciliation:
+    rows = _decisions(engine, trader, start, end)
+    if len(rows) < 2:
+        raise ReconcileError(f"trader {trader!r} has {len(rows)} recorded decision(s) in that "
+                             "window: at least two are needed (one interval)")
+    symbols = list(cfg.data.symbols)
+    step = pd.Timedelta(seconds=cfg.bar_seconds)
+    first, last = _utc(rows[0].bar_time), _utc(rows[-1].bar_time)
+    bars = load_bars(cfg, start=first, end=last + 3 * step)
+    ohlc = {f: bars.field(f) for f in ("open", "high", "low", "close")}
+    t = lambda x: torch.as_tensor(np.asarray(x, dtype=float))  # noqa: E731
+
+    d0 = rows[0]
+    units = t([[d0.positions.get(s, 0.0) for s in symbols]])
+    cash = t([d0.cash])
+    entry = t([[d0.stops.get(s, {}).get("entry", 0.0) for s in symbols]])
+    peak = t([[d0.stops.get(s, {}).get("peak", 0.0) for s in symbols]])
+    cause_of = {}  # symbol -> why its position differs between the two sides
+    out, largest = [], []
+    for k in range(len(rows) - 1):
+        dk, dn = rows[k], rows[k + 1]
+        bar, nxt = _utc(dk.bar_time), _utc(dn.bar_time)
+        i = int(bars.index.searchsorted(bar))
+        if i + 1 >= len(bars) or bars.index[i] != bar:
+            raise ReconcileError(f"no bars for {bar} and the next one: fetch the data first")
+        p_now = np.array([dk.prices[s] for s in symbols])
+        p_next = np.array([dn.prices[s] for s in symbols])
+        live_u = np.array([dk.positions.get(s, 0.0) for s in symbols])
+        live_u_next = np.array([dn.positions.get(s, 0.0) for s in symbols])
+        rep_u = units[0].numpy().copy()
+
+        # the replay: the recorded target, filled at the next bar's open, that bar lived,
+        # with the trader's risk rules and no-trade band
+        settings = EnvSettings.from_config(cfg, min_rebalance_weight=dk.band)
+        target = t([[dk.target[s] for s in symbols]])
+        o, h, lo, c = (t([ohlc[f][i + 1]]) for f in ("open", "high", "low", "close"))
+        after, cash_after, _, _, fill_px = rebalance(units, cash, target, o, settings)
+        entry, peak = update_entry(units, after, entry, peak, fill_px)
+        held, cash_end, peak, entry, _, _, hit, exit_px = apply_stops(
+            after, cash_after, peak, entry, o, h, lo, c, settings)
+        replay = Side()
+        for a, s in enumerate(symbols):
+            delta = float(after[0, a] - units[0, a])
+            px = float(fill_px[0, a])
+            if delta > 0:
+                q = delta / (1 - settings.fee)
+                replay.add(s, "rebalance", "buy", Trade(q, px, q * settings.fee * px,
+                                                        q * settings.fee))
+            elif delta < 0:
+                replay.add(s, "rebalance", "sell", Trade(-delta, px, -delta * px * settings.fee))
+            if bool(hit[0, a]):
+                q, px = float(after[0, a]), float(exit_px[0, a])
+                replay.add(s, "stop", "sell", Trade(q, px, q * px * settings.fee))
+        units, cash = held, cash_end
+
+        live, not_traded = _live_trades(engine, trader, bar, nxt, bar, step)
+        causes = dict.fromkeys(CAUSES, 0.0)
+
+        def put(cause: str, amount: float, symbol: str, what: str) -> None:
+            causes[cause] += amount
+            if abs(amount) >= 0.005:  # a cent, rounded: not float dust
+                largest.append({"bar": bar, "symbol": symbol, "cause": cause,
+                                "amount": amount, "what": what})
+
+        # what each asset's position difference earned while prices moved
+        for a, s in enumerate(symbols):
+            if abs(live_u[a] - rep_u[a]) * p_now[a] < 0.01:
+                cause_of.pop(s, None)  # the two sides hold the same again
+            carried = (live_u[a] - rep_u[a]) * (p_next[a] - p_now[a])
+            if abs(carried) > 1e-9:
+                put(cause_of.get(s, "fill quantity"), carried, s,
+                    f"{live_u[a] - rep_u[a]:+.8g} units held vs the replay, price "
+                    f"{p_now[a]:.6g} -> {p_next[a]:.6g}")
+        # the trades, valued at the next decision's prices
+        fill_rows = []
+        for key in sorted(set(live.trades) | set(replay.trades)):
+            s, purpose, way = key
+            a = symbols.index(s)
+            mine, theirs = live.trades.get(key, []), replay.trades.get(key, [])
+            ql, qr = sum(x.qty for x in mine), sum(x.qty for x in theirs)
+            pl = sum(x.qty * x.price for x in mine) / ql if ql else 0.0
+            pr = sum(x.qty * x.price for x in theirs) / qr if qr else 0.0
+            sign = 1.0 if way == "buy" else -1.0  # a buy gains when bought for less
+            matched = min(ql, qr)
+            price_cause = "stop" if purpose == "stop" else "fill price"
+            put(price_cause, sign * matched * (pr - pl), s,
+                f"{way} {matched:.8g} at {pl:.6g} live vs {pr:.6g} replayed")
+            # what the unmatched quantity did, against the next decision's price
+            value = lambda q, px: sign * q * (p_next[a] - px)  # noqa: E731
+            extra = value(ql - matched, pl) - value(qr - matched, pr)
+            fee_live = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in mine)
+            fee_rep = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in theirs)
+            put("fee", fee_rep - fee_live, s, f"{way} fees {fee_live:.2f} live vs "
+                f"{fee_rep:.2f} replayed")
+            if abs(ql - qr) > 1e-12:
+                # a different quantity: the journal's reason if it has one, else the
+                # reason the positions already differed (the replay re-balances its own)
+                why = ("stop" if purpose == "stop" else
+                       "skipped order" if any(n[0] == s and n[1] == way for n in not_traded)
+                       else "quiet bar" if s in (dk.quiet or [])
+                       else cause_of.get(s, "fill quantity"))
+                if abs(ql - qr) * p_next[a] > 0.01:  # a real difference, not rounding
+                    cause_of[s] = why
+                put(why, extra, s, f"{way} {ql:.8g} live vs {qr:.8g} replayed")
+            fill_rows.append({"symbol": s, "purpose": purpose, "side": way,
+                              "target": dk.target.get(s), "live_qty": ql, "live_price": pl,
+                              "replay_qty": qr, "replay_price": pr,
+                              "slippage_vs_open": pl / float(ohlc["open"][i + 1][a]) - 1
+                              if ql else None})
+        live_eq = float(dn.cash + live_u_next @ p_next)
+        rep_eq = float(cash[0] + units[0].numpy() @ p_next)
+        before = out[-1].difference if out else float(dk.cash + live_u @ p_now) - float(
+            dk.cash + rep_u @ p_now)
+        unexplained = (live_eq - rep_eq) - before - sum(causes.values())
+        out.append(BarRow(bar, live_eq, rep_eq, causes, unexplained, fill_rows))
+    largest.sort(key=lambda x: -abs(x["amount"]))
+    return Reconciliation(trader, out, largest[:10])
+
+
+def render(rec: Reconciliation, per_bar: int = 20) -> str:
+    """The table: the bars with the largest differences, the totals by cause, the largest
+    single differences."""
+    head = (f"{'bar':<17}{'live':>13}{'replay':>13}{'difference':>12}"
+            + "".join(f"{c[:10]:>11}" for c in CAUSES) + f"{'unexplained':>12}")
+    lines = [f"trader {rec.trader}: live vs replay over {len(rec.rows)} bar(s) "
+             f"({rec.rows[0].bar:%Y-%m-%d %H:%M} to {rec.rows[-1].bar:%Y-%m-%d %H:%M}); "
+             "amounts in account currency, each bar's change", head]
+    worst = sorted(rec.rows, key=lambda r: -max(abs(v) for v in
+                                               [*r.causes.values(), r.unexplained]))[:per_bar]
+    for r in sorted(worst, key=lambda r: r.bar):
+        lines.append(f"{r.bar:%Y-%m-%d %H:%M} {r.live_equity:>13,.2f}{r.replay_equity:>13,.2f}"
+                     f"{r.difference:>12,.2f}"
+                     + "".join(f"{r.causes[c]:>11,.2f}" for c in CAUSES)
+                     + f"{r.unexplained:>12,.2f}")
+    totals = rec.totals()
+    lines.append(f"{'total':<43}{rec.difference:>12,.2f}"
+                 + "".join(f"{totals[c]:>11,.2f}" for c in CAUSES)
+                 + f"{totals['unexplained']:>12,.2f}")
+    if rec.largest:
+        lines.append("largest differences:")
+        for x in rec.largest:
+            lines.append(f"  {x['bar']:%Y-%m-%d %H:%M} {x['symbol']:<9} {x['cause']:<14}"
+                         f"{x['amount']:>+12,.2f}  {x['what']}")
+    return "\n".join(lines)
+
+
+def as_dict(rec: Reconciliation) -> dict:
+    return {"trader": rec.trader, "difference": rec.difference, "totals": rec.totals(),
+            "bars": [dataclasses.asdict(r) | {"bar": r.bar.isoformat()} for r in rec.rows],
+            "largest": [x | {"bar": x["bar"].isoformat()} for x in rec.largest]}
