@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,47 @@ def test_config_check_warns_when_training_and_trading_venues_differ(tmp_path, sh
     err = capsys.readouterr().err
     assert "trained on CSV bars in" in err and "(USDT quotes)" in err
     assert "trades on Alpaca crypto bars (USD quotes)" in err and "reconcile" in err
+
+
+class EmulatedMarket(AlpacaBroker):
+    """The Alpaca broker, with the replay's clock moving the emulated market's prices."""
+
+    def __init__(self, emulator, **kw):
+        super().__init__("key", "secret", SAMPLE_SYMBOLS, url_override=emulator.url,
+                         poll_s=0.001, max_poll_s=0.01, retry_wait_s=0.01,
+                         requests_per_minute=1_000_000, **kw)
+        self.emu = emulator.emulator
+
+    def mark(self, prices):
+        self.emu.prices.update({s: float(p) for s, p in prices.items()})
+
+
+SAMPLE_SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD"]
+
+
+def test_a_replay_of_the_bundled_sample_through_alpaca_keeps_the_journal_equal_to_the_broker(
+        tmp_path):
+    """Every bar of a replay of the bundled sample through AlpacaBroker and the emulator (fee
+    in the asset, asynchronous fills, sizes in increments): the journal's positions equal the
+    broker's to the last increment, and reconcile puts every difference on a cause."""
+    from cappuccino_core.trading.reconcile import reconcile
+    from cappuccino_core.trading.replay import replay
+    emu = AlpacaEmulator(prices={s: 1.0 for s in SAMPLE_SYMBOLS}, rate_limit=1_000_000)
+    with RunningEmulator(emu) as running:
+        cfg, engine, _ = setup_trader_env(tmp_path, None, data={"symbols": SAMPLE_SYMBOLS})
+        broker = EmulatedMarket(running)
+        checked = []
+
+        def journal_equals_broker(t, trader):
+            held = {s: p.qty for s, p in broker.positions().items()}
+            mine = {s: q for s, q in trader.journal.positions().items() if abs(q) > 0}
+            assert mine == pytest.approx(held, abs=1e-9), trader.last_bar
+            checked.append(set(held))
+        replay(cfg, engine, "2023-12-01", "2023-12-15", name="alpaca", on_bar=journal_equals_broker,
+               broker=broker)
+    assert len(checked) >= 300 and any(checked)  # it held positions, and was checked
+    # positions sold out whole: the broker's exact quantity, no dust left behind
+    assert any(a - b for a, b in zip(checked, checked[1:]))
+    assert all(p["qty"] >= Decimal("0.000001") for p in emu.positions.values())
+    rec = reconcile(cfg, engine, "alpaca")
+    assert abs(rec.totals()["unexplained"]) < 0.01

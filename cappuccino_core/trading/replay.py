@@ -48,10 +48,12 @@ class ReplayResult:
 
 def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "replay",
            on_bar: Callable[[int, Trader], None] | None = None,
-           progress: bool = False, reset: bool = False) -> ReplayResult:
+           progress: bool = False, reset: bool = False, broker=None) -> ReplayResult:
     """Replay the window (see `backtest.Window`; default the active study's held-out window)
     as trader `name`, with its own simulated account. A name that has state in this database
-    is refused unless `reset` (which starts it afresh): two replays never share a book."""
+    is refused unless `reset` (which starts it afresh): two replays never share a book.
+    `broker` replaces the simulated one (a test replays through Alpaca's emulator: its
+    `mark` sets the emulated market's prices)."""
     journal = Journal(engine, name)
     if journal.has_state() and not reset:
         raise ReplayError(f"trader {name!r} already has state in this database (last bar "
@@ -68,10 +70,11 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
     i0, i1 = window.lo, window.hi
     o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
     step = pd.Timedelta(seconds=cfg.bar_seconds)
-    broker = SimBroker.from_config(cfg, engine, account=name)
+    broker = broker or SimBroker.from_config(cfg, engine, account=name)
     if reset:
         journal.reset()
-        broker.reset(cfg.broker.initial_cash)
+        if isinstance(broker, SimBroker):
+            broker.reset(cfg.broker.initial_cash)
     broker.mark(dict(zip(bars.symbols, c[i0])))
     trader = Trader(cfg, broker, engine, name, ensemble)
     trader.start(at=bars.index[i0] + step)  # the starting capital, before the first decision
