@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch is imported where weights are written or read, not fo
     from .agent import ActorCritic
 
 # 2: observations lay out the portfolio as [assets..., cash], like actions (1 was [cash, assets])
-SPEC_FORMAT = 2
+SPEC_FORMAT = 3  # 3: buy fees in the asset; re-entry cooldown in the observation
 
 
 class ArtifactError(Exception):
@@ -51,6 +51,8 @@ class NetworkSpec:
 RISK_FIELDS = {
     "trailing_stop_pct": ("trailing stop", lambda cfg: cfg.risk.trailing_stop_pct),
     "stop_loss_pct": ("stop loss", lambda cfg: cfg.risk.stop_loss_pct),
+    "reentry_cooldown_bars": ("re-entry cooldown (bars)",
+                              lambda cfg: cfg.risk.reentry_cooldown_bars),
     "max_position_pct": ("max position", lambda cfg: cfg.risk.max_position_pct),
     "min_cash_reserve_pct": ("cash reserve", lambda cfg: cfg.risk.min_cash_reserve_pct),
     "fee": ("fee", lambda cfg: cfg.broker.taker_fee),

@@ -85,7 +85,7 @@ class EnsemblePolicy:
     def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i, n = int(t[0]), self.features.shape[1]
         w = self.ensemble.target_weights(self.features[:i + 1], obs[0, :n].double().numpy(),
-                                         float(obs[0, n]))
+                                         float(obs[0, n]), obs[0, n + 1:2 * n + 1].double().numpy())
         return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
 
 
@@ -93,7 +93,7 @@ def trading_settings(cfg, ensemble) -> EnvSettings:
     """Live risk and fees from the config; the no-trade band the members were trained with
     (their median), so the trader rebalances as they learnt to."""
     band = 0.0
-    if ensemble is not None:
+    if ensemble is not None and ensemble.members:
         band = float(np.median([m.spec.rebalance_band for m in ensemble.members]))
     return EnvSettings.from_config(cfg, min_rebalance_weight=band)
 

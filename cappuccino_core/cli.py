@@ -133,6 +133,11 @@ def cmd_ensemble_show(args) -> int:
     age = pd.Timestamp.now(tz="UTC") - created
     values = [m["value"] for m in manifest["members"]]
     follows = manifest["study"] == cfg.active_study
+    if manifest.get("fallback"):
+        print(f"ensemble v{manifest['version']}  study {manifest['study']}  created "
+              f"{created:%Y-%m-%d %H:%M} UTC: the FALLBACK ({manifest['fallback']}), no members: "
+              f"{manifest.get('reason')}")
+        return 0
     print(f"ensemble v{manifest['version']}  study {manifest['study']}  created "
           f"{created:%Y-%m-%d %H:%M} UTC ({age.total_seconds() / 3600:.1f} h ago)  "
           f"members {len(values)}  mean value {np.mean(values):.3f}  best {max(values):.3f}")

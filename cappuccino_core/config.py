@@ -156,7 +156,14 @@ class EnsembleConfig:
     min_members: int = field(default=5, metadata=POSITIVE)
     keep_versions: int = field(default=5, metadata=POSITIVE)
     weighting: str = field(default="equal", metadata=choice("equal", "value"))
-    min_value: float | None = None
+    # only trials whose CV value (excess Sharpe over equal-weight buy-and-hold, less a spread
+    # penalty) reaches this join; null: any COMPLETE trial
+    min_value: float | None = 0.0
+    # what the trader trades while fewer than min_members qualify: cash (sell and wait),
+    # hold_equal_weight (the benchmark, under the same risk rules), keep_current (the last
+    # published version, however old or whatever it is)
+    fallback: str = field(default="cash", metadata=choice("cash", "hold_equal_weight",
+                                                          "keep_current"))
     max_similar: int | None = field(default=None, metadata=POSITIVE)
     # A member trained under other risk rules or costs than the live ones (trailing stop,
     # stop loss, caps, fee, slippage, min notional): refused, or served with a warning.
@@ -174,6 +181,8 @@ class RiskConfig:
     max_drawdown_halt_pct: float | None = field(default=None, metadata=FRACTION)
     intrabar_check_s: float = field(default=60.0, metadata=between(1, 3600))
     stale_bar_limit_bars: int = field(default=2, metadata=between(1, 1000, "an integer"))
+    # after a stop exit, the asset is not bought again for this many decisions (0: at once)
+    reentry_cooldown_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
 
 
 @dataclass(frozen=True)

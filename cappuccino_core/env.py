@@ -11,8 +11,9 @@ close, and the step's reward is taken at its close. No look-ahead.
 
 Action and observation share one order: assets in the configured order, then cash. An action is
 target weights `[w_asset_1 .. w_asset_A, w_cash]`; an observation starts with the portfolio's
-current weights in the same layout, followed by the normalised features of the last `lookback`
-bars (newest first).
+current weights in the same layout, then each asset's re-entry cooldown (the share of
+`reentry_cooldown_bars` still to wait, 0 when it may be bought), followed by the normalised
+features of the last `lookback` bars (newest first).
 
 Action. Target weights per asset plus cash (non-negative, summing to 1). They are clipped to
 `max_position_pct` per asset and scaled so that `min_cash_reserve_pct` stays in cash; orders
@@ -23,6 +24,10 @@ every unit. Slippage (`slippage_bps`, against the trader) is paid on every fill,
 proceeds; a BUY's fee comes out of the asset received (ordering q units leaves q x (1 - fee)
 in the position, and the cash pays q x price only; alpaca-py issue #374, Alpaca's crypto fee
 page). Buys are scaled down, if needed, so cash never goes negative.
+
+Re-entry after a stop (the cure for a stop that churns: exit, then buy back at the next open):
+an asset a stop exited is not bought for the next `reentry_cooldown_bars` decisions; it may be
+held and sold as usual. The live trader applies the same rule (trading/trader.py).
 
 Stops, the rule the trader applies live (see `apply_stops`): peak = highest price since entry;
 exit the WHOLE position when price <= peak x (1 - trailing_stop_pct), or when price <=
@@ -48,6 +53,7 @@ from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
            "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
+           "cooldown_share", "next_cooldown",
            "live_observation", "observation_size"]
 
 # --- the shared arithmetic ------------------------------------------------------------------
@@ -61,8 +67,9 @@ def clip_weights(target: torch.Tensor, s: EnvSettings) -> torch.Tensor:
 
 
 def rebalance(units: torch.Tensor, cash: torch.Tensor, target: torch.Tensor,
-              price: torch.Tensor, s: EnvSettings):
-    """Trade `units [..., A]` towards asset weights `target [..., A]` at `price`.
+              price: torch.Tensor, s: EnvSettings, no_buy: torch.Tensor | None = None):
+    """Trade `units [..., A]` towards asset weights `target [..., A]` at `price`; assets in
+    `no_buy` (cooling down after a stop) are not bought.
 
     Returns (new_units, new_cash, fees, traded_notional, fill_price). Sells are filled first;
     buys are then scaled to the cash available after fees."""
@@ -85,6 +92,8 @@ def rebalance(units: torch.Tensor, cash: torch.Tensor, target: torch.Tensor,
 
     buy_px = price * (1 + slip)
     buy_value = delta.clamp_min(0)  # notional wanted, at the quoted price
+    if no_buy is not None:
+        buy_value = torch.where(no_buy, torch.zeros_like(buy_value), buy_value)
     cost = (buy_value * (1 + slip)).sum(-1)
     scale = torch.where(cost > cash, cash / cost.clamp_min(1e-300), torch.ones_like(cost))
     buy_value = buy_value * scale.clamp(0, 1).unsqueeze(-1)
@@ -185,28 +194,36 @@ class Market:
         return self.features.shape[2]
 
     def observation_table(self, lookback: int) -> torch.Tensor:
-        """Row t: A + 1 zero columns (the env writes the portfolio weights there, assets then
-        cash), then the features of bars t, t-1, ..., t-lookback+1. One row gather builds a whole observation."""
+        """Row t: 1 + 2A zero columns (the env writes the portfolio weights there, assets then
+        cash, and the assets' cooldowns), then the features of bars t, t-1, ...,
+        t-lookback+1. One row gather builds a whole observation."""
         T, A, F = self.features.shape
-        table = torch.zeros(T, 1 + A + lookback * A * F, device=self.features.device)
+        head = portfolio_columns(A)
+        table = torch.zeros(T, head + lookback * A * F, device=self.features.device)
         flat = self.features.reshape(T, A * F)
         for lag in range(lookback):
-            cols = slice(1 + A + lag * A * F, 1 + A + (lag + 1) * A * F)
+            cols = slice(head + lag * A * F, head + (lag + 1) * A * F)
             table[lag:, cols] = flat[:T - lag]
         return table
 
 
 def live_observation(normalised: np.ndarray, lookback: int, position_weights: np.ndarray,
-                     cash_weight: float) -> torch.Tensor:
+                     cash_weight: float, cooldown: np.ndarray) -> torch.Tensor:
     """One observation, laid out exactly as `Market.observation_table` + `observe` lay it out,
-    from the most recent normalised feature rows `[.., A, F]` (oldest first)."""
+    from the most recent normalised feature rows `[.., A, F]` (oldest first) and each asset's
+    share of its re-entry cooldown still to wait."""
     window = normalised[-lookback:][::-1]  # lag 0 first
-    row = np.concatenate([position_weights, [cash_weight], window.reshape(-1)])
+    row = np.concatenate([position_weights, [cash_weight], cooldown, window.reshape(-1)])
     return torch.as_tensor(row, dtype=torch.float32).unsqueeze(0)
 
 
+def portfolio_columns(n_assets: int) -> int:
+    """Weights (assets, cash), then the assets' cooldowns."""
+    return 1 + 2 * n_assets
+
+
 def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
-    return 1 + n_assets + lookback * n_assets * n_features
+    return portfolio_columns(n_assets) + lookback * n_assets * n_features
 
 
 # --- the batched environment ----------------------------------------------------------------
@@ -258,8 +275,20 @@ def portfolio_weights(units, cash, close_t) -> torch.Tensor:
     return torch.cat([value / equity.unsqueeze(-1), (cash / equity).unsqueeze(-1)], -1).float()
 
 
+def cooldown_share(cooldown: torch.Tensor, s: EnvSettings) -> torch.Tensor:
+    """`[N, A]`: the share of the re-entry cooldown each asset still has to wait."""
+    return (cooldown / max(s.reentry_cooldown_bars, 1)).float()
+
+
+def next_cooldown(cooldown: torch.Tensor, stopped: torch.Tensor, s: EnvSettings) -> torch.Tensor:
+    """Decisions each asset must still wait before it may be bought: a stop starts the full
+    cooldown, every decision counts one down."""
+    return torch.where(stopped, torch.full_like(cooldown, float(s.reentry_cooldown_bars)),
+                       (cooldown - 1).clamp_min(0))
+
+
 def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Portfolio weights, then the features window (one row of the table); into `out` when
+    """Portfolio weights and cooldowns, then the features window (one row of the table); into `out` when
     given (a rollout buffer's row: no fresh allocation, which costs more than the copy)."""
     obs = torch.index_select(obs_table, 0, t, out=out)
     obs[:, :weights.shape[1]] = weights
@@ -272,7 +301,7 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
     reward at its close; finished episodes restart. A pure tensor function, so that it can be
     compiled whole (see BatchedTradingEnv's `compile`). The observation is gathered outside:
     a row copy (index_select) beats any compiled element-wise gather."""
-    units, cash, entry, peak, t, t_end = state
+    units, cash, entry, peak, t, t_end, cooldown = state
     target = weights[:, :-1].double()  # asset weights; cash is what remains
     counter = counter + 1
     close = ohlc[:, 3]
@@ -280,10 +309,11 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
     o, h, lo, c = ohlc.index_select(0, nxt).unbind(1)
     close_t = close.index_select(0, t)
     eq_before = cash + (units * close_t).sum(-1)
-    ordered, cash, fees, traded, fill = rebalance(units, cash, target, o, s)
+    ordered, cash, fees, traded, fill = rebalance(units, cash, target, o, s, no_buy=cooldown > 0)
     entry, peak = update_entry(units, ordered, entry, peak, fill)
     held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
         ordered, cash, peak, entry, o, h, lo, c, s)
+    cooldown = next_cooldown(cooldown, stopped, s)
     eq_after = cash + (held * c).sum(-1)
     reward = torch.log(eq_after / eq_before)
     if s.reward == "excess":
@@ -294,15 +324,17 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
 
     done = nxt >= t_end
     if not torch.compiler.is_compiling() and done.device.type == "cpu" and not bool(done.any()):
-        new_state = (held, cash, entry, peak, nxt, t_end)  # eager on CPU: skip restarts
+        new_state = (held, cash, entry, peak, nxt, t_end, cooldown)  # eager on CPU: no restarts
     else:
         start, end = draw_episodes(ep, env_ids, counter)
         row = done.unsqueeze(-1)
         new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
                      entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
-                     torch.where(done, start, nxt), torch.where(done, end, t_end))
-    return new_state, counter, reward.float(), done, info, portfolio_weights(
-        new_state[0], new_state[1], close.index_select(0, new_state[4]))
+                     torch.where(done, start, nxt), torch.where(done, end, t_end),
+                     cooldown.masked_fill(row, 0.0))
+    return new_state, counter, reward.float(), done, info, torch.cat([portfolio_weights(
+        new_state[0], new_state[1], close.index_select(0, new_state[4])),
+        cooldown_share(new_state[6], s)], -1)
 
 
 class BatchedTradingEnv:
@@ -351,21 +383,23 @@ class BatchedTradingEnv:
     peak = property(lambda self: self.state[3])
     t = property(lambda self: self.state[4])
     t_end = property(lambda self: self.state[5])
+    cooldown = property(lambda self: self.state[6])  # decisions to wait before buying again
 
     def reset(self) -> torch.Tensor:
         start, end = draw_episodes(self.episodes, self.env_ids, self.counter)
         A, dt = self.m.n_assets, torch.float64
         zeros = torch.zeros(self.n, A, dtype=dt, device=self.device)
         cash = torch.full((self.n,), self.s.initial_cash, dtype=dt, device=self.device)
-        self.state = (zeros, cash, zeros.clone(), zeros.clone(), start, end)
+        self.state = (zeros, cash, zeros.clone(), zeros.clone(), start, end, zeros.clone())
         return self.observe()
 
     def equity(self) -> torch.Tensor:
         return self.cash + (self.units * self.m.close[self.t]).sum(-1)
 
     def observe(self) -> torch.Tensor:
-        return observe(self.obs_table, self.t, portfolio_weights(
-            self.units, self.cash, self.m.close.index_select(0, self.t)))
+        return observe(self.obs_table, self.t, torch.cat([portfolio_weights(
+            self.units, self.cash, self.m.close.index_select(0, self.t)),
+            cooldown_share(self.cooldown, self.s)], -1))
 
     def step(self, weights: torch.Tensor, with_info: bool = True,
              out: torch.Tensor | None = None):

@@ -27,6 +27,7 @@ class EnvSettings:
     min_cash_reserve_pct: float = _RISK.min_cash_reserve_pct
     trailing_stop_pct: float | None = _RISK.trailing_stop_pct
     stop_loss_pct: float | None = _RISK.stop_loss_pct
+    reentry_cooldown_bars: int = _RISK.reentry_cooldown_bars
     min_rebalance_weight: float = 0.0
     initial_cash: float = _BROKER.initial_cash
     reward: str = "log_growth"
@@ -41,7 +42,9 @@ class EnvSettings:
                    max_position_pct=cfg.risk.max_position_pct,
                    min_cash_reserve_pct=cfg.risk.min_cash_reserve_pct,
                    trailing_stop_pct=cfg.risk.trailing_stop_pct,
-                   stop_loss_pct=cfg.risk.stop_loss_pct, initial_cash=cfg.broker.initial_cash)
+                   stop_loss_pct=cfg.risk.stop_loss_pct,
+                   reentry_cooldown_bars=cfg.risk.reentry_cooldown_bars,
+                   initial_cash=cfg.broker.initial_cash)
         return dataclasses.replace(base, **overrides)
 
     def to_dict(self) -> dict:

@@ -65,6 +65,10 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
     if manifest is None:
         return []
     out = []
+    if manifest.get("fallback"):
+        out.append(Incident("ensemble-fallback", "warning",
+                            f"no agent is good enough: ensemble v{manifest['version']} is the "
+                            f"fallback ({manifest['fallback']}); {manifest.get('reason')}"))
     age = _now() - datetime.fromisoformat(manifest["created_at"])
     if age > timedelta(hours=cfg.monitor.ensemble_max_age_hours):
         out.append(Incident("ensemble-old", "warning",

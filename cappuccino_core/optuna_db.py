@@ -26,6 +26,7 @@ ATTR_SHA256 = "sha256"              # checksum of the model's weights
 ATTR_SPLITS = "splits"              # per-split CV results, a list of dicts
 ATTR_SEED = "seed"                  # written once every parameter is drawn
 ATTR_RETRY_OF = "retry_of"          # trial id a re-queued trial repeats
+ATTR_POLICY = "policy"              # how much its target weights move (see objective.py)
 
 # study user attributes
 STUDY_TARGET = "n_trials_target"    # finished trials at which every worker stops

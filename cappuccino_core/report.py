@@ -264,7 +264,10 @@ def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, en
         members.append([member.number, member.trial_id, f"{member.value:.3f}", f"{weight:.2f}",
                         f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}"])
     weights = {s: (t[1:], res.weights[:, a]) for a, s in enumerate(bars.symbols)}
-    return (f"<h2>Backtest: ensemble v{ens.version}</h2>"
+    fallback = ("" if ens.fallback is None else
+                f"<p class='fallback'><b>No agent is good enough: v{ens.version} is the fallback "
+                f"({html.escape(ens.fallback)})</b>: {html.escape(_fallback_reason(path))}</p>")
+    return (f"<h2>Backtest: ensemble v{ens.version}</h2>{fallback}"
             f"<p>{html.escape(str(window))}, same environment, live risk rules (trailing stop "
             f"{cfg.risk.trailing_stop_pct:.0%}): starting capital {res.equity[0]:,.2f}, final "
             f"equity <b class='backtest-final'>{res.equity[-1]:,.2f}</b> "
@@ -280,6 +283,11 @@ def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, en
             + "<h3>Members: each alone on the same window, and its blend weight</h3>"
             + _table(["trial", "id", "value", "blend weight", "return alone", "Sharpe alone"],
                      members))
+
+
+def _fallback_reason(path: Path) -> str:
+    from .ensemble.publish import read_manifest
+    return str(read_manifest(path).get("reason", ""))
 
 
 def history_section(engine: Engine, study: str | None) -> str:

@@ -60,6 +60,9 @@ def health(s: dict, cfg: Config) -> dict:
     e = s["ensemble"] or {}
     if s["ensemble"] is not None and e.get("version") is None:
         say("warning", "no ensemble published yet")
+    if e.get("fallback"):
+        say("warning", f"no agent is good enough: the trader is on the fallback "
+                       f"({e['fallback']}); {e['fallback_reason']}")
     if e.get("broken"):
         say("critical", f"ensemble v{e['version']} is broken: " + "; ".join(e["broken"]))
     if e.get("version") is not None and not e["follows_active_study"]:
@@ -169,8 +172,9 @@ def _ensemble(engine, cfg: Config) -> dict:
         "version": manifest["version"], "study": manifest["study"],
         "follows_active_study": manifest["study"] == cfg.active_study,
         "age_hours": round((datetime.now(timezone.utc) - created).total_seconds() / 3600, 2),
-        "members": len(values), "best_value": max(values),
-        "mean_value": sum(values) / len(values),
+        "members": len(values), "best_value": max(values, default=None),
+        "mean_value": sum(values) / len(values) if values else None,
+        "fallback": manifest.get("fallback"), "fallback_reason": manifest.get("reason"),
         "members_with_other_risk_rules": sum(
             bool(member_risk_differences(m, cfg)) for m in manifest["members"]),
         "broken": version_health(engine, cfg, manifest)}
@@ -211,6 +215,9 @@ def render(s: dict) -> str:
     e = s["ensemble"]
     if e["version"] is None:
         lines.append("ensemble: none published yet")
+    elif e.get("fallback"):
+        lines.append(f"ensemble: v{e['version']} of study {e['study']} is the FALLBACK "
+                     f"({e['fallback']}): no agent is good enough; {e['fallback_reason']}")
     else:
         lines.append(f"ensemble: v{e['version']} of study {e['study']}, {e['members']} members, "
                      f"{e['age_hours']:.1f} h old, best {e['best_value']:.3f}, "

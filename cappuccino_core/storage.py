@@ -214,6 +214,7 @@ decisions = sa.Table(
     sa.Column("cash", sa.Float, nullable=False),
     sa.Column("positions", sa.JSON, nullable=False),  # symbol -> units
     sa.Column("stops", sa.JSON, nullable=False),      # symbol -> {"entry", "peak"}
+    sa.Column("cooldown", sa.JSON, nullable=False),   # symbol -> no buying before (ISO)
     info={"since": 5})
 
 sim_accounts = sa.Table(

@@ -77,7 +77,8 @@ def make_env(tmp_path, market_files, pg_url):
     cfg = load_config(write_config(tmp_path / "etc", {
         "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
         "data": {"csv_path": str(d), "symbols": list(bars.symbols), "start": "2021-01-01"},
-        "ensemble": {"top_n": 5, "min_members": 3}}, active_study="gate"))
+        # members with no skill are what these tests deploy against: any value joins
+        "ensemble": {"top_n": 5, "min_members": 3, "min_value": None}}, active_study="gate"))
     engine = open_app_db(pg_url)
     study = optuna.create_study(study_name="gate", storage=make_optuna_storage(pg_url),
                                 direction="maximize")

@@ -125,10 +125,10 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
                      {"v": json.dumps(digest), "id": evil._trial_id})
     # the sync test-loads every member: the checksum matches, the weights do not load
     result = sync(cfg, engine)
-    assert result.status == "too_few" and not marker.exists()
+    assert result.status == "fallback" and not marker.exists()
     (why,) = [w for tid, _, w in result.selection.skipped if tid == evil._trial_id]
     assert "does not load" in why and "weights refused" in why
-    assert current_dir(ensembles_dir(cfg)) is None  # nothing published with it
+    assert current_manifest(ensembles_dir(cfg))["members"] == []  # nothing published with it
     from cappuccino_core.artifacts import load_artifact
     with pytest.raises(ArtifactError, match="weights refused"):  # and serving refuses it too
         load_artifact(d, digest)
@@ -161,6 +161,7 @@ def test_publish_then_unchanged_then_new_version(env):
 
 def test_too_few_members_keeps_the_current_ensemble(env):
     cfg, engine, storage = env
+    cfg = set_config(cfg, ensemble={"top_n": 4, "min_members": 2, "fallback": "keep_current"})
     alpha = new_study(storage, "alpha")
     add_trial(alpha, cfg, 0.1, seed=1)
     add_trial(alpha, cfg, 0.2, seed=2)
@@ -171,6 +172,47 @@ def test_too_few_members_keeps_the_current_ensemble(env):
     result = sync(load_config(cfg.config_dir), engine)
     assert result.status == "too_few" and "1 more needed" in result.message
     assert current_manifest(ensembles_dir(cfg))["study"] == "alpha"
+
+
+def set_config(cfg, **sections):
+    """The config with these sections rewritten in its file (read back as a daemon would)."""
+    from pathlib import Path
+    import yaml
+    path = Path(cfg.config_dir) / "cappuccino.yaml"
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | sections))
+    return load_config(cfg.config_dir)
+
+
+@pytest.mark.parametrize("fallback, held", [("cash", 0.0), ("hold_equal_weight", 0.95)])
+def test_when_no_agent_is_good_enough_the_fallback_is_published_and_said(env, fallback, held,
+                                                                          capsys):
+    """Only trials that beat buy-and-hold in CV (value >= 0) join; with fewer than
+    min_members, the configured fallback is published as a version without members: the
+    trader holds cash or equal weights, and status, the monitor and `ensemble show` say so."""
+    from cappuccino_core import monitor, status
+    from cappuccino_core.ensemble.serving import Ensemble
+    cfg, engine, storage = env
+    cfg = set_config(cfg, ensemble={"top_n": 4, "min_members": 2, "fallback": fallback})
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, -0.4, seed=1)  # lost to holding in CV
+    add_trial(alpha, cfg, 0.3, seed=2)   # one good one is not enough
+    result = sync(cfg, engine)
+    assert result.status == "fallback" and "1 more needed" in result.message
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    assert ens.fallback == fallback and ens.members == []
+    w = ens.target_weights(np.zeros((5, 3, 4)), np.array([0.2, 0.2, 0.2]), 0.4)
+    assert w[:-1].sum() == pytest.approx(held if fallback == "cash" else 1.0)
+    assert w[-1] == pytest.approx(1.0 if fallback == "cash" else 0.0)
+    assert sync(cfg, engine).status == "too_few"  # no new version for the same answer
+    s = status.collect(cfg)
+    assert s["ensemble"]["fallback"] == fallback and s["health"]["level"] == "warning"
+    assert "no agent is good enough" in status.render(s)
+    assert any(i.key == "ensemble-fallback" for i in monitor.check_ensemble(engine, cfg))
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
+    assert "FALLBACK" in capsys.readouterr().out
+    add_trial(alpha, cfg, 0.5, seed=3)  # a second good one: a real ensemble again
+    assert sync(cfg, engine).status == "published"
+    assert Ensemble.load(current_dir(ensembles_dir(cfg)), cfg).fallback is None
 
 
 def test_unknown_or_empty_study_is_an_error_and_touches_nothing(env, capsys):
@@ -405,18 +447,18 @@ def test_status_shows_the_ensemble_and_how_many_trials_it_still_needs(env, capsy
     cfg, engine, storage = env
     alpha = new_study(storage, "alpha")
     add_trial(alpha, cfg, 0.4, seed=1)
-    sync(cfg, engine)  # one eligible, two needed
+    sync(cfg, engine)  # one eligible, two needed: the fallback (cash) is published
     assert cli.main(["status", "--config-dir", cfg.config_dir]) == 1  # a warning
     out = capsys.readouterr().out
-    assert "1 complete" in out and "ensemble: none published yet" in out
-    assert "1 more eligible trial(s) needed" in out
+    assert "1 complete" in out and "ensemble: v1 of study alpha is the FALLBACK (cash)" in out
+    assert "1 more needed" in out and "no agent is good enough" in out
     add_trial(alpha, cfg, 0.5, seed=2)
     sync(cfg, engine)
     new_study(storage, "beta")
     write_active_study(cfg.config_dir, "beta")
     assert cli.main(["status", "--json", "--config-dir", cfg.config_dir]) == 2  # critical
     state = json.loads(capsys.readouterr().out)
-    assert state["ensemble"]["version"] == 1 and state["ensemble"]["follows_active_study"] is False
+    assert state["ensemble"]["version"] == 2 and state["ensemble"]["follows_active_study"] is False
     assert cli.main(["status", "--config-dir", cfg.config_dir]) == 2
     assert "DOES NOT FOLLOW THE ACTIVE STUDY" in capsys.readouterr().out
 

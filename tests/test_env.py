@@ -260,3 +260,27 @@ def test_segments_are_never_glued(synth_market):
         in_a = (env.t >= segs[0][0]) & (env.t < segs[0][1])
         in_b = (env.t >= segs[1][0]) & (env.t < segs[1][1])
         assert bool((in_a | in_b).all())
+
+
+def test_a_stopped_asset_is_not_bought_again_until_its_cooldown_has_passed():
+    """Buy, then a 15% gap down trips the 10% trailing stop; the policy keeps asking for the
+    asset: it is not bought for `reentry_cooldown_bars` decisions, and the observation says
+    how much of the wait is left."""
+    n = 12
+    prices = [100.0, 100.0, 85.0] + [86.0] * n
+    bars = bars_from_prices(prices, prices, prices, prices)
+    s = EnvSettings(fee=0.0, slippage_bps=0.0, max_position_pct=1.0, min_cash_reserve_pct=0.0,
+                    trailing_stop_pct=0.10, reentry_cooldown_bars=3, min_order_notional=0.0)
+    env = single_env(bars, s)
+    all_in = T([[1.0, 0.0]])
+    held, seen = [], []
+    for _ in range(7):
+        obs, _, _, info = env.step(all_in)
+        held.append(float(env.units[0, 0]) > 0)
+        seen.append(round(float(obs[0, 2]), 3))  # weights (asset, cash), then the cooldown
+    # bought at 100; the bar opening at 85 exits it; three decisions wait; the fourth buys
+    assert held == [True, False, False, False, False, True, True]
+    assert seen == [0.0, 1.0, 0.667, 0.333, 0.0, 0.0, 0.0]
+    env0 = single_env(bars, dataclasses.replace(s, reentry_cooldown_bars=0))
+    again = [float(env0.step(all_in)[3]["units_after_orders"][0, 0]) > 0 for _ in range(3)]
+    assert again == [True, True, True]  # without the rule: re-bought at the next open

@@ -383,6 +383,9 @@ def test_a_database_outage_never_restarts_the_trader_and_its_stops_still_fire(
     box.systemctl("start", TRADER)
     pid = main_pid(box, TRADER)
     wait_for(lambda: emu.positions, 120, "the trader holding positions at the broker")
+    # orders fill asynchronously: the bar is done when every order it sent is, and no more
+    # come (the next bar's are a minute away)
+    wait_for(lambda: settled(emu), 30, "the bar's orders to be final")
     held = {box_symbol(p): float(v["qty"]) for p, v in emu.positions.items()}
     intrabar = cfg["risk"]["intrabar_check_s"]
 
@@ -417,6 +420,14 @@ def test_a_database_outage_never_restarts_the_trader_and_its_stops_still_fire(
         engine.dispose()
     assert {r.symbol: r.filled_qty for r in rows} == pytest.approx(held)
     assert {r.status for r in rows} == {"filled"}
+
+
+def settled(emu, quiet_s: float = 3.0) -> bool:
+    """Every order at the emulator final, and none sent for `quiet_s` seconds."""
+    before = len(emu.orders)
+    time.sleep(quiet_s)
+    return len(emu.orders) == before and all(
+        o["status"] in ("filled", "canceled", "rejected", "expired") for o in emu.orders.values())
 
 
 def box_symbol(plain: str) -> str:

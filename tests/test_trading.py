@@ -1,5 +1,7 @@
 """The paper trader with the simulated broker: replay, stops, restarts, stale bars, reloads."""
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -262,3 +264,86 @@ def test_the_journal_checks_every_order_status_change(tmp_path):
 def dataclasses_replace(state, **changes):
     import dataclasses
     return dataclasses.replace(state, **changes)
+
+
+def _rebuys_after_stops(engine, trader: str, within: pd.Timedelta) -> tuple[int, int]:
+    """(stop exits, rebalance buys of the same asset within `within` after one)."""
+    from cappuccino_core.storage import orders
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(orders.c.symbol, orders.c.side, orders.c.reason,
+                                      orders.c.bar_time, orders.c.filled_qty)
+                            .where(orders.c.trader == trader)).all()
+    exits = [(r.symbol, pd.Timestamp(r.bar_time)) for r in rows if r.reason == "stop"]
+    buys = [(r.symbol, pd.Timestamp(r.bar_time)) for r in rows
+            if r.reason == "rebalance" and r.side == "buy" and r.filled_qty > 0]
+    return len(exits), sum(1 for s, t in exits for b, u in buys if b == s and t <= u < t + within)
+
+
+def test_the_reentry_cooldown_ends_the_stop_churn_in_a_replay(tmp_path, shared_data):
+    """In a falling month with a 10% trailing stop, without the rule a stopped asset is bought
+    back at the next bars; with it, never within the cooldown."""
+    churn = {}
+    for cooldown in (0, 24):
+        cfg, engine, _ = setup_trader_env(tmp_path, shared_data, name=f"c{cooldown}",
+                                          risk={"reentry_cooldown_bars": cooldown})
+        replay(cfg, engine, *LUNA)
+        churn[cooldown] = _rebuys_after_stops(engine, "replay", pd.Timedelta(hours=24))
+    assert churn[0][0] > 0 and churn[0][1] > 0  # the old churn: exit, re-buy soon after
+    assert churn[24][0] > 0 and churn[24][1] == 0
+
+
+def test_the_trader_does_not_buy_a_stopped_asset_while_it_cools_down(tmp_path, shared_data):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"reentry_cooldown_bars": 3})
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    bars = load_bars(cfg, end="2022-05-10")
+    feats = compute_features(bars)
+    broker = SimBroker(engine, 100_000, 0.0025, 5)
+    trader = Trader(cfg, broker, engine, "cool", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    hour = pd.Timedelta(hours=1)
+    t0 = bars.index[-10]
+
+    def bar(k):
+        i = len(bars) - 10 + k
+        broker.mark(dict(zip(SYMBOLS, bars.open[i + 1] if i + 1 < len(bars) else bars.close[i])))
+        return trader.on_bar(bars.index[i], feats[:i + 1], bars.index[i] + hour * 1.01)
+    assert bar(0) == "traded"
+    held = set(broker.positions())
+    assert held
+    crash = {s: p * 0.5 for s, p in broker.prices.items()}
+    broker.mark(crash)
+    px = np.array([crash[s] for s in SYMBOLS])
+    trader.exit_positions(trader.check_stops(px, px, px, px), t0 + hour * 1.5)
+    assert not broker.positions() and set(trader.state.cooldown) == held
+    bought = []
+    for k in range(1, 6):
+        bar(k)
+        bought.append(set(broker.positions()) & held)
+    # the exit was in the bar opening at t0 + 1h: that decision and the next two do not buy
+    assert bought[:3] == [set(), set(), set()]
+    assert any(bought[3:]), "bought again once the cooldown had passed"
+    assert trader.state.cooldown == {}
+
+
+def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data):
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    bars = load_bars(cfg, end="2022-05-10")
+    feats = compute_features(bars)
+    broker = SimBroker(engine, 100_000, 0.0025, 5)
+    trader = Trader(cfg, broker, engine, "fb", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    hour = pd.Timedelta(hours=1)
+    broker.mark(dict(zip(SYMBOLS, bars.close[-2])))
+    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    assert broker.positions()
+    # every trial now falls short of the bar: the sync publishes the fallback
+    cfg = load_config(write_config(Path(cfg.config_dir), {
+        "paths": {"state_dir": str(cfg.state_dir)},
+        "data": {"csv_path": str(shared_data), "symbols": SYMBOLS},
+        "ensemble": {"top_n": 4, "min_members": 1, "min_value": 10.0, "fallback": "cash"}}))
+    assert sync(cfg, engine).status == "fallback"
+    trader.reload(Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
+    assert trader.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
+    assert broker.positions() == {}

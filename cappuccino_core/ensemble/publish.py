@@ -37,6 +37,7 @@ from sqlalchemy.engine import Engine
 
 from ..config import Config
 from ..files import fsync_path
+from ..optuna_db import trial_count
 from ..storage import ensemble_versions, record_event
 from .selection import Selection, SelectionError, member_by_id, pinned_trial, select_members
 
@@ -142,7 +143,7 @@ class SyncLock:
 
 @dataclass
 class SyncResult:
-    status: str  # published | unchanged | too_few
+    status: str  # published | unchanged | too_few | fallback
     version: int | None
     selection: Selection
     message: str
@@ -299,16 +300,12 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
         current = current_manifest(root)
         if current is not None:
             _record_version(engine, current, current_dir(root))  # repairs a crash before it
-        if not sel.members:
+        if not sel.members and (cfg.ensemble.fallback == "keep_current"
+                                or not trial_count(engine, study, ("COMPLETE",))):
             raise SelectionError(f"study {study!r} has no eligible trial "
-                                 f"({len(sel.skipped)} skipped)")
+                                 f"({len(sel.skipped)} skipped)")  # nothing to judge yet
         if len(sel.members) < cfg.ensemble.min_members and not pinned:
-            need = cfg.ensemble.min_members - len(sel.members)
-            msg = (f"study {study}: {len(sel.members)} eligible trials, ensemble.min_members is "
-                   f"{cfg.ensemble.min_members}: {need} more needed; the current ensemble stays")
-            record_event(engine, "ensemble-sync", "warning", "too_few_members", msg,
-                         {"study": study, "eligible": len(sel.members), "needed": need})
-            return SyncResult("too_few", current and current["version"], sel, msg)
+            return _too_few(cfg, engine, root, sel, current, on_write)
         if current is not None and current["study"] == study and sorted(
                 (m["trial_id"], m["sha256"]) for m in current["members"]) == sel.key:
             return SyncResult("unchanged", current["version"], sel,
@@ -325,6 +322,40 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
                      {"study": study, "version": version})
     notify_trader(cfg)
     return SyncResult("published", version, sel, msg)
+
+
+def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: dict | None,
+             on_write) -> SyncResult:
+    """Fewer trials qualify than `ensemble.min_members`: keep the current version, or publish
+    the configured fallback (a version without members that the trader serves as cash or as
+    equal weights), said plainly in the events, `status` and the report."""
+    e, study = cfg.ensemble, sel.study
+    need = e.min_members - len(sel.members)
+    why = (f"study {study}: {len(sel.members)} trial(s) qualify (CV value >= "
+           f"{e.min_value}), ensemble.min_members is {e.min_members}: {need} more needed")
+    data = {"study": study, "eligible": len(sel.members), "needed": need}
+    if e.fallback == "keep_current" or (current is not None and current["study"] == study
+                                        and current.get("fallback") == e.fallback):
+        msg = why + ("; the current ensemble stays" if e.fallback == "keep_current" else
+                     f"; the trader stays on the fallback ({e.fallback})")
+        record_event(engine, "ensemble-sync", "warning", "too_few_members", msg, data)
+        return SyncResult("too_few", current and current["version"], sel, msg)
+    version = next_version(root, engine)
+    manifest = build_manifest(version, cfg, dataclasses.replace(sel, members=[]))
+    manifest.update(fallback=e.fallback, reason=why)
+    path = write_version(root, version, manifest, dataclasses.replace(sel, members=[]),
+                         on_write)
+    make_current(root, path)
+    _record_version(engine, manifest, path)
+    _cleanup(root, e.keep_versions)
+    msg = f"{why}: published v{version}, the fallback: {FALLBACKS[e.fallback]}"
+    record_event(engine, "ensemble-sync", "warning", "fallback", msg, data | {"version": version})
+    notify_trader(cfg)
+    return SyncResult("fallback", version, sel, msg)
+
+
+FALLBACKS = {"cash": "the trader sells and holds cash",
+             "hold_equal_weight": "the trader holds equal weights under the live risk rules"}
 
 
 def sync_following(cfg: Config, engine: Engine, rounds: int = 3) -> SyncResult:

@@ -47,12 +47,16 @@ class Ensemble:
     directory: Path
     members: list[LoadedMember]
     blend: np.ndarray  # one weight per member, summing to 1
+    fallback: str | None = None  # cash | hold_equal_weight: a version without members
 
     @classmethod
     def load(cls, directory: str | Path, cfg: Config) -> "Ensemble":
         """Load and check a whole version; raises ArtifactError if any member fails."""
         directory = Path(directory)
         manifest = read_manifest(directory)
+        if manifest.get("fallback"):  # too few trials qualified: published plainly as such
+            return cls(manifest["version"], manifest["study"], directory, [], np.zeros(0),
+                       fallback=manifest["fallback"])
         members = [load_member(directory / m["path"], m["sha256"], manifest["study"],
                                m["trial_id"], m["number"], m["value"], cfg)
                    for m in manifest["members"]]
@@ -75,24 +79,35 @@ class Ensemble:
 
     @property
     def max_lookback(self) -> int:
-        return max(m.lookback for m in self.members)
+        return max((m.lookback for m in self.members), default=1)
 
     @torch.no_grad()
     def member_weights(self, features: np.ndarray, position_weights: np.ndarray,
-                       cash_weight: float) -> np.ndarray:
+                       cash_weight: float, cooldown: np.ndarray | None = None) -> np.ndarray:
         """Each member's target weights `[members, A+1]` from raw feature rows `[.., A, F]`
-        (oldest first; at least `max_lookback` rows, the last one the newest closed bar)."""
+        (oldest first; at least `max_lookback` rows, the last one the newest closed bar), the
+        portfolio's weights and each asset's share of its re-entry cooldown (default none)."""
+        if cooldown is None:
+            cooldown = np.zeros(len(position_weights))
         out = []
         for m in self.members:
             normalised = m.norm.apply(features[-m.lookback:]).astype(np.float32)
-            obs = live_observation(normalised, m.lookback, position_weights, cash_weight)
+            obs = live_observation(normalised, m.lookback, position_weights, cash_weight,
+                                   cooldown)
             out.append(m.agent.weights(obs)[0].numpy())
         return np.stack(out)
 
     def target_weights(self, features: np.ndarray, position_weights: np.ndarray,
-                       cash_weight: float) -> np.ndarray:
-        """The ensemble's target weights `[A+1]` (assets then cash)."""
-        return self.blend @ self.member_weights(features, position_weights, cash_weight)
+                       cash_weight: float, cooldown: np.ndarray | None = None) -> np.ndarray:
+        """The ensemble's target weights `[A+1]` (assets then cash). A fallback version holds
+        cash, or equal weights (the environment's caps and cash reserve then apply)."""
+        if self.fallback is not None:
+            a = len(position_weights)
+            if self.fallback == "cash":
+                return np.concatenate([np.zeros(a), [1.0]])
+            return np.concatenate([np.full(a, 1.0 / a), [0.0]])
+        return self.blend @ self.member_weights(features, position_weights, cash_weight,
+                                                cooldown)
 
 
 def load_member(directory: Path, sha256: str, study: str, trial_id: int, number: int,

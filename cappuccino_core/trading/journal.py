@@ -52,6 +52,7 @@ class StateKey(str, enum.Enum):
     EQUITY_PEAK = "equity_peak"
     HALTED = "halted"
     DECISION = "decision"
+    COOLDOWN = "cooldown"
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TraderState:
     equity_peak: float | None = None  # for the drawdown halt
     halted: bool = False              # new buying halted by the drawdown limit
     decision: dict | None = None      # {"bar", "target", "ensemble"}: saved before any order
+    cooldown: dict[str, str] = field(default_factory=dict)  # symbol -> no buying before (ISO)
 
 
 def traders_with_data(engine: Engine) -> list[str]:
@@ -244,7 +246,7 @@ class Journal:
     def record_decision(self, bar_time: pd.Timestamp, target: dict[str, float],
                         prices: dict[str, float], quiet: list[str], ensemble: int | None,
                         band: float, cash: float, positions: dict[str, float],
-                        stops: dict) -> None:
+                        stops: dict, cooldown: dict[str, str]) -> None:
         """The bar's target weights, the prices its plan used, and the account and stops
         before its orders (what `reconcile` replays from)."""
         def write():
@@ -254,7 +256,7 @@ class Journal:
                 conn.execute(decisions.insert().values(
                     trader=self.trader, bar_time=bar_time.to_pydatetime(), target=target,
                     prices=prices, quiet=quiet, ensemble=ensemble, band=band, cash=cash,
-                    positions=positions, stops=_copy(stops)))
+                    positions=positions, stops=_copy(stops), cooldown=dict(cooldown)))
         self._run(write)
 
     def positions(self) -> dict[str, float]:

@@ -46,13 +46,16 @@ def client_order_id(trader: str, purpose: str, when: pd.Timestamp, symbol: str,
 
 def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
                    positions: dict[str, Position], cash: float, prices: np.ndarray,
-                   settings: EnvSettings, rules: dict[str, AssetRule]) -> list[PlannedOrder]:
-    """Orders that move the holdings to `target_weights` (assets then cash); sells first.
-    Orders the asset's minimum size refuses come back marked `skip`."""
+                   settings: EnvSettings, rules: dict[str, AssetRule],
+                   no_buy: np.ndarray | None = None) -> list[PlannedOrder]:
+    """Orders that move the holdings to `target_weights` (assets then cash); sells first;
+    nothing bought of the assets in `no_buy` (cooling down after a stop). Orders the asset's
+    minimum size refuses come back marked `skip`."""
     units = np.array([positions[s].qty if s in positions else 0.0 for s in symbols])
     t = lambda x: torch.as_tensor(np.asarray(x, dtype=float)[None])  # noqa: E731
     new_units, *_ = rebalance(t(units), torch.tensor([cash], dtype=torch.float64),
-                              t(target_weights[:-1]), t(prices), settings)
+                              t(target_weights[:-1]), t(prices), settings,
+                              None if no_buy is None else torch.as_tensor(no_buy)[None])
     new_units = new_units[0].numpy()
     sells, buys = [], []
     for a, symbol in enumerate(symbols):

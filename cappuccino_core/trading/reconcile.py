@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 
 from ..config import Config
 from ..data import load_bars
-from ..env import EnvSettings, apply_stops, rebalance, update_entry
+from ..env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
 from ..storage import decisions, fills, orders
 
 CAUSES = ("fill price", "fee", "skipped order", "stop", "quiet bar", "fill quantity")
@@ -156,6 +156,8 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
     cash = t([d0.cash])
     entry = t([[d0.stops.get(s, {}).get("entry", 0.0) for s in symbols]])
     peak = t([[d0.stops.get(s, {}).get("peak", 0.0) for s in symbols]])
+    cooldown = t([[max((_utc(d0.cooldown[s]) - first) / step, 0.0) if s in d0.cooldown else 0.0
+                   for s in symbols]])
     cause_of = {}  # symbol -> why its position differs between the two sides
     out, largest = [], []
     for k in range(len(rows) - 1):
@@ -175,10 +177,12 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
         settings = EnvSettings.from_config(cfg, min_rebalance_weight=dk.band)
         target = t([[dk.target[s] for s in symbols]])
         o, h, lo, c = (t([ohlc[f][i + 1]]) for f in ("open", "high", "low", "close"))
-        after, cash_after, _, _, fill_px = rebalance(units, cash, target, o, settings)
+        after, cash_after, _, _, fill_px = rebalance(units, cash, target, o, settings,
+                                                     no_buy=cooldown > 0)
         entry, peak = update_entry(units, after, entry, peak, fill_px)
         held, cash_end, peak, entry, _, _, hit, exit_px = apply_stops(
             after, cash_after, peak, entry, o, h, lo, c, settings)
+        cooldown = next_cooldown(cooldown, hit, settings)
         replay = Side()
         for a, s in enumerate(symbols):
             delta = float(after[0, a] - units[0, a])

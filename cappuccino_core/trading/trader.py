@@ -14,7 +14,9 @@ writes everything down:
   recorded as processed.
 - `check_stops(open, high, low, close)` and `exit_positions()` apply the trailing stop and the
   stop loss with the environment's rule (`env.apply_stops`); exits sell the whole position, in
-  the asset's own units, as the broker reports it.
+  the asset's own units, as the broker reports it, and start the asset's re-entry cooldown:
+  the next `risk.reentry_cooldown_bars` decisions do not buy it (the environment's rule; the
+  members see how much of it is left, as they did in training).
 - `reload(ensemble)` swaps the ensemble between bars.
 """
 
@@ -37,7 +39,7 @@ from .journal import Journal, StateKey, TraderState
 from .orders import PlannedOrder, affordable, client_order_id, plan_rebalance
 
 log = logging.getLogger(__name__)
-STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION = StateKey
+STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN = StateKey
 
 
 class Trader:
@@ -126,11 +128,12 @@ class Trader:
                           for i, s in enumerate(self.symbols)])
         equity = account.cash + value.sum()
         decided = self.state.decision or {}
+        cooling = self._cooldown_share(bar_time)
         if decided.get("bar") == bar_time.isoformat():
             target = np.array(decided["target"])  # resuming a bar a crash interrupted
         else:
             target = self.ensemble.target_weights(features, value / equity,
-                                                  account.cash / equity)
+                                                  account.cash / equity, cooling)
             target = self._drawdown_guard(target, value / equity, equity)
             self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
                                    "ensemble": self.ensemble.version}
@@ -139,11 +142,12 @@ class Trader:
                 bar_time, {**dict(zip(self.symbols, target[:-1].tolist())),
                            "cash": float(target[-1])},
                 dict(zip(self.symbols, prices.tolist())), list(quiet), self.ensemble.version,
-                self.settings.min_rebalance_weight, account.cash, {s: p.qty for s, p in positions.items()}, self.state.stops)
+                self.settings.min_rebalance_weight, account.cash,
+                {s: p.qty for s, p in positions.items()}, self.state.stops, self.state.cooldown)
         # One plan, as the environment trades it: sells first, then the buys it planned on the
         # cash the sells bring (scaled down only if the fills brought less than planned).
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
-                              self.settings, self.rules)
+                              self.settings, self.rules, no_buy=cooling > 0)
         self._execute([o for o in plan if o.side == "sell"], bar_time)
         buys = affordable([o for o in plan if o.side == "buy"], self.broker.account().cash,
                           dict(zip(self.symbols, prices)), self.settings, self.rules)
@@ -152,6 +156,20 @@ class Trader:
         self.snapshot(bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
         self._mark_processed(bar_time)
         return "traded"
+
+    def _cooldown_share(self, bar_time: pd.Timestamp) -> np.ndarray:
+        """Per symbol, the share of its re-entry cooldown still to wait at this decision (as
+        `env.cooldown_share`); cooldowns that have run out are forgotten."""
+        step = pd.Timedelta(seconds=self.cfg.bar_seconds)
+        full = max(self.settings.reentry_cooldown_bars, 1)
+        share = np.zeros(len(self.symbols))
+        for s, until in list(self.state.cooldown.items()):
+            left = (pd.Timestamp(until) - bar_time) / step
+            if left <= 0:
+                self.state.cooldown.pop(s)
+            elif s in self.symbols:
+                share[self.symbols.index(s)] = left / full
+        return share
 
     def _prices(self) -> np.ndarray:
         latest = self.broker.latest_prices(self.symbols)
@@ -177,7 +195,7 @@ class Trader:
     def _mark_processed(self, bar_time: pd.Timestamp) -> None:
         """The bar is done: its stops, equity peak and the bar itself are saved together."""
         self.state.last_bar = bar_time.isoformat()
-        self.journal.save_state(self.state, STOPS, EQUITY_PEAK, HALTED, LAST_BAR)
+        self.journal.save_state(self.state, STOPS, EQUITY_PEAK, HALTED, LAST_BAR, COOLDOWN)
 
     # --- stops -----------------------------------------------------------------------------
 
@@ -221,10 +239,16 @@ class Trader:
                 log.warning(msg)
                 self.journal.event("warning", "stop_exit", msg, {"symbol": s, "price": price})
             self._execute(plan, when)
-            for s, _ in exits:  # a stopped position starts afresh if it is bought again
+            # not bought again for the next reentry_cooldown_bars decisions, the first being
+            # the bar this exit happened in; a stopped position starts afresh if it is
+            step = pd.Timedelta(seconds=self.cfg.bar_seconds)
+            until = when.floor(step) + step * self.settings.reentry_cooldown_bars
+            for s, _ in exits:
                 self.state.stops.pop(s, None)
+                if self.settings.reentry_cooldown_bars:
+                    self.state.cooldown[s] = until.isoformat()
             self._update_stops(self._prices())
-            self.journal.save_state(self.state, STOPS)
+            self.journal.save_state(self.state, STOPS, COOLDOWN)
 
     def _update_stops(self, prices: np.ndarray) -> None:
         """New positions start their stop at the entry price; closed ones lose it."""

@@ -37,7 +37,8 @@ from ..data import venue
 from ..data.bars import Bars
 from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
 from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
-from ..optuna_db import ATTR_ARTIFACT_DIR, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS, trial_id
+from ..optuna_db import (ATTR_ARTIFACT_DIR, ATTR_POLICY, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS,
+                         trial_id)
 from .cv import Split, make_splits
 from .search_space import sample_params, split_params
 
@@ -93,6 +94,27 @@ def trial_seed(study: str, trial_id: int) -> int:
 ProgressHook = Callable[[str], None]
 
 
+# A policy whose held-out target weights move less than this over time (the standard deviation
+# of each asset's weight, averaged over assets) learned next to nothing: whatever the market
+# did, it held about the same portfolio.
+NEAR_CONSTANT_SPREAD = 0.01
+
+
+def weight_spread(weights: np.ndarray) -> dict:
+    """How much target weights `[T, A]` move: over time (per asset, then averaged) and across
+    assets (per bar, then averaged)."""
+    return {"spread_time": float(weights.std(axis=0).mean()) if len(weights) else 0.0,
+            "spread_assets": float(weights.std(axis=1).mean()) if len(weights) else 0.0}
+
+
+def policy_summary(results: list[dict]) -> dict:
+    """A trial's policy across its CV splits, and the near-constant flag."""
+    out = {k: float(np.mean([r[k] for r in results]))
+           for k in ("spread_time", "spread_assets", "turnover")}
+    out["near_constant"] = out["spread_time"] < NEAR_CONSTANT_SPREAD
+    return out
+
+
 class Objective:
     def __init__(self, cfg: Config, data: TrainingData, study_name: str, artifacts_root: Path,
                  device: str = "cpu", progress: ProgressHook | None = None,
@@ -132,7 +154,7 @@ class Objective:
     def evaluate_split(self, split: Split, ppo: PPOConfig, env: EnvSettings, seed: int,
                        label: str) -> dict:
         agent, market, _ = self.train(split.train, ppo, env, seed, label)
-        agent_r, bench_r, dd, turnover = [], [], [], []
+        agent_r, bench_r, dd, turnover, weights = [], [], [], [], []
         for lo, hi in split.test:
             res = run_backtest(agent.weights, market, lo, hi, env)
             agent_r.append(res.returns)
@@ -140,11 +162,13 @@ class Objective:
             m = res.metrics()
             dd.append(m["max_drawdown"])
             turnover.append(m["turnover"])
+            weights.append(res.weights)
         agent_r, bench_r = np.concatenate(agent_r), np.concatenate(bench_r)
         out = {"sharpe": sharpe(agent_r), "bh_sharpe": sharpe(bench_r),
                "return": float(np.prod(1 + agent_r) - 1),
                "bh_return": float(np.prod(1 + bench_r) - 1),
-               "max_drawdown": float(max(dd)), "turnover": float(np.mean(turnover))}
+               "max_drawdown": float(max(dd)), "turnover": float(np.mean(turnover)),
+               **weight_spread(np.concatenate(weights))}
         out["excess_sharpe"] = out["sharpe"] - out["bh_sharpe"]
         if not np.isfinite(list(out.values())).all():
             raise FloatingPointError(f"split {split.index}: non-finite result {out}")
@@ -172,6 +196,12 @@ class Objective:
             gc.collect()
         diffs = np.array([r["excess_sharpe"] for r in results])
         value = float(diffs.mean() - STD_PENALTY * diffs.std())
+        policy = policy_summary(results)
+        trial.set_user_attr(ATTR_POLICY, policy)
+        if policy["near_constant"]:
+            log.warning("trial %d: a near-constant policy (its target weights move by %.2f%% "
+                        "over time on the test data): it learned next to nothing",
+                        trial.number, 100 * policy["spread_time"])
 
         segment = [(WARMUP, self.data.train_hi)]
         agent, market, norm = self.train(segment, ppo, env, seed + 10_000,

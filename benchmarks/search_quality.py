@@ -1,0 +1,182 @@
+"""Does the search find agents that trade better than holding? Three held-out windows of real
+data, each searched with a fixed budget, the ensemble the product would publish backtested
+with the live risk rules, against equal-weight buy-and-hold with and without those rules.
+
+Data: ../shared/data/binance_spot_1h (7 assets). For each window the configuration ends the
+data at the window's end and holds out its last `heldout_days`, so every trial trains strictly
+before the window (the product's own fencing: the study's recorded train_end, an embargo, CV
+inside the training range). The budget is a number of trials of `--timesteps` PPO steps each,
+on this machine's CPU threads (or a GPU when one is there); the table says which.
+
+    python benchmarks/search_quality.py --trials 4 --timesteps 40000     # ~1 h on 2 cores
+    python benchmarks/search_quality.py --windows bear --trials 2 --timesteps 20000
+
+Per window it prints the trials completed, the best CV value, the PBO of the study's trials,
+and for the published ensemble (or the fallback when no trial qualifies), equal-weight
+buy-and-hold frictionless, and equal-weight buy-and-hold under the same risk rules (fees,
+reserve, caps, trailing stop with the re-entry rule): total return, Sharpe, Sortino, max
+drawdown, turnover, fees, stop exits. Then the target: on at least two of three windows the
+ensemble's Sharpe >= buy-and-hold's under the same rules, its max drawdown <= frictionless
+buy-and-hold's, and PBO < 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+import yaml
+
+from cappuccino_core.backtest import backtest_ensemble, first_decision_bar, run_backtest, trading_settings
+from cappuccino_core.config import load_config
+from cappuccino_core.data import load_bars
+from cappuccino_core.data.features import compute_features
+from cappuccino_core.deploy import _splits_matrix, probability_of_backtest_overfitting
+from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+from cappuccino_core.ensemble.serving import Ensemble
+from cappuccino_core.env import Market, Normalisation
+from cappuccino_core.storage import app_engine, optuna_storage
+from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
+from cappuccino_core.window import held_out_start, resolve_window
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h"
+SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD", "UNI/USD", "AAVE/USD"]
+HELD_OUT_DAYS = 60
+# (name, the held-out window's end): a 2022 bear market (LUNA, then Celsius and 3AC), a 2023
+# bull run (October to December), and a sideways summer (2023-06 to 2023-08)
+WINDOWS = {"bear": "2022-07-01", "bull": "2023-12-15", "sideways": "2023-08-31"}
+
+
+def config_for(root: Path, end: str, timesteps: int) -> Path:
+    etc = root / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
+    (etc / "cappuccino.yaml").write_text(yaml.safe_dump({
+        "paths": {"state_dir": str(root / "state")},
+        "data": {"source": "csv", "csv_path": str(DATA), "symbols": SYMBOLS,
+                 "start": start, "end": end},
+        "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
+                     "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1},
+        "ensemble": {"top_n": 5, "min_members": 2},  # the product's min_value and fallback
+    }))
+    (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "quality"}))
+    return etc
+
+
+class HoldEqualWeight:
+    """Equal-weight buy-and-hold as a policy under the live rules: buys equal weights, then
+    holds what it has (asks for its current weights); an asset a stop sold is bought back at
+    an equal weight once its re-entry cooldown has passed."""
+
+    def __init__(self, n_assets: int):
+        self.n = n_assets
+
+    def __call__(self, obs):
+        n = self.n
+        held, cooling = obs[:, :n], obs[:, n + 1:2 * n + 1]
+        w = torch.where((held < 1e-9) & (cooling <= 0), torch.full_like(held, 1.0 / n), held)
+        return torch.cat([w, (1 - w.sum(-1, keepdim=True)).clamp_min(0)], -1)
+
+
+def run_window(name: str, end: str, trials: int, timesteps: int, root: Path) -> dict:
+    cfg = load_config(config_for(root, end, timesteps))
+    optuna_storage(cfg)
+    engine = app_engine(cfg)
+    began = time.monotonic()
+    study = open_study(cfg, cfg.active_study)
+    set_target(study, trials)
+    run_worker(cfg, cfg.active_study, WorkerHooks(status=lambda text: None))
+    search_s = time.monotonic() - began
+    complete = [t for t in study.trials if t.value is not None]
+    result = sync(cfg, engine)
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    bars = load_bars(cfg)
+    features = compute_features(bars)
+    window = resolve_window(bars, None, None, first_decision_bar(ens),
+                            held_out_start(engine, cfg.active_study), cfg.active_study)
+    res = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
+    A = len(SYMBOLS)
+    market = Market.from_bars(bars, Normalisation(np.zeros((A, features.shape[2])),
+                                                  np.ones((A, features.shape[2]))),
+                              features=features)
+    # a 2% no-trade band: holding does not chase the drift between a close and the next open
+    hold = dataclasses.replace(trading_settings(cfg, None), min_rebalance_weight=0.02)
+    rules = run_backtest(HoldEqualWeight(A), market, window.lo, window.hi, hold)
+    m, r = res.metrics(), rules.metrics()
+    frictionless = {"total_return": m["bh_total_return"], "sharpe": m["bh_sharpe"],
+                    "max_drawdown": m["bh_max_drawdown"]}
+    perf = _splits_matrix(engine, [t._trial_id for t in complete])
+    pbo = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
+    near_constant = sum(bool(t.user_attrs.get("policy", {}).get("near_constant"))
+                        for t in complete)
+    return {"name": name, "window": str(window), "trials": len(complete),
+            "search_min": search_s / 60,
+            "best_cv": max((t.value for t in complete), default=float("nan")),
+            "near_constant": near_constant, "pbo": pbo, "sync": result.message,
+            "fallback": ens.fallback, "ensemble": m, "bh_rules": r,
+            "bh": frictionless}
+
+
+def fmt(x, kind):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    return {"pct": f"{x:+.1%}", "num": f"{x:.2f}", "int": f"{int(x)}"}[kind]
+
+
+def print_table(rows: list[dict], trials: int, timesteps: int) -> None:
+    device = "cuda" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    print(f"\nbudget: {trials} trials x {timesteps:,} PPO steps per fit (walk-forward, 5 groups), "
+          f"{device}, {os.cpu_count()} cores\n")
+    head = (f"{'window':<10}{'policy':<22}{'return':>9}{'Sharpe':>8}{'Sortino':>9}"
+            f"{'max DD':>8}{'turnover':>10}{'fees':>10}{'stops':>7}")
+    print(head)
+    hits = 0
+    for row in rows:
+        e, b, f = row["ensemble"], row["bh_rules"], row["bh"]
+        label = "ensemble" if row["fallback"] is None else f"fallback ({row['fallback']})"
+        for pol, m in ((label, e), ("B&H, same risk rules", b), ("B&H, frictionless", f)):
+            print(f"{row['name']:<10}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
+                  f"{fmt(m.get('sharpe'), 'num'):>8}{fmt(m.get('sortino'), 'num'):>9}"
+                  f"{fmt(m.get('max_drawdown'), 'pct'):>8}{fmt(m.get('turnover'), 'num'):>10}"
+                  f"{fmt(m.get('fees'), 'num'):>10}{fmt(m.get('stops'), 'int'):>7}")
+        hit = (e["sharpe"] >= b["sharpe"] and e["max_drawdown"] <= f["max_drawdown"]
+               and row["pbo"] < 0.5)
+        hits += hit
+        print(f"{'':<10}{row['window']}; {row['trials']} trials in {row['search_min']:.0f} min, "
+              f"best CV value {fmt(row['best_cv'], 'num')}, {row['near_constant']} near-constant, "
+              f"PBO {fmt(row['pbo'], 'num')}; target {'MET' if hit else 'missed'}")
+        print(f"{'':<10}sync: {row['sync']}")
+    print(f"\ntarget (Sharpe >= B&H under the same rules, max DD <= frictionless B&H, PBO < 0.5) "
+          f"met on {hits} of {len(rows)} windows (wanted: 2 of 3)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=4, help="trials per window")
+    p.add_argument("--timesteps", type=int, default=40_000, help="PPO steps per fit")
+    p.add_argument("--windows", default=",".join(WINDOWS), help="bear,bull,sideways")
+    p.add_argument("--workdir", help="keep the studies here (default: a temporary dir)")
+    args = p.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: this benchmark needs the shared real data")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="cappuccino-quality-"))
+    rows = []
+    for name in args.windows.split(","):
+        print(f"window {name}: searching ({args.trials} trials) ...", flush=True)
+        rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name))
+    print_table(rows, args.trials, args.timesteps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
