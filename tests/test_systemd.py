@@ -49,7 +49,9 @@ def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
                      "embargo_hours": 1, "heldout_days": 1, "pruner": "none",
                      "total_timesteps": total_timesteps, "n_envs": 16,
                      "heartbeat_interval_s": 1, "heartbeat_grace_s": 3},
-        "ensemble": {"top_n": 3, "min_members": 2},
+        # trials this short never beat holding; these tests are about the processes, so any
+        # trial joins (the default would publish the cash fallback: tests/test_ensemble.py)
+        "ensemble": {"top_n": 3, "min_members": 2, "min_value": None},
         "risk": {"intrabar_check_s": 5},
     })
 
