@@ -111,11 +111,12 @@ def _decisions(engine: Engine, trader: str, start, end) -> list:
         return conn.execute(q.order_by(decisions.c.bar_time)).all()
 
 
-def _live_trades(engine: Engine, trader: str, lo: pd.Timestamp, hi: pd.Timestamp,
-                 bar: pd.Timestamp, step: pd.Timedelta) -> tuple[Side, list]:
-    """The journal's fills of interval [decision at `lo`, decision at `hi`): the rebalance
-    orders of bar `lo`, and the stop exits while the next bar was lived through."""
-    lived_from, lived_to = lo + step, hi + step
+def _live_trades(engine: Engine, trader: str, bar: pd.Timestamp, nxt: pd.Timestamp,
+                 step: pd.Timedelta) -> tuple[Side, list]:
+    """The journal's fills from the decision at `bar` to the one at `nxt`: the rebalance
+    orders of `bar`, and the stop exits while the next bar was lived through. Also the
+    orders it did not trade (skipped, rejected, ...), as (symbol, side, status)."""
+    lived_from, lived_to = bar + step, nxt + step
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(orders.c.symbol, orders.c.side, orders.c.reason, orders.c.status,
@@ -139,100 +140,100 @@ def _live_trades(engine: Engine, trader: str, lo: pd.Timestamp, hi: pd.Timestamp
     return side, not_traded
 
 
-def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) -> Reconciliation:
-    rows = _decisions(engine, trader, start, end)
-    if len(rows) < 2:
-        raise ReconcileError(f"trader {trader!r} has {len(rows)} recorded decision(s) in that "
-                             "window: at least two are needed (one interval)")
-    symbols = list(cfg.data.symbols)
-    step = pd.Timedelta(seconds=cfg.bar_seconds)
-    first, last = _utc(rows[0].bar_time), _utc(rows[-1].bar_time)
-    bars = load_bars(cfg, start=first, end=last + 3 * step)
-    ohlc = {f: bars.field(f) for f in ("open", "high", "low", "close")}
-    t = lambda x: torch.as_tensor(np.asarray(x, dtype=float))  # noqa: E731
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=float))
 
-    d0 = rows[0]
-    units = t([[d0.positions.get(s, 0.0) for s in symbols]])
-    cash = t([d0.cash])
-    entry = t([[d0.stops.get(s, {}).get("entry", 0.0) for s in symbols]])
-    peak = t([[d0.stops.get(s, {}).get("peak", 0.0) for s in symbols]])
-    cooldown = t([[max((_utc(d0.cooldown[s]) - first) / step, 0.0) if s in d0.cooldown else 0.0
-                   for s in symbols]])
-    cause_of = {}  # symbol -> why its position differs between the two sides
-    out, largest = [], []
-    for k in range(len(rows) - 1):
-        dk, dn = rows[k], rows[k + 1]
-        bar, nxt = _utc(dk.bar_time), _utc(dn.bar_time)
-        i = int(bars.index.searchsorted(bar))
-        if i + 1 >= len(bars) or bars.index[i] != bar:
-            raise ReconcileError(f"no bars for {bar} and the next one: fetch the data first")
-        p_now = np.array([dk.prices[s] for s in symbols])
-        p_next = np.array([dn.prices[s] for s in symbols])
-        live_u = np.array([dk.positions.get(s, 0.0) for s in symbols])
-        live_u_next = np.array([dn.positions.get(s, 0.0) for s in symbols])
-        rep_u = units[0].numpy().copy()
 
-        # the replay: the recorded target, filled at the next bar's open, that bar lived,
-        # with the trader's risk rules and no-trade band
-        settings = EnvSettings.from_config(cfg, min_rebalance_weight=dk.band)
-        target = t([[dk.target[s] for s in symbols]])
-        o, h, lo, c = (t([ohlc[f][i + 1]]) for f in ("open", "high", "low", "close"))
-        after, cash_after, _, _, fill_px = rebalance(units, cash, target, o, settings,
-                                                     no_buy=cooldown > 0)
-        entry, peak = update_entry(units, after, entry, peak, fill_px)
-        held, cash_end, peak, entry, _, _, hit, exit_px = apply_stops(
-            after, cash_after, peak, entry, o, h, lo, c, settings)
-        cooldown = next_cooldown(cooldown, hit, settings)
-        replay = Side()
-        for a, s in enumerate(symbols):
-            delta = float(after[0, a] - units[0, a])
-            px = float(fill_px[0, a])
-            if delta > 0:
-                q = delta / (1 - settings.fee)
-                replay.add(s, "rebalance", "buy", Trade(q, px, q * settings.fee * px,
-                                                        q * settings.fee))
+@dataclass
+class ReplayBook:
+    """The replayed account: the backtest environment's state for one episode."""
+    units: torch.Tensor     # [1, A]
+    cash: torch.Tensor      # [1]
+    entry: torch.Tensor
+    peak: torch.Tensor
+    cooldown: torch.Tensor  # decisions left before an asset may be bought again
+
+    @classmethod
+    def from_decision(cls, d, symbols: list[str], step: pd.Timedelta) -> "ReplayBook":
+        """The account, stops and cooldowns the trader recorded before decision `d`."""
+        bar = _utc(d.bar_time)
+        return cls(_t([[d.positions.get(s, 0.0) for s in symbols]]), _t([d.cash]),
+                   _t([[d.stops.get(s, {}).get("entry", 0.0) for s in symbols]]),
+                   _t([[d.stops.get(s, {}).get("peak", 0.0) for s in symbols]]),
+                   _t([[max((_utc(d.cooldown[s]) - bar) / step, 0.0) if s in d.cooldown
+                        else 0.0 for s in symbols]]))
+
+    def value(self, prices: np.ndarray) -> float:
+        return float(self.cash[0] + self.units[0].numpy() @ prices)
+
+    def trade(self, symbols: list[str], target: torch.Tensor, bar_ohlc,
+              s: EnvSettings) -> Side:
+        """One decision as the environment makes it: `target` filled at the next bar's open,
+        then that bar lived through (stops, the re-entry cooldown). Returns its trades."""
+        o, h, lo, c = bar_ohlc
+        after, cash, _, _, fill_px = rebalance(self.units, self.cash, target, o, s,
+                                               no_buy=self.cooldown > 0)
+        self.entry, self.peak = update_entry(self.units, after, self.entry, self.peak, fill_px)
+        held, cash, self.peak, self.entry, _, _, hit, exit_px = apply_stops(
+            after, cash, self.peak, self.entry, o, h, lo, c, s)
+        self.cooldown = next_cooldown(self.cooldown, hit, s)
+        trades = Side()
+        for a, sym in enumerate(symbols):
+            delta, px = float(after[0, a] - self.units[0, a]), float(fill_px[0, a])
+            if delta > 0:  # ordered units; the fee comes out of them
+                q = delta / (1 - s.fee)
+                trades.add(sym, "rebalance", "buy", Trade(q, px, q * s.fee * px, q * s.fee))
             elif delta < 0:
-                replay.add(s, "rebalance", "sell", Trade(-delta, px, -delta * px * settings.fee))
+                trades.add(sym, "rebalance", "sell", Trade(-delta, px, -delta * px * s.fee))
             if bool(hit[0, a]):
                 q, px = float(after[0, a]), float(exit_px[0, a])
-                replay.add(s, "stop", "sell", Trade(q, px, q * px * settings.fee))
-        units, cash = held, cash_end
+                trades.add(sym, "stop", "sell", Trade(q, px, q * px * s.fee))
+        self.units, self.cash = held, cash
+        return trades
 
-        live, not_traded = _live_trades(engine, trader, bar, nxt, bar, step)
+
+class Attribution:
+    """Puts each interval's difference on its causes, remembering per asset why the two
+    sides' positions differ (what that difference earns later has the same cause)."""
+
+    def __init__(self, symbols: list[str]):
+        self.symbols = symbols
+        self.cause_of: dict[str, str] = {}
+        self.largest: list[dict] = []
+
+    def interval(self, bar, decision, live: Side, not_traded: list, replay: Side,
+                 live_u: np.ndarray, rep_u: np.ndarray, p_now: np.ndarray,
+                 p_next: np.ndarray, next_open: np.ndarray) -> tuple[dict, list[dict]]:
         causes = dict.fromkeys(CAUSES, 0.0)
 
         def put(cause: str, amount: float, symbol: str, what: str) -> None:
             causes[cause] += amount
             if abs(amount) >= 0.005:  # a cent, rounded: not float dust
-                largest.append({"bar": bar, "symbol": symbol, "cause": cause,
-                                "amount": amount, "what": what})
+                self.largest.append({"bar": bar, "symbol": symbol, "cause": cause,
+                                     "amount": amount, "what": what})
 
         # what each asset's position difference earned while prices moved
-        for a, s in enumerate(symbols):
+        for a, s in enumerate(self.symbols):
             if abs(live_u[a] - rep_u[a]) * p_now[a] < 0.01:
-                cause_of.pop(s, None)  # the two sides hold the same again
+                self.cause_of.pop(s, None)  # the two sides hold the same again
             carried = (live_u[a] - rep_u[a]) * (p_next[a] - p_now[a])
             if abs(carried) > 1e-9:
-                put(cause_of.get(s, "fill quantity"), carried, s,
+                put(self.cause_of.get(s, "fill quantity"), carried, s,
                     f"{live_u[a] - rep_u[a]:+.8g} units held vs the replay, price "
                     f"{p_now[a]:.6g} -> {p_next[a]:.6g}")
         # the trades, valued at the next decision's prices
         fill_rows = []
         for key in sorted(set(live.trades) | set(replay.trades)):
             s, purpose, way = key
-            a = symbols.index(s)
+            a = self.symbols.index(s)
             mine, theirs = live.trades.get(key, []), replay.trades.get(key, [])
             ql, qr = sum(x.qty for x in mine), sum(x.qty for x in theirs)
             pl = sum(x.qty * x.price for x in mine) / ql if ql else 0.0
             pr = sum(x.qty * x.price for x in theirs) / qr if qr else 0.0
             sign = 1.0 if way == "buy" else -1.0  # a buy gains when bought for less
             matched = min(ql, qr)
-            price_cause = "stop" if purpose == "stop" else "fill price"
-            put(price_cause, sign * matched * (pr - pl), s,
+            put("stop" if purpose == "stop" else "fill price", sign * matched * (pr - pl), s,
                 f"{way} {matched:.8g} at {pl:.6g} live vs {pr:.6g} replayed")
-            # what the unmatched quantity did, against the next decision's price
-            value = lambda q, px: sign * q * (p_next[a] - px)  # noqa: E731
-            extra = value(ql - matched, pl) - value(qr - matched, pr)
             fee_live = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in mine)
             fee_rep = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in theirs)
             put("fee", fee_rep - fee_live, s, f"{way} fees {fee_live:.2f} live vs "
@@ -242,24 +243,58 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
                 # reason the positions already differed (the replay re-balances its own)
                 why = ("stop" if purpose == "stop" else
                        "skipped order" if any(n[0] == s and n[1] == way for n in not_traded)
-                       else "quiet bar" if s in (dk.quiet or [])
-                       else cause_of.get(s, "fill quantity"))
+                       else "quiet bar" if s in (decision.quiet or [])
+                       else self.cause_of.get(s, "fill quantity"))
                 if abs(ql - qr) * p_next[a] > 0.01:  # a real difference, not rounding
-                    cause_of[s] = why
+                    self.cause_of[s] = why
+                # what the unmatched quantity did, against the next decision's price
+                extra = sign * ((ql - matched) * (p_next[a] - pl)
+                                - (qr - matched) * (p_next[a] - pr))
                 put(why, extra, s, f"{way} {ql:.8g} live vs {qr:.8g} replayed")
             fill_rows.append({"symbol": s, "purpose": purpose, "side": way,
-                              "target": dk.target.get(s), "live_qty": ql, "live_price": pl,
-                              "replay_qty": qr, "replay_price": pr,
-                              "slippage_vs_open": pl / float(ohlc["open"][i + 1][a]) - 1
-                              if ql else None})
-        live_eq = float(dn.cash + live_u_next @ p_next)
-        rep_eq = float(cash[0] + units[0].numpy() @ p_next)
-        before = out[-1].difference if out else float(dk.cash + live_u @ p_now) - float(
-            dk.cash + rep_u @ p_now)
-        unexplained = (live_eq - rep_eq) - before - sum(causes.values())
+                              "target": decision.target.get(s), "live_qty": ql,
+                              "live_price": pl, "replay_qty": qr, "replay_price": pr,
+                              "slippage_vs_open": pl / next_open[a] - 1 if ql else None})
+        return causes, fill_rows
+
+
+def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) -> Reconciliation:
+    rows = _decisions(engine, trader, start, end)
+    if len(rows) < 2:
+        raise ReconcileError(f"trader {trader!r} has {len(rows)} recorded decision(s) in that "
+                             "window: at least two are needed (one interval)")
+    symbols = list(cfg.data.symbols)
+    step = pd.Timedelta(seconds=cfg.bar_seconds)
+    first, last = _utc(rows[0].bar_time), _utc(rows[-1].bar_time)
+    bars = load_bars(cfg, start=first, end=last + 3 * step)
+    ohlc = [bars.field(f) for f in ("open", "high", "low", "close")]
+    book = ReplayBook.from_decision(rows[0], symbols, step)
+    why = Attribution(symbols)
+    out: list[BarRow] = []
+    difference = 0.0  # live minus replay, valued at the decision's prices
+    for dk, dn in zip(rows, rows[1:]):
+        bar, nxt = _utc(dk.bar_time), _utc(dn.bar_time)
+        i = int(bars.index.searchsorted(bar))
+        if i + 1 >= len(bars) or bars.index[i] != bar:
+            raise ReconcileError(f"no bars for {bar} and the next one: fetch the data first")
+        p_now = np.array([dk.prices[s] for s in symbols])
+        p_next = np.array([dn.prices[s] for s in symbols])
+        live_u = np.array([dk.positions.get(s, 0.0) for s in symbols])
+        live_u_next = np.array([dn.positions.get(s, 0.0) for s in symbols])
+        rep_u = book.units[0].numpy().copy()
+        # the replay trades the recorded target with the trader's rules and no-trade band
+        settings = EnvSettings.from_config(cfg, min_rebalance_weight=dk.band)
+        replay = book.trade(symbols, _t([[dk.target[s] for s in symbols]]),
+                            [_t([x[i + 1]]) for x in ohlc], settings)
+        live, not_traded = _live_trades(engine, trader, bar, nxt, step)
+        causes, fill_rows = why.interval(bar, dk, live, not_traded, replay, live_u, rep_u,
+                                         p_now, p_next, ohlc[0][i + 1])
+        live_eq, rep_eq = float(dn.cash + live_u_next @ p_next), book.value(p_next)
+        unexplained = (live_eq - rep_eq) - difference - sum(causes.values())
+        difference = live_eq - rep_eq
         out.append(BarRow(bar, live_eq, rep_eq, causes, unexplained, fill_rows))
-    largest.sort(key=lambda x: -abs(x["amount"]))
-    return Reconciliation(trader, out, largest[:10])
+    why.largest.sort(key=lambda x: -abs(x["amount"]))
+    return Reconciliation(trader, out, why.largest[:10])
 
 
 def render(rec: Reconciliation, per_bar: int = 20) -> str:
