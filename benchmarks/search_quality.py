@@ -11,11 +11,15 @@ on this machine's CPU threads (or a GPU when one is there); the table says which
     python benchmarks/search_quality.py --trials 4 --timesteps 40000     # ~1 h on 2 cores
     python benchmarks/search_quality.py --windows bear --trials 2 --timesteps 20000
 
+With `--workdir DIR` the studies are kept, and a second run over the same DIR trains only
+what is missing (a larger --trials adds trials) before evaluating again.
+
 Per window it prints the trials completed, the best CV value, the PBO of the study's trials,
 and for the published ensemble (or the fallback when no trial qualifies), equal-weight
 buy-and-hold frictionless, and equal-weight buy-and-hold under the same risk rules (fees,
 reserve, caps, trailing stop with the re-entry rule): total return, Sharpe, Sortino, max
-drawdown, turnover, fees, stop exits. Then the target: on at least two of three windows the
+drawdown, turnover, fees, stop exits; when the fallback was published, also the top trials as
+an ensemble regardless of their CV value (what the agents would have done). Then the target: on at least two of three windows the
 ensemble's Sharpe >= buy-and-hold's under the same rules, its max drawdown <= frictionless
 buy-and-hold's, and PBO < 0.5.
 """
@@ -37,7 +41,7 @@ import yaml
 
 from cappuccino_core.backtest import (backtest_ensemble, first_decision_bar, max_drawdown,
                                      run_backtest, sortino, trading_settings)
-from cappuccino_core.config import load_config
+from cappuccino_core.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import compute_features
 from cappuccino_core.deploy import _splits_matrix, probability_of_backtest_overfitting
@@ -115,6 +119,13 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path) -> 
     frictionless = {"total_return": m["bh_total_return"], "sharpe": m["bh_sharpe"],
                     "sortino": sortino(res.benchmark_returns),
                     "max_drawdown": max_drawdown(res.benchmark_equity)}
+    # what the agents themselves would have done: the top trials, whatever their CV value
+    set_config_values(cfg.config_dir, "ensemble", {"min_value": None})
+    anyway = load_config(cfg.config_dir)
+    sync(anyway, engine)
+    agents = backtest_ensemble(anyway, Ensemble.load(current_dir(ensembles_dir(anyway)), anyway),
+                               bars, features, window.lo, window.hi).metrics()
+    set_config_values(cfg.config_dir, "ensemble", {"min_value": cfg.ensemble.min_value})
     perf = _splits_matrix(engine, [t._trial_id for t in complete])
     pbo = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
     near_constant = sum(bool(t.user_attrs.get("policy", {}).get("near_constant"))
@@ -123,7 +134,7 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path) -> 
             "search_min": search_s / 60,
             "best_cv": max((t.value for t in complete), default=float("nan")),
             "near_constant": near_constant, "pbo": pbo, "sync": result.message,
-            "fallback": ens.fallback, "ensemble": m, "bh_rules": r,
+            "fallback": ens.fallback, "ensemble": m, "agents": agents, "bh_rules": r,
             "bh": frictionless}
 
 
@@ -144,7 +155,9 @@ def print_table(rows: list[dict], trials: int, timesteps: int) -> None:
     for row in rows:
         e, b, f = row["ensemble"], row["bh_rules"], row["bh"]
         label = "ensemble" if row["fallback"] is None else f"fallback ({row['fallback']})"
-        for pol, m in ((label, e), ("B&H, same risk rules", b), ("B&H, frictionless", f)):
+        rows_out = [(label, e)] + ([("top-5 agents, any value", row["agents"])]
+                                   if row["fallback"] is not None else [])
+        for pol, m in rows_out + [("B&H, same risk rules", b), ("B&H, frictionless", f)]:
             print(f"{row['name']:<10}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
                   f"{fmt(m.get('sharpe'), 'num'):>8}{fmt(m.get('sortino'), 'num'):>9}"
                   f"{fmt(m.get('max_drawdown'), 'pct'):>8}{fmt(m.get('turnover'), 'num'):>10}"
