@@ -91,13 +91,16 @@ class HoldEqualWeight:
         return torch.cat([w, (1 - w.sum(-1, keepdim=True)).clamp_min(0)], -1)
 
 
-def run_window(name: str, end: str, trials: int, timesteps: int, root: Path) -> dict:
+def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
+               fixed: dict | None = None) -> dict:
     cfg = load_config(config_for(root, end, timesteps))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
     study = open_study(cfg, cfg.active_study)
     set_target(study, trials)
+    for _ in range(trials - len(study.trials) if fixed else 0):  # a lever under test
+        study.enqueue_trial(fixed, skip_if_exists=False)
     run_worker(cfg, cfg.active_study, WorkerHooks(status=lambda text: None))
     search_s = time.monotonic() - began
     complete = [t for t in study.trials if t.value is not None]
@@ -177,12 +180,23 @@ def print_table(rows: list[dict], trials: int, timesteps: int) -> None:
           f"met by a published ensemble on {hits} of {len(rows)} windows (wanted: 2 of 3)")
 
 
+def parse_fixed(text: str) -> dict:
+    """`reward=excess,lookback=8` -> {"reward": "excess", "lookback": 8}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4, help="trials per window")
     p.add_argument("--timesteps", type=int, default=40_000, help="PPO steps per fit")
     p.add_argument("--windows", default=",".join(WINDOWS), help="bear,bull,sideways")
     p.add_argument("--workdir", help="keep the studies here (default: a temporary dir)")
+    p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
+                   "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: this benchmark needs the shared real data")
@@ -192,7 +206,10 @@ def main() -> int:
     rows = []
     for name in args.windows.split(","):
         print(f"window {name}: searching ({args.trials} trials) ...", flush=True)
-        rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name))
+        rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
+                               parse_fixed(args.fix)))
+    if args.fix:
+        print(f"\nheld fixed (the rest searched): {args.fix}")
     print_table(rows, args.trials, args.timesteps)
     return 0
 
