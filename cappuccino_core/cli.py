@@ -247,11 +247,17 @@ def _trader_name(engine, asked: str | None) -> str | None:
     return name
 
 
-def cmd_trader_status(args) -> int:
-    from .trading.report import trader_status
+def _trader_command(args):
+    """(config, read-only engine, trader name) for a command about one trader; the name is
+    None (and why said) when no trader has data."""
     cfg = load_config(args.config_dir)
     engine = _read_db(cfg)
-    name = _trader_name(engine, args.name)
+    return cfg, engine, _trader_name(engine, args.name)
+
+
+def cmd_trader_status(args) -> int:
+    from .trading.report import trader_status
+    cfg, engine, name = _trader_command(args)
     if name is None:
         return 1
     print(trader_status(cfg, engine, name))
@@ -260,9 +266,7 @@ def cmd_trader_status(args) -> int:
 
 def cmd_reconcile(args) -> int:
     from .trading.reconcile import as_dict, reconcile, render
-    cfg = load_config(args.config_dir)
-    engine = _read_db(cfg)
-    name = _trader_name(engine, args.name)
+    cfg, engine, name = _trader_command(args)
     if name is None:
         return 1
     rec = reconcile(cfg, engine, name, args.start, args.end)
@@ -273,9 +277,7 @@ def cmd_reconcile(args) -> int:
 
 def cmd_trader_history(args) -> int:
     from .trading.report import trader_history
-    cfg = load_config(args.config_dir)
-    engine = _read_db(cfg)
-    name = _trader_name(engine, args.name)
+    _, engine, name = _trader_command(args)
     if name is None:
         return 1
     print(trader_history(engine, name, args.limit))

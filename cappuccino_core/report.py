@@ -266,7 +266,7 @@ def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, en
     weights = {s: (t[1:], res.weights[:, a]) for a, s in enumerate(bars.symbols)}
     fallback = ("" if ens.fallback is None else
                 f"<p class='fallback'><b>No agent is good enough: v{ens.version} is the fallback "
-                f"({html.escape(ens.fallback)})</b>: {html.escape(_fallback_reason(path))}</p>")
+                f"({html.escape(ens.fallback)})</b>: {html.escape(ens.fallback_reason or '')}</p>")
     return (f"<h2>Backtest: ensemble v{ens.version}</h2>{fallback}"
             f"<p>{html.escape(str(window))}, same environment, live risk rules (trailing stop "
             f"{cfg.risk.trailing_stop_pct:.0%}): starting capital {res.equity[0]:,.2f}, final "
@@ -283,11 +283,6 @@ def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, en
             + "<h3>Members: each alone on the same window, and its blend weight</h3>"
             + _table(["trial", "id", "value", "blend weight", "return alone", "Sharpe alone"],
                      members))
-
-
-def _fallback_reason(path: Path) -> str:
-    from .ensemble.publish import read_manifest
-    return str(read_manifest(path).get("reason", ""))
 
 
 def history_section(engine: Engine, study: str | None) -> str:

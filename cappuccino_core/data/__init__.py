@@ -45,9 +45,13 @@ def venue(cfg: Config) -> str:
         return "Alpaca crypto bars (USD quotes)"
     path = Path(cfg.data.csv_path or SAMPLE_DIR)
     quotes = set()
-    for s in cfg.data.symbols:
+    try:
+        source = CsvSource(path, cfg.data.timeframe, cfg.bar_seconds)
+    except DataError:
+        source = None
+    for s in cfg.data.symbols if source else []:
         try:
-            name = CsvSource(path, cfg.data.timeframe, cfg.bar_seconds).file_for(s).name
+            name = source.file_for(s).name
         except DataError:
             continue
         quotes.add(name.split("_")[0].removeprefix(s.split("/")[0]))

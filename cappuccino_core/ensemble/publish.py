@@ -341,10 +341,9 @@ def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: d
         record_event(engine, "ensemble-sync", "warning", "too_few_members", msg, data)
         return SyncResult("too_few", current and current["version"], sel, msg)
     version = next_version(root, engine)
-    manifest = build_manifest(version, cfg, dataclasses.replace(sel, members=[]))
-    manifest.update(fallback=e.fallback, reason=why)
-    path = write_version(root, version, manifest, dataclasses.replace(sel, members=[]),
-                         on_write)
+    nobody = dataclasses.replace(sel, members=[])
+    manifest = build_manifest(version, cfg, nobody) | {"fallback": e.fallback, "reason": why}
+    path = write_version(root, version, manifest, nobody, on_write)
     make_current(root, path)
     _record_version(engine, manifest, path)
     _cleanup(root, e.keep_versions)

@@ -48,6 +48,7 @@ class Ensemble:
     members: list[LoadedMember]
     blend: np.ndarray  # one weight per member, summing to 1
     fallback: str | None = None  # cash | hold_equal_weight: a version without members
+    fallback_reason: str | None = None
 
     @classmethod
     def load(cls, directory: str | Path, cfg: Config) -> "Ensemble":
@@ -56,7 +57,7 @@ class Ensemble:
         manifest = read_manifest(directory)
         if manifest.get("fallback"):  # too few trials qualified: published plainly as such
             return cls(manifest["version"], manifest["study"], directory, [], np.zeros(0),
-                       fallback=manifest["fallback"])
+                       fallback=manifest["fallback"], fallback_reason=manifest.get("reason"))
         members = [load_member(directory / m["path"], m["sha256"], manifest["study"],
                                m["trial_id"], m["number"], m["value"], cfg)
                    for m in manifest["members"]]

@@ -172,17 +172,20 @@ class Journal:
                    when: pd.Timestamp) -> bool | None:
         """Journal an order before it is sent; False if it is journaled already, None if an
         outage held the write back (the caller asks the broker before sending)."""
-        def write():
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(orders.insert().values(
-                        client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
-                        symbol=symbol, side=side, qty=qty, reason=purpose,
-                        status=OrderStatus.PENDING_SUBMIT.value))
-                return True
-            except sa.exc.IntegrityError:
-                return False
-        return self._run(write)
+        return self._run(lambda: self._insert(coid, symbol, side, qty, purpose, when,
+                                              OrderStatus.PENDING_SUBMIT))
+
+    def _insert(self, coid: str, symbol: str, side: str, qty: float, purpose: str,
+                when: pd.Timestamp, status: OrderStatus) -> bool:
+        """A new order row; False if the client order id is journaled already."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(orders.insert().values(
+                    client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
+                    symbol=symbol, side=side, qty=qty, reason=purpose, status=status.value))
+            return True
+        except sa.exc.IntegrityError:
+            return False
 
     def _status(self, conn, coid: str) -> tuple[OrderStatus, float]:
         row = conn.execute(sa.select(orders.c.status, orders.c.filled_qty).where(
@@ -231,16 +234,10 @@ class Journal:
                        when: pd.Timestamp, why: str) -> None:
         """A planned order that was not sent (below the asset's minimum), with the reason."""
         def write():
-            with self.engine.begin() as conn:
-                if conn.execute(sa.select(orders.c.id).where(
-                        orders.c.client_order_id == coid)).first() is not None:
-                    return  # a resumed bar skips it again
-                conn.execute(orders.insert().values(
-                    client_order_id=coid, trader=self.trader, bar_time=when.to_pydatetime(),
-                    symbol=symbol, side=side, qty=qty, reason=purpose,
-                    status=OrderStatus.SKIPPED.value, updated_at=datetime.now(timezone.utc)))
-            record_event(self.engine, self.trader, "info", "order_skipped", f"{coid}: {why}",
-                         {"symbol": symbol, "side": side, "qty": qty, "why": why})
+            if self._insert(coid, symbol, side, qty, purpose, when, OrderStatus.SKIPPED):
+                record_event(self.engine, self.trader, "info", "order_skipped",
+                             f"{coid}: {why}", {"symbol": symbol, "side": side, "qty": qty,
+                                                "why": why})  # once: a resumed bar skips again
         self._run(write)
 
     def record_decision(self, bar_time: pd.Timestamp, target: dict[str, float],

@@ -266,6 +266,7 @@ class Trader:
     # --- orders ----------------------------------------------------------------------------
 
     def _execute(self, plan: list[PlannedOrder], when: pd.Timestamp) -> None:
+        after = None  # the account after the last order sent: the next one's "before"
         for o in plan:
             coid = client_order_id(self.name, o.purpose, when, o.symbol, o.side)
             if o.skip:
@@ -279,28 +280,32 @@ class Trader:
                 if known is not None:
                     self.journal.record_result(self._with_fee_estimate(
                         self.broker.wait_for_fill(known)))
+                    after = None
                     continue
-            before = self._holding(o.symbol)
+            before = after or self._holdings()
             result = self.broker.wait_for_fill(
                 self.broker.submit_market_order(o.symbol, o.side, o.qty, coid))
-            self.journal.record_result(self._with_fees(result, before))
+            after = self._holdings()
+            self.journal.record_result(self._with_fees(result, before, after))
 
-    def _holding(self, symbol: str) -> tuple[float, float]:
-        """(units of `symbol` held, cash) at the broker, to measure what a fill really did."""
-        held = self.broker.positions().get(symbol)
-        return (held.qty if held else 0.0), self.broker.account().cash
+    def _holdings(self) -> tuple[dict[str, float], float]:
+        """(units held per symbol, cash) at the broker, to measure what a fill really did."""
+        return ({s: p.qty for s, p in self.broker.positions().items()},
+                self.broker.account().cash)
 
-    def _with_fees(self, r: OrderState, before: tuple[float, float]) -> OrderState:
+    @staticmethod
+    def _with_fees(r: OrderState, before: tuple[dict, float],
+                   after: tuple[dict, float]) -> OrderState:
         """The fee the broker actually charged, from what the fill did to the account: a buy's
         is taken from the asset (ordered units less the position's growth), a sell's from the
         cash (the notional less the cash received)."""
         if r.filled_qty <= 0 or not r.filled_avg_price:
             return r
-        units, cash = self._holding(r.symbol)
         if r.side == "buy":
-            fee_qty = max(r.filled_qty - (units - before[0]), 0.0)
+            grew = after[0].get(r.symbol, 0.0) - before[0].get(r.symbol, 0.0)
+            fee_qty = max(r.filled_qty - grew, 0.0)
             return dataclasses.replace(r, fee_qty=fee_qty, fee=fee_qty * r.filled_avg_price)
-        fee = max(r.filled_qty * r.filled_avg_price - (cash - before[1]), 0.0)
+        fee = max(r.filled_qty * r.filled_avg_price - (after[1] - before[1]), 0.0)
         return dataclasses.replace(r, fee=fee, fee_qty=0.0)
 
     def _with_fee_estimate(self, r: OrderState) -> OrderState:
