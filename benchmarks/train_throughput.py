@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finrl_reference import FinRLStyleEnv  # noqa: E402
 
 from cappuccino_core.agent import PPOConfig, train_ppo  # noqa: E402
+from cappuccino_core.artifact_store import TrialArtifacts  # noqa: E402
+from cappuccino_core.storage import app_engine  # noqa: E402
 from cappuccino_core.config import load_config  # noqa: E402
 from cappuccino_core.data import load_bars  # noqa: E402
 from cappuccino_core.data.features import WARMUP, compute_features  # noqa: E402
@@ -147,7 +149,7 @@ def main() -> None:
     data = prepare_data(bars, held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds))
     if not args.quick:
         study = optuna.create_study(direction="maximize")
-        obj = Objective(cfg, data, "bench", tmp / "trials", device=device)
+        obj = Objective(cfg, data, "bench", TrialArtifacts(cfg, app_engine(cfg)), device=device)
         t0 = time.perf_counter()
         study.optimize(obj, n_trials=1)
         wall = time.perf_counter() - t0
@@ -159,7 +161,7 @@ def main() -> None:
     small = dataclasses.replace(cfg, training=dataclasses.replace(
         cfg.training, total_timesteps=4096, n_envs=16, cv="walk_forward", cv_groups=3))
     study = optuna.create_study(direction="maximize")
-    obj = Objective(small, data, "rss", tmp / "trials", device=device)
+    obj = Objective(small, data, "rss", TrialArtifacts(small, app_engine(small)), device=device)
     study.optimize(obj, n_trials=1, gc_after_trial=True)
     gc.collect()
     after_1 = rss_mb()

@@ -41,6 +41,9 @@ class PPOConfig:
     reward_scale: float = 100.0     # hourly log returns are ~1e-3; the critic learns better x100
     total_timesteps: int = 200_000
     n_envs: int = 64
+    # CleanRL's early stop: an update's epochs end once the approximate KL divergence from the
+    # rollout's policy passes this (null: every epoch runs)
+    target_kl: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +86,8 @@ class ActorCritic(nn.Module):
 
 @dataclass
 class TrainStats:
+    """One PPO update, with the diagnostics CleanRL logs (last minibatch's losses; KL and clip
+    fraction averaged over the update's minibatches)."""
     update: int
     n_updates: int
     env_steps: int
@@ -90,6 +95,24 @@ class TrainStats:
     policy_loss: float
     value_loss: float
     entropy: float
+    approx_kl: float = 0.0
+    clip_fraction: float = 0.0
+    explained_variance: float = 0.0
+    learning_rate: float = 0.0
+    epochs: int = 0  # run this update (fewer than update_epochs after a target_kl stop)
+
+    DIAGNOSTICS = ("mean_reward", "policy_loss", "value_loss", "entropy", "approx_kl",
+                   "clip_fraction", "explained_variance", "learning_rate", "epochs")
+
+    def diagnostics(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.DIAGNOSTICS}
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target): 1 is a perfect critic, 0 no better than the
+    mean, negative worse than it."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
 
 
 def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
@@ -151,13 +174,19 @@ def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
         b_logp, b_adv = logp_buf.reshape(-1), adv.reshape(-1)
         b_ret, b_val = ret.reshape(-1), val_buf.reshape(-1)
         perm_gen = torch.Generator().manual_seed(seed + update)
+        kls, clipped, epochs = [], [], 0
         for _ in range(cfg.update_epochs):
+            epochs += 1
             perm = torch.randperm(batch, generator=perm_gen).to(device)
             for start in range(0, batch, minibatch):
                 idx = perm[start:start + minibatch]
                 d = agent.dist(b_obs[idx])
                 logp = d.log_prob(b_act[idx]).sum(-1)
-                ratio = (logp - b_logp[idx]).exp()
+                log_ratio = logp - b_logp[idx]
+                ratio = log_ratio.exp()
+                with torch.no_grad():  # http://joschu.net/blog/kl-approx.html, as in CleanRL
+                    kls.append(((ratio - 1) - log_ratio).mean())
+                    clipped.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
                 a = b_adv[idx]
                 a = (a - a.mean()) / (a.std() + 1e-8)
                 pg_loss = torch.max(-a * ratio,
@@ -172,10 +201,16 @@ def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                 opt.step()
+            if cfg.target_kl is not None and float(kls[-1]) > cfg.target_kl:
+                break
         if on_update:
             on_update(TrainStats(update, n_updates, update * batch,
                                  float(rew_buf.mean()) / cfg.reward_scale, pg_loss.item(),
-                                 v_loss.item(), entropy.item()))
+                                 v_loss.item(), entropy.item(),
+                                 approx_kl=float(torch.stack(kls).mean()),
+                                 clip_fraction=float(torch.stack(clipped).mean()),
+                                 explained_variance=explained_variance(b_val, b_ret),
+                                 learning_rate=opt.param_groups[0]["lr"], epochs=epochs))
     return agent
 
 

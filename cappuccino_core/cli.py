@@ -184,7 +184,27 @@ def cmd_study_list(args) -> int:
         print(f"{name + mark:<24}{c['COMPLETE']:>9}{c['RUNNING']:>8}{c['FAIL']:>7}"
               f"{c['PRUNED']:>7}{best:>9}")
     print("* the active study")
+    from .storage import dashboard_command
+    print(f"\nbrowse them (trials, splits, PPO diagnostics, model artifacts):\n  "
+          f"{dashboard_command(cfg)}")
+    if cfg.artifacts.store != "filesystem":
+        print(f"  (the dashboard lists the {cfg.artifacts.store} store's models; downloading "
+              "one needs the store's credentials)")
     return 0
+
+
+def cmd_artifacts_migrate(args) -> int:
+    from .artifact_store import migrate_local
+    from .optuna_db import ATTR_ARTIFACT_DIR, complete_trials_with_attr
+    cfg = load_config(args.config_dir)
+    engine = _app_db(cfg)
+    local = [(t, study, d) for t, study, d in complete_trials_with_attr(engine, ATTR_ARTIFACT_DIR)
+             if args.study is None or study == args.study]
+    counts = migrate_local(cfg, engine, local)
+    print(f"{counts['imported']} imported into the {cfg.artifacts.store} store, "
+          f"{counts['already']} already there, {counts['missing']} missing on this host, "
+          f"{counts['damaged']} damaged (not imported)")
+    return 1 if counts["damaged"] else 0
 
 
 def cmd_study_activate(args) -> int:
@@ -495,6 +515,17 @@ def _add_training(sub, common) -> None:
     s_imp.add_argument("--from", dest="source", required=True, help="source storage URL")
     s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
     s_imp.set_defaults(func=cmd_study_import)
+
+    artifacts = _group(sub, "artifacts", "trial models in the artifact store",
+                       "Trial models in the configured artifact store (artifacts.store).")
+    a_mig = artifacts.add_parser(
+        "migrate", parents=[common], help="import models an earlier release kept on local disk",
+        description="Upload the models that an earlier release wrote under "
+                    "<state_dir>/trials to the configured artifact store and record them, so "
+                    "that every host can serve them. Trials already in the store are left "
+                    "alone; run it on the host that trained them.")
+    a_mig.add_argument("--study", help="only this study (default: all)")
+    a_mig.set_defaults(func=cmd_artifacts_migrate)
 
 
 def _add_ensemble(sub, common) -> None:

@@ -97,7 +97,8 @@ def choice(*options: str) -> dict:
 @dataclass(frozen=True)
 class StorageConfig:
     url: str | None = field(default=None, metadata=check(
-        "a postgresql:// or sqlite:/// URL", lambda v: v.startswith(("postgresql", "sqlite:///"))))
+        "a postgresql+psycopg2:// or sqlite:/// URL",
+        lambda v: v.startswith(("postgresql", "sqlite:///"))))
     pool_size: int = field(default=5, metadata=between(1, 1000, "an integer"))
     max_overflow: int = field(default=10, metadata=between(0, 1000, "an integer"))
     sqlite_busy_timeout_s: float = field(default=30.0, metadata=between(0.1, 3600))
@@ -107,6 +108,20 @@ class StorageConfig:
 class PathsConfig:
     state_dir: str = "/var/lib/cappuccino"
     # the bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=), else <state_dir>/cache
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ArtifactsConfig:
+    # filesystem: one directory (the embedded default; a shared mount for several hosts);
+    # s3: an S3-compatible bucket; database: chunks in a table of the storage database, so
+    # that a cluster needs nothing but PostgreSQL
+    store: str = field(default="filesystem", metadata=choice("filesystem", "s3", "database"))
+    path: str | None = None  # filesystem: null is <state_dir>/artifacts
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # null: AWS; else e.g. http://minio.internal:9000
+    s3_region: str | None = None
+    # downloaded models, unpacked, keyed by checksum; null is <state_dir>/artifact-cache
     cache_dir: str | None = None
 
 
@@ -148,6 +163,8 @@ class TrainingConfig:
     heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
     compile_env: bool = False
+    # stop an update's epochs once PPO's approximate KL passes this (CleanRL); null: never
+    target_kl: float | None = field(default=None, metadata=between(1e-6, 10))
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,7 @@ class AlertsConfig:
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
@@ -265,6 +283,10 @@ class Config:
     def cache_dir(self) -> Path:
         systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
         return Path(self.paths.cache_dir or systemd or self.state_dir / "cache")
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return Path(self.artifacts.cache_dir or self.state_dir / "artifact-cache")
 
     @property
     def bar_seconds(self) -> int:
@@ -474,6 +496,9 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.broker.kind == "alpaca" and not cfg.broker.paper:
         raise ConfigError(CONFIG_FILE, "broker.paper", False,
                           "true (Cappuccino trades Alpaca's paper account only)")
+    if cfg.artifacts.store == "s3" and not cfg.artifacts.s3_bucket:
+        raise ConfigError(CONFIG_FILE, "artifacts.s3_bucket", None,
+                          "a bucket name when artifacts.store is s3")
     if cfg.broker.kind == "alpaca" and cfg.data.source != "alpaca":
         raise ConfigError(CONFIG_FILE, "data.source", cfg.data.source,
                           "alpaca when broker.kind is alpaca (a trader on a live account needs "

@@ -21,7 +21,8 @@ from sqlalchemy.engine import Connection, Engine
 # --- the attribute keys, both sides (writers and readers) use these -------------------------
 
 # trial user attributes
-ATTR_ARTIFACT_DIR = "artifact_dir"  # where the trial's model artifact lives
+ATTR_ARTIFACT_DIR = "artifact_dir"  # earlier releases: the trial's model on local disk
+ATTR_ARTIFACT_ID = "artifact_id"    # the trial's model in the artifact store (artifact_store.py)
 ATTR_SHA256 = "sha256"              # checksum of the model's weights
 ATTR_SPLITS = "splits"              # per-split CV results, a list of dicts
 ATTR_SEED = "seed"                  # written once every parameter is drawn
@@ -187,6 +188,15 @@ def trial_attrs(conn: Connection, trial_ids: list[int], keys: tuple[str, ...]) -
     for tid, key, value in conn.execute(q, {"keys": list(keys), "ids": list(trial_ids)}):
         out.setdefault(tid, {})[key] = _json(value)
     return out
+
+
+def complete_trials_with_attr(engine: Engine, key: str) -> list[tuple[int, str, Any]]:
+    """(trial id, study, value) of every COMPLETE trial, in any study, that has user attr `key`."""
+    q = sa.text("SELECT a.trial_id, s.study_name, a.value_json FROM trial_user_attributes a "
+                "JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = "
+                "t.study_id WHERE a.key = :k AND t.state = 'COMPLETE' ORDER BY a.trial_id")
+    with engine.connect() as conn:
+        return [(int(t), s, _json(v)) for t, s, v in conn.execute(q, {"k": key})]
 
 
 def complete_values(engine: Engine, study: str) -> list[tuple[int, float]]:

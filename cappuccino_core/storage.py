@@ -45,6 +45,17 @@ def driver_url(url: str) -> str:
     return url
 
 
+def dashboard_command(cfg) -> str:
+    """The `optuna-dashboard` command line for the configured storage (password masked): the
+    explicit driver URL, and the filesystem artifact store for the dashboard's model downloads."""
+    from .config import mask_text
+    url = mask_text(driver_url(cfg.storage_url))
+    command = f"optuna-dashboard '{url}'"
+    if cfg.artifacts.store == "filesystem":
+        command += f" --artifact-dir {cfg.artifacts.path or cfg.state_dir / 'artifacts'}"
+    return command
+
+
 def engine_kwargs(url: str, pool_size: int = 5, max_overflow: int = 10,
                   sqlite_busy_timeout_s: float = 30.0) -> dict:
     """SQLAlchemy engine options per backend: a busy timeout for SQLite (several processes share
@@ -225,6 +236,28 @@ sim_accounts = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, default=_now),
     info={"since": 4})
 
+# A trial's model, once its upload is complete and checksummed: what makes the trial eligible
+# for an ensemble (artifact_store.py). One row per trial; a retry is a new trial.
+trial_artifacts = sa.Table(
+    "cappuccino_trial_artifacts", metadata,
+    sa.Column("trial_id", sa.Integer, primary_key=True),
+    sa.Column("study", sa.String(128), nullable=False),
+    sa.Column("artifact_id", sa.String(64), nullable=False),
+    sa.Column("store", sa.String(16), nullable=False),   # filesystem | s3 | database
+    sa.Column("sha256", sa.String(64), nullable=False),  # of the archive as uploaded
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, default=_now),
+    info={"since": 6})
+
+# The `database` artifact store: each artifact as numbered chunks (PostgreSQL's bytea and
+# the drivers handle a few MiB per value comfortably; a model is one to a few chunks).
+artifact_chunks = sa.Table(
+    "cappuccino_artifact_chunks", metadata,
+    sa.Column("artifact_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    info={"since": 6})
+
 
 # --- migrations: append only, never edit a released one ---------------------------------------
 
@@ -278,8 +311,14 @@ def _migration_5(conn: Connection) -> None:
     decisions.create(conn, checkfirst=True)
 
 
+def _migration_6(conn: Connection) -> None:
+    """Trial models in an artifact store shared by every host, and the database store's chunks."""
+    trial_artifacts.create(conn, checkfirst=True)
+    artifact_chunks.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3,
-                                                  _migration_4, _migration_5]
+                                                  _migration_4, _migration_5, _migration_6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

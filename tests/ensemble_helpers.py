@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import optuna
 
@@ -9,10 +12,37 @@ from cappuccino_core.agent import ActorCritic
 from cappuccino_core.data import venue
 from cappuccino_core.data.features import FEATURE_NAMES, FEATURE_SET
 from cappuccino_core.env import EnvSettings, observation_size
-from cappuccino_core.artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
+from cappuccino_core.artifact_store import TrialArtifacts, records
+from cappuccino_core.artifacts import ModelSpec, NetworkSpec, save_artifact
 from cappuccino_core.env import Normalisation
+from cappuccino_core.storage import app_engine
 
 F = len(FEATURE_NAMES)
+_ENGINES: dict[str, object] = {}
+
+
+def trial_artifacts(cfg) -> TrialArtifacts:
+    """The configured artifact store, as trainers and readers use it (one engine per database)."""
+    if cfg.storage_url not in _ENGINES:
+        _ENGINES[cfg.storage_url] = app_engine(cfg)
+    return TrialArtifacts(cfg, _ENGINES[cfg.storage_url])
+
+
+def stored(cfg, trial):
+    """The record of a trial's complete upload."""
+    artifacts = trial_artifacts(cfg)
+    with artifacts.engine.connect() as conn:
+        return records(conn, [trial._trial_id])[trial._trial_id]
+
+
+def stored_file(cfg, trial) -> Path:
+    """Where the filesystem store keeps a trial's archive (tests damage it there)."""
+    return Path(cfg.artifacts.path or cfg.state_dir / "artifacts") / stored(cfg, trial).artifact_id
+
+
+def local_model(cfg, trial) -> Path:
+    """The trial's model, downloaded, checked and unpacked as a reader would."""
+    return trial_artifacts(cfg).local_copy(stored(cfg, trial))
 
 
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
@@ -41,9 +71,11 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
         env=EnvSettings.from_config(cfg, lookback=lookback, min_rebalance_weight=band, **risk),
         network=NetworkSpec(observation_size(A, F, lookback), A + 1, hidden, layers),
         seed=seed, trained_on={"venue": venue(cfg)})
-    directory = artifact_dir(cfg.state_dir / "trials", study.study_name, trial._trial_id)
-    digest = save_artifact(directory, agent, spec)
-    trial.set_user_attr("artifact_dir", str(directory))
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = save_artifact(Path(tmp) / "model", agent, spec)
+        upload = trial_artifacts(cfg).upload_directory(Path(tmp) / "model", study.study_name,
+                                                       trial._trial_id, trial)
+    trial.set_user_attr("artifact_id", upload.artifact_id)
     trial.set_user_attr("sha256", digest)
     if splits is not None:
         trial.set_user_attr("splits", [{"excess_sharpe": x} for x in splits])

@@ -4,10 +4,12 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -28,7 +30,7 @@ from cappuccino_core.studies import write_active_study
 from cappuccino_core.artifacts import ArtifactError
 
 from conftest import write_config
-from ensemble_helpers import add_trial
+from ensemble_helpers import add_trial, local_model, stored_file, trial_artifacts
 
 
 @pytest.fixture
@@ -87,8 +89,8 @@ def test_mismatched_and_corrupted_members_are_skipped_with_a_reason(env):
     good = add_trial(alpha, cfg, 0.1)
     reordered = add_trial(alpha, cfg, 0.9, symbols=list(reversed(cfg.data.symbols)))
     corrupted = add_trial(alpha, cfg, 0.8)
-    with open(os.path.join(corrupted.user_attrs["artifact_dir"], "model.pt"), "r+b") as f:
-        f.seek(100)
+    with open(stored_file(cfg, corrupted), "r+b") as f:  # the archive, in the store
+        f.seek(1000)
         f.write(b"\x00\x01\x02")
     sel = select_members(engine, cfg, "alpha")
     assert [m.trial_id for m in sel.members] == [good._trial_id]
@@ -110,19 +112,17 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
     evil = add_trial(alpha, cfg, 0.2, seed=2)
     marker = tmp_path / "payload-ran"
     monkeypatch.setenv("PAYLOAD_MARKER", str(marker))
-    d = evil.user_attrs["artifact_dir"]
+    d = str(tmp_path / "evil")
+    shutil.copytree(local_model(cfg, evil), d)
     import torch
     torch.save({"actor.0.weight": Payload()}, os.path.join(d, "model.pt"))  # pickled payload
-    # an attacker who can write the file can also rewrite every checksum that names it
+    # an attacker who can write the store can also rewrite every checksum that names the file
     from cappuccino_core.artifacts import sha256_file
-    digest = sha256_file(__import__("pathlib").Path(d) / "model.pt")
+    digest = sha256_file(Path(d) / "model.pt")
     spec = json.loads(open(os.path.join(d, "spec.json")).read())
     spec["sha256"] = digest
     open(os.path.join(d, "spec.json"), "w").write(json.dumps(spec))
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE trial_user_attributes SET value_json = :v "
-                             "WHERE trial_id = :id AND key = 'sha256'"),
-                     {"v": json.dumps(digest), "id": evil._trial_id})
+    trial_artifacts(cfg).upload_directory(Path(d), "alpha", evil._trial_id)
     # the sync test-loads every member: the checksum matches, the weights do not load
     result = sync(cfg, engine)
     assert result.status == "fallback" and not marker.exists()

@@ -2,6 +2,7 @@
 data error, and an unloadable model (issue 12)."""
 
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from alpaca_emulator import AlpacaEmulator, RunningEmulator
 from conftest import PG_ADMIN_URL
 from test_alpaca_broker import broker_for
 from test_live import FakeClock, RecordingNotifier
+from ensemble_helpers import stored_file
 from test_trading import SYMBOLS, setup_trader_env
 
 
@@ -126,12 +128,14 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
         tmp_path, shared_data, caplog, capsys):
     """v1 good; v2 published, then one member truncated on disk (its checksum recorded
     before). A restarted trader serves v1 and says why; status and show call v2 broken; the
-    next sync test-loads every member and does not publish the truncated one again."""
+    next sync finds the cached copy damaged too (hard links), fetches the model again from
+    the artifact store and publishes a whole v3."""
     import optuna
 
     from cappuccino_core import cli
     from cappuccino_core.broker.sim import SimBroker
-    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+    from cappuccino_core.ensemble.publish import (current_dir, ensembles_dir, sync,
+                                                  version_problems)
     from ensemble_helpers import add_trial
     cfg, engine, study = setup_trader_env(tmp_path, shared_data)
     assert current_dir(ensembles_dir(cfg)).name == "v000001"
@@ -150,11 +154,11 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
     assert "ENSEMBLE v2 IS BROKEN" in capsys.readouterr().out
     assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
     assert "BROKEN: ensemble v2" in capsys.readouterr().out
-    # the trial's own artifact is truncated too (hard links): the sync refuses it
+    # the cached copy is truncated too (hard links): the sync fetches the model again
     (cfg.state_dir / "trader.pid").unlink()  # (the sync would SIGHUP this test's process)
     result = sync(cfg, engine)
-    assert late._trial_id not in {m.trial_id for m in result.selection.members}
-    assert any(tid == late._trial_id for tid, _, _ in result.selection.skipped)
+    assert result.version == 3 and late._trial_id in {m.trial_id for m in result.selection.members}
+    assert not version_problems(current_dir(ensembles_dir(cfg)))
     assert optuna.trial.TrialState.COMPLETE == study.trials[-1].state
 
 
@@ -236,8 +240,8 @@ def test_storage_down_or_missing_is_one_line_everywhere(tmp_path):
 def test_a_bad_artifact_and_a_bad_csv_date_are_one_line(tmp_path, shared_data):
     cfg, engine, study = setup_trader_env(tmp_path, shared_data)
     trial = study.trials[-1]
-    model = f"{trial.user_attrs['artifact_dir']}/model.pt"
-    with open(model, "r+b") as f:
+    shutil.rmtree(cfg.artifact_cache_dir)  # a host that has not fetched it yet
+    with open(stored_file(cfg, trial), "r+b") as f:  # the archive, in the artifact store
         f.truncate(50)
     one_line(cappuccino("backtest", "--trial", str(trial._trial_id), "--config-dir",
                         cfg.config_dir), 1, "checksum")

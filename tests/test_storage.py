@@ -57,7 +57,7 @@ def test_upgrade_from_older_schema_keeps_rows(storage_url):
     assert "incident_key" not in {c["name"] for c in sa.inspect(engine).get_columns("cappuccino_events")}
 
     upgraded = storage.open_app_db(storage_url)  # a newer release starts on the old database
-    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 5
+    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 6
     with upgraded.connect() as conn:
         row = conn.execute(sa.select(storage.events)).one()
         assert row.message == "kept" and row.incident_key is None

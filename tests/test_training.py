@@ -23,6 +23,7 @@ from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, defau
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 
 from conftest import write_config
+from ensemble_helpers import local_model
 
 
 def test_cpcv_splits_purge_and_embargo():
@@ -58,6 +59,24 @@ def _tiny_outcome(market, params):
     agent = train_ppo(benv, ppo, seed=0)
     res = run_backtest(agent.weights, market, 1000, 1200, env)
     return agent, res.equity
+
+
+def test_target_kl_ends_an_updates_epochs_early(tiny_market):
+    """CleanRL's early stop: with a target no update can stay under, every update runs one
+    epoch; without one, all of them. The diagnostics come with every update."""
+    market = tiny_market
+    seen = {}
+    for target in (None, 1e-6):
+        ppo = PPOConfig(total_timesteps=3 * 8 * 16, n_envs=8, n_steps=16, update_epochs=4,
+                        learning_rate=1e-2, target_kl=target)
+        benv = BatchedTradingEnv(market, [(WARMUP, 1000)], ppo.n_envs,
+                                 EnvSettings(min_order_notional=1.0), seed=0)
+        stats = []
+        train_ppo(benv, ppo, seed=0, on_update=stats.append)
+        seen[target] = [st.epochs for st in stats]
+        assert all(st.approx_kl >= 0 and 0 <= st.clip_fraction <= 1 for st in stats)
+        assert all(math.isfinite(st.explained_variance) for st in stats)
+    assert seen[None] == [4, 4, 4] and seen[1e-6] == [1, 1, 1]
 
 
 CHANGES = {
@@ -143,8 +162,19 @@ def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE and math.isfinite(trial.value)
     assert len(trial.user_attrs["splits"]) == 15  # CPCV 6 groups, 2 test groups
+    excess = [s["excess_sharpe"] for s in trial.user_attrs["splits"]]
+    # the documented objective, from the recorded splits
+    assert trial.value == pytest.approx(np.mean(excess) - 0.1 * np.std(excess))
+    assert trial.user_attrs["mean_excess_sharpe"] == pytest.approx(np.mean(excess))
+    assert trial.user_attrs["worst_excess_sharpe"] == pytest.approx(min(excess))
+    assert trial.user_attrs["mean_max_drawdown"] == pytest.approx(
+        np.mean([s["max_drawdown"] for s in trial.user_attrs["splits"]]))
+    # each training's last PPO update, averaged over the 16 trainings (2 updates each here)
+    assert 0 < trial.user_attrs["ppo_learning_rate"] <= trial.params["learning_rate"]
+    assert trial.user_attrs["ppo_epochs"] == trial.params["update_epochs"]
+    assert 0 <= trial.user_attrs["ppo_clip_fraction"] <= 1
     assert study.user_attrs["train_end"] and study.user_attrs["heldout_days"] == 60
-    agent, spec = load_artifact(trial.user_attrs["artifact_dir"], trial.user_attrs["sha256"])
+    agent, spec = load_artifact(local_model(cfg, trial), trial.user_attrs["sha256"])
     assert spec.study == "sample" and spec.trial_id == trial._trial_id
     assert list(spec.symbols) == cfg.data.symbols and spec.value == trial.value
     assert spec.env.trailing_stop_pct == 0.10

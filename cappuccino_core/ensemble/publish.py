@@ -307,7 +307,8 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
         if len(sel.members) < cfg.ensemble.min_members and not pinned:
             return _too_few(cfg, engine, root, sel, current, on_write)
         if current is not None and current["study"] == study and sorted(
-                (m["trial_id"], m["sha256"]) for m in current["members"]) == sel.key:
+                (m["trial_id"], m["sha256"]) for m in current["members"]) == sel.key \
+                and not version_problems(current_dir(root)):  # a damaged one is republished
             return SyncResult("unchanged", current["version"], sel,
                               f"ensemble v{current['version']} is up to date")
         version = next_version(root, engine)

@@ -3,8 +3,9 @@
 The ranking is one indexed query over Optuna's tables (`optuna_db.ranked_trials`). Trials are
 identified by their storage-wide trial id, never by number: numbers repeat across studies.
 
-A trial is eligible when its artifact exists, its checksum matches what the trial recorded (and
-its spec), it loads (`torch.load(weights_only=True)` and the network's shapes: a matching checksum does not
+A trial is eligible when its model's upload to the artifact store is recorded as complete
+(`artifact_store.py`), the downloaded archive matches the recorded checksum, the weights match
+their spec's, it loads (`torch.load(weights_only=True)` and the network's shapes: a matching checksum does not
 prove that), its spec fits the trading configuration (same symbols in the same order, same timeframe, same
 feature set), and it was trained under the live risk rules and costs (`ensemble.risk_mismatch:
 refuse`; with `warn` it is served and the differences are logged and shown). Every skipped
@@ -21,10 +22,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..artifact_store import StoredArtifact, TrialArtifacts, records
 from ..artifacts import ArtifactError, ModelSpec
 from ..config import Config
-from ..optuna_db import (ATTR_ARTIFACT_DIR, ATTR_SHA256, complete_trial, ranked_trials,
-                         study_exists, trial_attrs)
+from ..optuna_db import complete_trial, ranked_trials, study_exists
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +72,20 @@ def fit_problem(spec: ModelSpec, cfg: Config) -> tuple[str | None, list[str]]:
     return None, differences
 
 
-def check_member(trial_id: int, study: str, attrs: dict,
-                 cfg: Config) -> tuple[Member | None, str]:
+def check_member(trial_id: int, study: str, stored: StoredArtifact | None, cfg: Config,
+                 artifacts: TrialArtifacts) -> tuple[Member | None, str]:
     """(a member without its ranking fields filled, "") for an eligible trial, else (None, why)."""
-    directory, digest = attrs.get(ATTR_ARTIFACT_DIR), attrs.get(ATTR_SHA256)
-    if not directory or not digest:
-        return None, "no artifact recorded"
-    path = Path(directory)
-    if not (path / "model.pt").exists():
-        return None, f"artifact missing at {path}"
-    try:  # the checksums (the trial's and the spec's), the spec, and the weights loading: a
-        # checksum can match weights that still cannot load (truncated, a pickle payload)
+    if stored is None:
+        return None, ("no complete model upload recorded (a model an earlier release left on "
+                      "local disk is imported by `cappuccino artifacts migrate`)")
+    try:  # the archive's checksum, the weights' (against the spec), and the weights loading:
+        # a checksum can match weights that still cannot load (truncated, a pickle payload)
+        path = artifacts.local_copy(stored)
         from ..artifacts import load_artifact
-        _, spec = load_artifact(path, digest)
+        _, spec = load_artifact(path)
     except ArtifactError as e:
         return None, f"does not load: {e}"
+    digest = spec.sha256
     if spec.study != study or spec.trial_id != trial_id:
         return None, (f"artifact belongs to study {spec.study!r} trial id {spec.trial_id}, "
                       "not to this trial")
@@ -106,6 +106,7 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
     min_value = cfg.ensemble.min_value if min_value is None else min_value
     max_similar = max_similar or cfg.ensemble.max_similar
     selection = Selection(study, [])
+    artifacts = TrialArtifacts(cfg, engine)
     with engine.connect() as conn:
         if not study_exists(conn, study):
             raise SelectionError(f"study {study!r} does not exist in the storage")
@@ -115,9 +116,9 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
             if not rows:
                 break
             offset += page
-            attrs = trial_attrs(conn, [r[0] for r in rows], (ATTR_ARTIFACT_DIR, ATTR_SHA256))
+            stored = records(conn, [r[0] for r in rows])
             for trial_id, number, value, completed in rows:
-                member, why = check_member(trial_id, study, attrs.get(trial_id, {}), cfg)
+                member, why = check_member(trial_id, study, stored.get(trial_id), cfg, artifacts)
                 if member is not None and max_similar and \
                         _similar_count(member.spec, selection.members) >= max_similar:
                     member, why = None, f"more than {max_similar} members with these parameters"
@@ -148,8 +149,8 @@ def member_by_id(engine: Engine, cfg: Config, study: str, trial_id: int) -> tupl
         row = complete_trial(conn, study, trial_id)
         if row is None:
             return None, f"trial id {trial_id} is not a COMPLETE trial of {study!r}"
-        attrs = trial_attrs(conn, [trial_id], (ATTR_ARTIFACT_DIR, ATTR_SHA256)).get(trial_id, {})
-    member, why = check_member(trial_id, study, attrs, cfg)
+        stored = records(conn, [trial_id]).get(trial_id)
+    member, why = check_member(trial_id, study, stored, cfg, TrialArtifacts(cfg, engine))
     if member is None:
         return None, why
     member.number, member.value = row.number, row.value

@@ -19,6 +19,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,15 +32,17 @@ import torch
 
 from .. import __version__
 from ..agent import PPOConfig, TrainStats, train_ppo
-from ..artifacts import ModelSpec, NetworkSpec, artifact_dir, save_artifact
+from ..artifact_store import EVENTS_DIR, TrialArtifacts, staging_dir
+from ..artifacts import ModelSpec, NetworkSpec, save_artifact
 from ..backtest import run_backtest, sharpe
 from ..config import Config
 from ..data import venue
 from ..data.bars import Bars
 from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
 from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
-from ..optuna_db import (ATTR_ARTIFACT_DIR, ATTR_POLICY, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS,
+from ..optuna_db import (ATTR_ARTIFACT_ID, ATTR_POLICY, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS,
                          trial_id)
+from ..tb_events import EventWriter
 from .cv import Split, make_splits
 from .search_space import sample_params, split_params
 
@@ -107,6 +111,46 @@ def weight_spread(weights: np.ndarray) -> dict:
             "spread_assets": float(weights.std(axis=1).mean()) if len(weights) else 0.0}
 
 
+def split_summary(results: list[dict]) -> dict[str, float]:
+    """Sortable scalars beside the per-split list (the dashboard sorts trials by them)."""
+    excess = [r["excess_sharpe"] for r in results]
+    return {"mean_excess_sharpe": float(np.mean(excess)),
+            "worst_excess_sharpe": float(np.min(excess)),
+            "mean_max_drawdown": float(np.mean([r["max_drawdown"] for r in results])),
+            "mean_turnover": float(np.mean([r["turnover"] for r in results]))}
+
+
+SPLIT_COLUMNS = ("excess_sharpe", "sharpe", "bh_sharpe", "return", "bh_return", "max_drawdown",
+                 "turnover", "spread_time")
+
+
+def split_table(results: list[dict]) -> str:
+    """The splits as a markdown table (the trial's note on the dashboard)."""
+    lines = ["| split | " + " | ".join(SPLIT_COLUMNS) + " |",
+             "|---" * (len(SPLIT_COLUMNS) + 1) + "|"]
+    lines += [f"| {i + 1} | " + " | ".join(f"{r[k]:.3f}" for k in SPLIT_COLUMNS) + " |"
+              for i, r in enumerate(results)]
+    return "\n".join(lines)
+
+
+def save_split_note(trial: optuna.Trial, results: list[dict]) -> None:
+    """The split table as the dashboard's note on the trial when optuna-dashboard is
+    installed, else as a markdown user attr."""
+    table = split_table(results)
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        trial.set_user_attr("split_table", table)
+        return
+    save_note(trial, "### Cross-validation splits\n\n" + table)
+
+
+def ppo_summary(last_updates: list[TrainStats]) -> dict[str, float]:
+    """Each training's last update's diagnostics, averaged over the trial's trainings."""
+    return {f"ppo_{k}": float(np.nanmean([st.diagnostics()[k] for st in last_updates]))
+            for k in TrainStats.DIAGNOSTICS}
+
+
 def policy_summary(results: list[dict]) -> dict:
     """A trial's policy across its CV splits, and the near-constant flag."""
     out = {k: float(np.mean([r[k] for r in results]))
@@ -116,12 +160,15 @@ def policy_summary(results: list[dict]) -> dict:
 
 
 class Objective:
-    def __init__(self, cfg: Config, data: TrainingData, study_name: str, artifacts_root: Path,
-                 device: str = "cpu", progress: ProgressHook | None = None,
+    def __init__(self, cfg: Config, data: TrainingData, study_name: str,
+                 artifacts: TrialArtifacts, device: str = "cpu",
+                 progress: ProgressHook | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  total_timesteps: int | None = None):
         self.cfg, self.data, self.study_name = cfg, data, study_name
-        self.artifacts_root = Path(artifacts_root)
+        self.artifacts = artifacts
+        self.events: EventWriter | None = None  # the running trial's diagnostics
+        self.last_updates: list[TrainStats] = []
         self.device = device
         self.progress = progress or (lambda status: None)
         self.should_stop = should_stop or (lambda: False)
@@ -144,12 +191,20 @@ class Objective:
         benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed,
                                  compile=self.cfg.training.compile_env)
 
+        run = label.split(", ", 1)[-1].replace(" ", "_").replace("/", "_of_")
+        last: list[TrainStats] = []
+
         def on_update(st: TrainStats) -> None:
             if self.should_stop():
                 raise Interrupted(f"stopped during {label}")
+            if self.events is not None:
+                self.events.scalars(st.env_steps, st.diagnostics(), prefix=f"{run}/")
+            last[:] = [st]
             self.progress(f"{label}, update {st.update}/{st.n_updates}")
 
-        return train_ppo(benv, ppo, seed, on_update), market, norm
+        agent = train_ppo(benv, ppo, seed, on_update)
+        self.last_updates += last
+        return agent, market, norm
 
     def evaluate_split(self, split: Split, ppo: PPOConfig, env: EnvSettings, seed: int,
                        label: str) -> dict:
@@ -181,9 +236,21 @@ class Objective:
             torch.compiler.reset()
         params = sample_params(trial)
         ppo, env = split_params(params, self.base_env, self.total_timesteps,
-                                self.cfg.training.n_envs)
+                                self.cfg.training.n_envs, self.cfg.training.target_kl)
         seed = trial_seed(self.study_name, trial_id(trial))
         trial.set_user_attr(ATTR_SEED, seed)
+        staging = Path(tempfile.mkdtemp(prefix=f".trial-{trial_id(trial)}-",
+                                        dir=staging_dir(self.cfg)))
+        self.events, self.last_updates = EventWriter(staging / EVENTS_DIR), []
+        try:
+            return self._run(trial, params, ppo, env, seed, staging)
+        finally:
+            self.events.close()
+            self.events = None
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _run(self, trial: optuna.Trial, params: dict, ppo: PPOConfig, env: EnvSettings,
+             seed: int, staging: Path) -> float:
         results = []
         for split in self.splits:
             label = f"trial {trial.number}, split {split.index + 1}/{len(self.splits)}"
@@ -191,6 +258,8 @@ class Objective:
             diffs = [r["excess_sharpe"] for r in results]
             trial.report(float(np.mean(diffs)), split.index)
             trial.set_user_attr(ATTR_SPLITS, results)
+            for key, figure in split_summary(results).items():
+                trial.set_user_attr(key, figure)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after split {split.index + 1}")
             gc.collect()
@@ -198,6 +267,7 @@ class Objective:
         value = float(diffs.mean() - STD_PENALTY * diffs.std())
         policy = policy_summary(results)
         trial.set_user_attr(ATTR_POLICY, policy)
+        save_split_note(trial, results)
         if policy["near_constant"]:
             log.warning("trial %d: a near-constant policy (its target weights move by %.2f%% "
                         "over time on the test data): it learned next to nothing",
@@ -206,10 +276,15 @@ class Objective:
         segment = [(WARMUP, self.data.train_hi)]
         agent, market, norm = self.train(segment, ppo, env, seed + 10_000,
                                          f"trial {trial.number}, final fit")
-        directory = artifact_dir(self.artifacts_root, self.study_name, trial_id(trial))
+        for key, figure in ppo_summary(self.last_updates).items():
+            trial.set_user_attr(key, figure)
         spec = self.spec(trial, params, ppo, env, norm, seed, value, market)
-        digest = save_artifact(directory, agent, spec)
-        trial.set_user_attr(ATTR_ARTIFACT_DIR, str(directory))
+        digest = save_artifact(staging / "model", agent, spec)
+        self.events.close()
+        shutil.move(staging / EVENTS_DIR, staging / "model" / EVENTS_DIR)
+        stored = self.artifacts.upload_directory(staging / "model", self.study_name,
+                                                 trial_id(trial), trial)
+        trial.set_user_attr(ATTR_ARTIFACT_ID, stored.artifact_id)
         trial.set_user_attr(ATTR_SHA256, digest)
         del agent, market
         gc.collect()

@@ -16,7 +16,7 @@ from ..agent import PPOConfig
 from ..env import EnvSettings
 
 PPO_PARAMS = {f.name for f in dataclasses.fields(PPOConfig)} - {"total_timesteps", "n_envs",
-                                                                  "reward_scale"}
+                                                                  "reward_scale", "target_kl"}
 ENV_PARAMS = {"lookback", "episode_bars", "min_rebalance_weight", "reward"}
 
 
@@ -56,12 +56,12 @@ def default_params() -> dict:
 
 
 def split_params(params: dict, base_env: EnvSettings, total_timesteps: int,
-                 n_envs: int) -> tuple[PPOConfig, EnvSettings]:
+                 n_envs: int, target_kl: float | None = None) -> tuple[PPOConfig, EnvSettings]:
     """Route each parameter to the algorithm or the environment; refuse unknown ones."""
     unknown = set(params) - PPO_PARAMS - ENV_PARAMS
     if unknown:
         raise ValueError(f"parameters nothing reads: {sorted(unknown)}")
-    ppo = PPOConfig(total_timesteps=total_timesteps, n_envs=n_envs,
+    ppo = PPOConfig(total_timesteps=total_timesteps, n_envs=n_envs, target_kl=target_kl,
                     **{k: v for k, v in params.items() if k in PPO_PARAMS})
     env = dataclasses.replace(base_env, **{k: v for k, v in params.items() if k in ENV_PARAMS})
     return ppo, env

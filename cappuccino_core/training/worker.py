@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
+from ..artifact_store import TrialArtifacts
 from ..config import Config, check_study_name
 from ..data import load_bars
 from ..optuna_db import (ATTR_RETRY_OF, STUDY_HELDOUT_DAYS, STUDY_SYMBOLS, STUDY_TARGET,
                          STUDY_TRAIN_END, trial_id)
-from ..storage import optuna_storage
+from ..storage import app_engine, optuna_storage
 from .objective import Interrupted, Objective, held_out_start, prepare_data
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def run_worker(cfg: Config, study_name: str, hooks: WorkerHooks | None = None,
         best = f", best {state['best']:.3f}" if state["best"] is not None else ""
         hooks.status(f"{study_name}: {text}{best}")
 
-    objective = Objective(cfg, data, study_name, cfg.state_dir / "trials", device=device,
-                          progress=progress, should_stop=hooks.stop.is_set,
+    objective = Objective(cfg, data, study_name, TrialArtifacts(cfg, app_engine(cfg)),
+                          device=device, progress=progress, should_stop=hooks.stop.is_set,
                           total_timesteps=total_timesteps)
     log.info("worker for study %s on %s: %d bars, training before %s, %d CV splits (%s)",
              study_name, device, len(bars), data.train_end, len(objective.splits), cfg.training.cv)
