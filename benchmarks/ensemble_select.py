@@ -20,11 +20,13 @@ import uuid
 import optuna
 import psycopg2
 
-from cappuccino_core.optuna_db import ATTR_ARTIFACT_DIR, ATTR_SHA256, ranked_trials, trial_attrs
-from cappuccino_core.storage import make_engine, make_optuna_storage
+from cappuccino_core.artifact_store import records
+from cappuccino_core.optuna_db import ranked_trials
+from cappuccino_core.storage import make_engine, make_optuna_storage, open_app_db
 
 
 def populate(url: str, name: str, n: int) -> None:
+    open_app_db(url).dispose()  # the app's tables, cappuccino_trial_artifacts among them
     storage = make_optuna_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # schema + one real trial
@@ -45,9 +47,13 @@ def populate(url: str, name: str, n: int) -> None:
         cur.copy_expert("COPY trial_values (trial_id, objective, value, value_type) FROM STDIN",
                         values)
         attrs = io.StringIO("".join(
-            f"{i}\tartifact_dir\t{json.dumps(f'/nonexistent/{i}')}\n"
+            f"{i}\tartifact_id\t{json.dumps(str(uuid.uuid4()))}\n"
             f"{i}\tsha256\t{json.dumps('0' * 64)}\n" for i in ids))
         cur.copy_expert("COPY trial_user_attributes (trial_id, key, value_json) FROM STDIN", attrs)
+        uploads = io.StringIO("".join(f"{i}\t{name}\t{uuid.uuid4()}\tdatabase\t{'0' * 64}\t"
+                                      f"150000\t2024-01-01\n" for i in ids))
+        cur.copy_expert("COPY cappuccino_trial_artifacts (trial_id, study, artifact_id, store, "
+                        "sha256, size, created_at) FROM STDIN", uploads)
         cur.execute("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), "
                     "(SELECT max(trial_id) FROM trials))")
         cur.execute("ANALYZE")
@@ -60,7 +66,7 @@ def time_query(engine, study: str, repeat: int = 20) -> float:
         for _ in range(repeat):
             t0 = time.perf_counter()
             rows = ranked_trials(conn, study, None, 30, 0)
-            trial_attrs(conn, [r[0] for r in rows], (ATTR_ARTIFACT_DIR, ATTR_SHA256))
+            records(conn, [r[0] for r in rows])  # what select_members reads next
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
