@@ -97,7 +97,13 @@ def make_store(cfg, engine: Engine):
     if a.store == "database":
         return DatabaseArtifactStore(engine)
     if a.store == "s3":
-        import boto3  # the `s3` extra
+        try:
+            import boto3
+        except ImportError as e:
+            from .config import ConfigError
+            raise ConfigError("cappuccino.yaml", "artifacts.store", "s3",
+                              "a store whose client is installed (the s3 store needs boto3: "
+                              "pip install 'cappuccino[s3]')") from e
         from optuna.artifacts import Boto3ArtifactStore
         client = boto3.client("s3", endpoint_url=a.s3_endpoint_url, region_name=a.s3_region)
         return Boto3ArtifactStore(a.s3_bucket, client=client)

@@ -163,6 +163,9 @@ class TrainingConfig:
     heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
     compile_env: bool = False
+    # trainer workers on one host: each takes the cores it is given / this many torch threads
+    # (threads.py; CAPPUCCINO_TORCH_THREADS overrides)
+    workers_per_host: int = field(default=1, metadata=between(1, 1024, "an integer"))
     # stop an update's epochs once PPO's approximate KL passes this (CleanRL); null: never
     target_kl: float | None = field(default=None, metadata=between(1e-6, 10))
 

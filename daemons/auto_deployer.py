@@ -12,6 +12,7 @@ from cappuccino_core import deploy
 from cappuccino_core.ensemble.selection import SelectionError
 from cappuccino_core.service import run_daemon, start_daemon
 from cappuccino_core.storage import app_engine
+from cappuccino_core.threads import set_torch_threads
 
 log = logging.getLogger("cappuccino.auto_deployer")
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", help="default: the active study")
     args, cfg = start_daemon(parser, argv)
+    set_torch_threads(1, "auto-deployer")  # small models: one core, never a worker's
     try:
         decision, published = deploy.run(cfg, app_engine(cfg), args.study)
     except SelectionError as e:

@@ -15,6 +15,7 @@ from cappuccino_core.ensemble import sync, sync_following
 from cappuccino_core.ensemble.selection import SelectionError
 from cappuccino_core.service import run_daemon, start_daemon
 from cappuccino_core.storage import app_engine
+from cappuccino_core.threads import set_torch_threads
 
 log = logging.getLogger("cappuccino.ensemble_sync")
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", help="override the active study (testing)")
     args, cfg = start_daemon(parser, argv)
+    set_torch_threads(1, "ensemble sync")  # small models: one core, never a worker's
     try:
         engine = app_engine(cfg)
         result = sync(cfg, engine, args.study) if args.study else sync_following(cfg, engine)

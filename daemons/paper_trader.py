@@ -16,6 +16,7 @@ import sys
 
 from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
 from cappuccino_core.storage import app_engine
+from cappuccino_core.threads import set_torch_threads
 from cappuccino_core.trading.live import LiveLoop
 
 log = logging.getLogger("cappuccino.trader")
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="paper", help="trader name in the database")
     args, cfg = start_daemon(parser, argv)
+    set_torch_threads(1, "paper trader")  # small models: one core, never a worker's
     notifier = Notifier()
 
     def start() -> LiveLoop:

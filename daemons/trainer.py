@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
-import torch
-
 from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
+from cappuccino_core.threads import set_torch_threads
 from cappuccino_core.training.worker import WorkerHooks, run_worker
 
 log = logging.getLogger("cappuccino.trainer")
@@ -30,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("instance", help="<study> or <study>:<k>")
     args, cfg = start_daemon(parser, argv)
-    threads = os.environ.get("CAPPUCCINO_TORCH_THREADS")
-    if threads:  # several workers on one host share its cores instead of fighting for them
-        torch.set_num_threads(int(threads))
+    # several workers on one host share its cores instead of fighting for them
+    set_torch_threads(cfg.training.workers_per_host, "trainer")
     notifier = Notifier()
     hooks = WorkerHooks(status=notifier.status, ping=notifier.watchdog, ready=notifier.ready)
 

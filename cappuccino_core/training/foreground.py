@@ -17,6 +17,7 @@ import time
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
+from ..threads import torch_threads
 from .worker import finished_count, open_study, set_target, target_of
 
 
@@ -33,7 +34,7 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
     target = target_of(study, cfg)
     env = {**os.environ, "CAPPUCCINO_CONFIG_DIR": cfg.config_dir,
            # one share of the cores each: oversubscribed torch threads spin and crawl
-           "CAPPUCCINO_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+           "CAPPUCCINO_TORCH_THREADS": str(torch_threads(workers))}
     procs = [subprocess.Popen([sys.executable, "-m", "daemons.trainer", f"{study_name}:{k}"],
                               env=env) for k in range(workers)]
     bar = tqdm(total=target, initial=finished_count(study), unit="trial",

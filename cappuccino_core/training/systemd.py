@@ -12,6 +12,7 @@ import subprocess
 
 from ..config import Config, ConfigError
 from ..studies import write_active_study
+from ..threads import cores_given, torch_threads
 from .worker import open_study, set_target
 
 
@@ -33,6 +34,11 @@ def train_start(cfg: Config, study: str | None, workers: int, n_trials: int | No
     units = [f"cappuccino-train@{study}:{k}.service" for k in range(workers)]
     code = _systemctl("start", *units)
     print(("started " if code == 0 else "could not start ") + ", ".join(units))
+    if workers != cfg.training.workers_per_host:
+        print(f"note: training.workers_per_host is {cfg.training.workers_per_host}, so each "
+              f"worker takes {torch_threads(cfg.training.workers_per_host)} torch thread(s) of "
+              f"{cores_given()} core(s); for {workers} workers on this host set "
+              f"training.workers_per_host: {workers} (threads.py)")
     return code
 
 
