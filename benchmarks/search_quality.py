@@ -27,7 +27,6 @@ buy-and-hold's, and PBO < 0.5.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import tempfile
@@ -39,8 +38,9 @@ import optuna
 import torch
 import yaml
 
-from cappuccino_core.backtest import (backtest_ensemble, first_decision_bar, max_drawdown,
-                                     run_backtest, sortino, trading_settings)
+from cappuccino_core.backtest import (HoldEqualWeight, backtest_ensemble, first_decision_bar,
+                                     hold_settings, max_drawdown, run_backtest, sortino,
+                                     trading_settings)
 from cappuccino_core.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import compute_features
@@ -76,21 +76,6 @@ def config_for(root: Path, end: str, timesteps: int) -> Path:
     return etc
 
 
-class HoldEqualWeight:
-    """Equal-weight buy-and-hold as a policy under the live rules: buys equal weights, then
-    holds what it has (asks for its current weights); an asset a stop sold is bought back at
-    an equal weight once its re-entry cooldown has passed."""
-
-    def __init__(self, n_assets: int):
-        self.n = n_assets
-
-    def __call__(self, obs):
-        n = self.n
-        held, cooling = obs[:, :n], obs[:, n + 1:2 * n + 1]
-        w = torch.where((held < 1e-9) & (cooling <= 0), torch.full_like(held, 1.0 / n), held)
-        return torch.cat([w, (1 - w.sum(-1, keepdim=True)).clamp_min(0)], -1)
-
-
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                fixed: dict | None = None) -> dict:
     cfg = load_config(config_for(root, end, timesteps))
@@ -115,9 +100,8 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     market = Market.from_bars(bars, Normalisation(np.zeros((A, features.shape[2])),
                                                   np.ones((A, features.shape[2]))),
                               features=features)
-    # a 2% no-trade band: holding does not chase the drift between a close and the next open
-    hold = dataclasses.replace(trading_settings(cfg, None), min_rebalance_weight=0.02)
-    rules = run_backtest(HoldEqualWeight(A), market, window.lo, window.hi, hold)
+    rules = run_backtest(HoldEqualWeight(A), market, window.lo, window.hi,
+                         hold_settings(trading_settings(cfg, None)))
     m, r = res.metrics(), rules.metrics()
     frictionless = {"total_return": m["bh_total_return"], "sharpe": m["bh_sharpe"],
                     "sortino": sortino(res.benchmark_returns),

@@ -112,6 +112,31 @@ def first_decision_bar(ensemble) -> int:
     return WARMUP + ensemble.max_lookback - 1
 
 
+# Holding does not chase the drift between a close and the next open: a 2% no-trade band.
+HOLD_BAND = 0.02
+
+
+class HoldEqualWeight:
+    """Equal-weight buy-and-hold as a policy under the same rules as an agent: buys equal
+    weights, then holds what it has (asks for its current weights, read from the observation,
+    see env.py); an asset a stop sold is bought back at an equal weight once its re-entry
+    cooldown has passed. Run it with `hold_settings`."""
+
+    def __init__(self, n_assets: int):
+        self.n = n_assets
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        held, cooling = obs[:, :n], obs[:, n + 1:2 * n + 1]
+        w = torch.where((held < 1e-9) & (cooling <= 0), torch.full_like(held, 1.0 / n), held)
+        return torch.cat([w, (1 - w.sum(-1, keepdim=True)).clamp_min(0)], -1)
+
+
+def hold_settings(settings: EnvSettings) -> EnvSettings:
+    """The same risk rules and costs, holding's no-trade band."""
+    return dataclasses.replace(settings, min_rebalance_weight=HOLD_BAND)
+
+
 @torch.no_grad()
 def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
                  settings: EnvSettings) -> BacktestResult:
