@@ -192,13 +192,14 @@ class Objective:
         norm = Normalisation.fit(self.data.features, rows)
         return Market.from_bars(self.data.bars, norm, self.device, self.data.features), norm
 
-    def train(self, segments, ppo: PPOConfig, env: EnvSettings, seed: int, label: str):
+    def train(self, segments, ppo: PPOConfig, env: EnvSettings, seed: int, label: str,
+              run: str):
+        """`label` for progress lines, `run` names its TensorBoard tags (`run/approx_kl`)."""
         self.data.check_segments(segments)
         market, norm = self.market(segments)
         benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed,
                                  compile=self.cfg.training.compile_env)
 
-        run = label.split(", ", 1)[-1].replace(" ", "_").replace("/", "_of_")
         last: list[TrainStats] = []
 
         def on_update(st: TrainStats) -> None:
@@ -215,7 +216,8 @@ class Objective:
 
     def evaluate_split(self, split: Split, ppo: PPOConfig, env: EnvSettings, seed: int,
                        label: str) -> dict:
-        agent, market, _ = self.train(split.train, ppo, env, seed, label)
+        run = f"split_{split.index + 1}_of_{len(self.splits)}"
+        agent, market, _ = self.train(split.train, ppo, env, seed, label, run)
         agent_r, bench_r, hold_r, dd, turnover, weights = [], [], [], [], [], []
         hold = HoldEqualWeight(market.n_assets)
         for lo, hi in split.test:
@@ -285,7 +287,7 @@ class Objective:
 
         segment = [(WARMUP, self.data.train_hi)]
         agent, market, norm = self.train(segment, ppo, env, seed + 10_000,
-                                         f"trial {trial.number}, final fit")
+                                         f"trial {trial.number}, final fit", "final_fit")
         for key, figure in ppo_summary(self.last_updates).items():
             trial.set_user_attr(key, figure)
         spec = self.spec(trial, params, ppo, env, norm, seed, value, market)
