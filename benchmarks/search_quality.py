@@ -10,6 +10,11 @@ on this machine's CPU threads (or a GPU when one is there); the table says which
 
     python benchmarks/search_quality.py --trials 4 --timesteps 40000     # ~1 h on 2 cores
     python benchmarks/search_quality.py --windows bear --trials 2 --timesteps 20000
+    python benchmarks/search_quality.py --windows sideways --minutes 15 --split-batch 1
+
+`--minutes M` gives each window a wall-time budget instead of a trial count (the trial running
+when it ends is stopped and not counted); `--split-batch B` sets `training.split_batch` (1:
+each trial's trainings one after another, the path before batching; default: the device's).
 
 With `--workdir DIR` the studies are kept, and a second run over the same DIR trains only
 what is missing (a larger --trials adds trials) before evaluating again.
@@ -30,6 +35,7 @@ import argparse
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,7 +66,7 @@ HELD_OUT_DAYS = 60
 WINDOWS = {"bear": "2022-07-01", "bull": "2023-12-15", "sideways": "2023-08-31"}
 
 
-def config_for(root: Path, end: str, timesteps: int) -> Path:
+def config_for(root: Path, end: str, timesteps: int, split_batch: int | None) -> Path:
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
@@ -69,7 +75,8 @@ def config_for(root: Path, end: str, timesteps: int) -> Path:
         "data": {"source": "csv", "csv_path": str(DATA), "symbols": SYMBOLS,
                  "start": start, "end": end},
         "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
-                     "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1},
+                     "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1,
+                     "split_batch": split_batch},
         "ensemble": {"top_n": 5, "min_members": 2},  # the product's min_value and fallback
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "quality"}))
@@ -77,16 +84,23 @@ def config_for(root: Path, end: str, timesteps: int) -> Path:
 
 
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
-               fixed: dict | None = None) -> dict:
-    cfg = load_config(config_for(root, end, timesteps))
+               fixed: dict | None = None, minutes: float | None = None,
+               split_batch: int | None = None) -> dict:
+    cfg = load_config(config_for(root, end, timesteps, split_batch))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
     study = open_study(cfg, cfg.active_study)
-    set_target(study, trials)
+    set_target(study, trials if minutes is None else 10**6)
     for _ in range(trials - len(study.trials) if fixed else 0):  # a lever under test
         study.enqueue_trial(fixed, skip_if_exists=False)
-    run_worker(cfg, cfg.active_study, WorkerHooks(status=lambda text: None))
+    hooks = WorkerHooks(status=lambda text: None)
+    timer = threading.Timer(minutes * 60, hooks.stop.set) if minutes else None
+    if timer:
+        timer.start()
+    run_worker(cfg, cfg.active_study, hooks)
+    if timer:
+        timer.cancel()
     search_s = time.monotonic() - began
     complete = [t for t in study.trials if t.value is not None]
     result = sync(cfg, engine)
@@ -131,9 +145,9 @@ def fmt(x, kind):
     return {"pct": f"{x:+.1%}", "num": f"{x:.2f}", "int": f"{int(x)}"}[kind]
 
 
-def print_table(rows: list[dict], trials: int, timesteps: int) -> None:
+def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
     device = "cuda" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
-    print(f"\nbudget: {trials} trials x {timesteps:,} PPO steps per fit (walk-forward, 5 groups), "
+    print(f"\nbudget: {budget} x {timesteps:,} PPO steps per fit (walk-forward, 5 groups), "
           f"{device}, {os.cpu_count()} cores\n")
     head = (f"{'window':<10}{'policy':<22}{'return':>9}{'Sharpe':>8}{'Sortino':>9}"
             f"{'max DD':>8}{'turnover':>10}{'fees':>10}{'stops':>7}")
@@ -179,6 +193,10 @@ def main() -> int:
     p.add_argument("--timesteps", type=int, default=40_000, help="PPO steps per fit")
     p.add_argument("--windows", default=",".join(WINDOWS), help="bear,bull,sideways")
     p.add_argument("--workdir", help="keep the studies here (default: a temporary dir)")
+    p.add_argument("--minutes", type=float,
+                   help="a wall-time budget per window instead of --trials")
+    p.add_argument("--split-batch", type=int,
+                   help="training.split_batch (1: trainings one after another)")
     p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
                    "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
@@ -189,12 +207,15 @@ def main() -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cappuccino-quality-"))
     rows = []
     for name in args.windows.split(","):
-        print(f"window {name}: searching ({args.trials} trials) ...", flush=True)
+        budget = f"{args.minutes:g} min" if args.minutes else f"{args.trials} trials"
+        print(f"window {name}: searching ({budget}) ...", flush=True)
         rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
-                               parse_fixed(args.fix)))
+                               parse_fixed(args.fix), args.minutes, args.split_batch))
     if args.fix:
         print(f"\nheld fixed (the rest searched): {args.fix}")
-    print_table(rows, args.trials, args.timesteps)
+    if args.split_batch is not None:
+        print(f"\ntraining.split_batch: {args.split_batch}")
+    print_table(rows, budget, args.timesteps)
     return 0
 
 

@@ -115,53 +115,178 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
 
 
+class StackedMLP:
+    """K copies of one `_mlp`'s shape, weights stacked along a split dimension: one batched
+    matmul (`baddbmm`) per layer serves every split; inputs are `[K, B, in]`."""
+
+    def __init__(self, mlps: list[nn.Sequential]):
+        linears = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
+        self.weights = [torch.stack([lins[i].weight.detach().T for lins in linears])
+                        .contiguous().requires_grad_() for i in range(len(linears[0]))]
+        self.biases = [torch.stack([lins[i].bias.detach() for lins in linears]).unsqueeze(1)
+                       .contiguous().requires_grad_() for i in range(len(linears[0]))]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.tanh(x)
+        return x
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self.weights + self.biases
+
+    def copy_into(self, k: int, mlp: nn.Sequential) -> None:
+        for lin, w, b in zip([m for m in mlp if isinstance(m, nn.Linear)], self.weights,
+                             self.biases):
+            lin.weight.data.copy_(w[k].detach().T)
+            lin.bias.data.copy_(b[k, 0].detach())
+
+
+class StackedActorCritic:
+    """K `ActorCritic`s trained at once (one per split, each from its own seed's
+    initialisation): the same computation as K separate ones, batched."""
+
+    def __init__(self, agents: list[ActorCritic]):
+        self.actor = StackedMLP([a.actor for a in agents])
+        self.critic = StackedMLP([a.critic for a in agents])
+        self.log_std = torch.stack([a.log_std.detach() for a in agents]).unsqueeze(1) \
+            .contiguous().requires_grad_()
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self.actor.parameters() + self.critic.parameters() + [self.log_std]
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def dist(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        mean = self.actor(obs)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def unstack(self, agents: list[ActorCritic]) -> list[ActorCritic]:
+        for k, agent in enumerate(agents):
+            self.actor.copy_into(k, agent.actor)
+            self.critic.copy_into(k, agent.critic)
+            agent.log_std.data.copy_(self.log_std[k, 0].detach())
+        return agents
+
+
+class StackedAdam:
+    """torch.optim.Adam's arithmetic (eps 1e-5, no weight decay) on stacked parameters, with
+    a step count per split so that a split whose epochs ended (target_kl) stands still."""
+
+    def __init__(self, params: list[torch.Tensor], k: int, betas=(0.9, 0.999), eps=1e-5):
+        self.params, self.betas, self.eps = params, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.steps = torch.zeros(k, dtype=torch.float64)
+
+    def step(self, lr: float, active: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.steps += active.double()
+        steps = self.steps.clamp_min(1)
+        step_size = (lr / (1 - b1 ** steps)).float()
+        bc2_sqrt = (1 - b2 ** steps).sqrt().float()
+        everyone = bool(active.all())
+        for p, m, v in zip(self.params, self.m, self.v):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad
+            if not everyone:  # a stopped split: no gradient, no moment decay, no step
+                keep = active.to(p.device).view(shape)
+                g = torch.where(keep, g, torch.zeros_like(g))
+                m_old, v_old = m.clone(), v.clone()
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if not everyone:
+                m.copy_(torch.where(keep, m, m_old))
+                v.copy_(torch.where(keep, v, v_old))
+            denom = (v.sqrt() / bc2_sqrt.to(p.device).view(shape)).add_(self.eps)
+            update = m / denom * step_size.to(p.device).view(shape)
+            if not everyone:
+                update = torch.where(keep, update, torch.zeros_like(update))
+            with torch.no_grad():
+                p.sub_(update)
+            p.grad = None
+
+
+def clip_grad_norms(params: list[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ per split: each split's gradient is scaled by its own norm."""
+    norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(coef.view((-1,) + (1,) * (p.dim() - 1)))
+
+
 def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
               on_update: Callable[[TrainStats], None] | None = None) -> ActorCritic:
-    """Train a fresh policy on `env` for `cfg.total_timesteps` env steps.
+    """Train a fresh policy on `env` (one split) for `cfg.total_timesteps` env steps.
 
     `on_update` is called after every PPO update (progress, watchdog pings, SIGTERM checks:
     raising from it aborts the training)."""
-    torch.manual_seed(seed)
-    device = env.device
+    (agent,) = train_ppo_splits(env, cfg, [seed],
+                                None if on_update is None else lambda st: on_update(st[0]))
+    return agent
+
+
+def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
+                     on_update: Callable[[list[TrainStats]], None] | None = None
+                     ) -> list[ActorCritic]:
+    """Train one fresh policy per split of `env` (`BatchedTradingEnv.splits`), split k from
+    `seeds[k]`, each for `cfg.total_timesteps` of its own env steps, all in one batched
+    computation. Per split it is the computation of training that split alone (initial
+    weights, action noise, minibatch order, losses, gradient clipping, Adam, target_kl):
+    only floating-point summation order differs (tests/test_training.py)."""
+    device, K = env.device, env.k
+    if len(seeds) != K:
+        raise ValueError(f"{len(seeds)} seeds for {K} splits")
     n_actions = env.m.n_assets + 1
-    agent = ActorCritic(env.obs_size, n_actions, cfg.hidden, cfg.layers,
-                        cfg.init_log_std).to(device)
-    opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    N, S = env.n, cfg.n_steps
+    agents = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        agents.append(ActorCritic(env.obs_size, n_actions, cfg.hidden, cfg.layers,
+                                  cfg.init_log_std))
+    net = StackedActorCritic([a.to(device) for a in agents])
+    params = net.parameters()
+    opt = StackedAdam(params, K)
+    N, S = env.n_per_split, cfg.n_steps
     batch = N * S
     minibatch = max(1, batch // cfg.num_minibatches)
     n_updates = max(1, cfg.total_timesteps // batch)
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = [torch.Generator(device=device).manual_seed(seed + 1) for seed in seeds]
 
-    obs_buf = torch.zeros(S, N, env.obs_size, device=device)
-    act_buf = torch.zeros(S, N, n_actions, device=device)
-    logp_buf = torch.zeros(S, N, device=device)
-    rew_buf = torch.zeros(S, N, device=device)
-    done_buf = torch.zeros(S, N, device=device)
-    val_buf = torch.zeros(S, N, device=device)
+    obs_buf = torch.zeros(S, K * N, env.obs_size, device=device)
+    act_buf = torch.zeros(S, K, N, n_actions, device=device)
+    logp_buf = torch.zeros(S, K, N, device=device)
+    rew_buf = torch.zeros(S, K, N, device=device)
+    done_buf = torch.zeros(S, K, N, device=device)
+    val_buf = torch.zeros(S, K, N, device=device)
+    splits = torch.arange(K, device=device).unsqueeze(-1)
 
     last_obs = env.reset()
     for update in range(1, n_updates + 1):
-        if cfg.anneal_lr:
-            opt.param_groups[0]["lr"] = cfg.learning_rate * (1 - (update - 1) / n_updates)
+        lr = cfg.learning_rate * (1 - (update - 1) / n_updates) if cfg.anneal_lr \
+            else cfg.learning_rate
         with torch.no_grad():
             obs_buf[0] = last_obs
             for step in range(S):
-                obs = obs_buf[step]  # the env wrote it there: no copy, no allocation
-                d = agent.dist(obs)
-                action = d.mean + d.stddev * torch.randn(d.mean.shape, generator=noise,
-                                                         device=device)
+                obs = obs_buf[step].view(K, N, -1)  # the env wrote it there: no copy
+                d = net.dist(obs)
+                eps = torch.stack([torch.randn((N, n_actions), generator=g, device=device)
+                                   for g in noise])
+                action = d.mean + d.stddev * eps
                 act_buf[step] = action
                 logp_buf[step] = d.log_prob(action).sum(-1)
-                val_buf[step] = agent.value(obs)
-                _, reward, done, _ = env.step(torch.softmax(action, -1), with_info=False,
+                val_buf[step] = net.value(obs)
+                _, reward, done, _ = env.step(torch.softmax(action, -1).view(K * N, -1),
+                                              with_info=False,
                                               out=obs_buf[step + 1] if step + 1 < S else last_obs)
-                rew_buf[step] = reward * cfg.reward_scale
-                done_buf[step] = done.float()
+                rew_buf[step] = reward.view(K, N) * cfg.reward_scale
+                done_buf[step] = done.view(K, N).float()
             # GAE; an episode end (done) cuts the bootstrap
-            next_value = agent.value(last_obs)
+            next_value = net.value(last_obs.view(K, N, -1))
             adv = torch.zeros_like(rew_buf)
-            last = torch.zeros(N, device=device)
+            last = torch.zeros(K, N, device=device)
             for step in reversed(range(S)):
                 nv = next_value if step == S - 1 else val_buf[step + 1]
                 nonterminal = 1.0 - done_buf[step]
@@ -170,48 +295,87 @@ def train_ppo(env: BatchedTradingEnv, cfg: PPOConfig, seed: int,
                 adv[step] = last
             ret = adv + val_buf
 
-        b_obs, b_act = obs_buf.reshape(batch, -1), act_buf.reshape(batch, -1)
-        b_logp, b_adv = logp_buf.reshape(-1), adv.reshape(-1)
-        b_ret, b_val = ret.reshape(-1), val_buf.reshape(-1)
-        perm_gen = torch.Generator().manual_seed(seed + update)
-        kls, clipped, epochs = [], [], 0
+        # per split, the (step, env) order of a split trained alone
+        b_obs = obs_buf.view(S, K, N, -1).transpose(0, 1).reshape(K, batch, -1)
+        b_act = act_buf.transpose(0, 1).reshape(K, batch, -1)
+        b_logp, b_adv, b_ret, b_val = (x.transpose(0, 1).reshape(K, batch)
+                                       for x in (logp_buf, adv, ret, val_buf))
+        perm_gens = [torch.Generator().manual_seed(seed + update) for seed in seeds]
+        active = torch.ones(K, dtype=torch.bool)
+        epochs = torch.zeros(K, dtype=torch.long)
+        kls, clipped = [], []  # [K] per minibatch, over the splits still running
+        last_losses = torch.zeros(3, K, device=device)  # each split's last minibatch run
         for _ in range(cfg.update_epochs):
-            epochs += 1
-            perm = torch.randperm(batch, generator=perm_gen).to(device)
+            epochs += active.long()
+            perm = torch.stack([torch.randperm(batch, generator=g) for g in perm_gens]).to(device)
             for start in range(0, batch, minibatch):
-                idx = perm[start:start + minibatch]
-                d = agent.dist(b_obs[idx])
-                logp = d.log_prob(b_act[idx]).sum(-1)
-                log_ratio = logp - b_logp[idx]
+                idx = perm[:, start:start + minibatch]
+                obs = b_obs[splits, idx]
+                d = net.dist(obs)
+                logp = d.log_prob(b_act[splits, idx]).sum(-1)
+                log_ratio = logp - b_logp.gather(1, idx)
                 ratio = log_ratio.exp()
                 with torch.no_grad():  # http://joschu.net/blog/kl-approx.html, as in CleanRL
-                    kls.append(((ratio - 1) - log_ratio).mean())
-                    clipped.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
-                a = b_adv[idx]
-                a = (a - a.mean()) / (a.std() + 1e-8)
-                pg_loss = torch.max(-a * ratio,
-                                    -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                v = agent.value(b_obs[idx])
-                v_clipped = b_val[idx] + (v - b_val[idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                v_loss = 0.5 * torch.max((v - b_ret[idx]) ** 2,
-                                         (v_clipped - b_ret[idx]) ** 2).mean()
-                entropy = d.entropy().sum(-1).mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-                opt.zero_grad(set_to_none=True)
+                    kls.append(torch.where(active.to(device), ((ratio - 1) - log_ratio).mean(1),
+                                           float("nan")))
+                    clipped.append(torch.where(
+                        active.to(device), ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(1),
+                        float("nan")))
+                a = b_adv.gather(1, idx)
+                a = (a - a.mean(1, keepdim=True)) / (a.std(1, keepdim=True) + 1e-8)
+                pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef,
+                                                                 1 + cfg.clip_coef)).mean(1)
+                v = net.value(obs)
+                old_v, ret_mb = b_val.gather(1, idx), b_ret.gather(1, idx)
+                v_clipped = old_v + (v - old_v).clamp(-cfg.clip_coef, cfg.clip_coef)
+                v_loss = 0.5 * torch.max((v - ret_mb) ** 2, (v_clipped - ret_mb) ** 2).mean(1)
+                entropy = d.entropy().sum(-1).mean(1)
+                # a sum over splits: each split's gradient is that of its own loss
+                loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss).sum()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                opt.step()
-            if cfg.target_kl is not None and float(kls[-1]) > cfg.target_kl:
-                break
+                last_losses = torch.where(active.to(device), torch.stack(
+                    [pg_loss, v_loss, entropy]).detach(), last_losses)
+                clip_grad_norms(params, cfg.max_grad_norm)
+                opt.step(lr, active)
+            if cfg.target_kl is not None:
+                active &= ~(kls[-1].cpu() > cfg.target_kl)
+                if not bool(active.any()):
+                    break
         if on_update:
-            on_update(TrainStats(update, n_updates, update * batch,
-                                 float(rew_buf.mean()) / cfg.reward_scale, pg_loss.item(),
-                                 v_loss.item(), entropy.item(),
-                                 approx_kl=float(torch.stack(kls).mean()),
-                                 clip_fraction=float(torch.stack(clipped).mean()),
-                                 explained_variance=explained_variance(b_val, b_ret),
-                                 learning_rate=opt.param_groups[0]["lr"], epochs=epochs))
-    return agent
+            kl, cf = torch.stack(kls).nanmean(0), torch.stack(clipped).nanmean(0)
+            on_update([TrainStats(update, n_updates, update * batch,
+                                  float(rew_buf[:, k].mean()) / cfg.reward_scale,
+                                  *(float(x) for x in last_losses[:, k]),
+                                  approx_kl=float(kl[k]), clip_fraction=float(cf[k]),
+                                  explained_variance=explained_variance(b_val[k], b_ret[k]),
+                                  learning_rate=lr, epochs=int(epochs[k]))
+                       for k in range(K)])
+    return net.unstack(agents)
+
+
+class SplitPolicy:
+    """Deterministic target weights of several agents at once: row r of an observation batch
+    is `agents[row_agent[r]]`'s (one batched forward, for batched backtests)."""
+
+    def __init__(self, agents: list[ActorCritic], row_agent: list[int]):
+        used = sorted(set(row_agent))  # agents no row asks for are left out
+        self.net = StackedActorCritic([agents[j] for j in used])
+        row_agent = [used.index(k) for k in row_agent]
+        slots = [[r for r, k in enumerate(row_agent) if k == j] for j in range(len(used))]
+        width = max(len(rows) for rows in slots)
+        # [K, width] row numbers (padded with the agent's own first row), and where each row's
+        # answer lands
+        self.rows = torch.tensor([rows + [rows[0]] * (width - len(rows)) for rows in slots])
+        self.pick_agent = torch.tensor(row_agent)
+        self.pick_slot = torch.tensor([slots[k].index(r) for r, k in enumerate(row_agent)])
+
+    @torch.no_grad()
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.rows.device != obs.device:  # once: the agents' device
+            self.rows, self.pick_agent, self.pick_slot = (
+                x.to(obs.device) for x in (self.rows, self.pick_agent, self.pick_slot))
+        w = torch.softmax(self.net.actor(obs[self.rows]), -1)
+        return w[self.pick_agent, self.pick_slot]
 
 
 def random_policy(n_actions: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:

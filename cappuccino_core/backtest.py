@@ -141,24 +141,38 @@ def hold_settings(settings: EnvSettings) -> EnvSettings:
 def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
                  settings: EnvSettings) -> BacktestResult:
     """Decisions at bars lo .. hi-2 (each filled at the next bar's open), one episode, N = 1."""
-    s = dataclasses.replace(settings, episode_bars=hi - 1 - lo)
-    env = BatchedTradingEnv(market, [(lo, hi)], 1, s, fixed_start=True)
+    return run_backtests(policy, [market], [(lo, hi)], settings)[0]
+
+
+@torch.no_grad()
+def run_backtests(policy: Policy, markets: list[Market], ranges: list[tuple[int, int]],
+                  settings: EnvSettings) -> list[BacktestResult]:
+    """Several backtests at once, one per row: row r decides at bars ranges[r] = (lo, hi) on
+    markets[r] (one price tensor, each its own normalisation); `policy` maps the rows'
+    observations `[R, obs]` to weights `[R, A+1]`. Each row is exactly the single backtest
+    of its range; a row that has finished steps on, unrecorded, until the longest one ends."""
+    s = dataclasses.replace(settings, episode_bars=max(hi - 1 - lo for lo, hi in ranges))
+    env = BatchedTradingEnv.splits(markets, [[r] for r in ranges], 1, s, [0] * len(ranges),
+                                   fixed_start=True)
     obs = env.reset()
-    start = int(env.t[0])
-    equity, weights = [s.initial_cash], []
-    fees = turnover = 0.0
-    stops = 0
-    for _ in range(int(env.t_end[0]) - start):
+    starts, lengths = env.t.tolist(), (env.t_end - env.t).tolist()
+    steps = {"weights": [], "equity": [], "fees": [], "turnover": [], "stops": []}
+    for _ in range(max(lengths)):
         w = policy(obs, env.t) if getattr(policy, "needs_time", False) else policy(obs)
-        weights.append(w[0, :-1].double().cpu().numpy())
+        steps["weights"].append(w[:, :-1].double())
         obs, _, _, info = env.step(w)
-        equity.append(float(info["equity"][0]))
-        fees += float(info["fees"][0])
-        turnover += float(info["turnover"][0])
-        stops += int(info["stops"][0])
-    equity = np.array(equity)
-    close = market.close[start:start + len(equity)].cpu().numpy()
-    bench = s.initial_cash * (1 - s.fee) * (close / close[0]).mean(axis=1)
-    bench[0] = s.initial_cash
-    return BacktestResult(equity, equity[1:] / equity[:-1] - 1, fees,
-                          turnover / float(np.mean(equity)), stops, bench, np.array(weights))
+        for key in ("equity", "fees", "turnover", "stops"):
+            steps[key].append(info[key])
+    table = {k: torch.stack(v).cpu().numpy() for k, v in steps.items()}  # [steps, R, ...]
+    close = markets[0].close.cpu().numpy()
+    results = []
+    for r, (start, n) in enumerate(zip(starts, lengths)):
+        equity = np.concatenate([[s.initial_cash], table["equity"][:n, r]])
+        prices = close[start:start + n + 1]
+        bench = s.initial_cash * (1 - s.fee) * (prices / prices[0]).mean(axis=1)
+        bench[0] = s.initial_cash
+        results.append(BacktestResult(
+            equity, equity[1:] / equity[:-1] - 1, float(table["fees"][:n, r].sum()),
+            float(table["turnover"][:n, r].sum()) / float(np.mean(equity)),
+            int(table["stops"][:n, r].sum()), bench, table["weights"][:n, r]))
+    return results

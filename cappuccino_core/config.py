@@ -163,6 +163,9 @@ class TrainingConfig:
     heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
     compile_env: bool = False
+    # how many of a trial's trainings (CV splits, final fit) train as one batched computation;
+    # null: all of them on a GPU, 4 on a CPU (training/objective.py)
+    split_batch: int | None = field(default=None, metadata=between(1, 10_000, "an integer"))
     # trainer workers on one host: each takes the cores it is given / this many torch threads
     # (threads.py; CAPPUCCINO_TORCH_THREADS overrides)
     workers_per_host: int = field(default=1, metadata=between(1, 1024, "an integer"))

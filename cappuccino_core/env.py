@@ -170,12 +170,18 @@ class Market:
 
     @classmethod
     def from_bars(cls, bars: Bars, norm: Normalisation, device="cpu",
-                  features: np.ndarray | None = None) -> "Market":
+                  features: np.ndarray | None = None,
+                  prices: "Market | None" = None) -> "Market":
+        """`prices`: a Market of the same bars whose price tensor this one shares (several
+        splits' normalisations in one env)."""
         feats = compute_features(bars) if features is None else features
         normed = np.nan_to_num(norm.apply(feats), nan=0.0).astype(np.float32)
-        ohlc = np.ascontiguousarray(bars.ohlcv[:, :, :4].transpose(0, 2, 1))
-        return cls(torch.as_tensor(ohlc, dtype=torch.float64, device=device),
-                   torch.as_tensor(normed, device=device), WARMUP)
+        if prices is None:
+            ohlc = np.ascontiguousarray(bars.ohlcv[:, :, :4].transpose(0, 2, 1))
+            ohlc = torch.as_tensor(ohlc, dtype=torch.float64, device=device)
+        else:
+            ohlc = prices.ohlc
+        return cls(ohlc, torch.as_tensor(normed, device=device), WARMUP)
 
     @property
     def open(self) -> torch.Tensor:
@@ -230,13 +236,17 @@ def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
 
 @dataclass(frozen=True)
 class Episodes:
-    """Where episodes may run: segments [lo, hi) of the market, drawn by length."""
+    """Where episodes may run: per split (a group of rows), segments [lo, hi) of the market,
+    drawn by length. Tensors `[K, S]` are padded to the split with the most segments (padded
+    lengths are infinite, so no draw lands on them); `row_split [N]` maps rows to splits."""
     seg_lo: torch.Tensor
     seg_hi: torch.Tensor
     seg_cum: torch.Tensor
+    seg_count: torch.Tensor  # [K]
+    row_split: torch.Tensor
     episode_bars: int
     fixed_start: bool
-    seed: torch.Tensor  # a tensor, not an int: a compiled step is not recompiled per seed
+    seed: torch.Tensor  # per row, a tensor: a compiled step is not recompiled per seed
 
 
 _LCG_A, _LCG_C, _LCG_M = 1103515245, 12345, 2**31
@@ -255,17 +265,22 @@ def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int,
 
 def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
     """(start, end) indices of a new episode for every environment."""
+    k = ep.row_split
     if ep.fixed_start:
         seg = torch.zeros_like(env_ids)
-        start = ep.seg_lo[seg]
     else:
-        u = _uniform(env_ids, counter, 1, ep.seed) * ep.seg_cum[-1]
-        # searchsorted(seg_cum, u, right=True) as a count: it fuses into a compiled step
-        seg = (ep.seg_cum <= u.unsqueeze(-1)).sum(-1).clamp_max(len(ep.seg_lo) - 1)
-        lo, hi = ep.seg_lo[seg], ep.seg_hi[seg]
+        cum = ep.seg_cum.index_select(0, k)
+        u = _uniform(env_ids, counter, 1, ep.seed) * cum.gather(
+            1, (ep.seg_count.index_select(0, k) - 1).unsqueeze(-1)).squeeze(-1)
+        # searchsorted(cum, u, right=True) as a count: it fuses into a compiled step
+        seg = torch.minimum((cum <= u.unsqueeze(-1)).sum(-1), ep.seg_count.index_select(0, k) - 1)
+    lo, hi = ep.seg_lo[k, seg], ep.seg_hi[k, seg]
+    if ep.fixed_start:
+        start = lo
+    else:
         span = (hi - 1 - lo - ep.episode_bars).clamp_min(1)
         start = lo + (_uniform(env_ids, counter, 2, ep.seed) * span).long()
-    return start, torch.minimum(start + ep.episode_bars, ep.seg_hi[seg] - 1)
+    return start, torch.minimum(start + ep.episode_bars, hi - 1)
 
 
 def portfolio_weights(units, cash, close_t) -> torch.Tensor:
@@ -340,25 +355,62 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
 class BatchedTradingEnv:
     """N episodes stepped together. Episodes start at pseudo-random points of the given
     segments (contiguous index ranges [lo, hi) of the market, never glued to one another),
-    run `episode_bars` decisions or to the segment's end, and restart by themselves."""
+    run `episode_bars` decisions or to the segment's end, and restart by themselves.
+
+    `BatchedTradingEnv.splits` steps several splits at once (a trial's CV splits, each with its
+    own training segments, normalisation and seed): rows [k n, (k+1) n) are split k's, and
+    each row sees exactly what it would see in an env of that split alone."""
 
     def __init__(self, market: Market, segments: list[tuple[int, int]], n_envs: int,
                  settings: EnvSettings, seed: int = 0, fixed_start: bool = False,
                  compile: bool = False):
-        self.m, self.s, self.n = market, settings, n_envs
+        self._setup([market], [segments], n_envs, settings, [seed], fixed_start, compile)
+
+    @classmethod
+    def splits(cls, markets: list[Market], segments: list[list[tuple[int, int]]], n_envs: int,
+               settings: EnvSettings, seeds: list[int], fixed_start: bool = False,
+               compile: bool = False) -> "BatchedTradingEnv":
+        """One env for K splits: `markets[k]` (sharing one price tensor; the same Market
+        object may serve several splits), `segments[k]`, `seeds[k]`; `n_envs` rows each."""
+        env = cls.__new__(cls)
+        env._setup(markets, segments, n_envs, settings, seeds, fixed_start, compile)
+        return env
+
+    def _setup(self, markets, segments, n_envs, settings, seeds, fixed_start, compile):
+        market = markets[0]
+        if any(m.ohlc is not market.ohlc and not torch.equal(m.ohlc, market.ohlc)
+               for m in markets):
+            raise ValueError("the splits of one env must trade the same prices")
+        self.m, self.s, self.k, self.n_per_split = market, settings, len(markets), n_envs
+        self.n = n_envs * self.k
         self.device = market.ohlc.device
         lo_min = market.first_valid + settings.lookback - 1
-        segs = [(max(lo, lo_min), hi) for lo, hi in segments if hi - max(lo, lo_min) >= 2]
-        if not segs:
-            raise ValueError("no segment is long enough for one step after the warm-up")
-        seg_lo = torch.tensor([lo for lo, _ in segs], device=self.device)
-        seg_hi = torch.tensor([hi for _, hi in segs], device=self.device)
-        self.episodes = Episodes(seg_lo, seg_hi, torch.cumsum((seg_hi - seg_lo).double(), 0),
-                                 settings.episode_bars, fixed_start,
-                                 torch.tensor(seed, device=self.device))
-        self.env_ids = torch.arange(n_envs, device=self.device)
+        per_split = []
+        for segs in segments:
+            segs = [(max(lo, lo_min), hi) for lo, hi in segs if hi - max(lo, lo_min) >= 2]
+            if not segs:
+                raise ValueError("no segment is long enough for one step after the warm-up")
+            per_split.append(segs)
+        width = max(len(segs) for segs in per_split)
+        pad = [segs + [segs[0]] * (width - len(segs)) for segs in per_split]
+        seg_lo = torch.tensor([[lo for lo, _ in segs] for segs in pad], device=self.device)
+        seg_hi = torch.tensor([[hi for _, hi in segs] for segs in pad], device=self.device)
+        count = torch.tensor([len(segs) for segs in per_split], device=self.device)
+        cum = torch.cumsum((seg_hi - seg_lo).double(), 1)
+        cum = torch.where(torch.arange(width, device=self.device) < count.unsqueeze(-1), cum,
+                          torch.full_like(cum, float("inf")))
+        row_split = torch.arange(self.k, device=self.device).repeat_interleave(n_envs)
+        self.episodes = Episodes(seg_lo, seg_hi, cum, count, row_split, settings.episode_bars,
+                                 fixed_start, torch.tensor(seeds, device=self.device)[row_split])
+        # each split's rows are numbered from 0, as in an env of that split alone
+        self.env_ids = torch.arange(n_envs, device=self.device).repeat(self.k)
         self.counter = torch.zeros((), dtype=torch.long, device=self.device)
-        self.obs_table = market.observation_table(settings.lookback)
+        # one observation table per distinct market, stacked; a row reads its split's block
+        distinct = list({id(m): m for m in markets}.values())
+        block = torch.tensor([[id(d) for d in distinct].index(id(m)) for m in markets],
+                             device=self.device)
+        self.obs_table = torch.cat([d.observation_table(settings.lookback) for d in distinct])
+        self.row_offset = (block * market.ohlc.shape[0])[row_split]
         self.obs_size = observation_size(market.n_assets, market.n_features, settings.lookback)
         # Compiling fuses the ~150 small tensor ops of a step into a few loops; it costs
         # seconds once per process and shape, so it pays off for long runs and large N.
@@ -397,7 +449,7 @@ class BatchedTradingEnv:
         return self.cash + (self.units * self.m.close[self.t]).sum(-1)
 
     def observe(self) -> torch.Tensor:
-        return observe(self.obs_table, self.t, torch.cat([portfolio_weights(
+        return observe(self.obs_table, self.t + self.row_offset, torch.cat([portfolio_weights(
             self.units, self.cash, self.m.close.index_select(0, self.t)),
             cooldown_share(self.cooldown, self.s)], -1))
 
@@ -408,4 +460,4 @@ class BatchedTradingEnv:
         observation is written into `out [N, obs_size]` when given."""
         self.state, self.counter, reward, done, info, pw = self._steps[with_info](
             self.state, weights, self.counter, self.env_ids, self.m.ohlc)
-        return observe(self.obs_table, self.t, pw, out), reward, done, info
+        return observe(self.obs_table, self.t + self.row_offset, pw, out), reward, done, info

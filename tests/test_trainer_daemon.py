@@ -19,6 +19,8 @@ from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker,
 from conftest import trials, wait_for, write_config
 
 RUNNING = TrialState.RUNNING
+# walk-forward, 2 splits: on a CPU both and the final fit train as one batch
+PROGRESS = "splits 1-2/2 and the final fit, update"
 
 
 def make_config(tmp_path, name, pg_url, timesteps):
@@ -61,7 +63,7 @@ def test_sigterm_stops_within_seconds_and_leaves_no_trial_running(tmp_path, pg_u
                 messages.append(sock.recv(4096).decode())
         except (socket.timeout, BlockingIOError):
             pass
-        return any("split 1/2, update" in m for m in messages)
+        return any(PROGRESS in m for m in messages)
 
     try:
         wait_for(lambda: drain() and trials(study, RUNNING), 120, "a running trial")
@@ -84,8 +86,8 @@ def test_sigterm_stops_within_seconds_and_leaves_no_trial_running(tmp_path, pg_u
     assert queued.system_attrs["fixed_params"] == failed.params
     joined = "\n".join(messages)
     assert "READY=1" in joined and "WATCHDOG=1" in joined and "STOPPING=1" in joined
-    assert joined.index("READY=1") < joined.index("split 1/2")
-    assert "STATUS=sig: trial 0, split 1/2, update" in joined
+    assert joined.index("READY=1") < joined.index(PROGRESS)
+    assert f"STATUS=sig: trial 0, {PROGRESS}" in joined
 
 
 def test_killed_worker_trial_becomes_fail_and_is_retried(tmp_path, pg_url):

@@ -13,8 +13,10 @@ exits cost it ~1 of Sharpe), and `ensemble.min_value: 0` would mean "beat someth
 trade". Frictionless buy-and-hold's Sharpe is recorded beside it (`bh_sharpe`).
 
 Each split trains a fresh agent on its training segments (normalisation fitted on them only)
-and backtests it deterministically on each test group as its own episode. After each split the
-running mean is reported, so the pruner can stop a bad trial early. A split that fails fails the
+and backtests it deterministically on each test group as its own episode. The trainings share
+hyperparameters, so `training.split_batch` of them run as one batched computation (each
+exactly as it would alone: tests/test_training.py). As each batch finishes, the running mean is
+reported split by split, so the pruner can stop a bad trial early. A split that fails fails the
 trial: nothing is averaged away.
 
 The weights kept: after the splits, a final fit on the whole training range (everything before
@@ -38,10 +40,10 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..agent import PPOConfig, TrainStats, train_ppo
+from ..agent import ActorCritic, PPOConfig, SplitPolicy, TrainStats, train_ppo_splits
 from ..artifact_store import EVENTS_DIR, TrialArtifacts, staging_dir
 from ..artifacts import ModelSpec, NetworkSpec, save_artifact
-from ..backtest import HoldEqualWeight, hold_settings, run_backtest, sharpe
+from ..backtest import HoldEqualWeight, hold_settings, run_backtests, sharpe
 from ..config import Config
 from ..data import venue
 from ..data.bars import Bars
@@ -105,6 +107,29 @@ def trial_seed(study: str, trial_id: int) -> int:
 ProgressHook = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Training:
+    """One training of a trial: a CV split's (`split` set) or the final fit's."""
+    segments: list[tuple[int, int]]
+    seed: int
+    run: str  # names its TensorBoard tags (`run/approx_kl`)
+    split: Split | None
+
+
+def batches(trainings: list[Training], size: int) -> list[list[Training]]:
+    return [trainings[i:i + size] for i in range(0, len(trainings), size)]
+
+
+def describe(group: list[Training], n_splits: int) -> str:
+    """"split 3/15", "splits 1-8/15", "splits 9-15/15 and the final fit", "final fit"."""
+    idx = [t.split.index + 1 for t in group if t.split is not None]
+    text = ("" if not idx else f"split {idx[0]}/{n_splits}" if len(idx) == 1
+            else f"splits {idx[0]}-{idx[-1]}/{n_splits}")
+    if group[-1].split is None:
+        text = f"{text} and the final fit" if text else "final fit"
+    return text
+
+
 # A policy whose held-out target weights move less than this over time (the standard deviation
 # of each asset's weight, averaged over assets) learned next to nothing: whatever the market
 # did, it held about the same portfolio.
@@ -166,6 +191,21 @@ def policy_summary(results: list[dict]) -> dict:
     return out
 
 
+# On 2 CPU cores a default trial took 124 s one training at a time, 89 s four at a time and
+# 84 s all sixteen at once (benchmarks/trial_throughput.py): four keep most of the gain with a
+# quarter of the memory, and the pruner can stop a bad trial after its first four splits.
+CPU_SPLIT_BATCH = 4
+
+
+def split_batch(training, device: str, n_trainings: int) -> int:
+    """How many of a trial's trainings run at once (`training.split_batch`; null: every one
+    on a GPU, where one batched computation fills it and sixteen small ones starve it;
+    CPU_SPLIT_BATCH on a CPU)."""
+    if training.split_batch is not None:
+        return min(training.split_batch, n_trainings)
+    return n_trainings if device.startswith("cuda") else min(CPU_SPLIT_BATCH, n_trainings)
+
+
 class Objective:
     def __init__(self, cfg: Config, data: TrainingData, study_name: str,
                  artifacts: TrialArtifacts, device: str = "cpu",
@@ -181,64 +221,83 @@ class Objective:
         self.should_stop = should_stop or (lambda: False)
         self.total_timesteps = total_timesteps or cfg.training.total_timesteps
         self.base_env = EnvSettings.from_config(cfg)
+        self.prices: Market | None = None  # the bars' prices on the device, built once
         t = cfg.training
         self.splits = make_splits(t.cv, WARMUP, data.train_hi, t.cv_groups, t.cv_test_groups,
                                   t.embargo_hours * 3600 // cfg.bar_seconds)
         for s in self.splits:
             data.check_segments(s.train + s.test)
+        self.split_batch = split_batch(cfg.training, device, len(self.splits) + 1)
 
     def market(self, train_segments: list[tuple[int, int]]) -> tuple[Market, Normalisation]:
         rows = np.concatenate([np.arange(lo, hi) for lo, hi in train_segments])
         norm = Normalisation.fit(self.data.features, rows)
-        return Market.from_bars(self.data.bars, norm, self.device, self.data.features), norm
+        if self.prices is None:  # one price tensor that every split's market shares
+            self.prices = Market.from_bars(self.data.bars, norm, self.device,
+                                           self.data.features)
+            return self.prices, norm
+        return Market.from_bars(self.data.bars, norm, self.device, self.data.features,
+                                prices=self.prices), norm
 
-    def train(self, segments, ppo: PPOConfig, env: EnvSettings, seed: int, label: str,
-              run: str):
-        """`label` for progress lines, `run` names its TensorBoard tags (`run/approx_kl`)."""
-        self.data.check_segments(segments)
-        market, norm = self.market(segments)
-        benv = BatchedTradingEnv(market, segments, ppo.n_envs, env, seed=seed,
-                                 compile=self.cfg.training.compile_env)
-
+    def train(self, trainings: list[Training], ppo: PPOConfig, env: EnvSettings, label: str):
+        """Train `trainings` at once (one batched computation); returns (agents, markets,
+        normalisations), one each per training. `label` for progress lines."""
+        for t in trainings:
+            self.data.check_segments(t.segments)
+        markets, norms = zip(*(self.market(t.segments) for t in trainings))
+        benv = BatchedTradingEnv.splits(list(markets), [t.segments for t in trainings],
+                                        ppo.n_envs, env, [t.seed for t in trainings],
+                                        compile=self.cfg.training.compile_env)
         last: list[TrainStats] = []
 
-        def on_update(st: TrainStats) -> None:
+        def on_update(stats: list[TrainStats]) -> None:
             if self.should_stop():
                 raise Interrupted(f"stopped during {label}")
-            if self.events is not None:
-                self.events.scalars(st.env_steps, st.diagnostics(), prefix=f"{run}/")
-            last[:] = [st]
-            self.progress(f"{label}, update {st.update}/{st.n_updates}")
+            for t, st in zip(trainings, stats):
+                if self.events is not None:  # TensorBoard tags `run/approx_kl`
+                    self.events.scalars(st.env_steps, st.diagnostics(), prefix=f"{t.run}/")
+            last[:] = stats
+            self.progress(f"{label}, update {stats[0].update}/{stats[0].n_updates}")
 
-        agent = train_ppo(benv, ppo, seed, on_update)
+        agents = train_ppo_splits(benv, ppo, [t.seed for t in trainings], on_update)
         self.last_updates += last
-        return agent, market, norm
+        del benv
+        return agents, list(markets), list(norms)
 
-    def evaluate_split(self, split: Split, ppo: PPOConfig, env: EnvSettings, seed: int,
-                       label: str) -> dict:
-        run = f"split_{split.index + 1}_of_{len(self.splits)}"
-        agent, market, _ = self.train(split.train, ppo, env, seed, label, run)
-        agent_r, bench_r, hold_r, dd, turnover, weights = [], [], [], [], [], []
-        hold = HoldEqualWeight(market.n_assets)
-        for lo, hi in split.test:
-            res = run_backtest(agent.weights, market, lo, hi, env)
-            agent_r.append(res.returns)
-            bench_r.append(res.benchmark_returns)
-            hold_r.append(run_backtest(hold, market, lo, hi, hold_settings(env)).returns)
-            m = res.metrics()
-            dd.append(m["max_drawdown"])
-            turnover.append(m["turnover"])
-            weights.append(res.weights)
-        agent_r, bench_r, hold_r = (np.concatenate(r) for r in (agent_r, bench_r, hold_r))
-        out = {"sharpe": sharpe(agent_r), "bh_sharpe": sharpe(bench_r),
-               "hold_sharpe": sharpe(hold_r),  # holding under the same rules: the yardstick
-               "return": float(np.prod(1 + agent_r) - 1),
-               "bh_return": float(np.prod(1 + bench_r) - 1),
-               "max_drawdown": float(max(dd)), "turnover": float(np.mean(turnover)),
-               **weight_spread(np.concatenate(weights))}
-        out["excess_sharpe"] = out["sharpe"] - out["hold_sharpe"]
-        if not np.isfinite(list(out.values())).all():
-            raise FloatingPointError(f"split {split.index}: non-finite result {out}")
+    def hold_returns(self, env: EnvSettings) -> dict[tuple[int, int], np.ndarray]:
+        """Equal-weight buy-and-hold under the same rules over every test range of the
+        splits (the yardstick; it reads no features, so one backtest per range serves all)."""
+        ranges = sorted({r for split in self.splits for r in split.test})
+        if self.prices is None:
+            self.market(self.splits[0].train)
+        hold = run_backtests(HoldEqualWeight(self.prices.n_assets), [self.prices] * len(ranges),
+                             ranges, hold_settings(env))
+        return {r: res.returns for r, res in zip(ranges, hold)}
+
+    def evaluate(self, splits: list[Split], agents: list[ActorCritic], markets: list[Market],
+                 env: EnvSettings, hold: dict) -> list[dict]:
+        """Each split's agent backtested deterministically on each of its test ranges (its own
+        episode), all in one batched backtest."""
+        rows = [(j, r) for j, split in enumerate(splits) for r in split.test]
+        policy = SplitPolicy(agents, [j for j, _ in rows])
+        results = run_backtests(policy, [markets[j] for j, _ in rows], [r for _, r in rows], env)
+        out = []
+        for j, split in enumerate(splits):
+            mine = [(r, res) for (k, r), res in zip(rows, results) if k == j]
+            agent_r, bench_r, hold_r = (np.concatenate(x) for x in zip(*(
+                (res.returns, res.benchmark_returns, hold[r]) for r, res in mine)))
+            metrics = [res.metrics() for _, res in mine]
+            o = {"sharpe": sharpe(agent_r), "bh_sharpe": sharpe(bench_r),
+                 "hold_sharpe": sharpe(hold_r),  # holding under the same rules: the yardstick
+                 "return": float(np.prod(1 + agent_r) - 1),
+                 "bh_return": float(np.prod(1 + bench_r) - 1),
+                 "max_drawdown": float(max(m["max_drawdown"] for m in metrics)),
+                 "turnover": float(np.mean([m["turnover"] for m in metrics])),
+                 **weight_spread(np.concatenate([res.weights for _, res in mine]))}
+            o["excess_sharpe"] = o["sharpe"] - o["hold_sharpe"]
+            if not np.isfinite(list(o.values())).all():
+                raise FloatingPointError(f"split {split.index}: non-finite result {o}")
+            out.append(o)
         return out
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -261,19 +320,37 @@ class Objective:
             self.events = None
             shutil.rmtree(staging, ignore_errors=True)
 
+    def trainings(self, seed: int) -> list[Training]:
+        """The trial's trainings in order: its CV splits, then the final fit."""
+        n = len(self.splits)
+        return [Training(s.train, seed + s.index, f"split_{s.index + 1}_of_{n}", s)
+                for s in self.splits] + [
+            Training([(WARMUP, self.data.train_hi)], seed + 10_000, "final_fit", None)]
+
     def _run(self, trial: optuna.Trial, params: dict, ppo: PPOConfig, env: EnvSettings,
              seed: int, staging: Path) -> float:
-        results = []
-        for split in self.splits:
-            label = f"trial {trial.number}, split {split.index + 1}/{len(self.splits)}"
-            results.append(self.evaluate_split(split, ppo, env, seed + split.index, label))
-            diffs = [r["excess_sharpe"] for r in results]
-            trial.report(float(np.mean(diffs)), split.index)
-            trial.set_user_attr(ATTR_SPLITS, results)
-            for key, figure in split_summary(results).items():
-                trial.set_user_attr(key, figure)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after split {split.index + 1}")
+        results, final = [], None
+        hold = self.hold_returns(env)
+        trainings = self.trainings(seed)
+        for group in batches(trainings, self.split_batch):
+            label = f"trial {trial.number}, {describe(group, len(self.splits))}"
+            agents, markets, norms = self.train(group, ppo, env, label)
+            tested = [(t.split, a, m) for t, a, m in zip(group, agents, markets) if t.split]
+            if tested:
+                splits, split_agents, split_markets = map(list, zip(*tested))
+                for split, r in zip(splits, self.evaluate(splits, split_agents, split_markets,
+                                                          env, hold)):
+                    results.append(r)
+                    trial.report(float(np.mean([x["excess_sharpe"] for x in results])),
+                                 split.index)
+                trial.set_user_attr(ATTR_SPLITS, results)
+                for key, figure in split_summary(results).items():
+                    trial.set_user_attr(key, figure)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after split {splits[-1].index + 1}")
+            if group[-1].split is None:
+                final = agents[-1], markets[-1], norms[-1]
+            del agents, markets, norms
             gc.collect()
         diffs = np.array([r["excess_sharpe"] for r in results])
         value = float(diffs.mean() - STD_PENALTY * diffs.std())
@@ -285,9 +362,7 @@ class Objective:
                         "over time on the test data): it learned next to nothing",
                         trial.number, 100 * policy["spread_time"])
 
-        segment = [(WARMUP, self.data.train_hi)]
-        agent, market, norm = self.train(segment, ppo, env, seed + 10_000,
-                                         f"trial {trial.number}, final fit", "final_fit")
+        agent, market, norm = final
         for key, figure in ppo_summary(self.last_updates).items():
             trial.set_user_attr(key, figure)
         spec = self.spec(trial, params, ppo, env, norm, seed, value, market)
@@ -298,7 +373,7 @@ class Objective:
                                                  trial_id(trial), trial)
         trial.set_user_attr(ATTR_ARTIFACT_ID, stored.artifact_id)
         trial.set_user_attr(ATTR_SHA256, digest)
-        del agent, market
+        del agent, market, final
         gc.collect()
         return value
 
