@@ -92,7 +92,9 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     began = time.monotonic()
     study = open_study(cfg, cfg.active_study)
     set_target(study, trials if minutes is None else 10**6)
-    for _ in range(trials - len(study.trials) if fixed else 0):  # a lever under test
+    # a lever under test: every trial of the budget (more than a wall time can use) holds it
+    queued = trials - len(study.trials) if minutes is None else 1000
+    for _ in range(queued if fixed else 0):
         study.enqueue_trial(fixed, skip_if_exists=False)
     hooks = WorkerHooks(status=lambda text: None)
     timer = threading.Timer(minutes * 60, hooks.stop.set) if minutes else None
