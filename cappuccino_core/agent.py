@@ -38,6 +38,11 @@ class PPOConfig:
     hidden: int = 128
     layers: int = 2
     init_log_std: float = -0.5
+    # the untrained policy's cash weight (softmax of its mean action); null: 1/(A+1), every
+    # output alike. An agent that starts uniform holds 1/(A+1) in cash and must learn to
+    # invest before it can learn anything else; one that starts at the cash reserve starts as
+    # equal-weight holding, the yardstick, and learns departures from it.
+    init_cash_weight: float | None = None
     reward_scale: float = 100.0     # hourly log returns are ~1e-3; the critic learns better x100
     total_timesteps: int = 200_000
     n_envs: int = 64
@@ -65,9 +70,12 @@ def _mlp(n_in: int, n_out: int, hidden: int, layers: int, out_gain: float) -> nn
 
 class ActorCritic(nn.Module):
     def __init__(self, obs_size: int, n_actions: int, hidden: int, layers: int,
-                 init_log_std: float):
+                 init_log_std: float, init_cash_weight: float | None = None):
         super().__init__()
         self.actor = _mlp(obs_size, n_actions, hidden, layers, 0.01)
+        if init_cash_weight is not None:  # softmax([0] * A + [c])[-1] = w: e^c = A w / (1 - w)
+            w = init_cash_weight
+            nn.init.constant_(self.actor[-1].bias[-1:], math.log((n_actions - 1) * w / (1 - w)))
         self.critic = _mlp(obs_size, 1, hidden, layers, 1.0)
         self.log_std = nn.Parameter(torch.full((n_actions,), float(init_log_std)))
 
@@ -245,7 +253,7 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
     for seed in seeds:
         torch.manual_seed(seed)
         agents.append(ActorCritic(env.obs_size, n_actions, cfg.hidden, cfg.layers,
-                                  cfg.init_log_std))
+                                  cfg.init_log_std, cfg.init_cash_weight))
     net = StackedActorCritic([a.to(device) for a in agents])
     params = net.parameters()
     opt = StackedAdam(params, K)

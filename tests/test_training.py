@@ -9,8 +9,8 @@ import optuna
 import pytest
 import torch
 
-from cappuccino_core.agent import (PPOConfig, SplitPolicy, random_policy, train_ppo,
-                                   train_ppo_splits)
+from cappuccino_core.agent import (ActorCritic, PPOConfig, SplitPolicy, random_policy,
+                                   train_ppo, train_ppo_splits)
 from cappuccino_core.backtest import run_backtest, run_backtests
 from cappuccino_core.config import load_config
 from cappuccino_core.data.features import WARMUP, compute_features
@@ -88,7 +88,7 @@ CHANGES = {
     "clip_coef": 0.01, "ent_coef": 0.5, "vf_coef": 5.0, "max_grad_norm": 0.001,
     "update_epochs": 1, "num_minibatches": 2, "n_steps": 32, "hidden": 16, "layers": 1,
     "init_log_std": 0.5, "lookback": 2, "episode_bars": 20, "min_rebalance_weight": 0.15,
-    "reward": "excess",
+    "reward": "excess", "init_cash_weight": 0.05,
 }
 
 
@@ -202,6 +202,15 @@ def test_a_split_policy_answers_each_row_with_its_agent(three_splits):
         torch.testing.assert_close(got[r], agents[k].weights(obs[r:r + 1])[0], atol=1e-6,
                                    rtol=0)
     assert not torch.allclose(agents[0].weights(obs), agents[1].weights(obs), atol=1e-4)
+
+
+def test_an_untrained_agent_starts_uniform_or_as_equal_weight_holding():
+    obs = torch.randn(4, 10)
+    uniform = ActorCritic(10, 8, 16, 2, -0.5).weights(obs)
+    holding = ActorCritic(10, 8, 16, 2, -0.5, init_cash_weight=0.05).weights(obs)
+    torch.testing.assert_close(uniform, torch.full_like(uniform, 1 / 8), atol=0.01, rtol=0)
+    torch.testing.assert_close(holding[:, -1], torch.full((4,), 0.05), atol=0.005, rtol=0)
+    torch.testing.assert_close(holding[:, :-1], torch.full((4, 7), 0.95 / 7), atol=0.01, rtol=0)
 
 
 def test_unknown_parameters_are_refused():

@@ -40,6 +40,8 @@ def sample_params(trial: optuna.Trial) -> dict:
         "hidden": trial.suggest_categorical("hidden", [64, 128, 256]),
         "layers": trial.suggest_int("layers", 1, 3),
         "init_log_std": trial.suggest_float("init_log_std", -2.0, 0.0),
+        # start uniform (null) or at equal-weight holding: 5% cash, the default reserve
+        "init_cash_weight": trial.suggest_categorical("init_cash_weight", [None, 0.05]),
         "lookback": trial.suggest_categorical("lookback", [1, 2, 4, 8]),
         "episode_bars": trial.suggest_categorical("episode_bars", [168, 336, 720]),
         # a band wider than an asset's share of the portfolio (1/7 with 7 assets) forbids most
