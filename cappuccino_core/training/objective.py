@@ -25,6 +25,7 @@ the held-out window) with the same hyperparameters; that is the model an ensembl
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import logging
@@ -206,6 +207,16 @@ def split_batch(training, device: str, n_trainings: int) -> int:
     return n_trainings if device.startswith("cuda") else min(CPU_SPLIT_BATCH, n_trainings)
 
 
+def release_memory() -> None:
+    """After a trial: collect, then hand the freed heap back to the system (glibc keeps it
+    otherwise, and a worker's RSS follows the largest trial it has run, not the current)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class Objective:
     def __init__(self, cfg: Config, data: TrainingData, study_name: str,
                  artifacts: TrialArtifacts, device: str = "cpu",
@@ -319,6 +330,7 @@ class Objective:
             self.events.close()
             self.events = None
             shutil.rmtree(staging, ignore_errors=True)
+            release_memory()
 
     def trainings(self, seed: int) -> list[Training]:
         """The trial's trainings in order: its CV splits, then the final fit."""
