@@ -75,7 +75,7 @@ def timed_trial(obj: Objective, study: optuna.Study, params: dict | None) -> flo
     return time.perf_counter() - t0
 
 
-def two_workers(device: str) -> str:
+def two_workers() -> str:
     """Two worker processes on one GPU at once, each one default batched trial."""
     cmd = [sys.executable, __file__, "--sampled", "0", "--batched-only", "--child"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"target: a full default trial <= {target} s on {device}: "
           f"{'met' if walls['batched'] <= target else 'NOT met'} ({walls['batched']:.0f} s)")
     if device == "cuda":
-        print(f"two workers on one GPU: {two_workers(device)}")
+        print(f"two workers on one GPU: {two_workers()}")
 
     if args.sampled:
         obj = objective(cfg, data, device, None)

@@ -200,9 +200,8 @@ class StackedAdam:
         for p, m, v in zip(self.params, self.m, self.v):
             shape = (-1,) + (1,) * (p.dim() - 1)
             g = p.grad
-            if not everyone:  # a stopped split: no gradient, no moment decay, no step
+            if not everyone:  # a stopped split: its moments and weights stay as they are
                 keep = active.to(p.device).view(shape)
-                g = torch.where(keep, g, torch.zeros_like(g))
                 m_old, v_old = m.clone(), v.clone()
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -315,6 +314,7 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
         last_losses = torch.zeros(3, K, device=device)  # each split's last minibatch run
         for _ in range(cfg.update_epochs):
             epochs += active.long()
+            running = active.to(device)
             perm = torch.stack([torch.randperm(batch, generator=g) for g in perm_gens]).to(device)
             for start in range(0, batch, minibatch):
                 idx = perm[:, start:start + minibatch]
@@ -324,10 +324,10 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
                 log_ratio = logp - b_logp.gather(1, idx)
                 ratio = log_ratio.exp()
                 with torch.no_grad():  # http://joschu.net/blog/kl-approx.html, as in CleanRL
-                    kls.append(torch.where(active.to(device), ((ratio - 1) - log_ratio).mean(1),
+                    kls.append(torch.where(running, ((ratio - 1) - log_ratio).mean(1),
                                            float("nan")))
                     clipped.append(torch.where(
-                        active.to(device), ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(1),
+                        running, ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(1),
                         float("nan")))
                 a = b_adv.gather(1, idx)
                 a = (a - a.mean(1, keepdim=True)) / (a.std(1, keepdim=True) + 1e-8)
@@ -341,7 +341,7 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
                 # a sum over splits: each split's gradient is that of its own loss
                 loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss).sum()
                 loss.backward()
-                last_losses = torch.where(active.to(device), torch.stack(
+                last_losses = torch.where(running, torch.stack(
                     [pg_loss, v_loss, entropy]).detach(), last_losses)
                 clip_grad_norms(params, cfg.max_grad_norm)
                 opt.step(lr, active)

@@ -236,14 +236,14 @@ def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
 
 @dataclass(frozen=True)
 class Episodes:
-    """Where episodes may run: per split (a group of rows), segments [lo, hi) of the market,
-    drawn by length. Tensors `[K, S]` are padded to the split with the most segments (padded
-    lengths are infinite, so no draw lands on them); `row_split [N]` maps rows to splits."""
+    """Where episodes may run: per row, the segments [lo, hi) of its split, drawn by length.
+    Tensors `[N, S]` are padded to the split with the most segments (padded lengths are
+    infinite, so no draw lands on them)."""
     seg_lo: torch.Tensor
     seg_hi: torch.Tensor
     seg_cum: torch.Tensor
-    seg_count: torch.Tensor  # [K]
-    row_split: torch.Tensor
+    seg_last: torch.Tensor  # [N]: the index of a row's last real segment
+    total: torch.Tensor  # [N]: a row's segments' total length
     episode_bars: int
     fixed_start: bool
     seed: torch.Tensor  # per row, a tensor: a compiled step is not recompiled per seed
@@ -265,16 +265,14 @@ def _uniform(env_ids: torch.Tensor, counter: torch.Tensor, salt: int,
 
 def draw_episodes(ep: Episodes, env_ids: torch.Tensor, counter: torch.Tensor):
     """(start, end) indices of a new episode for every environment."""
-    k = ep.row_split
     if ep.fixed_start:
         seg = torch.zeros_like(env_ids)
     else:
-        cum = ep.seg_cum.index_select(0, k)
-        u = _uniform(env_ids, counter, 1, ep.seed) * cum.gather(
-            1, (ep.seg_count.index_select(0, k) - 1).unsqueeze(-1)).squeeze(-1)
-        # searchsorted(cum, u, right=True) as a count: it fuses into a compiled step
-        seg = torch.minimum((cum <= u.unsqueeze(-1)).sum(-1), ep.seg_count.index_select(0, k) - 1)
-    lo, hi = ep.seg_lo[k, seg], ep.seg_hi[k, seg]
+        u = _uniform(env_ids, counter, 1, ep.seed) * ep.total
+        # searchsorted(seg_cum, u, right=True) as a count: it fuses into a compiled step
+        seg = torch.minimum((ep.seg_cum <= u.unsqueeze(-1)).sum(-1), ep.seg_last)
+    lo = ep.seg_lo.gather(1, seg.unsqueeze(-1)).squeeze(-1)
+    hi = ep.seg_hi.gather(1, seg.unsqueeze(-1)).squeeze(-1)
     if ep.fixed_start:
         start = lo
     else:
@@ -400,8 +398,11 @@ class BatchedTradingEnv:
         cum = torch.where(torch.arange(width, device=self.device) < count.unsqueeze(-1), cum,
                           torch.full_like(cum, float("inf")))
         row_split = torch.arange(self.k, device=self.device).repeat_interleave(n_envs)
-        self.episodes = Episodes(seg_lo, seg_hi, cum, count, row_split, settings.episode_bars,
-                                 fixed_start, torch.tensor(seeds, device=self.device)[row_split])
+        last = count - 1  # per row from here: no per-step lookup of a row's split
+        self.episodes = Episodes(seg_lo[row_split], seg_hi[row_split], cum[row_split],
+                                 last[row_split], cum.gather(1, last.unsqueeze(-1))[row_split, 0],
+                                 settings.episode_bars, fixed_start,
+                                 torch.tensor(seeds, device=self.device)[row_split])
         # each split's rows are numbered from 0, as in an env of that split alone
         self.env_ids = torch.arange(n_envs, device=self.device).repeat(self.k)
         self.counter = torch.zeros((), dtype=torch.long, device=self.device)

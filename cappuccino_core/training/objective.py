@@ -26,6 +26,7 @@ the held-out window) with the same hyperparameters; that is the model an ensembl
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import hashlib
 import logging
@@ -232,7 +233,6 @@ class Objective:
         self.should_stop = should_stop or (lambda: False)
         self.total_timesteps = total_timesteps or cfg.training.total_timesteps
         self.base_env = EnvSettings.from_config(cfg)
-        self.prices: Market | None = None  # the bars' prices on the device, built once
         t = cfg.training
         self.splits = make_splits(t.cv, WARMUP, data.train_hi, t.cv_groups, t.cv_test_groups,
                                   t.embargo_hours * 3600 // cfg.bar_seconds)
@@ -243,12 +243,16 @@ class Objective:
     def market(self, train_segments: list[tuple[int, int]]) -> tuple[Market, Normalisation]:
         rows = np.concatenate([np.arange(lo, hi) for lo, hi in train_segments])
         norm = Normalisation.fit(self.data.features, rows)
-        if self.prices is None:  # one price tensor that every split's market shares
-            self.prices = Market.from_bars(self.data.bars, norm, self.device,
-                                           self.data.features)
-            return self.prices, norm
         return Market.from_bars(self.data.bars, norm, self.device, self.data.features,
                                 prices=self.prices), norm
+
+    @functools.cached_property
+    def prices(self) -> Market:
+        """The bars' prices on the device, built once: every split's market shares them
+        (its features, unnormalised, serve holding, which reads none)."""
+        A, F = self.data.features.shape[1:]
+        return Market.from_bars(self.data.bars, Normalisation(np.zeros((A, F)), np.ones((A, F))),
+                                self.device, self.data.features)
 
     def train(self, trainings: list[Training], ppo: PPOConfig, env: EnvSettings, label: str):
         """Train `trainings` at once (one batched computation); returns (agents, markets,
@@ -272,15 +276,12 @@ class Objective:
 
         agents = train_ppo_splits(benv, ppo, [t.seed for t in trainings], on_update)
         self.last_updates += last
-        del benv
         return agents, list(markets), list(norms)
 
     def hold_returns(self, env: EnvSettings) -> dict[tuple[int, int], np.ndarray]:
         """Equal-weight buy-and-hold under the same rules over every test range of the
         splits (the yardstick; it reads no features, so one backtest per range serves all)."""
         ranges = sorted({r for split in self.splits for r in split.test})
-        if self.prices is None:
-            self.market(self.splits[0].train)
         hold = run_backtests(HoldEqualWeight(self.prices.n_assets), [self.prices] * len(ranges),
                              ranges, hold_settings(env))
         return {r: res.returns for r, res in zip(ranges, hold)}
@@ -385,9 +386,7 @@ class Objective:
                                                  trial_id(trial), trial)
         trial.set_user_attr(ATTR_ARTIFACT_ID, stored.artifact_id)
         trial.set_user_attr(ATTR_SHA256, digest)
-        del agent, market, final
-        gc.collect()
-        return value
+        return value  # release_memory() follows
 
     def spec(self, trial, params, ppo: PPOConfig, env: EnvSettings, norm: Normalisation,
              seed: int, value: float, market: Market) -> ModelSpec:
