@@ -14,7 +14,8 @@ on this machine's CPU threads (or a GPU when one is there); the table says which
 
 `--minutes M` gives each window a wall-time budget instead of a trial count (the trial running
 when it ends is stopped and not counted); `--split-batch B` sets `training.split_batch` (1:
-each trial's trainings one after another, the path before batching; default: the device's).
+each trial's trainings one after another, the path before batching; default: the device's);
+`--precision float32` the training arithmetic before bfloat16 (default: the device's).
 
 With `--workdir DIR` the studies are kept, and a second run over the same DIR trains only
 what is missing (a larger --trials adds trials) before evaluating again.
@@ -66,7 +67,8 @@ HELD_OUT_DAYS = 60
 WINDOWS = {"bear": "2022-07-01", "bull": "2023-12-15", "sideways": "2023-08-31"}
 
 
-def config_for(root: Path, end: str, timesteps: int, split_batch: int | None) -> Path:
+def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
+               precision: str = "auto") -> Path:
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
@@ -76,7 +78,7 @@ def config_for(root: Path, end: str, timesteps: int, split_batch: int | None) ->
                  "start": start, "end": end},
         "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
                      "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1,
-                     "split_batch": split_batch},
+                     "split_batch": split_batch, "precision": precision},
         "ensemble": {"top_n": 5, "min_members": 2},  # the product's min_value and fallback
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "quality"}))
@@ -85,8 +87,8 @@ def config_for(root: Path, end: str, timesteps: int, split_batch: int | None) ->
 
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                fixed: dict | None = None, minutes: float | None = None,
-               split_batch: int | None = None) -> dict:
-    cfg = load_config(config_for(root, end, timesteps, split_batch))
+               split_batch: int | None = None, precision: str = "auto") -> dict:
+    cfg = load_config(config_for(root, end, timesteps, split_batch, precision))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
@@ -199,6 +201,8 @@ def main() -> int:
                    help="a wall-time budget per window instead of --trials")
     p.add_argument("--split-batch", type=int,
                    help="training.split_batch (1: trainings one after another)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="training.precision (float32: the arithmetic before bfloat16)")
     p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
                    "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
@@ -212,11 +216,13 @@ def main() -> int:
         budget = f"{args.minutes:g} min" if args.minutes else f"{args.trials} trials"
         print(f"window {name}: searching ({budget}) ...", flush=True)
         rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
-                               parse_fixed(args.fix), args.minutes, args.split_batch))
+                               parse_fixed(args.fix), args.minutes, args.split_batch,
+                               args.precision))
     if args.fix:
         print(f"\nheld fixed (the rest searched): {args.fix}")
     if args.split_batch is not None:
         print(f"\ntraining.split_batch: {args.split_batch}")
+    print(f"training.precision: {args.precision}")
     print_table(rows, budget, args.timesteps)
     return 0
 

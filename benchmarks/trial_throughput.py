@@ -1,9 +1,10 @@
 """Trials per hour on the current device: one full default trial with its trainings one after
-another (`training.split_batch: 1`, the old path) and batched (the device's default), in one
-run; then trials as the search samples them (median and p90 wall time), with the memory they
-leave behind; on a GPU also the memory one worker takes and whether two workers share it.
+another in float32 (`training.split_batch: 1`, the old path), batched in float32, and batched
+in the device's precision (the default; bfloat16 on a CPU that has it), in one run; then
+trials as the search samples them (median and p90 wall time), with the memory they leave
+behind; on a GPU also the memory one worker takes and whether two workers share it.
 
-    python benchmarks/trial_throughput.py                  # default trial both ways + 20 sampled
+    python benchmarks/trial_throughput.py                  # default trial each way + 20 sampled
     python benchmarks/trial_throughput.py --sampled 5      # fewer sampled trials
     python benchmarks/trial_throughput.py --sampled 0      # the default trial only
 
@@ -34,7 +35,7 @@ from cappuccino_core.data import load_bars
 from cappuccino_core.storage import app_engine
 from cappuccino_core.threads import set_torch_threads
 from cappuccino_core.training.objective import (Objective, held_out_start, prepare_data,
-                                                split_batch)
+                                                split_batch, training_precision)
 from cappuccino_core.training.search_space import default_params
 
 # The default network and algorithm as a trial: PPOConfig's defaults, except ent_coef, whose
@@ -60,8 +61,10 @@ def setup(tmp: Path):
                                                   cfg.bar_seconds))
 
 
-def objective(cfg, data, device: str, batch: int | None) -> Objective:
-    c = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, split_batch=batch))
+def objective(cfg, data, device: str, batch: int | None,
+              precision: str = "auto") -> Objective:
+    c = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, split_batch=batch,
+                                                              precision=precision))
     return Objective(c, data, "bench", TrialArtifacts(c, app_engine(c)), device=device)
 
 
@@ -105,25 +108,33 @@ def main() -> None:
               f"{len(data.bars)} bars x {len(data.bars.symbols)} assets")
 
     walls = {}
-    modes = [("batched", None)] if args.batched_only else [("sequential", 1), ("batched", None)]
-    for label, batch in modes:
-        obj = objective(cfg, data, device, batch)
+    # the old path (one training at a time, float32), batched in float32, and batched in the
+    # device's precision (the default), when that is not float32
+    modes = [("sequential", 1, "float32"), ("batched", None, "float32")]
+    if training_precision(cfg.training, device) != "float32":
+        modes.append(("batched", None, "auto"))
+    if args.batched_only:
+        modes = modes[-1:]
+    for label, batch, precision in modes:
+        obj = objective(cfg, data, device, batch, precision)
         n_trainings = len(obj.splits) + 1
         study = optuna.create_study(direction="maximize")
+        label = f"{label}, {obj.precision}"
         walls[label] = timed_trial(obj, study, DEFAULT_TRIAL)
-        print(f"{label:<11} (split_batch {obj.split_batch:>2}): one default trial "
+        print(f"{label:<19} (split_batch {obj.split_batch:>2}): one default trial "
               f"{walls[label]:6.1f} s = {3600 / walls[label]:5.1f} trials/hour, "
               f"value {study.trials[0].value:+.3f}, GPU memory {gpu_mb(device):.0f} MB",
               flush=True)
     if args.child:
         return
-    if "sequential" in walls:
-        print(f"batched vs sequential: {walls['sequential'] / walls['batched']:.2f}x faster "
+    old, *_, default = walls
+    if old != default:
+        print(f"default vs the old path: {walls[old] / walls[default]:.2f}x faster "
               f"({n_trainings} trainings; batched {split_batch(cfg.training, device, n_trainings)}"
-              f" at a time)")
+              f" at a time, {default.split(', ')[1]})")
     target = 60
     print(f"target: a full default trial <= {target} s on {device}: "
-          f"{'met' if walls['batched'] <= target else 'NOT met'} ({walls['batched']:.0f} s)")
+          f"{'met' if walls[default] <= target else 'NOT met'} ({walls[default]:.0f} s)")
     if device == "cuda":
         print(f"two workers on one GPU: {two_workers()}")
 

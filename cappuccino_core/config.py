@@ -164,13 +164,16 @@ class TrainingConfig:
     max_retry: int = field(default=2, metadata=NON_NEGATIVE)
     compile_env: bool = False
     # how many of a trial's trainings (CV splits, final fit) train as one batched computation;
-    # null: all of them on a GPU, 4 on a CPU (training/objective.py)
+    # null: all of them on a GPU, 8 on a CPU (training/objective.py)
     split_batch: int | None = field(default=None, metadata=between(1, 10_000, "an integer"))
     # trainer workers on one host: each takes the cores it is given / this many torch threads
     # (threads.py; CAPPUCCINO_TORCH_THREADS overrides)
     workers_per_host: int = field(default=1, metadata=between(1, 1024, "an integer"))
     # stop an update's epochs once PPO's approximate KL passes this (CleanRL); null: never
     target_kl: float | None = field(default=None, metadata=between(1e-6, 10))
+    # the hidden layers' arithmetic in training (agent.py); auto: bfloat16 on a CPU with
+    # native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere (training/objective.py)
+    precision: str = field(default="auto", metadata=choice("auto", "float32", "bfloat16"))
 
 
 @dataclass(frozen=True)

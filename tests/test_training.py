@@ -9,10 +9,11 @@ import optuna
 import pytest
 import torch
 
-from cappuccino_core.agent import (ActorCritic, PPOConfig, SplitPolicy, random_policy,
-                                   train_ppo, train_ppo_splits)
+from cappuccino_core.agent import (ActorCritic, PPOConfig, SplitPolicy, StackedActorCritic,
+                                   StackedAdam, clip_grad_norms, random_policy, train_ppo,
+                                   train_ppo_splits)
 from cappuccino_core.backtest import run_backtest, run_backtests
-from cappuccino_core.config import load_config
+from cappuccino_core.config import TrainingConfig, load_config
 from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
 from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
@@ -20,8 +21,9 @@ from cappuccino_core.artifacts import load_artifact
 from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
 from cappuccino_core.artifact_store import TrialArtifacts
 from cappuccino_core.storage import app_engine
+from cappuccino_core.training import objective as objective_module
 from cappuccino_core.training.objective import (HeldOutError, Objective, held_out_start,
-                                                prepare_data)
+                                                prepare_data, training_precision)
 from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, default_params,
                                                    sample_params, split_params)
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
@@ -130,17 +132,27 @@ def _parameters(agent) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in agent.parameters()])
 
 
-@pytest.mark.parametrize("target_kl", [None, 0.002])
-def test_splits_trained_together_match_each_trained_alone(three_splits, target_kl):
+# alone vs together: float32 differs by summation order only; bfloat16 by its rounding too
+TOLERANCES = {"float32": {"weights": 1e-5, "kl": 1e-3, "reward": 1e-4, "sharpe": 1e-3,
+                          "equity": 1e-5},
+              "bfloat16": {"weights": 1e-2, "kl": 0.5, "reward": 1e-2, "sharpe": 0.05,
+                           "equity": 1e-3}}
+
+
+@pytest.mark.parametrize("target_kl, precision",
+                         [(None, "float32"), (0.002, "float32"), (None, "bfloat16")])
+def test_splits_trained_together_match_each_trained_alone(three_splits, target_kl, precision):
     """Batching a trial's trainings changes no split's training: same initial weights, action
     noise, episodes, minibatches, losses, clipping and Adam steps per split (with target_kl,
     splits stop their epochs at different times). Only summation order differs (a batched
     matmul against single ones): after 6 updates the weights agree to ~1e-7 (measured; 1e-5
-    allowed), while a split trained in another split's place differs by ~0.75."""
+    allowed), while a split trained in another split's place differs by ~0.75. With bfloat16
+    hidden layers the kernels' blocking differs between a batch of one and of three, and its
+    rounding (2^-8 relative) compounds: 1.1e-3 after 6 updates (measured; 1e-2 allowed)."""
     markets, segments, seeds = three_splits
     settings = EnvSettings(lookback=2, episode_bars=100, min_order_notional=1.0)
     ppo = PPOConfig(total_timesteps=8 * 16 * 6, n_envs=8, n_steps=16, update_epochs=3,
-                    learning_rate=1e-3, target_kl=target_kl)
+                    learning_rate=1e-3, target_kl=target_kl, precision=precision)
     alone, alone_stats = [], []
     for market, segs, seed in zip(markets, segments, seeds):
         stats = []
@@ -150,19 +162,23 @@ def test_splits_trained_together_match_each_trained_alone(three_splits, target_k
     together_stats = []
     env = BatchedTradingEnv.splits(markets, segments, ppo.n_envs, settings, seeds)
     together = train_ppo_splits(env, ppo, seeds, on_update=together_stats.append)
+    tol = TOLERANCES[precision]
 
     for k in range(3):
         diff = (_parameters(alone[k]) - _parameters(together[k])).abs().max()
-        assert diff < 1e-5, f"split {k}: parameters differ by {diff}"
+        assert diff < tol["weights"], f"split {k}: parameters differ by {diff}"
         assert [st[k].epochs for st in together_stats] == [st.epochs for st in alone_stats[k]]
         for st_alone, st_batch in zip(alone_stats[k], [st[k] for st in together_stats]):
-            assert st_batch.approx_kl == pytest.approx(st_alone.approx_kl, rel=1e-3, abs=1e-6)
-            assert st_batch.mean_reward == pytest.approx(st_alone.mean_reward, rel=1e-4)
+            assert st_batch.approx_kl == pytest.approx(st_alone.approx_kl, rel=tol["kl"],
+                                                       abs=1e-6)
+            assert st_batch.mean_reward == pytest.approx(st_alone.mean_reward,
+                                                         rel=tol["reward"])
         one = run_backtest(alone[k].weights, markets[k], 1000, 1200, settings)
         many = run_backtests(SplitPolicy(together, [k]), [markets[k]], [(1000, 1200)],
                              settings)[0]
-        assert many.metrics()["sharpe"] == pytest.approx(one.metrics()["sharpe"], abs=1e-3)
-        assert many.equity[-1] == pytest.approx(one.equity[-1], rel=1e-5)
+        assert many.metrics()["sharpe"] == pytest.approx(one.metrics()["sharpe"],
+                                                         abs=tol["sharpe"])
+        assert many.equity[-1] == pytest.approx(one.equity[-1], rel=tol["equity"])
     assert (_parameters(together[0]) - _parameters(together[1])).abs().max() > 1e-2
     if target_kl is not None:  # the masked Adam was exercised: some epochs were cut short
         assert any(st.epochs < ppo.update_epochs for stats in alone_stats for st in stats)
@@ -204,6 +220,57 @@ def test_a_split_policy_answers_each_row_with_its_agent(three_splits):
     assert not torch.allclose(agents[0].weights(obs), agents[1].weights(obs), atol=1e-4)
 
 
+def test_stacked_adam_and_clipping_are_torchs_per_split():
+    """The flat per-split optimiser is torch's clip_grad_norm_ + Adam(eps=1e-5) for each
+    split, and a split marked stopped (target_kl) keeps its weights and moments."""
+    torch.manual_seed(0)
+    agents = [ActorCritic(6, 3, 8, 2, -0.5) for _ in range(2)]
+    refs = [ActorCritic(6, 3, 8, 2, -0.5) for _ in range(2)]
+    for ref, agent in zip(refs, agents):
+        ref.load_state_dict(agent.state_dict())
+    net = StackedActorCritic(agents)
+    opt = StackedAdam(net.params, 2)
+    ref_opts = [torch.optim.Adam(r.parameters(), lr=1e-2, eps=1e-5) for r in refs]
+    obs = torch.randn(2, 5, 6)
+    for step in range(4):
+        active = torch.tensor([True, step < 2])  # split 1 stops after two steps
+        ((net.actor(obs) ** 2).sum() + net.value(obs).sum()).backward()
+        clip_grad_norms(net.params, 0.5)
+        opt.step(1e-2, active)
+        for k in range(2):
+            if not active[k]:
+                continue
+            ref = refs[k]
+            ((ref.actor(obs[k]) ** 2).sum() + ref.value(obs[k]).sum()).backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+            ref_opts[k].step()
+            ref_opts[k].zero_grad()
+    for agent, ref in zip(net.unstack(agents), refs):
+        torch.testing.assert_close(_parameters(agent), _parameters(ref), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(_parameters(agents[0]), _parameters(agents[1]), atol=1e-3)
+
+
+def test_bfloat16_hidden_layers_keep_float32_outputs():
+    torch.manual_seed(0)
+    agent = ActorCritic(30, 5, 64, 2, -0.5)
+    obs = torch.randn(1, 200, 30)
+    exact = StackedActorCritic([agent]).actor(obs)
+    low = StackedActorCritic([agent], "bfloat16").actor(obs)
+    assert low.dtype == torch.float32
+    assert 0 < (low - exact).abs().max() < 1e-2  # bfloat16 rounding, nothing worse
+
+
+def test_precision_auto_is_bfloat16_on_a_cpu_that_has_it(monkeypatch):
+    training = TrainingConfig()
+    for native, device, expected in [(True, "cpu", "bfloat16"), (False, "cpu", "float32"),
+                                     (True, "cuda", "float32")]:
+        monkeypatch.setattr(objective_module, "native_bfloat16", lambda: native)
+        assert training_precision(training, device) == expected
+    explicit = dataclasses.replace(training, precision="float32")
+    monkeypatch.setattr(objective_module, "native_bfloat16", lambda: True)
+    assert training_precision(explicit, "cpu") == "float32"
+
+
 def test_an_untrained_agent_starts_uniform_or_as_equal_weight_holding():
     obs = torch.randn(4, 10)
     uniform = ActorCritic(10, 8, 16, 2, -0.5).weights(obs)
@@ -218,9 +285,12 @@ def test_unknown_parameters_are_refused():
         split_params({**default_params(), "turbulence_threshold": 3}, EnvSettings(), 10, 1)
 
 
-def test_ppo_learns_the_planted_signal():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_ppo_learns_the_planted_signal(precision):
     """Out of sample, trained agents beat buy-and-hold and a random policy clearly: two
-    seeds, trained together as a trial's splits are (each exactly as if alone, see above)."""
+    seeds, trained together as a trial's splits are (each exactly as if alone, see above),
+    in both training precisions (measured: +75% / +106% in float32, +67% / +89% in bfloat16,
+    buy-and-hold -14.5%)."""
     started = time.monotonic()
     torch.set_num_threads(2)
     bars = synthetic_market(n_assets=4, n_bars=4000, seed=0)
@@ -229,7 +299,8 @@ def test_ppo_learns_the_planted_signal():
                               features=feats)
     settings = EnvSettings(lookback=1, episode_bars=336, min_rebalance_weight=0.15)
     ppo = PPOConfig(total_timesteps=600_000, n_envs=32, n_steps=64, learning_rate=1e-3,
-                    hidden=64, layers=2, init_log_std=-1.0, gamma=0.5, gae_lambda=0.9)
+                    hidden=64, layers=2, init_log_std=-1.0, gamma=0.5, gae_lambda=0.9,
+                    precision=precision)
     seeds = [0, 1]
     env = BatchedTradingEnv.splits([market] * 2, [[(WARMUP, 3000)]] * 2, ppo.n_envs, settings,
                                    seeds)

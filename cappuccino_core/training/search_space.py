@@ -15,8 +15,9 @@ import optuna
 from ..agent import PPOConfig
 from ..env import EnvSettings
 
-PPO_PARAMS = {f.name for f in dataclasses.fields(PPOConfig)} - {"total_timesteps", "n_envs",
-                                                                  "reward_scale", "target_kl"}
+# set by the training config (and the device), not searched
+NOT_SEARCHED = {"total_timesteps", "n_envs", "reward_scale", "target_kl", "precision"}
+PPO_PARAMS = {f.name for f in dataclasses.fields(PPOConfig)} - NOT_SEARCHED
 ENV_PARAMS = {"lookback", "episode_bars", "min_rebalance_weight", "reward"}
 
 
@@ -58,12 +59,14 @@ def default_params() -> dict:
 
 
 def split_params(params: dict, base_env: EnvSettings, total_timesteps: int,
-                 n_envs: int, target_kl: float | None = None) -> tuple[PPOConfig, EnvSettings]:
+                 n_envs: int, target_kl: float | None = None,
+                 precision: str = "float32") -> tuple[PPOConfig, EnvSettings]:
     """Route each parameter to the algorithm or the environment; refuse unknown ones."""
     unknown = set(params) - PPO_PARAMS - ENV_PARAMS
     if unknown:
         raise ValueError(f"parameters nothing reads: {sorted(unknown)}")
     ppo = PPOConfig(total_timesteps=total_timesteps, n_envs=n_envs, target_kl=target_kl,
+                    precision=precision,
                     **{k: v for k, v in params.items() if k in PPO_PARAMS})
     env = dataclasses.replace(base_env, **{k: v for k, v in params.items() if k in ENV_PARAMS})
     return ppo, env
