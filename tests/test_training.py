@@ -222,7 +222,7 @@ def test_a_split_policy_answers_each_row_with_its_agent(three_splits):
 
 def test_stacked_adam_and_clipping_are_torchs_per_split():
     """The flat per-split optimiser is torch's clip_grad_norm_ + Adam(eps=1e-5) for each
-    split, and a split marked stopped (target_kl) keeps its weights and moments."""
+    split, and a split marked stopped (target_kl) keeps its weights."""
     torch.manual_seed(0)
     agents = [ActorCritic(6, 3, 8, 2, -0.5) for _ in range(2)]
     refs = [ActorCritic(6, 3, 8, 2, -0.5) for _ in range(2)]

@@ -221,7 +221,7 @@ def training_precision(training, device: str) -> str:
     float32 on a GPU, where bfloat16 is not measured yet."""
     if training.precision != "auto":
         return training.precision
-    return "bfloat16" if device == "cpu" and native_bfloat16() else "float32"
+    return "bfloat16" if device.startswith("cpu") and native_bfloat16() else "float32"
 
 
 def release_memory() -> None:
