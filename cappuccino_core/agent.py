@@ -231,11 +231,11 @@ class StackedAdam:
     """torch.optim.Adam's arithmetic (eps 1e-5, no weight decay) on stacked parameters, with
     a step count per split so that a split whose epochs ended (target_kl) stands still."""
 
-    def __init__(self, params: StackedParameters, k: int, betas=(0.9, 0.999), eps=1e-5):
+    def __init__(self, params: StackedParameters, betas=(0.9, 0.999), eps=1e-5):
         self.params, self.betas, self.eps = params, betas, eps
         self.m = torch.zeros_like(params.data)
         self.v = torch.zeros_like(params.data)
-        self.steps = torch.zeros(k, dtype=torch.float64)
+        self.steps = torch.zeros(params.data.shape[0], dtype=torch.float64)  # per split
 
     def step(self, lr: float, active: torch.Tensor) -> None:
         """One Adam step from the accumulated gradients, which it then zeroes."""
@@ -296,7 +296,7 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
                                   cfg.init_log_std, cfg.init_cash_weight))
     net = StackedActorCritic([a.to(device) for a in agents], cfg.precision)
     params = net.params
-    opt = StackedAdam(params, K)
+    opt = StackedAdam(params)
     N, S = env.n_per_split, cfg.n_steps
     batch = N * S
     minibatch = max(1, batch // cfg.num_minibatches)

@@ -229,7 +229,7 @@ def test_stacked_adam_and_clipping_are_torchs_per_split():
     for ref, agent in zip(refs, agents):
         ref.load_state_dict(agent.state_dict())
     net = StackedActorCritic(agents)
-    opt = StackedAdam(net.params, 2)
+    opt = StackedAdam(net.params)
     ref_opts = [torch.optim.Adam(r.parameters(), lr=1e-2, eps=1e-5) for r in refs]
     obs = torch.randn(2, 5, 6)
     for step in range(4):
