@@ -60,10 +60,10 @@ def main() -> None:
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     bars = load_bars(cfg)
     window = bars.slice(len(bars) - LIVE_HISTORY, len(bars))
-    feats = compute_features(window)
+    feats = compute_features(window, "v1")
     positions = np.full(len(bars.symbols), 0.1)
     decision = median_ms(lambda: ens.target_weights(feats, positions, 0.3))
-    features_ms = median_ms(lambda: compute_features(window), repeat=30)
+    features_ms = median_ms(lambda: compute_features(window, "v1"), repeat=30)
     print(f"ensemble: {len(ens.members)} members, {len(bars.symbols)} assets, lookbacks "
           f"{sorted({m.lookback for m in ens.members})}, 1 CPU thread")
     print(f"one ensemble decision: {decision:.2f} ms (target <= 5 ms: "

@@ -15,7 +15,8 @@ on this machine's CPU threads (or a GPU when one is there); the table says which
 `--minutes M` gives each window a wall-time budget instead of a trial count (the trial running
 when it ends is stopped and not counted); `--split-batch B` sets `training.split_batch` (1:
 each trial's trainings one after another, the path before batching; default: the device's);
-`--precision float32` the training arithmetic before bfloat16 (default: the device's).
+`--precision float32` the training arithmetic before bfloat16 (default: the device's);
+`--feature-set v2` the features the agents see (default: the product's v1).
 
 With `--workdir DIR` the studies are kept, and a second run over the same DIR trains only
 what is missing (a larger --trials adds trials) before evaluating again.
@@ -25,9 +26,11 @@ and for the published ensemble (or the fallback when no trial qualifies), equal-
 buy-and-hold frictionless, and equal-weight buy-and-hold under the same risk rules (fees,
 reserve, caps, trailing stop with the re-entry rule): total return, Sharpe, Sortino, max
 drawdown, turnover, fees, stop exits; when the fallback was published, also the top trials as
-an ensemble regardless of their CV value (what the agents would have done). Then the target: on at least two of three windows the
-ensemble's Sharpe >= buy-and-hold's under the same rules, its max drawdown <= frictionless
-buy-and-hold's, and PBO < 0.5.
+an ensemble regardless of their CV value (what the agents would have done); and a fixed rule
+as a reference (hold equal weights while the market's 168 h trend is up, cash while it is
+down: is there anything in v2's market features to find?). Then the target: on at least two
+of three windows the ensemble's Sharpe >= buy-and-hold's under the same rules, its max
+drawdown <= frictionless buy-and-hold's, and PBO < 0.5.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from cappuccino_core.backtest import (HoldEqualWeight, backtest_ensemble, first_
                                      trading_settings)
 from cappuccino_core.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
-from cappuccino_core.data.features import compute_features
+from cappuccino_core.data.features import FEATURE_SETS, compute_features, feature_names
 from cappuccino_core.deploy import _splits_matrix, probability_of_backtest_overfitting
 from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
 from cappuccino_core.ensemble.serving import Ensemble
@@ -67,15 +70,34 @@ HELD_OUT_DAYS = 60
 WINDOWS = {"bear": "2022-07-01", "bull": "2023-12-15", "sideways": "2023-08-31"}
 
 
+class MarketTrendRule:
+    """A reference, not the product: equal-weight holding (as `HoldEqualWeight`) while the
+    assets' mean price against its 168 h mean (v2's `mkt_trend_168h`) is above 0, cash below.
+    Whether the simplest use of v2's market features beats holding says whether there is
+    something in them for an agent to find."""
+    needs_time = True
+
+    def __init__(self, bars, n_assets: int):
+        v2 = compute_features(bars, "v2")
+        self.trend = torch.as_tensor(v2[:, 0, feature_names("v2").index("mkt_trend_168h")])
+        self.hold = HoldEqualWeight(n_assets)
+
+    def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        hold = self.hold(obs)
+        cash = torch.zeros_like(hold)
+        cash[:, -1] = 1.0
+        return torch.where((self.trend[t] > 0)[:, None], hold, cash)
+
+
 def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
-               precision: str = "auto") -> Path:
+               precision: str = "auto", feature_set: str = "v1") -> Path:
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
     (etc / "cappuccino.yaml").write_text(yaml.safe_dump({
         "paths": {"state_dir": str(root / "state")},
         "data": {"source": "csv", "csv_path": str(DATA), "symbols": SYMBOLS,
-                 "start": start, "end": end},
+                 "start": start, "end": end, "feature_set": feature_set},
         "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
                      "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1,
                      "split_batch": split_batch, "precision": precision},
@@ -87,8 +109,9 @@ def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
 
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                fixed: dict | None = None, minutes: float | None = None,
-               split_batch: int | None = None, precision: str = "auto") -> dict:
-    cfg = load_config(config_for(root, end, timesteps, split_batch, precision))
+               split_batch: int | None = None, precision: str = "auto",
+               feature_set: str = "v1") -> dict:
+    cfg = load_config(config_for(root, end, timesteps, split_batch, precision, feature_set))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
@@ -110,7 +133,7 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     result = sync(cfg, engine)
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     bars = load_bars(cfg)
-    features = compute_features(bars)
+    features = compute_features(bars, cfg.data.feature_set)
     window = resolve_window(bars, None, None, first_decision_bar(ens),
                             held_out_start(engine, cfg.active_study), cfg.active_study)
     res = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
@@ -119,6 +142,8 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                                                   np.ones((A, features.shape[2]))),
                               features=features)
     rules = run_backtest(HoldEqualWeight(A), market, window.lo, window.hi,
+                         hold_settings(trading_settings(cfg, None)))
+    trend = run_backtest(MarketTrendRule(bars, A), market, window.lo, window.hi,
                          hold_settings(trading_settings(cfg, None)))
     m, r = res.metrics(), rules.metrics()
     frictionless = {"total_return": m["bh_total_return"], "sharpe": m["bh_sharpe"],
@@ -140,6 +165,7 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
             "best_cv": max((t.value for t in complete), default=float("nan")),
             "near_constant": near_constant, "pbo": pbo, "sync": result.message,
             "fallback": ens.fallback, "ensemble": m, "agents": agents, "bh_rules": r,
+            "trend_rule": trend.metrics(),
             "bh": frictionless}
 
 
@@ -162,7 +188,8 @@ def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
         label = "ensemble" if row["fallback"] is None else f"fallback ({row['fallback']})"
         rows_out = [(label, e)] + ([("top-5 agents, any value", row["agents"])]
                                    if row["fallback"] is not None else [])
-        for pol, m in rows_out + [("B&H, same risk rules", b), ("B&H, frictionless", f)]:
+        for pol, m in rows_out + [("B&H, same risk rules", b), ("B&H, frictionless", f),
+                                  ("trend rule, same rules", row["trend_rule"])]:
             print(f"{row['name']:<10}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
                   f"{fmt(m.get('sharpe'), 'num'):>8}{fmt(m.get('sortino'), 'num'):>9}"
                   f"{fmt(m.get('max_drawdown'), 'pct'):>8}{fmt(m.get('turnover'), 'num'):>10}"
@@ -203,6 +230,8 @@ def main() -> int:
                    help="training.split_batch (1: trainings one after another)")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="training.precision (float32: the arithmetic before bfloat16)")
+    p.add_argument("--feature-set", default="v1", choices=sorted(FEATURE_SETS),
+                   help="data.feature_set (v2: v1 plus two-week trends and the market)")
     p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
                    "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
@@ -217,12 +246,12 @@ def main() -> int:
         print(f"window {name}: searching ({budget}) ...", flush=True)
         rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
                                parse_fixed(args.fix), args.minutes, args.split_batch,
-                               args.precision))
+                               args.precision, args.feature_set))
     if args.fix:
         print(f"\nheld fixed (the rest searched): {args.fix}")
     if args.split_batch is not None:
         print(f"\ntraining.split_batch: {args.split_batch}")
-    print(f"training.precision: {args.precision}")
+    print(f"training.precision: {args.precision}; data.feature_set: {args.feature_set}")
     print_table(rows, budget, args.timesteps)
     return 0
 

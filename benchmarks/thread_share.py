@@ -40,7 +40,7 @@ def train_worker(share: int | None, updates: int, start, out) -> None:
     if share is not None:
         set_torch_threads(share, "worker")
     bars = synthetic_market(n_assets=7, n_bars=4000, seed=3)
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     market = Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 3500)),
                               features=feats)
     ppo = PPOConfig(total_timesteps=updates * 64 * 64, n_envs=64)

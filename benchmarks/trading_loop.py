@@ -67,7 +67,7 @@ def main() -> None:
         window = bars.slice(t - LIVE_HISTORY + 1, t + 1)
         broker.mark(dict(zip(bars.symbols, bars.close[t])))
         t0 = time.perf_counter()
-        trader.on_bar(bars.index[t], compute_features(window),
+        trader.on_bar(bars.index[t], compute_features(window, "v1"),
                       bars.index[t] + pd.Timedelta(hours=1, seconds=10))
         times.append(time.perf_counter() - t0)
     median = statistics.median(times) * 1e3

@@ -114,9 +114,9 @@ def main() -> None:
     (tmp / "etc" / "cappuccino.yaml").write_text(f"paths: {{state_dir: {tmp / 'state'}}}\n")
     cfg = load_config(tmp / "etc")
     bars = load_bars(cfg)  # the bundled sample: 7 assets, 2023
-    feats = compute_features(bars)
+    feats = compute_features(bars, cfg.data.feature_set)
     norm = Normalisation.fit(feats, np.arange(WARMUP, len(bars)))
-    market = Market.from_bars(bars, norm, device, feats)
+    market = Market.from_bars(bars, norm, device, features=feats)
     print(f"data: bundled sample, {len(bars)} bars x {len(bars.symbols)} assets, "
           f"{len(feats[0, 0])} features")
 
@@ -146,7 +146,8 @@ def main() -> None:
         print(f"PPO training, {label:<30}: {ppo_rate(market, device, c):>12,.0f} env-steps/s "
               f"(N={c.n_envs}, {c.n_steps} steps per rollout)")
 
-    data = prepare_data(bars, held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds))
+    data = prepare_data(bars, held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds),
+                        cfg.data.feature_set)
     if not args.quick:
         study = optuna.create_study(direction="maximize")
         obj = Objective(cfg, data, "bench", TrialArtifacts(cfg, app_engine(cfg)), device=device)

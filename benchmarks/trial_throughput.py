@@ -58,7 +58,7 @@ def setup(tmp: Path):
     cfg = load_config(tmp / "etc")
     bars = load_bars(cfg)
     return cfg, prepare_data(bars, held_out_start(bars, cfg.training.heldout_days,
-                                                  cfg.bar_seconds))
+                                                  cfg.bar_seconds), cfg.data.feature_set)
 
 
 def objective(cfg, data, device: str, batch: int | None,

@@ -139,7 +139,7 @@ class DataConfig:
     closed_bar_delay_s: float = field(default=10.0, metadata=between(0, 3600))
     start: str | None = field(default=None, metadata=DATE)
     end: str | None = field(default=None, metadata=DATE)  # exclusive; null: up to the latest bar
-    feature_set: str = field(default="v1", metadata=choice("v1"))
+    feature_set: str = field(default="v1", metadata=choice("v1", "v2"))
     # a longer run of missing bars than this is refused (a dead feed, not a quiet hour);
     # shorter ones are filled flat at the previous close, flagged, and counted in the log
     max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))

@@ -124,7 +124,7 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     best = top.members[0]
     decision = Decision(study, best.trial_id, best.number)
     bars = load_bars(cfg)
-    features = compute_features(bars)
+    features = compute_features(bars, cfg.data.feature_set)
     candidate = Ensemble.of_trial(best.artifact_dir, best.sha256, study, best.trial_id,
                                   best.number, best.value, cfg)
     current_path = current_dir(ensembles_dir(cfg))

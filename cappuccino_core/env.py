@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .data.bars import Bars
-from .data.features import WARMUP, compute_features
+from .data.features import WARMUP
 from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
@@ -169,13 +169,11 @@ class Market:
     first_valid: int  # first row with defined features
 
     @classmethod
-    def from_bars(cls, bars: Bars, norm: Normalisation, device="cpu",
-                  features: np.ndarray | None = None,
-                  prices: "Market | None" = None) -> "Market":
+    def from_bars(cls, bars: Bars, norm: Normalisation, device="cpu", *,
+                  features: np.ndarray, prices: "Market | None" = None) -> "Market":
         """`prices`: a Market of the same bars whose price tensor this one shares (several
         splits' normalisations in one env)."""
-        feats = compute_features(bars) if features is None else features
-        normed = np.nan_to_num(norm.apply(feats), nan=0.0).astype(np.float32)
+        normed = np.nan_to_num(norm.apply(features), nan=0.0).astype(np.float32)
         if prices is None:
             ohlc = np.ascontiguousarray(bars.ohlcv[:, :, :4].transpose(0, 2, 1))
             ohlc = torch.as_tensor(ohlc, dtype=torch.float64, device=device)

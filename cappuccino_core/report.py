@@ -337,7 +337,7 @@ def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | Non
     current ensemble over the window `start`/`end` (default its study's held-out window), and
     the optimisation history."""
     bars = load_bars(cfg)
-    features = compute_features(bars)
+    features = compute_features(bars, cfg.data.feature_set)
     name, note = pick_trader(engine, trader)
     body = (paper_section(engine, bars, name, note, cfg)
             + reconcile_section(cfg, engine, name)

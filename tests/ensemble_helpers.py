@@ -10,14 +10,13 @@ import optuna
 
 from cappuccino_core.agent import ActorCritic
 from cappuccino_core.data import venue
-from cappuccino_core.data.features import FEATURE_NAMES, FEATURE_SET
+from cappuccino_core.data.features import feature_names
 from cappuccino_core.env import EnvSettings, observation_size
 from cappuccino_core.artifact_store import TrialArtifacts, records
 from cappuccino_core.artifacts import ModelSpec, NetworkSpec, save_artifact
 from cappuccino_core.env import Normalisation
 from cappuccino_core.storage import app_engine
 
-F = len(FEATURE_NAMES)
 _ENGINES: dict[str, object] = {}
 
 
@@ -53,7 +52,7 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
     spec says) under the configured risk rules, or under `risk` overrides of them."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
-    A = len(symbols)
+    A, F = len(symbols), len(feature_names(cfg.data.feature_set))
     import torch
     torch.manual_seed(seed)
     if agent is None:
@@ -62,8 +61,8 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
     spec = ModelSpec(
         study=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
         value=value, code_version="test", symbols=tuple(symbols),
-        timeframe=cfg.data.timeframe, lookback=lookback, feature_set=FEATURE_SET,
-        feature_names=tuple(FEATURE_NAMES),
+        timeframe=cfg.data.timeframe, lookback=lookback, feature_set=cfg.data.feature_set,
+        feature_names=feature_names(cfg.data.feature_set),
         normalisation=Normalisation.from_dict(normalisation or {
             "mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
             "std": (1 + rng.random((A, F))).tolist()}),

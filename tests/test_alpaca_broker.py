@@ -120,7 +120,7 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
     trader.start()
     bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
     emu.fail_next(503)
-    assert trader.on_bar(bar_time, compute_features(bars), now) == "traded"
+    assert trader.on_bar(bar_time, compute_features(bars, "v1"), now) == "traded"
     sent = len(emu.posted_orders())
     assert sent >= 2 and len(emu.orders) == sent
     with engine.connect() as conn:
@@ -134,7 +134,7 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
     # a restart: new objects, same database and account; the bar is not traded again
     again = Trader(cfg, broker_for(emulator), engine, "paper", ens)
     again.start()
-    assert again.on_bar(bar_time, compute_features(bars), now) == "already processed"
+    assert again.on_bar(bar_time, compute_features(bars, "v1"), now) == "already processed"
     assert len(emu.posted_orders()) == sent
     # a crash: prices fall 12% from the peak; the next tick exits every position whole
     held = {s: p.qty for s, p in broker.positions().items()}
@@ -154,7 +154,7 @@ def test_restart_mid_bar_on_alpaca_sends_nothing_twice_and_reconciles(emulator, 
     from test_trading import CrashAfter
     cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
     emu = emulator.emulator
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     bar_time, now = bars.index[-1], bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
     crashing = Trader(cfg, CrashAfter(broker_for(emulator), 1), engine, "paper", ens)
     crashing.start()

@@ -60,7 +60,7 @@ def market_files(tmp_path_factory):
 def good_agent(market_files):
     """PPO trained on the training part only (the learning test's recipe)."""
     _, bars = market_files
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     norm = Normalisation.fit(feats, np.arange(WARMUP, TRAIN_END))
     market = Market.from_bars(bars, norm, features=feats)
     settings = EnvSettings(lookback=1, episode_bars=336, min_rebalance_weight=0.15)

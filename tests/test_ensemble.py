@@ -315,7 +315,7 @@ def test_each_member_is_served_with_its_own_lookback_and_normalisation(env):
     add_trial(alpha, cfg, 0.1, lookback=2, seed=3, shift=-0.5)
     sync(cfg, engine)
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     t = 1000
     got = ens.member_weights(feats[:t + 1], np.zeros(7), 1.0)
     for i, m in enumerate(ens.members):

@@ -135,7 +135,7 @@ def test_every_exit_sells_the_whole_position(price):
 def synth_market():
     bars = synthetic_market(n_assets=3, n_bars=1500, seed=5)
     from cappuccino_core.data.features import compute_features
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     norm = Normalisation.fit(feats, np.arange(WARMUP, 1000))
     return Market.from_bars(bars, norm, features=feats)
 

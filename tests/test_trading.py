@@ -117,7 +117,7 @@ def _first_decision(cfg, engine, broker_factory, crash_after=None):
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import compute_features
     bars = load_bars(cfg, end="2022-05-10")
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     t = len(bars) - 2
     ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
     broker = broker_factory()
@@ -297,7 +297,7 @@ def test_the_trader_does_not_buy_a_stopped_asset_while_it_cools_down(tmp_path, s
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import compute_features
     bars = load_bars(cfg, end="2022-05-10")
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     broker = SimBroker(engine, 100_000, 0.0025, 5)
     trader = Trader(cfg, broker, engine, "cool", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
     hour = pd.Timedelta(hours=1)
@@ -330,7 +330,7 @@ def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data):
     from cappuccino_core.data.features import compute_features
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
     bars = load_bars(cfg, end="2022-05-10")
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     broker = SimBroker(engine, 100_000, 0.0025, 5)
     trader = Trader(cfg, broker, engine, "fb", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
     hour = pd.Timedelta(hours=1)

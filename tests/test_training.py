@@ -54,7 +54,7 @@ def test_walk_forward_trains_only_on_the_past():
 @pytest.fixture(scope="module")
 def tiny_market():
     bars = synthetic_market(n_assets=3, n_bars=1200, seed=11)
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     return Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 1000)),
                             features=feats)
 
@@ -118,7 +118,7 @@ def three_splits():
     """Three trainings as a trial has them: own segments (one of them in two pieces), own
     normalisation fitted on them, own seed; one price tensor."""
     bars = synthetic_market(n_assets=3, n_bars=1200, seed=5)
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     segments = [[(WARMUP, 700)], [(600, 1000)], [(WARMUP, 500), (750, 1000)]]
     markets = []
     for segs in segments:
@@ -294,7 +294,7 @@ def test_ppo_learns_the_planted_signal(precision):
     started = time.monotonic()
     torch.set_num_threads(2)
     bars = synthetic_market(n_assets=4, n_bars=4000, seed=0)
-    feats = compute_features(bars)
+    feats = compute_features(bars, "v1")
     market = Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 3000)),
                               features=feats)
     settings = EnvSettings(lookback=1, episode_bars=336, min_rebalance_weight=0.15)
@@ -328,7 +328,7 @@ def test_held_out_window_is_never_trained_on(tmp_path):
     cfg = _fast_config(tmp_path)
     from cappuccino_core.data import load_bars
     bars = load_bars(cfg)
-    data = prepare_data(bars, bars.index[-1000])
+    data = prepare_data(bars, bars.index[-1000], "v1")
     data.check_segments([(WARMUP, len(bars) - 1000)])
     with pytest.raises(HeldOutError):
         data.check_segments([(WARMUP, len(bars) - 999)])
@@ -345,7 +345,7 @@ def test_a_trial_is_pruned_when_its_first_batch_of_splits_finishes(tmp_path):
     cfg = _fast_config(tmp_path, split_batch=3)
     from cappuccino_core.data import load_bars
     bars = load_bars(cfg)
-    data = prepare_data(bars, held_out_start(bars, 60, 3600))
+    data = prepare_data(bars, held_out_start(bars, 60, 3600), "v1")
     progress = []
     obj = Objective(cfg, data, "pruned", TrialArtifacts(cfg, app_engine(cfg)),
                     progress=progress.append)
@@ -393,3 +393,44 @@ def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
     assert torch.allclose(w.sum(-1), torch.ones(2))
     # the target is reached: a second run does nothing
     assert run_worker(cfg, "sample", WorkerHooks()) == 0
+
+
+def test_a_v2_study_trains_serves_and_refuses_a_v1_configuration(tmp_path):
+    """`data.feature_set: v2` end to end: the trial's model reads v2's columns, the published
+    ensemble decides on them, and a configuration still on v1 skips the member by name."""
+    from cappuccino_core.backtest import backtest_ensemble, first_decision_bar
+    from cappuccino_core.config import set_config_values
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import FEATURE_NAMES, feature_names
+    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+    from cappuccino_core.ensemble.selection import select_members
+    from cappuccino_core.ensemble.serving import Ensemble
+    from cappuccino_core.env import observation_size
+
+    cfg_dir = write_config(tmp_path / "etc", {
+        "paths": {"state_dir": str(tmp_path / "state")}, "data": {"feature_set": "v2"},
+        "training": {"total_timesteps": 2048, "n_envs": 16, "cv": "walk_forward",
+                     "cv_groups": 3, "cv_test_groups": 1},
+        "ensemble": {"min_value": None, "min_members": 1}}, active_study="wide")
+    cfg = load_config(cfg_dir)
+    study = open_study(cfg, "wide")
+    set_target(study, 1)
+    assert run_worker(cfg, "wide", WorkerHooks()) == 1
+    (trial,) = study.get_trials()
+    _, spec = load_artifact(local_model(cfg, trial), trial.user_attrs["sha256"])
+    names = feature_names("v2")
+    assert spec.feature_set == "v2" and spec.feature_names == names
+    assert len(names) > len(FEATURE_NAMES)
+    assert spec.network.obs_size == observation_size(len(spec.symbols), len(names), spec.lookback)
+
+    engine = app_engine(cfg)
+    assert "published" in sync(cfg, engine).message
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    bars = load_bars(cfg)
+    lo = first_decision_bar(ens)
+    result = backtest_ensemble(cfg, ens, bars, compute_features(bars, "v2"), lo, lo + 200)
+    assert result.metrics()["bars"] == 199 and np.isfinite(result.equity).all()
+
+    set_config_values(cfg_dir, "data", {"feature_set": "v1"})
+    (skipped,) = select_members(engine, load_config(cfg_dir), "wide").skipped
+    assert skipped[0] == trial._trial_id and "feature set v2 != configured v1" in skipped[2]

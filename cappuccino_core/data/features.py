@@ -1,4 +1,5 @@
-"""Feature set `v1`: per-asset technical features, vectorised and causal.
+"""Feature sets `v1` (per-asset technical features) and `v2` (v1 plus longer trends and the
+market around each asset), vectorised and causal.
 
 Every feature at row t uses bars up to and including t only (rolling windows that end at t,
 recursive EMAs started at the first bar), so appending future bars never changes an earlier
@@ -18,12 +19,21 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .bars import Bars
 
-FEATURE_SET = "v1"
+FEATURE_SET = "v1"  # the default
 FEATURE_NAMES = (
     "ret_1h", "ret_4h", "ret_24h", "ret_168h", "vol_24h", "volume_ratio_24h",
     "macd", "macd_hist", "rsi_14", "cci_20", "adx_14", "dx_14", "atr_regime",
     "breakout_24h", "breakdown_24h", "range_pos_168h",
 )
+# v2 adds what v1 cannot show an agent that sees one asset's last bars: a two-week trend and
+# the distance from its high (the horizons where crypto momentum has been documented: Liu &
+# Tsyvinski, "Risks and Returns of Cryptocurrency", 2021), the volatility regime, and the
+# market: each asset's return against the mean of all configured assets, and that mean.
+V2_EXTRA = (
+    "ret_336h", "trend_168h", "drawdown_336h", "vol_168h",
+    "rel_ret_24h", "rel_ret_168h", "mkt_ret_24h", "mkt_ret_168h", "mkt_trend_168h",
+)
+FEATURE_SETS = {"v1": FEATURE_NAMES, "v2": FEATURE_NAMES + V2_EXTRA}
 WARMUP = 336  # two 168-bar windows: ATR regime = ATR over its 168-bar mean
 LIVE_HISTORY = 1000  # bars a live caller passes in: warm-up plus time for EMAs to forget
 
@@ -76,8 +86,17 @@ def cci(high, low, close, n: int = 20) -> pd.DataFrame:
     return pd.DataFrame(out, index=tp.index, columns=tp.columns)
 
 
-def compute_features(bars: Bars) -> np.ndarray:
-    """Feature tensor `[t, asset, feature]` (float64) in the order of FEATURE_NAMES."""
+def feature_names(feature_set: str) -> tuple[str, ...]:
+    try:
+        return FEATURE_SETS[feature_set]
+    except KeyError:
+        raise ValueError(f"unknown feature set {feature_set!r} (known: "
+                         f"{', '.join(FEATURE_SETS)})") from None
+
+
+def compute_features(bars: Bars, feature_set: str) -> np.ndarray:
+    """Feature tensor `[t, asset, feature]` (float64) in the order of the set's names."""
+    names = feature_names(feature_set)
     def frame(name: str) -> pd.DataFrame:
         return pd.DataFrame(bars.field(name), index=bars.index)
 
@@ -108,8 +127,31 @@ def compute_features(bars: Bars) -> np.ndarray:
         "range_pos_168h": (c - l.rolling(168).min())
                           / (h.rolling(168).max() - l.rolling(168).min()),
     }
-    out = np.stack([feats[name].to_numpy(dtype="float64") for name in FEATURE_NAMES], axis=-1)
+    if feature_set == "v2":
+        feats.update(_v2_extra(feats, logc, ret1, h, c))
+    out = np.stack([feats[name].to_numpy(dtype="float64") for name in names], axis=-1)
     out[:WARMUP] = np.nan
     # An indicator undefined after warm-up (a flat window: no range, no losses) reads as neutral.
     out[WARMUP:] = np.nan_to_num(out[WARMUP:], nan=0.0, posinf=0.0, neginf=0.0)
     return out
+
+
+def _v2_extra(v1: dict, logc, ret1, high, close) -> dict:
+    """The columns v2 adds; the market columns are means over the configured assets at the
+    same bar (every asset is closed at t, so they are as causal as the rest)."""
+    def market(x: pd.DataFrame) -> pd.DataFrame:
+        mean = x.mean(axis=1)
+        return pd.DataFrame({col: mean for col in x.columns}, index=x.index)
+
+    trend = logc - np.log(close.rolling(168).mean())
+    return {
+        "ret_336h": logc.diff(336),
+        "trend_168h": trend,
+        "drawdown_336h": logc - np.log(high.rolling(336).max()),
+        "vol_168h": ret1.rolling(168).std(),
+        "rel_ret_24h": v1["ret_24h"] - market(v1["ret_24h"]),
+        "rel_ret_168h": v1["ret_168h"] - market(v1["ret_168h"]),
+        "mkt_ret_24h": market(v1["ret_24h"]),
+        "mkt_ret_168h": market(v1["ret_168h"]),
+        "mkt_trend_168h": market(trend),
+    }

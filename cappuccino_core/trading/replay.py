@@ -64,7 +64,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
     if ensemble is None:
         raise ReplayError(error or "no ensemble published (cappuccino ensemble sync)")
     bars = load_bars(cfg)
-    feats = compute_features(bars)
+    feats = compute_features(bars, cfg.data.feature_set)
     window = resolve_window(bars, start, end, first_decision_bar(ensemble),
                             held_out_start(engine, cfg.active_study), cfg.active_study)
     i0, i1 = window.lo, window.hi

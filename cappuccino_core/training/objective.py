@@ -49,7 +49,7 @@ from ..backtest import HoldEqualWeight, hold_settings, run_backtests, sharpe
 from ..config import Config
 from ..data import venue
 from ..data.bars import Bars
-from ..data.features import FEATURE_NAMES, FEATURE_SET, WARMUP, compute_features
+from ..data.features import WARMUP, compute_features, feature_names
 from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
 from ..optuna_db import (ATTR_ARTIFACT_ID, ATTR_POLICY, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS,
                          trial_id)
@@ -93,8 +93,8 @@ def held_out_start(bars: Bars, heldout_days: int, bar_seconds: int) -> pd.Timest
     return end - pd.Timedelta(days=heldout_days)
 
 
-def prepare_data(bars: Bars, train_end: pd.Timestamp) -> TrainingData:
-    data = TrainingData(bars, compute_features(bars), pd.Timestamp(train_end))
+def prepare_data(bars: Bars, train_end: pd.Timestamp, feature_set: str) -> TrainingData:
+    data = TrainingData(bars, compute_features(bars, feature_set), pd.Timestamp(train_end))
     if data.train_hi - WARMUP < 500:
         raise ValueError(f"only {data.train_hi - WARMUP} bars to train on before {train_end}")
     return data
@@ -260,7 +260,7 @@ class Objective:
     def market(self, train_segments: list[tuple[int, int]]) -> tuple[Market, Normalisation]:
         rows = np.concatenate([np.arange(lo, hi) for lo, hi in train_segments])
         norm = Normalisation.fit(self.data.features, rows)
-        return Market.from_bars(self.data.bars, norm, self.device, self.data.features,
+        return Market.from_bars(self.data.bars, norm, self.device, features=self.data.features,
                                 prices=self.prices), norm
 
     @functools.cached_property
@@ -269,7 +269,7 @@ class Objective:
         (its features, unnormalised, serve holding, which reads none)."""
         A, F = self.data.features.shape[1:]
         return Market.from_bars(self.data.bars, Normalisation(np.zeros((A, F)), np.ones((A, F))),
-                                self.device, self.data.features)
+                                self.device, features=self.data.features)
 
     def train(self, trainings: list[Training], ppo: PPOConfig, env: EnvSettings, label: str):
         """Train `trainings` at once (one batched computation); returns (agents, markets,
@@ -412,8 +412,8 @@ class Objective:
         return ModelSpec(
             study=self.study_name, trial_id=trial_id(trial), trial_number=trial.number,
             value=value, code_version=__version__, symbols=tuple(bars.symbols),
-            timeframe=self.cfg.data.timeframe, lookback=env.lookback, feature_set=FEATURE_SET,
-            feature_names=tuple(FEATURE_NAMES), normalisation=norm, hyperparameters=params,
+            timeframe=self.cfg.data.timeframe, lookback=env.lookback, feature_set=self.cfg.data.feature_set,
+            feature_names=feature_names(self.cfg.data.feature_set), normalisation=norm, hyperparameters=params,
             ppo=ppo.to_dict(), env=env, seed=seed,
             network=NetworkSpec(observation_size(market.n_assets, market.n_features,
                                                  env.lookback), market.n_assets + 1,

@@ -101,7 +101,7 @@ def run_worker(cfg: Config, study_name: str, hooks: WorkerHooks | None = None,
     storage = make_storage(cfg)
     study = open_study(cfg, study_name, storage)
     bars = bars if bars is not None else load_bars(cfg)
-    data = prepare_data(bars, fixed_train_end(study, cfg, bars))
+    data = prepare_data(bars, fixed_train_end(study, cfg, bars), cfg.data.feature_set)
     device = pick_device(cfg)
     state = {"trial": None, "best": None}
 
