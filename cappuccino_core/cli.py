@@ -373,7 +373,8 @@ def cmd_backtest(args) -> int:
     bars = load_bars(cfg)
     window = resolve_window(bars, args.start, args.end, first_decision_bar(ens),
                             held_out_start(engine, study), study)
-    result = backtest_ensemble(cfg, ens, bars, compute_features(bars, cfg.data.feature_set), window.lo, window.hi)
+    features = compute_features(bars, cfg.data.feature_set)
+    result = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
     final = float(result.equity[-1])
     print(f"{name}: {window}, live risk rules")
     print(f"final equity {final:,.2f} ({final / result.equity[0] - 1:+.2%} from "

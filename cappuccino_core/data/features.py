@@ -19,7 +19,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .bars import Bars
 
-FEATURE_SET = "v1"  # the default
 FEATURE_NAMES = (
     "ret_1h", "ret_4h", "ret_24h", "ret_168h", "vol_24h", "volume_ratio_24h",
     "macd", "macd_hist", "rsi_14", "cci_20", "adx_14", "dx_14", "atr_regime",

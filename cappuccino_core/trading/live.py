@@ -189,8 +189,8 @@ class LiveLoop:
             log.warning("bar %s: no bar for %s; flat at the last close", bar_time,
                         ", ".join(quiet))
         self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
-        result = self.trader.on_bar(bar_time, compute_features(bars, self.cfg.data.feature_set), now, close=bars.close[-1],
-                                    quiet=quiet)
+        features = compute_features(bars, self.cfg.data.feature_set)
+        result = self.trader.on_bar(bar_time, features, now, close=bars.close[-1], quiet=quiet)
         log.info("bar %s: %s", bar_time, result)
 
     def check_stops(self, now: pd.Timestamp) -> None:

@@ -412,8 +412,10 @@ class Objective:
         return ModelSpec(
             study=self.study_name, trial_id=trial_id(trial), trial_number=trial.number,
             value=value, code_version=__version__, symbols=tuple(bars.symbols),
-            timeframe=self.cfg.data.timeframe, lookback=env.lookback, feature_set=self.cfg.data.feature_set,
-            feature_names=feature_names(self.cfg.data.feature_set), normalisation=norm, hyperparameters=params,
+            timeframe=self.cfg.data.timeframe, lookback=env.lookback,
+            feature_set=self.cfg.data.feature_set,
+            feature_names=feature_names(self.cfg.data.feature_set), normalisation=norm,
+            hyperparameters=params,
             ppo=ppo.to_dict(), env=env, seed=seed,
             network=NetworkSpec(observation_size(market.n_assets, market.n_features,
                                                  env.lookback), market.n_assets + 1,
