@@ -10,7 +10,7 @@ from cappuccino_core.trading.orders import client_order_id
 from cappuccino_core.trading.reconcile import reconcile
 from cappuccino_core.trading.replay import replay
 
-from test_trading import setup_trader_env
+from test_trading import SYMBOLS, setup_trader_env
 
 HOUR = pd.Timedelta(hours=1)
 WINDOW = ("2022-05-05", "2022-05-15")  # LUNA's crash: trades and stops
@@ -18,7 +18,10 @@ WINDOW = ("2022-05-05", "2022-05-15")  # LUNA's crash: trades and stops
 
 def test_a_replay_through_the_simulated_broker_reconciles_to_zero(tmp_path, shared_data,
                                                                    capsys):
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    # history from 2022 only: the report backtests and charts all of it (minutes for 2021-2023)
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, data={
+        "csv_path": str(shared_data), "symbols": SYMBOLS, "start": "2022-01-01",
+        "end": "2022-07-01"})
     replay(cfg, engine, *WINDOW)
     rec = reconcile(cfg, engine, "replay")
     totals = rec.totals()
