@@ -262,15 +262,18 @@ def test_switching_the_active_study_syncs_and_the_trader_follows(box, pg_url, db
     wait_for(lambda: box.show("cappuccino-train@beta:0.service", "ActiveState") == "inactive",
              240, "beta's training")
     assert len(trials(load(pg_url, "beta"), TrialState.COMPLETE)) >= 2
-    switched = time.monotonic()
+    invocation = box.show(SYNC, "InvocationID")
     box.write("/etc/cappuccino/active_study.yaml", "study: beta\n")
+    # the path unit starts the sync at once; the sync itself may take a while on a slow
+    # machine whose cores the trainers share (seen: over 60 s on 2 cores without bfloat16)
+    wait_for(lambda: box.show(SYNC, "InvocationID") != invocation, 30,
+             "the path unit to start the sync")
 
     def published():
         with db.connect() as conn:
             return conn.execute(sa.text("SELECT version FROM cappuccino_ensemble_versions "
                                         "WHERE study = 'beta'")).scalar()
-    version = wait_for(published, 60, "a new version from beta")
-    assert time.monotonic() - switched < 30, "the path unit should start the sync at once"
+    version = wait_for(published, 240, "a new version from beta")
     wait_for(lambda: (trader_state(db, "decision") or {}).get("ensemble") == version, 150,
              f"a bar traded with ensemble v{version}")
     reloads = [e["MESSAGE"] for e in box.journal(TRADER) if "(study beta" in e.get("MESSAGE", "")]
