@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .config import load_config
 from .data import load_bars
-from .data.features import WARMUP, compute_features, feature_names
+from .data.features import WARMUP, compute_features
 from .deploy import record, validate
 from .ensemble.publish import sync
 from .report import write_report
@@ -88,8 +88,7 @@ def run_demo(workdir: str | None = None) -> int:
               f"{bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d %H:%M} UTC, "
               f"{int(bars.filled.any(axis=1).sum())} forward-filled gap hours")
         feats = compute_features(bars, cfg.data.feature_set)[WARMUP:]
-        names = feature_names(cfg.data.feature_set)
-        print(f"[4] features {cfg.data.feature_set}: {len(names)} per asset, "
+        print(f"[4] features {cfg.data.feature_set}: {feats.shape[-1]} per asset, "
               f"{feats.shape[0]} rows after a {WARMUP}-bar warm-up, all finite: "
               f"{bool(np.isfinite(feats).all())}")
 
