@@ -262,12 +262,10 @@ def test_switching_the_active_study_syncs_and_the_trader_follows(box, pg_url, db
     wait_for(lambda: box.show("cappuccino-train@beta:0.service", "ActiveState") == "inactive",
              240, "beta's training")
     assert len(trials(load(pg_url, "beta"), TrialState.COMPLETE)) >= 2
-    invocation = box.show(SYNC, "InvocationID")
     box.write("/etc/cappuccino/active_study.yaml", "study: beta\n")
-    # the path unit starts the sync at once; the sync itself may take a while on a slow
-    # machine whose cores the trainers share (seen: over 60 s on 2 cores without bfloat16)
-    wait_for(lambda: box.show(SYNC, "InvocationID") != invocation, 30,
-             "the path unit to start the sync")
+    # the path unit starts the sync, or (a sync of the timer's already running) systemd merges
+    # its start into that one, which then syncs beta too (sync_following); either way the sync
+    # may take a while on a slow machine whose cores the trainers share (seen: over 60 s)
 
     def published():
         with db.connect() as conn:
