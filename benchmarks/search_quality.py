@@ -8,7 +8,8 @@ before the window (the product's own fencing: the study's recorded train_end, an
 inside the training range). The budget is a number of trials of `--timesteps` PPO steps each,
 on this machine's CPU threads (or a GPU when one is there); the table says which.
 
-    python benchmarks/search_quality.py --trials 4 --timesteps 40000     # ~1 h on 2 cores
+    python benchmarks/search_quality.py --budget 4 --timesteps 40000     # ~1 h on 2 cores
+    python benchmarks/search_quality.py --budget 10min --timesteps 40000 # 10 min per window
     python benchmarks/search_quality.py --windows bear --trials 2 --timesteps 20000
     python benchmarks/search_quality.py --windows sideways --minutes 15 --split-batch 1
 
@@ -218,6 +219,19 @@ def parse_fixed(text: str) -> dict:
     return out
 
 
+def parse_budget(text: str) -> tuple[str, float]:
+    """`--budget`: "4" is four trials, "10min" (or "10m") ten minutes of wall time."""
+    text = text.strip().lower()
+    for suffix in ("min", "m"):
+        if text.endswith(suffix):
+            minutes = float(text.removesuffix(suffix))
+            if minutes > 0:
+                return "minutes", minutes
+    if text.isdigit() and int(text) > 0:
+        return "trials", int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: a number of trials (4) or of minutes (10min)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4, help="trials per window")
@@ -226,6 +240,9 @@ def main() -> int:
     p.add_argument("--workdir", help="keep the studies here (default: a temporary dir)")
     p.add_argument("--minutes", type=float,
                    help="a wall-time budget per window instead of --trials")
+    p.add_argument("--budget", type=parse_budget, metavar="N | Nmin",
+                   help="the budget per window in one word: N trials, or N minutes of wall "
+                        "time (e.g. 4, 10min); the same as --trials N or --minutes N")
     p.add_argument("--split-batch", type=int,
                    help="training.split_batch (1: trainings one after another)")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -235,6 +252,12 @@ def main() -> int:
     p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
                    "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
+    if args.budget:
+        kind, amount = args.budget
+        args.trials, args.minutes = (amount, None) if kind == "trials" else (args.trials, amount)
+    unknown = set(args.windows.split(",")) - set(WINDOWS)
+    if unknown:
+        p.error(f"unknown window(s) {', '.join(sorted(unknown))}: choose from {', '.join(WINDOWS)}")
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: this benchmark needs the shared real data")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
