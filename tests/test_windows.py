@@ -194,8 +194,10 @@ def test_sigterm_to_train_stops_its_workers_and_waits(tmp_path, pg_url):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failure above: no worker may go on training for the
+            for pid in [proc.pid] + _children(proc.pid):  # rest of the suite
+                os.kill(pid, signal.SIGKILL)
+            proc.wait()
     out = output.read_text()
     assert "stopping the workers" in out and "Traceback" not in out
     time.sleep(0.5)
