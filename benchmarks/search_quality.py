@@ -254,8 +254,12 @@ def main() -> int:
     args = p.parse_args()
     if args.budget:
         kind, amount = args.budget
-        args.trials, args.minutes = (amount, None) if kind == "trials" else (args.trials, amount)
-    unknown = set(args.windows.split(",")) - set(WINDOWS)
+        if kind == "trials":
+            args.trials, args.minutes = amount, None
+        else:
+            args.minutes = amount
+    windows = args.windows.split(",")
+    unknown = set(windows) - set(WINDOWS)
     if unknown:
         p.error(f"unknown window(s) {', '.join(sorted(unknown))}: choose from {', '.join(WINDOWS)}")
     if not DATA.is_dir():
@@ -264,8 +268,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cappuccino-quality-"))
     rows = []
-    for name in args.windows.split(","):
-        budget = f"{args.minutes:g} min" if args.minutes else f"{args.trials} trials"
+    budget = f"{args.minutes:g} min" if args.minutes else f"{args.trials} trials"
+    for name in windows:
         print(f"window {name}: searching ({budget}) ...", flush=True)
         rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
                                parse_fixed(args.fix), args.minutes, args.split_batch,
