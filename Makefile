@@ -2,18 +2,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  ?= -r requirements-torch.txt
 
 PREFIX ?= /opt/cappuccino
 
-.PHONY: venv install uninstall install-units demo test bench lint clean
+.PHONY: venv install uninstall install-units demo test bench lint clean lock lock-newest
 
-$(BIN)/cappuccino: setup.cfg pyproject.toml requirements-torch.txt
+$(BIN)/cappuccino: setup.cfg pyproject.toml requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# the CPU build first: a looser requirement resolved alone may pull a multi-GB CUDA build
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	# every version and hash CI tested, the CPU build of torch among them, before the package
+	# (a looser torch requirement resolved alone may pull a multi-GB CUDA build)
+	$(BIN)/pip install -q --require-hashes -r requirements-test.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/cappuccino
@@ -39,6 +40,14 @@ install-units: venv
 
 uninstall: venv
 	$(BIN)/cappuccino install --prefix $(PREFIX) --uninstall
+
+# the lock files from setup.cfg's ranges (tools/lock.sh; `--upgrade` takes the newest inside them)
+lock: venv
+	tools/lock.sh
+
+# which newer versions setup.cfg's ranges admit than the lock holds (reports; changes nothing)
+lock-newest: venv
+	tools/lock.sh --newest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

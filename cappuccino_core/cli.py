@@ -628,11 +628,15 @@ def _add_validation(sub, common) -> None:
 
 
 def _add_operations(sub, common) -> None:
+    from .install import OPERATOR_UNITS, VENDOR_UNITS
     inst = sub.add_parser(
         "install", help="install the suite: virtualenv, units, example config, user",
-        description="Install the package into a virtualenv under PREFIX, the systemd units "
-                    "into /etc/systemd/system, the example configuration into /etc/cappuccino "
-                    "where no file exists (never overwriting), and the service user.")
+        description="Install the package (not editable, the versions and hashes of "
+                    "requirements.lock) into a virtualenv under PREFIX, the systemd units into "
+                    f"{VENDOR_UNITS} (your changes go in drop-ins under {OPERATOR_UNITS}, "
+                    "which install never touches), the example configuration into "
+                    "/etc/cappuccino where no file exists (never overwriting), and the service "
+                    "user.")
     inst.add_argument("--prefix", default="/opt/cappuccino")
     inst.add_argument("--root", default="/", help="stage under this directory instead of /")
     inst.add_argument("--no-venv", action="store_true", help="units and config only")

@@ -22,6 +22,7 @@ from pathlib import Path
 from .units import render_units, write_units
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "requirements.lock"  # what a server runs: every version and file hash CI tested
 USER = "cappuccino"
 VENDOR_UNITS = "/usr/local/lib/systemd/system"  # systemd's unit path for local packages
 OPERATOR_UNITS = "/etc/systemd/system"           # the operator's drop-ins: never touched
@@ -45,6 +46,21 @@ def check_interpreter(home: Path) -> None:
                          "Python, e.g. make install PYTHON=/usr/bin/python3")
 
 
+def install_venv(target: Path) -> None:
+    """A virtualenv at `target` with exactly the versions and files CI tested (the lock, hashes
+    checked; the CPU build of torch among them), then the package itself, not editable: the
+    services never run the checkout."""
+    if not LOCK.is_file():
+        raise SystemExit(f"{LOCK} not found: `cappuccino install` runs from a checkout of the "
+                         "source (make install)")
+    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    python = str(target / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["--require-hashes", "-r", str(LOCK)], check=True)
+    subprocess.run(pip + ["--no-deps", "--no-build-isolation", str(REPO)], check=True)
+    subprocess.run([python, "-m", "pip", "check"], check=True)
+
+
 def _protect(path: Path) -> None:
     """0640, owned by root and the service's group where that group exists."""
     import grp
@@ -65,12 +81,8 @@ def install(prefix: str = "/opt/cappuccino", root: str = "/", venv: bool = True,
         check_interpreter(Path(sys.base_prefix).resolve())
     if venv:
         target = _under(root_p, prefix) / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
-        pip = [str(target / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["-r", str(REPO / "requirements-torch.txt")],
-                       check=True)  # the CPU build first
-        subprocess.run(pip + [str(REPO)], check=True)
-        done.append(f"virtualenv {target} with cappuccino")
+        install_venv(target)
+        done.append(f"virtualenv {target} with cappuccino (non-editable, from {LOCK.name})")
     units_dir = _under(root_p, VENDOR_UNITS)
     _remove_units(units_dir)  # an upgrade drops units a release no longer ships
     done += _retire_old_copies(_under(root_p, OPERATOR_UNITS), prefix)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -56,13 +57,43 @@ def dashboard_command(cfg) -> str:
     return command
 
 
+def _plain(value):
+    """A numpy scalar or array as the Python number or list it holds (for JSON columns)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json(value) -> str:
+    return json.dumps(value, default=_plain)
+
+
+def _numbers_cross_as_numbers() -> None:
+    """numpy scalars reach both drivers as the plain numbers they hold, registered once for the
+    process. psycopg2 renders a float subclass with repr(), which under numpy 2 is
+    `np.float64(0.5)` (PostgreSQL: schema "np" does not exist); sqlite3 refuses numpy integers."""
+    import sqlite3
+
+    from psycopg2.extensions import adapt, register_adapter
+    for kind, plain in ((np.floating, float), (np.integer, int), (np.bool_, bool)):
+        for t in {kind} | set(np.sctypeDict.values()):
+            if isinstance(t, type) and issubclass(t, kind):
+                register_adapter(t, lambda x, plain=plain: adapt(plain(x)))
+                sqlite3.register_adapter(t, plain)
+
+
+_numbers_cross_as_numbers()
+
+
 def engine_kwargs(url: str, pool_size: int = 5, max_overflow: int = 10,
                   sqlite_busy_timeout_s: float = 30.0) -> dict:
     """SQLAlchemy engine options per backend: a busy timeout for SQLite (several processes share
-    the file), a checked pool for PostgreSQL (connections die across server restarts)."""
+    the file), a checked pool for PostgreSQL (connections die across server restarts); JSON
+    columns take numpy numbers as plain ones."""
     if is_sqlite(url):
-        return {"connect_args": {"timeout": sqlite_busy_timeout_s}}
-    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
+        return {"connect_args": {"timeout": sqlite_busy_timeout_s}, "json_serializer": _json}
+    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow,
+            "json_serializer": _json}
 
 
 def _ensure_sqlite_dir(url: str) -> None:

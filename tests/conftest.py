@@ -128,3 +128,21 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
 def trials(study, *states):
     """A study's trials (in the given states), read fresh from its storage."""
     return study.get_trials(deepcopy=False, states=states or None)
+
+
+# The suite as `cappuccino install` installs it: the prefix's virtualenv, built once per test
+# session from the lock (hashes checked) with the package not editable, outside the checkout's
+# import path. Under the checkout's build/ (ignored by git) so that the systemd container, which
+# binds the checkout, can reach it; rebuilt every session, so it is always today's code.
+INSTALLED_STAGE = REPO / "build" / "test-install"
+
+
+@pytest.fixture(scope="session")
+def installed_venv() -> Path:
+    import shutil
+
+    from cappuccino_core.install import install
+    shutil.rmtree(INSTALLED_STAGE, ignore_errors=True)
+    install("/opt/cappuccino", str(INSTALLED_STAGE), venv=True, user=False,
+            systemd_reload=False, log=lambda _: None)
+    return INSTALLED_STAGE / "opt" / "cappuccino" / "venv"

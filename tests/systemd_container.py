@@ -43,6 +43,7 @@ class Container:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.leader: int | None = None
+        self.python = ""  # the installed virtualenv's interpreter, once installed
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -122,16 +123,19 @@ class Container:
 
     # --- the product -----------------------------------------------------------------------
 
-    def install(self, prefix: str = "/opt/cappuccino") -> None:
-        """`cappuccino install` as an operator runs it, with the checkout's virtualenv standing
-        in for the one it would build (no network, no minutes of pip)."""
+    def install(self, venv: Path, prefix: str = "/opt/cappuccino") -> None:
+        """`cappuccino install` as an operator runs it from the checkout, with `venv` (the
+        prefix's virtualenv that `install` built on the host, not editable, from the lock)
+        standing in for the one it would build here (no network, no minutes of pip). The
+        services run that virtualenv, never the checkout."""
         python = str(REPO / ".venv" / "bin" / "python")
         # /usr is the host's, read-only, in this container: a tmpfs on /usr/local takes the
         # vendor units and the `cappuccino` link that install puts there
         self.run("mount", "-t", "tmpfs", "tmpfs", "/usr/local")
         self.run(python, "-m", "cappuccino_core.cli", "install", "--prefix", prefix, "--no-venv")
         self.run("mkdir", "-p", prefix)
-        self.run("ln", "-sfn", str(REPO / ".venv"), f"{prefix}/venv")
+        self.run("ln", "-sfn", str(venv), f"{prefix}/venv")
+        self.python = f"{prefix}/venv/bin/python"
         hidden = HIDDEN_HOMES + (Path("/tmp"), Path("/var/tmp"))  # ProtectHome=, PrivateTmp=
         exposed = [p for p in (PYTHON_HOME, REPO) if is_within(p, hidden)]
         if exposed:
@@ -143,5 +147,5 @@ class Container:
         self.systemctl("daemon-reload")
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run(str(REPO / ".venv" / "bin" / "python"), "-m", "cappuccino_core.cli",
+        return self.run(self.python, "-m", "cappuccino_core.cli",
                         *args, check=check, env={"CAPPUCCINO_CONFIG_DIR": "/etc/cappuccino"})

@@ -159,10 +159,8 @@ def test_an_upload_cut_short_is_never_served(tmp_path, pg_url, monkeypatch):
     cut = study.trials[-1]
     study.tell(cut.number, 0.9)  # even if the trial were somehow marked COMPLETE
     monkeypatch.undo()
-    # Optuna noted the artifact before writing it; nothing else of it exists
-    assert optuna.artifacts.get_all_artifact_meta(study.trials[-1], storage=study._storage)
-    with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(artifact_chunks)).scalar() == 1
+    # Whatever Optuna itself noted of the cut upload (its order of writes changed in 5.1), the
+    # product's promise is that the model is never served:
     sel = select_members(engine, cfg, "alpha")
     assert [m.trial_id for m in sel.members] == [whole._trial_id]
     (why,) = [w for tid, _, w in sel.skipped if tid == cut._trial_id]

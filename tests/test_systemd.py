@@ -85,7 +85,7 @@ def hook():
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory, pg_url, hook):
+def box(tmp_path_factory, pg_url, hook, installed_venv):
     reason = why_not_available()
     if reason:
         if os.environ.get("CAPPUCCINO_REQUIRE_SYSTEMD_TESTS") == "1":
@@ -95,7 +95,7 @@ def box(tmp_path_factory, pg_url, hook):
     c = Container(logs / "nspawn.log")
     try:
         c.boot()
-        c.install()
+        c.install(installed_venv)
         end = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(minutes=60)
         for s in SYMBOLS:
             c.write(f"/srv/cappuccino-test/bars/{s.split('/')[0]}USDT_1m.csv", minute_bars(s, end))
@@ -313,8 +313,7 @@ def test_the_journal_has_each_services_logs_with_priorities(box):
     warned = box.run("journalctl", "-u", TRADER, "-p", "warning", "--no-pager").stdout
     assert "no ensemble yet" in warned
     # one entry per message, however many lines (journald's native protocol), its priority kept
-    python = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
-    box.run("systemd-run", "--wait", "--unit=cappuccino-journal-probe", python, "-c",
+    box.run("systemd-run", "--wait", "--unit=cappuccino-journal-probe", box.python, "-c",
             "import logging; from cappuccino_core.service import setup_logging; setup_logging(); "
             "logging.getLogger('probe').warning('first line\\nsecond line')")
     probe = [e for e in box.journal("cappuccino-journal-probe.service")  # (systemd's own

@@ -325,10 +325,13 @@ def test_the_trader_does_not_buy_a_stopped_asset_while_it_cools_down(tmp_path, s
     assert trader.state.cooldown == {}
 
 
-def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data):
+def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, storage_url):
+    """On both backends: a sell-out's quantity comes from numpy arithmetic, and PostgreSQL
+    under numpy 2 once refused it (psycopg2 rendered `np.float64(...)`)."""
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import compute_features
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    storage = {"url": storage_url}
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, storage=storage)
     bars = load_bars(cfg, end="2022-05-10")
     feats = compute_features(bars, "v1")
     broker = SimBroker(engine, 100_000, 0.0025, 5)
@@ -341,9 +344,14 @@ def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data):
     cfg = load_config(write_config(Path(cfg.config_dir), {
         "paths": {"state_dir": str(cfg.state_dir)},
         "data": {"csv_path": str(shared_data), "symbols": SYMBOLS},
-        "ensemble": {"top_n": 4, "min_members": 1, "min_value": 10.0, "fallback": "cash"}}))
+        "ensemble": {"top_n": 4, "min_members": 1, "min_value": 10.0, "fallback": "cash"},
+        "storage": storage}))
     assert sync(cfg, engine).status == "fallback"
     trader.reload(Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
     broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
     assert trader.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
     assert broker.positions() == {}
+    with engine.connect() as conn:  # every sell-out journaled, filled, none rejected
+        rows = conn.execute(sa.text("SELECT side, status FROM cappuccino_orders WHERE trader = 'fb' "
+                                    "AND reason = 'rebalance' AND side = 'sell'")).all()
+    assert rows and all(status == "filled" for _, status in rows)

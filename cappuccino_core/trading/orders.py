@@ -28,6 +28,9 @@ class PlannedOrder:
     purpose: str  # rebalance | stop
     skip: str | None = None  # why it is not sent (below the asset's minimum): journaled so
 
+    def __post_init__(self):  # a plain float, whatever arithmetic produced it (numpy's scalars
+        object.__setattr__(self, "qty", float(self.qty))  # must not reach a driver or an API)
+
 
 def _sized(symbol: str, side: str, qty: float, purpose: str, rule: AssetRule) -> PlannedOrder:
     """The order, or the order marked skipped when the broker would refuse its size."""
