@@ -3,18 +3,55 @@ channel in `alerts.urls` (Telegram `tgram://`, ntfy `ntfy://`, Pushover `pover:/
 Discord, email `mailto://`, a generic JSON webhook `json://` ...). A channel that fails is logged
 and skipped; an alert never breaks the service that sends it. Texts are masked for secrets
 before they leave, and a channel is logged by its scheme only (its URL holds a token).
+
+Every alert has a severity (`info`, `warning`, `error`, `critical`) and a type (`KINDS`), and
+names the host, the study and, where one is concerned, the trader. A channel may be routed by
+tags, written as in Apprise's text configuration, `TAG[,TAG...]=URL`: it then receives only the
+alerts whose severity or type is one of its tags (`critical,trader-degraded=tgram://...`); a
+channel without tags receives everything.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .config import Config, mask_text as _mask
 
 log = logging.getLogger(__name__)
-_TYPES = {"info": "info", "warning": "warning", "error": "failure", "critical": "failure",
-          "success": "success"}
+SEVERITIES = ("info", "warning", "error", "critical")
+# What an alert is about: a type a channel can be routed by.
+KINDS = {
+    "incident": "a monitor check found a problem (the key names which: trader-behind, ...)",
+    "resolved": "a problem the monitor alerted is gone",
+    "stop-exit": "a live trader's trailing stops sold positions",
+    "trader-degraded": "a live trader's cycle keeps failing (orders refused, storage down...)",
+    "trader-recovered": "a degraded trader works again",
+    "unit-failed": "a systemd unit failed (its result, exit status and last journal lines)",
+    "ensemble-version": "a new ensemble version was published",
+    "promotion": "the auto-deployer promoted a model",
+    "summary": "the daily summary",
+}
+_APPRISE_TYPES = {"info": "info", "warning": "warning", "error": "failure", "critical": "failure"}
+
+
+@dataclass(frozen=True)
+class Channel:
+    url: str
+    tags: frozenset[str]  # empty: every alert
+
+    @classmethod
+    def parse(cls, entry: str) -> "Channel":
+        """`URL` or `TAG[,TAG...]=URL` (Apprise's text-configuration syntax)."""
+        head, sep, rest = entry.partition("=")
+        if sep and "://" not in head and "://" in rest:
+            return cls(rest.strip(), frozenset(t.strip() for t in head.split(",") if t.strip()))
+        return cls(entry.strip(), frozenset())
+
+    def wants(self, severity: str, kind: str) -> bool:
+        return not self.tags or bool(self.tags & {severity, kind})
 
 
 def _with_timeout(url: str, timeout_s: float) -> str:
@@ -24,26 +61,41 @@ def _with_timeout(url: str, timeout_s: float) -> str:
     return f"{url}{'&' if '?' in url else '?'}cto={timeout_s:g}&rto={timeout_s:g}"
 
 
-def send_alert(cfg: Config, title: str, message: str, severity: str = "warning") -> list[str]:
-    """Send to every configured channel; returns the schemes of the channels that delivered."""
-    import socket
-
-    import apprise
+def compose(cfg: Config, title: str, message: str, severity: str, kind: str,
+            trader: str | None = None, study: str | None = None) -> tuple[str, str]:
+    """(title, body) as every channel receives them: severity and type in the title, and a
+    first line naming host, study and trader."""
     host = socket.gethostname()
-    title, message = _mask(f"[cappuccino {host}] {title}"), _mask(message)
-    if not cfg.alerts.urls:
-        log.warning("alert (no channel configured): %s: %s", title, message)
+    study = study or cfg.active_study or "(none)"
+    where = f"host {host} | study {study}" + (f" | trader {trader}" if trader else "")
+    return (_mask(f"[cappuccino {host}] {severity.upper()} {kind}: {title}"),
+            _mask(f"{where} | severity {severity} | type {kind}\n{message}"))
+
+
+def send_alert(cfg: Config, title: str, message: str, severity: str = "warning",
+               kind: str = "incident", trader: str | None = None,
+               study: str | None = None) -> list[str]:
+    """Send to every configured channel that wants it; returns the schemes that delivered."""
+    import apprise
+    if severity not in SEVERITIES or kind not in KINDS:
+        raise ValueError(f"alert severity {severity!r} / type {kind!r}: not one of "
+                         f"{SEVERITIES} / {sorted(KINDS)}")
+    title, body = compose(cfg, title, message, severity, kind, trader, study)
+    channels = [c for c in map(Channel.parse, cfg.alerts.urls) if c.wants(severity, kind)]
+    if not channels:
+        level = logging.INFO if severity == "info" else logging.WARNING
+        log.log(level, "alert (no channel %s): %s: %s",
+                "configured" if not cfg.alerts.urls else "routed to it", title, body)
         return []
     delivered = []
-    for url in cfg.alerts.urls:
-        scheme = urlsplit(url).scheme or "?"
-        channel = apprise.Apprise()
-        if not channel.add(_with_timeout(url, cfg.alerts.timeout_s)):
+    for channel in channels:
+        scheme = urlsplit(channel.url).scheme or "?"
+        client = apprise.Apprise()
+        if not client.add(_with_timeout(channel.url, cfg.alerts.timeout_s)):
             log.error("alert channel %s: not a URL Apprise knows; skipped", scheme)
             continue
         try:
-            ok = channel.notify(title=title, body=message,
-                                notify_type=_TYPES.get(severity, "warning"))
+            ok = client.notify(title=title, body=body, notify_type=_APPRISE_TYPES[severity])
         except Exception as e:  # noqa: BLE001 - a channel never breaks the sender
             ok = False
             log.error("alert channel %s failed: %s", scheme, _mask(str(e)))

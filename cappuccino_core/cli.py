@@ -402,27 +402,13 @@ def cmd_install(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from .monitor import run_checks
-    cfg = load_config(args.config_dir)
-    new = run_checks(cfg, _app_db(cfg))
-    for incident in new:
-        print(f"{incident.severity}: {incident.message}")
-    print(f"{len(new)} new incident(s)")
-    from .metrics import render, textfile_path, write_textfile
-    from .status import collect
-    from .summary import send_if_due
-    status = collect(cfg)  # one reading for the metrics and the summary
-    print(f"metrics: {write_textfile(textfile_path(cfg), render(status))}")
-    if send_if_due(cfg, _app_db(cfg), status=status):
-        print("daily summary sent")
-    return 0
+    from .monitor import run_monitor
+    return run_monitor(load_config(args.config_dir))
 
 
 def cmd_alert(args) -> int:
-    from .alerts import send_alert
-    cfg = load_config(args.config_dir)
-    send_alert(cfg, f"{args.unit} failed",
-               f"systemd unit {args.unit} failed; see journalctl -u {args.unit}", "error")
+    from .monitor import alert_unit_failure
+    print(alert_unit_failure(load_config(args.config_dir), args.unit))
     return 0  # a failing channel is logged, never an error of this unit
 
 

@@ -200,5 +200,9 @@ def run(cfg: Config, engine: Engine, study: str | None = None,
         return decision, None
     record(engine, decision)
     if decision.promoted:
-        return decision, sync(cfg, engine, decision.study).message
+        from .alerts import send_alert
+        message = sync(cfg, engine, decision.study).message
+        send_alert(cfg, f"promoted trial id {decision.candidate_trial_id}",
+                   f"{decision.summary()}\n{message}", "info", "promotion", study=decision.study)
+        return decision, message
     return decision, None

@@ -9,6 +9,7 @@ file. Everything comes from `status.collect`: the metrics and `cappuccino status
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .files import atomic_write_text
@@ -17,6 +18,9 @@ from .status import LEVELS
 # name -> (type, help)
 FAMILIES = {
     "cappuccino_health_level": ("gauge", "0 ok, 1 warning, 2 critical (cappuccino status)"),
+    "cappuccino_monitor_last_run_timestamp_seconds": (
+        "gauge", "When the monitor last wrote this file (stale: the monitor is not running)"),
+    "cappuccino_monitor_checks_ok": ("gauge", "1 when the monitor's last run could run its checks"),
     "cappuccino_trader_equity": ("gauge", "Equity of a trader, account currency"),
     "cappuccino_trader_drawdown_ratio": ("gauge", "Equity below its peak, a fraction"),
     "cappuccino_trader_positions": ("gauge", "Open positions of a trader"),
@@ -29,7 +33,7 @@ FAMILIES = {
     "cappuccino_trials": ("gauge", "Trials of the active study by state"),
     "cappuccino_study_best_value": ("gauge", "Best objective value of the active study"),
     "cappuccino_unit_active": ("gauge", "1 when the systemd unit is active"),
-    "cappuccino_unit_restarts": ("gauge", "Restarts of the systemd unit (NRestarts)"),
+    "cappuccino_unit_restarts_total": ("counter", "Restarts of the systemd unit (NRestarts)"),
 }
 
 
@@ -37,8 +41,9 @@ def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(status: dict) -> str:
-    """The status as Prometheus text exposition format."""
+def render(status: dict, checks_ok: bool = True) -> str:
+    """The status as Prometheus text exposition format (live traders only: a replay is
+    history)."""
     samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in FAMILIES}
 
     def add(name: str, value, **labels) -> None:
@@ -46,7 +51,11 @@ def render(status: dict) -> str:
             samples[name].append((labels, float(value)))
 
     add("cappuccino_health_level", LEVELS.index(status["health"]["level"]))
+    add("cappuccino_monitor_last_run_timestamp_seconds", time.time())
+    add("cappuccino_monitor_checks_ok", int(checks_ok))
     for trader, t in status["traders"].items():
+        if t["mode"] == "replay":
+            continue
         add("cappuccino_trader_equity", t["equity"], trader=trader)
         add("cappuccino_trader_drawdown_ratio", t["drawdown"], trader=trader)
         add("cappuccino_trader_positions", t["positions"], trader=trader)
@@ -68,7 +77,7 @@ def render(status: dict) -> str:
     add("cappuccino_study_best_value", training.get("best"), study=study)
     for unit, u in status["systemd"]["units"].items():
         add("cappuccino_unit_active", int(u["state"].startswith("active")), unit=unit)
-        add("cappuccino_unit_restarts", u["restarts"], unit=unit)
+        add("cappuccino_unit_restarts_total", u["restarts"], unit=unit)
     lines = []
     for name, (kind, help_text) in FAMILIES.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
@@ -84,6 +93,11 @@ def textfile_path(cfg) -> Path:
 
 def write_textfile(path: Path, text: str) -> Path:
     """Written whole under a temporary name in the same directory, then renamed; readable by
-    node_exporter, which runs as another user."""
+    node_exporter, which runs as another user: the directory 0755 and the file 0644 whatever
+    the umask (the units run with UMask=0077)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.chmod(0o755)
+    except PermissionError:  # someone else's directory: its owner decides who reads it
+        pass
     return atomic_write_text(path, text, 0o644)

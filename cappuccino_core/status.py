@@ -21,10 +21,10 @@ from .ensemble.publish import (current_manifest, ensembles_dir, member_risk_diff
 from .optuna_db import completed_since, study_summaries
 from .storage import (StorageEmpty, decisions, deploy_decisions, equity_snapshots, events,
                       read_engine, trader_state)
-from .trading.journal import traders_with_data
+from .trading.journal import StateKey, replay_traders, traders_with_data
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: traders have `mode` (live | replay) instead of `running`
 LEVELS = ("ok", "warning", "critical")  # their index is the exit code
 
 
@@ -38,7 +38,9 @@ def collect(cfg: Config) -> dict:
         engine = read_engine(cfg)
         out["training"] = _training(engine, cfg)
         out["ensemble"] = _ensemble(engine, cfg)
-        out["traders"] = {name: _trader(engine, cfg, name) for name in traders_with_data(engine)}
+        replays = replay_traders(engine)
+        out["traders"] = {name: _trader(engine, cfg, name, name in replays)
+                          for name in traders_with_data(engine)}
         out["deployer"] = _deployer(engine)
     except StorageEmpty as e:
         out["error"] = str(e)
@@ -75,9 +77,9 @@ def health(s: dict, cfg: Config) -> dict:
         say("warning", f"the ensemble is {e['age_hours']:.0f} h old")
     if (e.get("last_sync") or {}).get("needed"):
         say("warning", f"{e['last_sync']['needed']} more eligible trial(s) needed")
-    paper = s["traders"].get("paper")
-    if paper and paper.get("lag_bars", 0) > 2:
-        say("critical", f"the trader is {paper['lag_bars']:.0f} bars behind")
+    for name, t in s["traders"].items():
+        if t.get("lag_bars", 0) > 2:
+            say("critical", f"trader {name} is {t['lag_bars']:.0f} bars behind")
     for name, u in s["systemd"]["units"].items():
         if u["state"].startswith("failed"):
             say("critical", f"{name} has failed")
@@ -85,6 +87,13 @@ def health(s: dict, cfg: Config) -> dict:
             say("warning", f"{name} restarted {u['restarts']} time(s)")
     worst = max((LEVELS.index(p["level"]) for p in problems), default=0)
     return {"level": LEVELS[worst], "problems": problems}
+
+
+def add_problem(s: dict, level: str, message: str) -> None:
+    """One more problem in a collected status, its health level raised to match."""
+    s["health"]["problems"].append({"level": level, "message": message})
+    worst = max(LEVELS.index(s["health"]["level"]), LEVELS.index(level))
+    s["health"]["level"] = LEVELS[worst]
 
 
 def _systemd() -> dict:
@@ -108,14 +117,14 @@ def _systemd() -> dict:
     return {"available": True, "reason": None, "units": units}
 
 
-def _trader(engine, cfg: Config, name: str) -> dict:
+def _trader(engine, cfg: Config, name: str, replay: bool = False) -> dict:
     with engine.connect() as conn:
         snaps = conn.execute(sa.select(equity_snapshots.c.ts, equity_snapshots.c.equity,
                                        equity_snapshots.c.positions)
                              .where(equity_snapshots.c.trader == name)
                              .order_by(equity_snapshots.c.id.desc()).limit(200)).all()
         last_bar = conn.execute(sa.select(trader_state.c.value).where(
-            trader_state.c.trader == name, trader_state.c.key == "last_bar")).scalar()
+            trader_state.c.trader == name, trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
         peak = conn.execute(sa.select(sa.func.max(equity_snapshots.c.equity)).where(
             equity_snapshots.c.trader == name)).scalar()
         since = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=24)).to_pydatetime()
@@ -124,12 +133,12 @@ def _trader(engine, cfg: Config, name: str) -> dict:
     latest = snaps[0]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
     today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
-    info = {"running": True, "equity": latest.equity, "positions": len(latest.positions),
+    info = {"mode": "replay" if replay else "live", "equity": latest.equity, "positions": len(latest.positions),
             "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar,
             "peak_equity": peak, "drawdown": max(0.0, 1 - latest.equity / peak) if peak else 0.0,
             # assets that printed no bar, flat-filled at their last close (last 24 h)
             "quiet_bars_24h": sum(len(q or []) for q in recent)}
-    if last_bar:
+    if last_bar and not replay:  # a replay is history: never behind
         closed = pd.Timestamp(last_bar) + pd.Timedelta(seconds=cfg.bar_seconds)
         lag = pd.Timestamp.now(tz="UTC") - closed
         info["lag_bars"] = round(lag.total_seconds() / cfg.bar_seconds, 2)
@@ -201,8 +210,9 @@ def version_health(engine, cfg: Config, manifest: dict) -> list[str]:
 def render(s: dict) -> str:
     lines = [f"active study: {s['active_study'] or '(none: cappuccino study activate NAME)'}"
              f"   storage: {s['storage']}   health: {s['health']['level'].upper()}"]
+    lines += [f"  {p['level']}: {p['message']}" for p in s["health"]["problems"]]
     if s["error"]:
-        return "\n".join(lines + [f"!! {s['error']}"])
+        return "\n".join(lines)
     t = s["training"]
     c = t["counts"]
     if not t["study_exists"]:
@@ -238,11 +248,12 @@ def render(s: dict) -> str:
         lines.append("trader: no equity recorded yet")
     for name, tr in s["traders"].items():
         lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
-        lines.append(f"trader {name}: equity {tr['equity']:,.2f}, {tr['positions']} positions, "
+        kind = " (replay)" if tr["mode"] == "replay" else ""
+        lines.append(f"trader {name}{kind}: equity {tr['equity']:,.2f}, {tr['positions']} positions, "
                      f"today {tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}"
                      + (f"; {tr['quiet_bars_24h']} quiet asset-bar(s) flat-filled in 24 h"
                         if tr.get("quiet_bars_24h") else ""))
-        if name == "paper" and tr.get("lag_bars", 0) > 2:
+        if tr.get("lag_bars", 0) > 2:
             lines.append("!! THE TRADER IS BEHIND: no bar processed for more than one bar")
     d = s["deployer"]
     lines.append("deployer: no decision yet" if d is None else

@@ -39,6 +39,8 @@ def compose(cfg: Config, engine: Engine, status: dict, now: datetime) -> str:
     lines = []
     with engine.connect() as conn:
         for name, t in status["traders"].items():
+            if t["mode"] == "replay":
+                continue
             then = conn.execute(sa.select(equity_snapshots.c.equity).where(
                 equity_snapshots.c.trader == name, equity_snapshots.c.ts <= since)
                 .order_by(equity_snapshots.c.id.desc()).limit(1)).scalar()
@@ -52,8 +54,8 @@ def compose(cfg: Config, engine: Engine, status: dict, now: datetime) -> str:
             lines.append(f"trader {name}: equity {t['equity']:,.2f} ({pnl}), drawdown "
                          f"{t['drawdown']:.1%}, {t['positions']} positions, {trades} fills, "
                          f"{stops} stop exits")
-    if not status["traders"]:
-        lines.append("trader: no equity recorded yet")
+    if not any(t["mode"] == "live" for t in status["traders"].values()):
+        lines.append("trader: no live trader has recorded equity yet")
     e = status["ensemble"] or {}
     lines.append(f"ensemble: v{e['version']} of study {e['study']}, {e['members']} members, "
                  f"{e['age_hours']:.0f} h old" if e.get("version") is not None
@@ -79,6 +81,6 @@ def send_if_due(cfg: Config, engine: Engine, now: datetime | None = None,
     if key is None:
         return False
     text = compose(cfg, engine, status or collect(cfg), now)
-    send_alert(cfg, f"daily summary {now:%Y-%m-%d}", text, "info")
+    send_alert(cfg, f"daily summary {now:%Y-%m-%d}", text, "info", "summary")
     record_event(engine, SOURCE, "info", KIND, text, incident_key=key)
     return True

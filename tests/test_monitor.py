@@ -82,16 +82,28 @@ def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
                 trader="paper", ts=datetime.now(timezone.utc), equity=eq, cash=eq,
                 positions={}))
     record_event(engine, "paper", "warning", "stop_exit", "stop exit BTC/USD at 27,000")
+    record_event(engine, "paper", "warning", "stop_exit", "stop exit ETH/USD at 1,700")
     manifest_path = cfg.state_dir / "ensembles" / "current" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["created_at"] = old
     manifest_path.write_text(json.dumps(manifest))
 
+    before = len(received)
     keys = {i.key for i in run_checks(cfg, engine)}
     assert keys == {"study-target:mon", "training-stalled:mon", "ensemble-old",
-                    "trader-behind", "drawdown"}
+                    "trader-behind:paper", "drawdown:paper"}
     sent = len(received)
-    assert sent == 3 * 6  # five incidents and one stop exit, on three channels each
+    # five incidents and one message for the trader's two stop exits, on three channels each
+    assert sent - before == 3 * 6
+    generic = [b for p, b in received[before:] if p == "/generic"]
+    stops = [b for b in generic if "stop-exit" in b["title"]]
+    assert len(stops) == 1 and "2 stop exit(s) of trader paper" in stops[0]["title"]
+    assert "BTC/USD" in stops[0]["message"] and "ETH/USD" in stops[0]["message"]
+    for body in generic:  # every message names host, study, severity and type
+        assert "| study mon |" in body["message"] and "host " in body["message"]
+        assert " severity " in body["message"] and " type " in body["message"]
+    behind = next(b for b in generic if "more than one bar behind" in b["title"])
+    assert "ERROR incident" in behind["title"] and "| trader paper |" in behind["message"]
     assert run_checks(cfg, engine) == [] and len(received) == sent  # nothing twice
     # the active study changes: a new incident; the old ones are still open
     from cappuccino_core.studies import write_active_study
@@ -102,11 +114,44 @@ def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
     assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
 
 
-def test_alert_command_for_a_failed_unit(tmp_path, hook):
+def test_a_failed_unit_alerts_once_with_its_result_and_resolves_once(tmp_path, pg_url, hook,
+                                                                      monkeypatch):
     url, received = hook
-    d = write_config(tmp_path, {"alerts": {"urls": [apprise_json(url, "generic")]}})
-    assert cli.main(["alert", "cappuccino-paper-trader.service", "--config-dir", str(d)]) == 0
-    assert "cappuccino-paper-trader.service failed" in received[0][1]["title"]
+    cfg, engine = make_env(tmp_path, pg_url, url, alerts={"urls": [apprise_json(url, "generic")]})
+    unit = "cappuccino-ensemble-sync.service"
+    # what systemd hands an OnFailure= unit (systemd.exec(5))
+    monkeypatch.setenv("MONITOR_SERVICE_RESULT", "exit-code")
+    monkeypatch.setenv("MONITOR_EXIT_CODE", "exited")
+    monkeypatch.setenv("MONITOR_EXIT_STATUS", "2")
+    for _ in range(3):  # a sync that fails every 10 minutes: one alert, not three
+        assert cli.main(["alert", unit, "--config-dir", cfg.config_dir]) == 0
+    (body,) = [b for _, b in received]
+    assert f"ERROR unit-failed: {unit} failed: result exit-code, exit exited 2" in body["title"]
+    assert "last journal lines:" in body["message"] and "| study mon |" in body["message"]
+    failed = {unit: {"state": "failed/failed", "restarts": 0}}
+    assert run_checks(cfg, engine, failed) == []  # the monitor sees the same incident: quiet
+    assert len(received) == 1
+    run_checks(cfg, engine, {unit: {"state": "inactive/dead", "restarts": 0}})  # ran again
+    assert len(received) == 2 and "INFO resolved" in received[1][1]["title"]
+    assert unit in received[1][1]["message"]
+    run_checks(cfg, engine, {unit: {"state": "inactive/dead", "restarts": 0}})
+    assert len(received) == 2  # resolved once
+
+
+def test_channels_route_by_severity_and_type_tags(tmp_path, hook):
+    url, received = hook
+    cfg = load_config(write_config(tmp_path, {"alerts": {"urls": [
+        apprise_json(url, "everything"),
+        "critical,stop-exit=" + apprise_json(url, "pager"),
+        "promotion=" + apprise_json(url, "news")]}}))
+    send_alert(cfg, "stops", "2 exits", "warning", "stop-exit", trader="paper")
+    send_alert(cfg, "db gone", "storage unreachable", "critical", "incident")
+    send_alert(cfg, "v7", "new ensemble", "info", "ensemble-version")
+    paths = [p for p, _ in received]
+    assert paths.count("/everything") == 3 and paths.count("/pager") == 2
+    assert "/news" not in paths
+    with pytest.raises(ValueError, match="severity"):
+        send_alert(cfg, "x", "y", "loud", "incident")
 
 
 def test_a_daily_summary_once_a_day_at_the_configured_time(tmp_path, pg_url, hook, shared_data):

@@ -2,9 +2,13 @@
 system can use (issue 15)."""
 
 import json
+import os
+import stat
+import time
 
 import jsonschema
 import pytest
+import sqlalchemy as sa
 
 from cappuccino_core import cli
 
@@ -57,11 +61,29 @@ def test_the_monitor_writes_prometheus_metrics_a_parser_reads(tmp_path, shared_d
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
     assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--name", "paper",
                      "--config-dir", cfg.config_dir]) == 0
-    assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
     path = cfg.state_dir / "metrics" / "cappuccino.prom"
+    old_umask = os.umask(0o077)  # the units' UMask=
+    try:
+        assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # node_exporter runs as
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644        # another user
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    assert "cappuccino_trader_equity" not in families or not families[
+        "cappuccino_trader_equity"].samples  # a replay is history: no live trader metrics
+    assert next(iter(families["cappuccino_health_level"].samples)).value < 2
+    # the same journal as a live trader's (the mode row of a live trader)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE cappuccino_trader_state SET value = :v "
+                             "WHERE key = 'mode'"), {"v": json.dumps("live")})
+    assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
     assert f"metrics: {path}" in capsys.readouterr().out
     assert not list(path.parent.glob(".*.tmp"))  # written whole, renamed into place
     families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    ran = next(iter(families["cappuccino_monitor_last_run_timestamp_seconds"].samples)).value
+    assert abs(ran - time.time()) < 120
+    assert next(iter(families["cappuccino_monitor_checks_ok"].samples)).value == 1
     sample = lambda name, **labels: next(  # noqa: E731
         s.value for s in families[name].samples if all(s.labels.get(k) == v
                                                        for k, v in labels.items()))
@@ -232,3 +254,49 @@ def test_the_report_reads_at_a_glance_and_renders_in_a_browser(tmp_path, shared_
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1000, 2400) and len(png) > 30_000  # a page, not a blank
+
+
+def _promtool() -> str:
+    import shutil
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CAPPUCCINO_REQUIRE_PROMTOOL") == "1":
+            pytest.fail("promtool required here (.ci/run unpacks it from Debian's prometheus)")
+        pytest.skip("promtool not installed (Debian's prometheus package has it)")
+    return found
+
+
+def test_the_shipped_alert_rules_pass_promtool_and_fire_as_meant():
+    import subprocess
+    promtool = _promtool()
+    checked = subprocess.run([promtool, "check", "rules", "config/prometheus-rules.yml"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run([promtool, "test", "rules", "prometheus-rules.test.yml"],
+                            cwd=REPO / "tests", capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    from cappuccino_core.metrics import FAMILIES
+    rules = (REPO / "config" / "prometheus-rules.yml").read_text()
+    used = {name for name in FAMILIES if name in rules}
+    assert "cappuccino_monitor_last_run_timestamp_seconds" in used and len(used) >= 6
+
+
+def test_a_monitor_run_that_cannot_check_writes_critical_metrics_and_fails(tmp_path, capsys):
+    """Storage down: the last good file must not stay in place saying health OK."""
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+    state = tmp_path / "state"
+    path = state / "metrics" / "cappuccino.prom"
+    path.parent.mkdir(parents=True)
+    path.write_text("cappuccino_health_level 0\n")  # the last good run's
+    d = write_config(tmp_path / "etc", {"paths": {"state_dir": str(state)},
+                                        "storage": {"url": "postgresql://nobody@127.0.0.1:9/x"}})
+    assert cli.main(["monitor", "--config-dir", str(d)]) == 1
+    text = path.read_text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert next(iter(families["cappuccino_health_level"].samples)).value == 2
+    assert next(iter(families["cappuccino_monitor_checks_ok"].samples)).value == 0
+    checked = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -321,8 +321,14 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
                f"values {sel.members[-1].value:.3f} .. {sel.members[0].value:.3f}")
         record_event(engine, "ensemble-sync", "info", "published", msg,
                      {"study": study, "version": version})
+        _announce(cfg, f"ensemble v{version} published", msg, study, "info")
     notify_trader(cfg)
     return SyncResult("published", version, sel, msg)
+
+
+def _announce(cfg: Config, title: str, msg: str, study: str, severity: str) -> None:
+    from ..alerts import send_alert
+    send_alert(cfg, title, msg, severity, "ensemble-version", study=study)
 
 
 def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: dict | None,
@@ -350,6 +356,7 @@ def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: d
     _cleanup(root, e.keep_versions)
     msg = f"{why}: published v{version}, the fallback: {FALLBACKS[e.fallback]}"
     record_event(engine, "ensemble-sync", "warning", "fallback", msg, data | {"version": version})
+    _announce(cfg, f"ensemble v{version} is the fallback ({e.fallback})", msg, study, "warning")
     notify_trader(cfg)
     return SyncResult("fallback", version, sel, msg)
 

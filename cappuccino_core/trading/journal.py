@@ -53,6 +53,10 @@ class StateKey(str, enum.Enum):
     HALTED = "halted"
     DECISION = "decision"
     COOLDOWN = "cooldown"
+    MODE = "mode"
+
+
+LIVE, REPLAY = "live", "replay"  # a trader's mode: a replay is history, never "running" or "behind"
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TraderState:
     halted: bool = False              # new buying halted by the drawdown limit
     decision: dict | None = None      # {"bar", "target", "ensemble"}: saved before any order
     cooldown: dict[str, str] = field(default_factory=dict)  # symbol -> no buying before (ISO)
+    mode: str | None = None           # LIVE or REPLAY (None: a trader of an earlier release)
 
 
 def traders_with_data(engine: Engine) -> list[str]:
@@ -73,6 +78,21 @@ def traders_with_data(engine: Engine) -> list[str]:
                             .group_by(equity_snapshots.c.trader)
                             .order_by(sa.desc("last"))).all()
     return [r.trader for r in rows]
+
+
+def replay_traders(engine: Engine) -> set[str]:
+    """The traders that are replays (history on a simulated clock): never running, never
+    behind, never alerted about."""
+    with engine.connect() as conn:  # (a JSON column: compared here, not in SQL)
+        rows = conn.execute(sa.select(trader_state.c.trader, trader_state.c.value).where(
+            trader_state.c.key == StateKey.MODE.value)).all()
+    return {trader for trader, mode in rows if mode == REPLAY}
+
+
+def live_traders(engine: Engine) -> list[str]:
+    """The traders with equity history that are not replays, most recently active first."""
+    replays = replay_traders(engine)
+    return [t for t in traders_with_data(engine) if t not in replays]
 
 
 def pick_trader(engine: Engine, asked: str | None) -> tuple[str | None, str]:

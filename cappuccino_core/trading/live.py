@@ -34,6 +34,7 @@ from ..ensemble.publish import ensembles_dir, venue_warnings
 from ..ensemble.serving import EnsembleWatcher
 from ..errors import first_line
 from ..service import Notifier
+from .journal import LIVE, StateKey, TraderState
 from .trader import Trader
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class LiveLoop:
         self.problems: dict[str, str] = {}  # step -> cause, while degraded
         self.degraded_since: float | None = None
         self.failed_cycles = 0
+        self.orders_refused: str | None = None  # why the last bar traded's orders were refused
 
     # --- signals -----------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class LiveLoop:
         for warning in venue_warnings(self.cfg):
             log.warning(warning)
         self.trader = Trader(self.cfg, self.broker, self.engine, self.name, ensemble)
+        self.trader.journal.save_state(TraderState(mode=LIVE), StateKey.MODE)
         self.trader.start(at=self.clock.now())
         self.notifier.ready(self.status_line())
         log.info("trader %s ready: %s", self.name, self.status_line())
@@ -129,6 +132,8 @@ class LiveLoop:
         if self.trader.last_bar is None or newest > self.trader.last_bar:
             step(f"bar {newest:%Y-%m-%d %H:%M}", lambda: self.trade_bar(newest, now))
         step("stop check", lambda: self.check_stops(now))
+        if self.orders_refused:
+            problems.setdefault("orders", self.orders_refused)
         self.note_health(problems)
         self.notifier.watchdog()  # from this loop only: a hung loop is restarted by systemd
         self.notifier.status(self.status_line(now))
@@ -151,7 +156,12 @@ class LiveLoop:
         """Say "degraded" once when trouble starts and "recovered" once when it ends."""
         if problems and not self.problems:
             self.degraded_since = time.monotonic()
-            log.error("degraded: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
+            why = "; ".join(f"{k}: {v}" for k, v in problems.items())
+            log.error("degraded: %s", why)
+            try:  # the monitor alerts it once (and the recovery once)
+                self.trader.journal.event("error", "degraded", f"degraded: {why}")
+            except Exception:  # noqa: BLE001 - with the database down, the log says it
+                log.debug("could not record the degradation", exc_info=True)
         elif problems and problems.keys() != self.problems.keys():
             log.debug("still degraded: %s", "; ".join(f"{k}: {v}" for k, v in problems.items()))
         elif not problems and self.problems:
@@ -163,7 +173,8 @@ class LiveLoop:
                                           + "; ".join(f"{k}: {v}" for k, v in self.problems.items()))
             except Exception:  # noqa: BLE001 - a note about the past is no reason to fail now
                 log.debug("could not record the recovery", exc_info=True)
-        self.failed_cycles = self.failed_cycles + 1 if problems else 0
+        retry = set(problems) - {"orders"}  # a refused bar is not retried: its orders are final
+        self.failed_cycles = self.failed_cycles + 1 if retry else 0
         self.problems = problems
 
     def maybe_reload(self) -> None:
@@ -192,6 +203,12 @@ class LiveLoop:
         features = compute_features(bars, self.cfg.data.feature_set)
         result = self.trader.on_bar(bar_time, features, now, close=bars.close[-1], quiet=quiet)
         log.info("bar %s: %s", bar_time, result)
+        # orders refused bar after bar are trouble that outlives the cycle: it stays until a
+        # bar trades without a refusal
+        refused = self.trader.rejected_in_bar
+        if result == "traded":
+            self.orders_refused = (f"{len(refused)} order(s) of bar {bar_time:%Y-%m-%d %H:%M} "
+                                   f"rejected, e.g. {refused[0]}") if refused else None
 
     def check_stops(self, now: pd.Timestamp) -> None:
         latest = self.broker.latest_prices(self.trader.symbols)

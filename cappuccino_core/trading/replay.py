@@ -26,7 +26,7 @@ from ..data import load_bars
 from ..data.features import compute_features
 from ..ensemble.publish import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
-from .journal import Journal
+from .journal import REPLAY, Journal, StateKey, TraderState
 from .trader import Trader
 
 
@@ -77,6 +77,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
             broker.reset(cfg.broker.initial_cash)
     broker.mark(dict(zip(bars.symbols, c[i0])))
     trader = Trader(cfg, broker, engine, name, ensemble)
+    journal.save_state(TraderState(mode=REPLAY), StateKey.MODE)
     trader.start(at=bars.index[i0] + step)  # the starting capital, before the first decision
     versions = [ensemble.version]
     delay = pd.Timedelta(seconds=cfg.data.closed_bar_delay_s)

@@ -31,7 +31,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from ..backtest import trading_settings
-from ..broker.base import Broker, OrderState
+from ..broker.base import Broker, OrderState, OrderStatus
 from ..config import Config
 from ..ensemble.serving import Ensemble
 from ..env import apply_stops
@@ -39,7 +39,7 @@ from .journal import Journal, StateKey, TraderState
 from .orders import PlannedOrder, affordable, client_order_id, plan_rebalance
 
 log = logging.getLogger(__name__)
-STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN = StateKey
+STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE = StateKey
 
 
 class Trader:
@@ -52,6 +52,7 @@ class Trader:
         self.settings = trading_settings(cfg, ensemble)
         self.rules = broker.asset_rules(self.symbols)
         self.state: TraderState = self.journal.load_state()
+        self.rejected_in_bar: list[str] = []  # the last bar's orders the broker refused
 
     @property
     def last_bar(self) -> pd.Timestamp | None:
@@ -112,6 +113,7 @@ class Trader:
         decision."""
         if self.last_bar is not None and bar_time <= self.last_bar:
             return "already processed"
+        self.rejected_in_bar = []  # what the broker refused of this bar's orders
         age = now - (bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
         if age > pd.Timedelta(seconds=self.cfg.bar_seconds * self.cfg.risk.stale_bar_limit_bars):
             log.warning("bar %s is %s old: too stale to trade, skipped", bar_time, age)
@@ -287,6 +289,8 @@ class Trader:
                 self.broker.submit_market_order(o.symbol, o.side, o.qty, coid))
             after = self._holdings()
             self.journal.record_result(self._with_fees(result, before, after))
+            if result.status is OrderStatus.REJECTED:
+                self.rejected_in_bar.append(f"{coid}: {result.reason}")
 
     def _holdings(self) -> tuple[dict[str, float], float]:
         """(units held per symbol, cash) at the broker, to measure what a fill really did."""
