@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -121,76 +122,53 @@ def cmd_ensemble_sync(args) -> int:
     return 0
 
 
+def _emit(args, data, render) -> None:
+    """`data` as JSON with --json (its shape is in docs/schemas/), else as `render` writes it."""
+    print(json.dumps(data, indent=2, default=_plain) if getattr(args, "json", False)
+          else render(data))
+
+
+def _plain(value):
+    """numpy numbers as numbers, anything else JSON cannot hold as text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
 def cmd_ensemble_show(args) -> int:
-    from .ensemble.publish import (current_dir, current_manifest, ensembles_dir,
-                                   member_risk_differences, version_problems)
+    from .ensemble.show import current_ensemble, render
     cfg = load_config(args.config_dir)
-    manifest = current_manifest(ensembles_dir(cfg))
-    if manifest is None:
-        print("no ensemble published yet (cappuccino ensemble sync)")
+    ensemble = current_ensemble(cfg)
+    if ensemble is None:
+        print("no ensemble published yet (cappuccino ensemble sync)", file=sys.stderr)
         return 1
-    created = pd.Timestamp(manifest["created_at"])
-    age = pd.Timestamp.now(tz="UTC") - created
-    values = [m["value"] for m in manifest["members"]]
-    follows = manifest["study"] == cfg.active_study
-    if manifest.get("fallback"):
-        print(f"ensemble v{manifest['version']}  study {manifest['study']}  created "
-              f"{created:%Y-%m-%d %H:%M} UTC: the FALLBACK ({manifest['fallback']}), no members: "
-              f"{manifest.get('reason')}")
-        return 0
-    print(f"ensemble v{manifest['version']}  study {manifest['study']}  created "
-          f"{created:%Y-%m-%d %H:%M} UTC ({age.total_seconds() / 3600:.1f} h ago)  "
-          f"members {len(values)}  mean value {np.mean(values):.3f}  best {max(values):.3f}")
-    if not follows:
-        print(f"WARNING: the active study is {cfg.active_study!r}: this ensemble does not "
-              "follow it")
-    broken = version_problems(current_dir(ensembles_dir(cfg)))
-    if broken:
-        print(f"BROKEN: ensemble v{manifest['version']}: " + "; ".join(broken))
-    print(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'age':>8}  parameters")
-    now = pd.Timestamp.now(tz="UTC")
-    differing = []
-    for m in manifest["members"]:
-        stop = m.get("trailing_stop_pct")
-        p = m["params"]
-        done = m.get("completed_at")
-        age = f"{(now - pd.Timestamp(done)).total_seconds() / 3600:.1f} h" if done else "-"
-        print(f"{m['number']:>6} {m['trial_id']:>8} {m['value']:>9.3f} "
-              f"{(f'{stop:.0%}' if stop else '-'):>14} {age:>8}  "
-              f"lr {p.get('learning_rate', 0):.1e} gamma {p.get('gamma', 0):.3f} "
-              f"lookback {p.get('lookback')}")
-        differing += [(m, d) for d in member_risk_differences(m, cfg)]
-    if differing:
-        print(f"WARNING: {len({m['trial_id'] for m, _ in differing})} member(s) trained under "
-              f"other risk rules than configured (ensemble.risk_mismatch: "
-              f"{cfg.ensemble.risk_mismatch}):")
-        for m, d in differing:
-            print(f"  trial {m['number']} (id {m['trial_id']}): {d}")
+    _emit(args, ensemble, render)
     return 0
-
-
-
 
 
 def cmd_study_list(args) -> int:
     from .optuna_db import study_summaries
+    from .storage import dashboard_command
     cfg = load_config(args.config_dir)
     rows = study_summaries(_read_db(cfg))
-    print(f"{'study':<24}{'complete':>9}{'running':>8}{'failed':>7}{'pruned':>7}{'best':>9}")
-    for name, r in sorted(rows.items()):
-        mark = " *" if name == cfg.active_study else ""
+    _emit(args, {"active_study": cfg.active_study, "dashboard": dashboard_command(cfg),
+                 "artifact_store": cfg.artifacts.store,
+                 "studies": [{"name": name, "active": name == cfg.active_study, **r}
+                             for name, r in sorted(rows.items())]}, _render_study_list)
+    return 0
+
+
+def _render_study_list(d: dict) -> str:
+    lines = [f"{'study':<24}{'complete':>9}{'running':>8}{'failed':>7}{'pruned':>7}{'best':>9}"]
+    for r in d["studies"]:
         best = f"{r['best']:.3f}" if r["best"] is not None else "-"
         c = r["counts"]
-        print(f"{name + mark:<24}{c['COMPLETE']:>9}{c['RUNNING']:>8}{c['FAIL']:>7}"
-              f"{c['PRUNED']:>7}{best:>9}")
-    print("* the active study")
-    from .storage import dashboard_command
-    print(f"\nbrowse them (trials, splits, PPO diagnostics, model artifacts):\n  "
-          f"{dashboard_command(cfg)}")
-    if cfg.artifacts.store != "filesystem":
-        print(f"  (the dashboard lists the {cfg.artifacts.store} store's models; downloading "
-              "one needs the store's credentials)")
-    return 0
+        lines.append(f"{r['name'] + (' *' if r['active'] else ''):<24}{c['COMPLETE']:>9}"
+                     f"{c['RUNNING']:>8}{c['FAIL']:>7}{c['PRUNED']:>7}{best:>9}")
+    lines += ["* the active study", "", "browse them (trials, splits, PPO diagnostics, model "
+              f"artifacts):\n  {d['dashboard']}"]
+    if d["artifact_store"] != "filesystem":
+        lines.append(f"  (the dashboard lists the {d['artifact_store']} store's models; "
+                     "downloading one needs the store's credentials)")
+    return "\n".join(lines)
 
 
 def cmd_artifacts_migrate(args) -> int:
@@ -217,6 +195,23 @@ def cmd_study_activate(args) -> int:
         return 1
     path = write_active_study(cfg.config_dir, args.name)
     print(f"active study is now {args.name} ({path}); the ensemble sync follows it")
+    return 0
+
+
+def cmd_study_delete(args) -> int:
+    from .studies import StudyRefused, delete_study
+    cfg = load_config(args.config_dir)
+    if not args.yes:
+        print(f"study delete: deleting {args.name!r} removes its trials and models for good; "
+              "add --yes to confirm", file=sys.stderr)
+        return 2
+    try:
+        removed = delete_study(cfg, _app_db(cfg), args.name)
+    except StudyRefused as e:
+        print(f"study delete: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted study {args.name}: {removed['trials']} trial(s), {removed['models']} "
+          "model(s) in the artifact store")
     return 0
 
 
@@ -257,30 +252,28 @@ def cmd_paper(args) -> int:
     return 0
 
 
-def _trader_name(engine, asked: str | None) -> str | None:
-    """The trader a command shows: the one asked for, else 'paper' if it has traded, else the
-    most recently active one (said on stderr); None (with the reason said) when none has."""
-    from .trading.journal import pick_trader
-    name, note = pick_trader(engine, asked)
-    if note:
-        print(note, file=sys.stderr)
-    return name
-
-
 def _trader_command(args):
-    """(config, read-only engine, trader name) for a command about one trader; the name is
-    None (and why said) when no trader has data."""
+    """(config, read-only engine, trader name) for a command about one trader: the one asked
+    for, else 'paper' if it has traded, else the most recently active one (said on stderr).
+    The name is None, and why said, when no trader has data or the one asked for has none."""
+    from .trading.journal import Journal, pick_trader
     cfg = load_config(args.config_dir)
     engine = _read_db(cfg)
-    return cfg, engine, _trader_name(engine, args.name)
+    name, note = pick_trader(engine, args.name)
+    if args.name is not None and not Journal(engine, args.name).has_state():
+        print(f"trader {args.name!r} does not exist in this database: {note}", file=sys.stderr)
+        return cfg, engine, None
+    if note:
+        print(note, file=sys.stderr)
+    return cfg, engine, name
 
 
 def cmd_trader_status(args) -> int:
-    from .trading.report import trader_status
+    from .trading.report import render_trader_status, trader_status_data
     cfg, engine, name = _trader_command(args)
     if name is None:
         return 1
-    print(trader_status(cfg, engine, name))
+    _emit(args, trader_status_data(cfg, engine, name), render_trader_status)
     return 0
 
 
@@ -296,11 +289,11 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_trader_history(args) -> int:
-    from .trading.report import trader_history
+    from .trading.report import render_trader_history, trader_history_data
     _, engine, name = _trader_command(args)
     if name is None:
         return 1
-    print(trader_history(engine, name, args.limit))
+    _emit(args, trader_history_data(engine, name, args.limit), render_trader_history)
     return 0
 
 
@@ -314,19 +307,26 @@ def cmd_deploy(args) -> int:
     except SelectionError as e:
         print(f"deploy: {e}", file=sys.stderr)
         return 1
-    m = decision.metrics
-    if "window" in m:
-        print(f"window: {m['window']}")
-    print(decision.summary())
-    if "candidate" in m:
-        print(_metrics_table({"candidate": m["candidate"],
-                              **({"current": m["current"]} if "current" in m else {})}))
-    if dry_run:
-        print("dry run: " + ("would promote and publish a new ensemble" if decision.promoted
-                             else "would change nothing"))
-    elif published:
-        print(published)
+    _emit(args, {**dataclasses.asdict(decision), "dry_run": dry_run, "published": published},
+          _render_deploy)
     return 0
+
+
+def _render_deploy(d: dict) -> str:
+    from .deploy import Decision
+    m = d["metrics"]
+    lines = [f"window: {m['window']}"] if "window" in m else []
+    fields = {k: d[k] for k in Decision.__dataclass_fields__}
+    lines.append(Decision(**fields).summary())
+    if "candidate" in m:
+        lines.append(_metrics_table({"candidate": m["candidate"],
+                                     **({"current": m["current"]} if "current" in m else {})}))
+    if d["dry_run"]:
+        lines.append("dry run: " + ("would promote and publish a new ensemble" if d["promoted"]
+                                    else "would change nothing"))
+    elif d["published"]:
+        lines.append(d["published"])
+    return "\n".join(lines)
 
 
 def _metrics_table(results: dict[str, dict]) -> str:
@@ -375,12 +375,20 @@ def cmd_backtest(args) -> int:
                             held_out_start(engine, study), study)
     features = compute_features(bars, cfg.data.feature_set)
     result = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
-    final = float(result.equity[-1])
-    print(f"{name}: {window}, live risk rules")
-    print(f"final equity {final:,.2f} ({final / result.equity[0] - 1:+.2%} from "
-          f"{result.equity[0]:,.2f})")
-    print(_metrics_table({name: result.metrics()}))
+    _emit(args, {"policy": name, "study": study, "window": str(window),
+                 "first_bar": window.first.isoformat(), "last_bar": window.last.isoformat(),
+                 "decisions": window.decisions,
+                 "initial_equity": float(result.equity[0]),
+                 "final_equity": float(result.equity[-1]), "metrics": result.metrics()},
+          _render_backtest)
     return 0
+
+
+def _render_backtest(d: dict) -> str:
+    final, first = d["final_equity"], d["initial_equity"]
+    return "\n".join([f"{d['policy']}: {d['window']}, live risk rules",
+                      f"final equity {final:,.2f} ({final / first - 1:+.2%} from {first:,.2f})",
+                      _metrics_table({d["policy"]: d["metrics"]})])
 
 
 def cmd_report(args) -> int:
@@ -415,6 +423,9 @@ def cmd_alert(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.workdir)
+
+
+JSON_HELP = "print JSON (its shape: docs/schemas/{}.schema.json)"
 
 
 def positive_int(text: str) -> int:
@@ -483,11 +494,12 @@ def _add_training(sub, common) -> None:
                        help="(start) also make the study the active one")
     train.set_defaults(func=cmd_train)
 
-    study = _group(sub, "study", "studies: list, activate, import",
+    study = _group(sub, "study", "studies: list, activate, delete, import",
                    "Studies in the configured storage.")
     s_list = study.add_parser("list", parents=[common], help="studies with trial counts",
                               description="List studies with complete/running/failed/"
                                           "pruned counts and best value.")
+    s_list.add_argument("--json", action="store_true", help=JSON_HELP.format("study-list"))
     s_list.set_defaults(func=cmd_study_list)
     s_act = study.add_parser(
         "activate", parents=[common], help="make a study the one everything follows",
@@ -495,6 +507,14 @@ def _add_training(sub, common) -> None:
                     "the path unit then runs the ensemble sync at once.")
     s_act.add_argument("name")
     s_act.set_defaults(func=cmd_study_activate)
+    s_del = study.add_parser(
+        "delete", parents=[common], help="delete a study, its trials and its models",
+        description="Delete a study: its trials and their models in the artifact store. "
+                    "Refused for the active study and for the study the current ensemble "
+                    "serves (exit 1); asks for --yes (exit 2 without it).")
+    s_del.add_argument("name")
+    s_del.add_argument("--yes", action="store_true", help="confirm: it cannot be undone")
+    s_del.set_defaults(func=cmd_study_delete)
     s_imp = study.add_parser(
         "import", parents=[common], help="copy studies from another storage",
         description="Copy studies from another Optuna storage (e.g. an old SQLite file) into "
@@ -529,6 +549,7 @@ def _add_ensemble(sub, common) -> None:
         "show", parents=[common], help="print the current version",
         description="Print the current ensemble version: study, age, each member's trial, "
                     "value and stop, and members trained under other risk rules.")
+    ens_show.add_argument("--json", action="store_true", help=JSON_HELP.format("ensemble-show"))
     ens_show.set_defaults(func=cmd_ensemble_show)
 
 
@@ -553,12 +574,15 @@ def _add_trading(sub, common) -> None:
         description="Equity, cash, positions with entry, peak and stop level, the last bar "
                     "processed and the ensemble version.")
     t_status.add_argument("--name", help=TRADER_HELP)
+    t_status.add_argument("--json", action="store_true", help=JSON_HELP.format("trader-status"))
     t_status.set_defaults(func=cmd_trader_status)
     t_hist = trader.add_parser("history", parents=[common], help="orders, fills, fees, P&L",
                                description="Orders with their fills and fees, and the "
                                            "realised P&L.")
     t_hist.add_argument("--name", help=TRADER_HELP)
-    t_hist.add_argument("--limit", type=int, default=50, help="most recent orders shown")
+    t_hist.add_argument("--limit", type=positive_int, default=50,
+                        help="most recent orders shown")
+    t_hist.add_argument("--json", action="store_true", help=JSON_HELP.format("trader-history"))
     t_hist.set_defaults(func=cmd_trader_history)
 
     rec = sub.add_parser(
@@ -586,6 +610,7 @@ def _add_validation(sub, common) -> None:
                     "the decision; promote (publish) if it passes.")
     deploy.add_argument("--dry-run", action="store_true", help="show the decision, change nothing")
     deploy.add_argument("--study", help="default: the active study")
+    deploy.add_argument("--json", action="store_true", help=JSON_HELP.format("deploy"))
     deploy.set_defaults(func=cmd_deploy)
 
     backtest = sub.add_parser(
@@ -598,6 +623,7 @@ def _add_validation(sub, common) -> None:
     backtest.add_argument("--study", help="study of --trial (default: the active study)")
     backtest.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
     backtest.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
+    backtest.add_argument("--json", action="store_true", help=JSON_HELP.format("backtest"))
     backtest.set_defaults(func=cmd_backtest)
 
     report = sub.add_parser(

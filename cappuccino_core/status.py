@@ -26,6 +26,7 @@ from .trading.journal import StateKey, replay_traders, traders_with_data
 
 SCHEMA_VERSION = 2  # 2: traders have `mode` (live | replay) instead of `running`
 LEVELS = ("ok", "warning", "critical")  # their index is the exit code
+NOTHING_YET = "nothing to read yet"
 
 
 def collect(cfg: Config) -> dict:
@@ -43,7 +44,7 @@ def collect(cfg: Config) -> dict:
                           for name in traders_with_data(engine)}
         out["deployer"] = _deployer(engine)
     except StorageEmpty as e:
-        out["error"] = str(e)
+        out["error"] = f"{NOTHING_YET}: {e}"
     except sa.exc.SQLAlchemyError as e:
         out["error"] = f"storage unreachable: {e.__class__.__name__}: {str(e).splitlines()[0]}"
     out["health"] = health(out, cfg)
@@ -57,8 +58,8 @@ def health(s: dict, cfg: Config) -> dict:
     def say(level: str, message: str) -> None:
         problems.append({"level": level, "message": message})
 
-    if s["error"]:
-        say("critical", s["error"])
+    if s["error"]:  # nothing run yet is a warning; a storage that cannot be read is critical
+        say("warning" if s["error"].startswith(NOTHING_YET) else "critical", s["error"])
     e = s["ensemble"] or {}
     if s["ensemble"] is not None and e.get("version") is None:
         say("warning", "no ensemble published yet")

@@ -1,5 +1,5 @@
-"""Studies: the active one, and importing studies from another storage. (Which studies exist
-and how far they are: `optuna_db.study_summaries`.)"""
+"""Studies: the active one, importing studies from another storage, deleting one. (Which
+studies exist and how far they are: `optuna_db.study_summaries`.)"""
 
 from __future__ import annotations
 
@@ -41,3 +41,42 @@ def import_studies(cfg: Config, source_url: str, names: list[str] | None = None)
         optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target)
         copied.append(name)
     return copied
+
+
+class StudyRefused(Exception):
+    """A study that must not be changed this way (the active one, the one being traded)."""
+
+
+def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
+    """Delete study `name`: its trials (Optuna), its models in the artifact store and their
+    records. Refused for the active study and for the study the current ensemble serves.
+    Returns what was removed."""
+    from sqlalchemy import delete, select
+
+    from .artifact_store import make_store
+    from .ensemble.publish import current_manifest, ensembles_dir
+    from .optuna_db import study_exists, trial_count
+    from .storage import trial_artifacts
+    if name == cfg.active_study:
+        raise StudyRefused(f"study {name!r} is the active study: activate another first "
+                           "(cappuccino study activate NAME)")
+    current = current_manifest(ensembles_dir(cfg))
+    if current is not None and current["study"] == name:
+        raise StudyRefused(f"study {name!r} is what the current ensemble v{current['version']} "
+                           "serves: sync the active study's ensemble first")
+    if not study_exists(engine, name):
+        raise StudyRefused(f"study {name!r} does not exist in {cfg.storage_url.split('@')[-1]}")
+    trials = trial_count(engine, name, ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"))
+    store = make_store(cfg, engine)
+    with engine.connect() as conn:
+        artifact_ids = list(conn.execute(select(trial_artifacts.c.artifact_id).where(
+            trial_artifacts.c.study == name)).scalars())
+    for artifact_id in artifact_ids:  # models first: a crash leaves records, never orphans
+        try:
+            store.remove(artifact_id)
+        except Exception:  # noqa: BLE001 - gone already (ArtifactNotFound, a missing file)
+            pass
+    with engine.begin() as conn:
+        conn.execute(delete(trial_artifacts).where(trial_artifacts.c.study == name))
+    optuna.delete_study(study_name=name, storage=optuna_storage(cfg))
+    return {"trials": trials, "models": len(artifact_ids)}

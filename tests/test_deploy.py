@@ -119,6 +119,10 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     assert "PROMOTE" in out and "dry run: would promote" in out
     assert "window: " in out and "held-out window of study" in out  # the bars it judged on
     assert current_manifest(ensembles_dir(cfg))["version"] == 1  # the dry run changed nothing
+    from test_operator import json_of
+    dry = json_of(capsys, "deploy", "--dry-run", "--config-dir", cfg.config_dir, schema="deploy")
+    assert dry["promoted"] and dry["dry_run"] and dry["published"] is None
+    assert dry["candidate_trial_id"] == good._trial_id
     decision = validate(cfg, engine)
     m = decision.metrics
     assert decision.promoted, decision.reasons
@@ -155,4 +159,10 @@ def test_report_and_backtest_commands(tmp_path, market_files, pg_url, capsys):
                      "--config-dir", cfg.config_dir]) == 0
     text = capsys.readouterr().out
     assert "Sharpe" in text and "buy-and-hold return" in text
+    from test_operator import json_of
+    run = json_of(capsys, "backtest", "--trial", str(trial_id), "--from", "2022-05-01",
+                  "--config-dir", cfg.config_dir, schema="backtest")
+    assert run["policy"] == f"trial {study.best_trial.number}" and run["decisions"] > 10
+    assert run["final_equity"] == pytest.approx(run["initial_equity"]
+                                                * (1 + run["metrics"]["total_return"]))
     assert cli.main(["backtest", "--ensemble", "current", "--config-dir", cfg.config_dir]) == 0

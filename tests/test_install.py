@@ -83,3 +83,79 @@ def test_install_refuses_an_interpreter_the_units_hide():
     with pytest.raises(SystemExit, match="ProtectHome"):
         check_interpreter(Path("/home/ops/venv-python"))
     check_interpreter(Path("/usr"))  # a system Python is fine
+
+
+def fake_systemctl(tmp_path, monkeypatch, exit_code: int) -> Path:
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit {exit_code}\n")
+    (fake / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    return calls
+
+
+def test_a_train_start_that_fails_changes_nothing(tmp_path, monkeypatch, capsys):
+    """systemctl refusing (no such unit, no systemd): no study created, none activated, no
+    target changed."""
+    import optuna
+
+    from cappuccino_core.config import load_config
+    from cappuccino_core.optuna_db import study_exists
+    from cappuccino_core.storage import make_engine, optuna_storage
+    from cappuccino_core.training.worker import open_study, set_target, target_of
+    calls = fake_systemctl(tmp_path, monkeypatch, 5)
+    cfg_dir = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "s")}},
+                           active_study="old")
+    before = (cfg_dir / "active_study.yaml").read_text()
+    assert cli.main(["train", "start", "--study", "ops", "--n-trials", "9", "--activate",
+                     "--config-dir", str(cfg_dir)]) == 1
+    assert "nothing was changed" in capsys.readouterr().err
+    assert (cfg_dir / "active_study.yaml").read_text() == before
+    cfg = load_config(cfg_dir)
+    assert not study_exists(make_engine(cfg.storage_url), "ops")
+    assert calls.read_text().splitlines()[0].startswith("start cappuccino-train@ops:0")
+    # an existing study keeps its target
+    set_target(open_study(cfg, "kept"), 40)
+    assert cli.main(["train", "start", "--study", "kept", "--n-trials", "9",
+                     "--config-dir", str(cfg_dir)]) == 1
+    assert target_of(optuna.load_study(study_name="kept", storage=optuna_storage(cfg)), cfg) == 40
+
+
+def test_study_delete_asks_refuses_the_active_study_and_removes_models(tmp_path, capsys):
+    import optuna
+
+    from cappuccino_core.config import load_config
+    from cappuccino_core.ensemble.publish import sync
+    from cappuccino_core.optuna_db import study_exists
+    from cappuccino_core.storage import app_engine, make_optuna_storage, trial_artifacts
+    import sqlalchemy as sa
+    from ensemble_helpers import add_trial
+    cfg_dir = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "s")},
+                                              "ensemble": {"min_members": 1,
+                                                           "min_value": None}},
+                           active_study="live")
+    cfg = load_config(cfg_dir)
+    engine = app_engine(cfg)
+    storage = make_optuna_storage(cfg.storage_url)
+    for name in ("live", "old"):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        add_trial(study, cfg, 0.5, seed=1)
+    sync(cfg, engine)
+    d = ["--config-dir", str(cfg_dir)]
+    models = lambda: len(list((tmp_path / "s" / "artifacts").rglob("*")))  # noqa: E731
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(sa.func.count()).select_from(trial_artifacts)).scalar()
+    assert kept == 2 and models() > 0
+    assert cli.main(["study", "delete", "old", *d]) == 2  # asks
+    assert study_exists(engine, "old")
+    assert cli.main(["study", "delete", "live", "--yes", *d]) == 1  # the active study
+    assert "is the active study" in capsys.readouterr().err
+    assert cli.main(["study", "delete", "nosuch", "--yes", *d]) == 1
+    files_before = models()
+    assert cli.main(["study", "delete", "old", "--yes", *d]) == 0
+    assert "1 trial(s), 1 model(s)" in capsys.readouterr().out
+    assert not study_exists(engine, "old") and study_exists(engine, "live")
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(trial_artifacts.c.study)).scalars().all()
+    assert left == ["live"] and models() < files_before

@@ -70,3 +70,54 @@ def test_live_loop_trades_each_closed_bar_once_and_reloads(tmp_path, shared_data
     loop.cycle()
     assert loop.trader.ensemble.version == 2
     assert [m[0] for m in notifier.messages[-4:]][:2] == ["reloading", "ready"]
+
+
+class RefusingBroker(SimBroker):
+    """Alpaca answering 'insufficient balance' (or anything) to every order while `refuse`."""
+    refuse = True
+
+    def submit_market_order(self, symbol, side, qty, client_order_id):
+        if not self.refuse:
+            return super().submit_market_order(symbol, side, qty, client_order_id)
+        from cappuccino_core.broker.base import OrderState, OrderStatus
+        order = OrderState(client_order_id, symbol, side, qty, 0.0, None, OrderStatus.REJECTED,
+                           reason="account is restricted")
+        with self.engine.begin() as conn:
+            self._record(order, conn)
+        return order
+
+
+def test_orders_refused_bar_after_bar_degrade_the_trader_and_alert_once(tmp_path, shared_data):
+    import sqlalchemy as sa
+
+    from cappuccino_core.monitor import run_checks
+    from cappuccino_core.storage import events
+    from conftest import webhook_receiver, write_config
+    from cappuccino_core.config import load_config
+    with webhook_receiver() as (url, received):
+        cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"intrabar_check_s": 600})
+        d = cfg.config_dir
+        cfg = load_config(write_config(tmp_path / "etc", {
+            "paths": {"state_dir": str(cfg.state_dir)},
+            "data": {"csv_path": str(shared_data), "symbols": list(cfg.data.symbols)},
+            "ensemble": {"top_n": 4, "min_members": 1}, "risk": {"intrabar_check_s": 600},
+            "alerts": {"urls": [f"json://{url.removeprefix('http://')}/hook"]}}))
+        assert cfg.config_dir == d
+        broker = RefusingBroker(engine, 100_000, cfg.broker.taker_fee, cfg.broker.slippage_bps)
+        loop = LiveLoop(cfg, broker, engine, RecordingNotifier(), FakeClock("2022-05-10 00:00:05"))
+        loop.run(max_cycles=19)  # four bars, every order refused
+        assert "orders" in loop.problems and "rejected" in loop.status_line()
+        assert loop.failed_cycles == 0  # a refused bar is final: no retry storm
+        with engine.connect() as conn:
+            kinds = conn.execute(sa.select(events.c.kind).where(events.c.source == "paper")
+                                 ).scalars().all()
+        assert kinds.count("degraded") == 1 and "recovered" not in kinds
+        run_checks(cfg, engine)
+        run_checks(cfg, engine)
+        degraded = [b for _, b in received if "trader-degraded" in b["title"]]
+        assert len(degraded) == 1 and "| trader paper |" in degraded[0]["message"]
+        broker.refuse = False  # the account works again: the next bar trades
+        loop.run(max_cycles=7)
+        assert not loop.problems
+        run_checks(cfg, engine)
+        assert len([b for _, b in received if "trader-recovered" in b["title"]]) == 1

@@ -27,11 +27,11 @@ def status_json(capsys, config_dir) -> tuple[int, dict]:
 
 def test_status_json_fits_its_schema_and_its_exit_code_is_the_health(tmp_path, shared_data,
                                                                      capsys):
-    # nothing has run yet: critical (the storage cannot be read), and said so
+    # nothing has run yet: a warning (exit 1, as every read-only command), and said so
     empty = write_config(tmp_path / "empty", {"paths": {"state_dir": str(tmp_path / "none")}})
     code, out = status_json(capsys, empty)
-    assert code == 2 and out["health"]["level"] == "critical" and "no database" in out["error"]
-    assert out["schema_version"] == 1 and "_" not in out["systemd"]["units"]
+    assert code == 1 and out["health"]["level"] == "warning" and "no database" in out["error"]
+    assert out["schema_version"] == 2 and "_" not in out["systemd"]["units"]
     # an ensemble that follows the active study, no trader: ok
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
     code, out = status_json(capsys, cfg.config_dir)
@@ -51,9 +51,67 @@ def test_status_json_fits_its_schema_and_its_exit_code_is_the_health(tmp_path, s
     assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--name", "paper",
                      "--config-dir", cfg.config_dir]) == 0
     capsys.readouterr()
+    code, out = status_json(capsys, cfg.config_dir)  # a replay is history, never behind
+    assert code == 0 and out["traders"]["paper"]["mode"] == "replay"
+    assert "lag_bars" not in out["traders"]["paper"]
+    with engine.begin() as conn:  # the same journal as a live trader's
+        conn.execute(sa.text("UPDATE cappuccino_trader_state SET value = :v "
+                             "WHERE key = 'mode'"), {"v": json.dumps("live")})
     code, out = status_json(capsys, cfg.config_dir)
     assert code == 2 and any("bars behind" in p["message"] for p in out["health"]["problems"])
     assert out["traders"]["paper"]["positions"] >= 0
+    assert cli.main(["status", "--config-dir", cfg.config_dir]) == 2
+    text = capsys.readouterr().out  # the reasons in text mode too
+    assert "health: CRITICAL" in text and "critical: trader paper is" in text
+
+
+SCHEMAS = REPO / "docs" / "schemas"
+
+
+def json_of(capsys, *args: str, schema: str) -> dict:
+    """A command's --json output, checked against its documented schema."""
+    assert cli.main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    jsonschema.validate(out, json.loads((SCHEMAS / f"{schema}.schema.json").read_text()))
+    return out
+
+
+def test_read_only_commands_speak_json_that_fits_their_schemas(tmp_path, shared_data, capsys):
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    d = ["--config-dir", cfg.config_dir]
+    assert cli.main(["paper", "--replay", "--from", LUNA[0], "--to", LUNA[1], "--name", "paper",
+                     *d]) == 0
+    capsys.readouterr()
+    studies = json_of(capsys, "study", "list", *d, schema="study-list")
+    assert [s["name"] for s in studies["studies"]] == ["live"] and studies["studies"][0]["active"]
+    assert studies["studies"][0]["counts"]["COMPLETE"] == 4
+    ensemble = json_of(capsys, "ensemble", "show", *d, schema="ensemble-show")
+    assert ensemble["version"] == 1 and len(ensemble["members"]) == 4
+    status = json_of(capsys, "trader", "status", "--name", "paper", *d, schema="trader-status")
+    assert status["mode"] == "replay" and status["last_bar"].startswith("2022-05-31")
+    history = json_of(capsys, "trader", "history", "--limit", "3", *d, schema="trader-history")
+    assert len(history["orders"]) == 3 and history["fills"] > 3
+
+
+def test_read_only_exit_codes_are_the_documented_ones(tmp_path, shared_data, capsys):
+    """0 done; 1 nothing to read yet or no such trader/trial/study; 2 a bad argument."""
+    fresh = ["--config-dir", str(write_config(tmp_path / "fresh",
+                                              {"paths": {"state_dir": str(tmp_path / "n")}}))]
+    for command in (["status"], ["study", "list"], ["trader", "status"], ["trader", "history"],
+                    ["ensemble", "show"], ["backtest", "--ensemble", "current"],
+                    ["report", "--out", str(tmp_path / "r.html")]):
+        assert cli.main([*command, *fresh]) == 1, command
+        assert not (tmp_path / "n").exists() or not list((tmp_path / "n").rglob("*.db"))
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    d = ["--config-dir", cfg.config_dir]
+    capsys.readouterr()
+    for command in (["trader", "status", "--name", "nosuch"],
+                    ["trader", "history", "--name", "nosuch"]):
+        assert cli.main([*command, *d]) == 1, command
+        assert "trader 'nosuch' does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["trader", "history", "--limit", "-1", *d])
+    assert bad.value.code == 2
 
 
 def test_the_monitor_writes_prometheus_metrics_a_parser_reads(tmp_path, shared_data, capsys):

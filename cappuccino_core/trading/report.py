@@ -1,4 +1,5 @@
-"""Text views of a trader's database state: `cappuccino trader status` and `... history`."""
+"""Views of a trader's database state, as data (their `--json`) and as text: `cappuccino
+trader status` and `... history`."""
 
 from __future__ import annotations
 
@@ -8,37 +9,53 @@ from sqlalchemy.engine import Engine
 from ..config import Config
 from ..ensemble.publish import current_manifest, ensembles_dir
 from ..storage import equity_snapshots, fills, orders
-from .journal import Journal, TraderState
+from .journal import Journal
 
 
-def trader_status(cfg: Config, engine: Engine, name: str) -> str:
+def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
+    """One trader's state as data (`trader status --json`: docs/schemas/trader-status.json)."""
     state = Journal(engine, name).load_state()
     with engine.connect() as conn:
         snap = conn.execute(sa.select(equity_snapshots).where(
             equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id.desc())
             .limit(1)).first()
-    if snap is None and state == TraderState():
-        return f"trader {name!r}: no state yet"
     manifest = current_manifest(ensembles_dir(cfg))
-    lines = [f"trader {name}: last bar {state.last_bar or '-'}; ensemble "
-             + (f"v{manifest['version']} (study {manifest['study']})" if manifest else "none")]
-    if snap is not None:
-        lines.append(f"equity {snap.equity:,.2f}  cash {snap.cash:,.2f}  (at {snap.ts:%Y-%m-%d %H:%M})")
-    if state.halted:
-        lines.append("!! new buying halted by the drawdown limit")
-    stops = state.stops
     trail, sl = cfg.risk.trailing_stop_pct, cfg.risk.stop_loss_pct
-    lines.append(f"{'symbol':<10}{'qty':>16}{'entry':>14}{'peak':>14}{'stop level':>14}")
+    positions = []
     for symbol, qty in sorted((snap.positions if snap is not None else {}).items()):
-        s = stops.get(symbol, {})
+        s = state.stops.get(symbol, {})
         level = max(s.get("peak", 0) * (1 - trail) if trail else 0,
                     s.get("entry", 0) * (1 - sl) if sl else 0)
-        lines.append(f"{symbol:<10}{qty:>16.8f}{s.get('entry', 0):>14.6g}{s.get('peak', 0):>14.6g}"
-                     f"{level:>14.6g}")
+        positions.append({"symbol": symbol, "qty": qty, "entry": s.get("entry"),
+                          "peak": s.get("peak"), "stop_level": level or None})
+    return {"trader": name, "mode": state.mode or "live", "last_bar": state.last_bar,
+            "ensemble": None if manifest is None else {"version": manifest["version"],
+                                                        "study": manifest["study"]},
+            "equity": None if snap is None else snap.equity,
+            "cash": None if snap is None else snap.cash,
+            "at": None if snap is None else snap.ts.isoformat(),
+            "halted": state.halted, "positions": positions}
+
+
+def render_trader_status(d: dict) -> str:
+    e = d["ensemble"]
+    kind = " (replay)" if d["mode"] == "replay" else ""
+    lines = [f"trader {d['trader']}{kind}: last bar {d['last_bar'] or '-'}; ensemble "
+             + (f"v{e['version']} (study {e['study']})" if e else "none")]
+    if d["equity"] is not None:
+        lines.append(f"equity {d['equity']:,.2f}  cash {d['cash']:,.2f}  (at {d['at'][:16]})")
+    if d["halted"]:
+        lines.append("!! new buying halted by the drawdown limit")
+    lines.append(f"{'symbol':<10}{'qty':>16}{'entry':>14}{'peak':>14}{'stop level':>14}")
+    for p in d["positions"]:
+        lines.append(f"{p['symbol']:<10}{p['qty']:>16.8f}{p['entry'] or 0:>14.6g}"
+                     f"{p['peak'] or 0:>14.6g}{p['stop_level'] or 0:>14.6g}")
     return "\n".join(lines)
 
 
-def trader_history(engine: Engine, name: str, limit: int = 50) -> str:
+def trader_history_data(engine: Engine, name: str, limit: int = 50) -> dict:
+    """The trader's last `limit` orders, oldest first, and its realised P&L (`trader history
+    --json`: docs/schemas/trader-history.json)."""
     with engine.connect() as conn:
         rows = conn.execute(sa.select(orders).where(orders.c.trader == name)
                             .order_by(orders.c.id.desc()).limit(limit)).all()
@@ -46,15 +63,25 @@ def trader_history(engine: Engine, name: str, limit: int = 50) -> str:
                                            fills.c.price, fills.c.fee)
                                  .join(orders, orders.c.client_order_id == fills.c.client_order_id)
                                  .where(orders.c.trader == name).order_by(fills.c.id)).all()
+    realised, fees_total = realised_pnl(fill_rows)
+    return {"trader": name, "orders": [
+        {"client_order_id": r.client_order_id, "bar_time": r.bar_time.isoformat(),
+         "symbol": r.symbol, "side": r.side, "reason": r.reason, "qty": r.qty,
+         "filled_qty": r.filled_qty, "filled_avg_price": r.filled_avg_price, "fee": r.fee,
+         "status": r.status} for r in reversed(rows)],
+        "fills": len(fill_rows), "fees": fees_total, "realised_pnl": realised}
+
+
+def render_trader_history(d: dict) -> str:
     lines = [f"{'bar':<17}{'symbol':<10}{'side':<5}{'reason':<10}{'qty':>16}{'price':>14}"
              f"{'fee':>10}  status"]
-    for r in reversed(rows):
-        price = f"{r.filled_avg_price:.6g}" if r.filled_avg_price else "-"
-        lines.append(f"{r.bar_time:%Y-%m-%d %H:%M} {r.symbol:<10}{r.side:<5}{r.reason:<10}"
-                     f"{r.filled_qty:>16.8f}{price:>14}{r.fee:>10.2f}  {r.status}")
-    realised, fees_total = realised_pnl(fill_rows)
-    lines.append(f"fills {len(fill_rows)}, fees {fees_total:,.2f}, realised P&L "
-                 f"(average cost, after fees) {realised:,.2f}")
+    for r in d["orders"]:
+        price = f"{r['filled_avg_price']:.6g}" if r["filled_avg_price"] else "-"
+        lines.append(f"{r['bar_time'][:16].replace('T', ' ')} {r['symbol']:<10}{r['side']:<5}"
+                     f"{r['reason']:<10}{r['filled_qty']:>16.8f}{price:>14}{r['fee'] or 0:>10.2f}"
+                     f"  {r['status']}")
+    lines.append(f"fills {d['fills']}, fees {d['fees']:,.2f}, realised P&L "
+                 f"(average cost, after fees) {d['realised_pnl']:,.2f}")
     return "\n".join(lines)
 
 

@@ -58,7 +58,8 @@ def set_target(study: optuna.Study, n_trials: int) -> None:
 
 
 def target_of(study: optuna.Study, cfg: Config) -> int:
-    return int(study.user_attrs.get(STUDY_TARGET, cfg.training.n_trials))
+    target = study.user_attrs.get(STUDY_TARGET)  # (None: a start that failed put it back)
+    return int(cfg.training.n_trials if target is None else target)
 
 
 def finished_count(study: optuna.Study) -> int:
