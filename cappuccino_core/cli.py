@@ -145,12 +145,12 @@ def cmd_ensemble_show(args) -> int:
 
 
 def cmd_study_list(args) -> int:
+    from .dashboard import dashboard_command, how_to_browse
     from .optuna_db import study_summaries
-    from .storage import dashboard_command
     cfg = load_config(args.config_dir)
     rows = study_summaries(_read_db(cfg))
     _emit(args, {"active_study": cfg.active_study, "dashboard": dashboard_command(cfg),
-                 "artifact_store": cfg.artifacts.store,
+                 "browse": how_to_browse(cfg), "artifact_store": cfg.artifacts.store,
                  "studies": [{"name": name, "active": name == cfg.active_study, **r}
                              for name, r in sorted(rows.items())]}, _render_study_list)
     return 0
@@ -163,12 +163,13 @@ def _render_study_list(d: dict) -> str:
         c = r["counts"]
         lines.append(f"{r['name'] + (' *' if r['active'] else ''):<24}{c['COMPLETE']:>9}"
                      f"{c['RUNNING']:>8}{c['FAIL']:>7}{c['PRUNED']:>7}{best:>9}")
-    lines += ["* the active study", "", "browse them (trials, splits, PPO diagnostics, model "
-              f"artifacts):\n  {d['dashboard']}"]
-    if d["artifact_store"] != "filesystem":
-        lines.append(f"  (the dashboard lists the {d['artifact_store']} store's models; "
-                     "downloading one needs the store's credentials)")
-    return "\n".join(lines)
+    return "\n".join(lines + ["* the active study", "", *d["browse"]])
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import serve
+    serve(load_config(args.config_dir), args.host, args.port)
+    return 0
 
 
 def cmd_artifacts_migrate(args) -> int:
@@ -507,6 +508,15 @@ def _add_training(sub, common) -> None:
                     "the path unit then runs the ensemble sync at once.")
     s_act.add_argument("name")
     s_act.set_defaults(func=cmd_study_activate)
+    dash = sub.add_parser(
+        "dashboard", parents=[common], help="optuna-dashboard with models from any store",
+        description="Serve optuna-dashboard on the configured storage with the configured "
+                    "artifact store (filesystem, s3 or database), so that every trial's model "
+                    "downloads from it. Needs optuna-dashboard installed (study list prints "
+                    "the pip line).")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=positive_int, default=8080)
+    dash.set_defaults(func=cmd_dashboard)
     s_del = study.add_parser(
         "delete", parents=[common], help="delete a study, its trials and its models",
         description="Delete a study: its trials and their models in the artifact store. "

@@ -250,7 +250,8 @@ class MonitorConfig:
 @dataclass(frozen=True)
 class AlertsConfig:
     # Apprise URLs, one per channel: tgram://BOT_TOKEN/CHAT_ID, ntfy://TOPIC,
-    # pover://USER_KEY@APP_TOKEN, slack://..., discord://ID/TOKEN, mailto://..., json://HOST/PATH
+    # pover://USER_KEY@APP_TOKEN, slack://..., discord://ID/TOKEN, mailto://..., json://HOST/PATH;
+    # "TAG[,TAG]=URL" routes by severity or type (alerts.py)
     urls: list[str] = field(default_factory=list)
     timeout_s: float = field(default=10.0, metadata=between(0.5, 300))
     # a summary (equity, P&L, trades, stops, ensemble, training) once a day at HH:MM UTC, sent

@@ -46,17 +46,6 @@ def driver_url(url: str) -> str:
     return url
 
 
-def dashboard_command(cfg) -> str:
-    """The `optuna-dashboard` command line for the configured storage (password masked): the
-    explicit driver URL, and the filesystem artifact store for the dashboard's model downloads."""
-    from .config import mask_text
-    url = mask_text(driver_url(cfg.storage_url))
-    command = f"optuna-dashboard '{url}'"
-    if cfg.artifacts.store == "filesystem":
-        command += f" --artifact-dir {cfg.artifacts.path or cfg.state_dir / 'artifacts'}"
-    return command
-
-
 def _plain(value):
     """A numpy scalar or array as the Python number or list it holds (for JSON columns)."""
     if isinstance(value, (np.generic, np.ndarray)):

@@ -23,7 +23,7 @@ from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker,
 
 from conftest import write_config
 from ensemble_helpers import local_model, stored_file
-from test_artifact_store import free_port
+from test_artifact_store import free_port, s3_server  # noqa: F401 (a fixture)
 from test_operator import chromium
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "optuna-dashboard.png"
@@ -115,3 +115,99 @@ def take_screenshot(url: str, tmp_path: Path) -> None:
                     "--window-size=1400,1750", "--virtual-time-budget=15000",
                     f"--screenshot={png}", url], capture_output=True, timeout=120, check=True)
     SCREENSHOT.write_bytes(png.read_bytes())
+
+
+@pytest.mark.parametrize("store", ["database", "s3"])
+def test_models_download_from_the_dashboard_whatever_the_store(tmp_path, pg_url, store,
+                                                               request, monkeypatch, capsys):
+    """`cappuccino dashboard`: optuna-dashboard served with the product's artifact store, so a
+    model stored in the database (which optuna-dashboard's own command cannot read) or in S3
+    downloads; the study's metric has its name."""
+    from cappuccino_core.artifact_store import make_store
+    from cappuccino_core.storage import app_engine
+    from ensemble_helpers import add_trial, stored
+    from test_artifact_store import make_env
+    s3_url = request.getfixturevalue("s3_server") if store == "s3" else None
+    cfg, _, _ = make_env(tmp_path, pg_url, store, s3_url, monkeypatch)
+    study = open_study(cfg, "named")
+    trial = add_trial(study, cfg, 0.4, seed=3)
+    assert cli.main(["study", "list", "--config-dir", cfg.config_dir]) == 0
+    out = capsys.readouterr().out
+    assert "pip install 'optuna-dashboard==0.21.0' 'psycopg2-binary'" in out
+    assert "cappuccino dashboard" in out
+    if store == "s3":
+        assert f'bucket_name = "{cfg.artifacts.s3_bucket}"' in out and s3_url in out
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cappuccino_core.cli", "dashboard", "--port",
+                             str(port), "--config-dir", cfg.config_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"cappuccino dashboard did not start: {proc.stdout.read()}")
+                time.sleep(0.3)
+        (ours,) = [s for s in studies if s["study_name"] == "named"]
+        detail = get(f"{base}/api/studies/{ours['study_id']}")
+        assert detail.get("objective_names") == ["cv_excess_sharpe_penalised"]
+        (row,) = detail["trials"]
+        (artifact,) = row["artifacts"]
+        url = f"{base}/artifacts/{ours['study_id']}/{row['trial_id']}/{artifact['artifact_id']}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            body = r.read()
+        with make_store(cfg, app_engine(cfg)).open_reader(stored(cfg, trial).artifact_id) as f:
+            assert body == f.read() and len(body) > 1000
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_printed_dashboard_command_works_in_a_fresh_virtualenv(tmp_path, pg_url, capsys):
+    """What `study list` tells an operator, done as written: a new virtualenv, the pip line,
+    the dashboard command; the trials and the model come over HTTP."""
+    from ensemble_helpers import add_trial
+    cfg = load_config(write_config(tmp_path / "etc", {
+        "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")}},
+        active_study="fresh"))
+    trial = add_trial(open_study(cfg, "fresh"), cfg, 0.3, seed=4)
+    assert cli.main(["study", "list", "--config-dir", cfg.config_dir]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    pip_line = next(line for line in lines if line.startswith("pip install "))
+    command = next(line for line in lines if line.startswith("optuna-dashboard "))
+    venv = tmp_path / "browse"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run(f"{venv}/bin/python -m {pip_line} -q", shell=True,
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    argv = shlex.split(command)
+    argv[0] = str(venv / "bin" / argv[0])
+    port = free_port()
+    proc = subprocess.Popen([*argv, "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={"PATH": "/usr/bin:/bin"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                studies = get(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"optuna-dashboard did not start: {proc.stdout.read()}")
+                time.sleep(0.3)
+        (ours,) = [s for s in studies if s["study_name"] == "fresh"]
+        detail = get(f"{base}/api/studies/{ours['study_id']}")
+        (row,) = detail["trials"]
+        (artifact,) = row["artifacts"]
+        url = f"{base}/artifacts/{ours['study_id']}/{row['trial_id']}/{artifact['artifact_id']}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.read() == stored_file(cfg, trial).read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,7 +29,7 @@ from ..data import load_bars
 from ..optuna_db import (ATTR_RETRY_OF, STUDY_HELDOUT_DAYS, STUDY_SYMBOLS, STUDY_TARGET,
                          STUDY_TRAIN_END, trial_id)
 from ..storage import app_engine, optuna_storage
-from .objective import Interrupted, Objective, held_out_start, prepare_data
+from .objective import OBJECTIVE_NAME, Interrupted, Objective, held_out_start, prepare_data
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -48,9 +49,14 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 def open_study(cfg: Config, name: str, storage=None) -> optuna.Study:
     """Create the study if absent (safe when several workers start at once), else load it."""
     check_study_name(name)  # it names the artifacts' directory: nothing like ../../escape
-    return optuna.create_study(study_name=name, storage=storage or make_storage(cfg),
-                               direction="maximize", load_if_exists=True,
-                               pruner=make_pruner(cfg))
+    study = optuna.create_study(study_name=name, storage=storage or make_storage(cfg),
+                                direction="maximize", load_if_exists=True,
+                                pruner=make_pruner(cfg))
+    if study.metric_names is None:  # what the value is, in the dashboard's header
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
+    return study
 
 
 def set_target(study: optuna.Study, n_trials: int) -> None:
