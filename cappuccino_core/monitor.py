@@ -91,7 +91,8 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
 def check_trader(engine: Engine, cfg: Config, name: str = "paper") -> list[Incident]:
     with engine.connect() as conn:
         last_bar = conn.execute(sa.select(trader_state.c.value).where(
-            trader_state.c.trader == name, trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
+            trader_state.c.trader == name,
+            trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
         equity = conn.execute(sa.select(equity_snapshots.c.equity).where(
             equity_snapshots.c.trader == name)).scalars().all()
     out = []
@@ -144,8 +145,16 @@ def open_incident(engine: Engine, incident: Incident) -> None:
                  incident_key=incident.key)
 
 
-def incident_is_open(engine: Engine, key: str) -> bool:
-    return key in _open_incidents(engine)
+def alerted_recently(engine: Engine, key: str, within: timedelta) -> bool:
+    """Whether incident `key` is open and was alerted (or said again) within `within`."""
+    if key not in _open_incidents(engine):
+        return False
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(events.c.ts)).where(
+            events.c.source == SOURCE, events.c.incident_key == key,
+            events.c.kind == "incident")).scalar()
+    last = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
+    return _now() - last < within
 
 
 # Trader events alerted once each: (event kind, alert type, severity).
@@ -160,7 +169,8 @@ def _trader_events_not_alerted(engine: Engine) -> list:
     live = set(live_traders(engine))
     with engine.connect() as conn:
         alerted = set(conn.execute(sa.select(events.c.incident_key).where(
-            events.c.source == SOURCE, events.c.kind.in_(["alerted", "stop-alerted"]))).scalars())
+            events.c.source == SOURCE,
+            events.c.kind.in_(["alerted", "stop-alerted"]))).scalars())  # (older releases')
         rows = conn.execute(sa.select(events.c.id, events.c.source, events.c.kind,
                                       events.c.message).where(
             events.c.kind.in_(list(TRADER_EVENTS))).order_by(events.c.id)).all()
@@ -195,7 +205,7 @@ def run_checks(cfg: Config, engine: Engine, units: dict | None = None) -> list[I
             send_alert(cfg, f"resolved: {key}", f"resolved: {message}", "info", "resolved")
             record_event(engine, SOURCE, "info", "resolved", f"resolved: {key}",
                          incident_key=key)
-    pending = _trader_events_not_alerted(engine)
+    pending = sorted(_trader_events_not_alerted(engine), key=lambda r: (r.source, r.kind, r.id))
     for (trader, kind), rows in itertools.groupby(pending, lambda r: (r.source, r.kind)):
         rows = list(rows)
         alert_kind, severity = TRADER_EVENTS[kind]
@@ -204,17 +214,22 @@ def run_checks(cfg: Config, engine: Engine, units: dict | None = None) -> list[I
         send_alert(cfg, title, "\n".join(r.message for r in rows), severity, alert_kind,
                    trader=trader)
         for r in rows:
-            record_event(engine, SOURCE, "info", "alerted", r.message, incident_key=f"event:{r.id}")
+            record_event(engine, SOURCE, "info", "alerted", r.message,
+                         incident_key=f"event:{r.id}")
     if failed:
         raise ChecksFailed("; ".join(failed))
     return new
 
 
+REPEAT_AFTER = timedelta(hours=1)  # a unit that keeps failing is said again after this
+
+
 def alert_unit_failure(cfg: Config, unit: str, env=None) -> str:
     """What cappuccino-alert@<unit> runs when `unit` fails (OnFailure=): one alert with the
-    unit's result, exit status and last journal lines, once per incident: failures of a unit
-    whose failure is still open (it has not run well since) are recorded, not sent again. The
-    monitor says "resolved" once the unit runs again. Returns what it did."""
+    unit's result, exit status and last journal lines, once per incident: more failures of a
+    unit whose failure is open (it has not run well since) are recorded, not sent, for
+    `REPEAT_AFTER`; then it is said again. The monitor says "resolved" once the unit runs
+    again. Returns what it did."""
     import os
     env = os.environ if env is None else env
     # systemd passes the failed unit's outcome to OnFailure= units (systemd.exec(5),
@@ -227,7 +242,7 @@ def alert_unit_failure(cfg: Config, unit: str, env=None) -> str:
                         f"{unit} failed: result {result}, exit {status}")
     try:
         engine = app_engine(cfg)
-        if incident_is_open(engine, incident.key):
+        if alerted_recently(engine, incident.key, REPEAT_AFTER):
             record_event(engine, SOURCE, "warning", "repeated", incident.message,
                          incident_key=incident.key)
             return f"{unit} failed again; its failure is alerted already (open incident)"

@@ -134,7 +134,8 @@ def _trader(engine, cfg: Config, name: str, replay: bool = False) -> dict:
     latest = snaps[0]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
     today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
-    info = {"mode": "replay" if replay else "live", "equity": latest.equity, "positions": len(latest.positions),
+    info = {"mode": "replay" if replay else "live", "equity": latest.equity,
+            "positions": len(latest.positions),
             "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar,
             "peak_equity": peak, "drawdown": max(0.0, 1 - latest.equity / peak) if peak else 0.0,
             # assets that printed no bar, flat-filled at their last close (last 24 h)
@@ -250,7 +251,8 @@ def render(s: dict) -> str:
     for name, tr in s["traders"].items():
         lag = f", {tr['lag_bars']:.1f} bars behind" if "lag_bars" in tr else ""
         kind = " (replay)" if tr["mode"] == "replay" else ""
-        lines.append(f"trader {name}{kind}: equity {tr['equity']:,.2f}, {tr['positions']} positions, "
+        lines.append(f"trader {name}{kind}: equity {tr['equity']:,.2f}, "
+                     f"{tr['positions']} positions, "
                      f"today {tr['pnl_today']:+,.2f}; last bar {tr['last_bar']}{lag}"
                      + (f"; {tr['quiet_bars_24h']} quiet asset-bar(s) flat-filled in 24 h"
                         if tr.get("quiet_bars_24h") else ""))

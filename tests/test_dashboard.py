@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,38 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
+@contextmanager
+def serving(argv: list[str], env: dict | None = None, timeout: float = 90):
+    """A dashboard started with `argv` (and --port): yields (its base URL, {study name: id})
+    once its API answers; stopped afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                studies = get(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"{argv[0]} did not start: {proc.stdout.read()}")
+                time.sleep(0.3)
+        yield base, {st["study_name"]: st["study_id"] for st in studies}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def download(base: str, study_id: int, row: dict) -> bytes:
+    """The trial's one model archive, as the dashboard's download link serves it."""
+    (artifact,) = row["artifacts"]
+    url = f"{base}/artifacts/{study_id}/{row['trial_id']}/{artifact['artifact_id']}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
 def test_optuna_dashboard_shows_our_trials_and_models(tmp_path, pg_url, capsys):
     cfg = load_config(write_config(tmp_path / "etc", {
         "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
@@ -48,22 +81,8 @@ def test_optuna_dashboard_shows_our_trials_and_models(tmp_path, pg_url, capsys):
     assert "'postgresql+psycopg2://" in command  # the explicit driver: psycopg 3 not needed
     argv = shlex.split(command)
     argv[0] = str(Path(sys.executable).parent / argv[0])  # the test's virtualenv
-    port = free_port()
-    proc = subprocess.Popen([*argv, "--port", str(port), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get(f"{base}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"optuna-dashboard did not start: {proc.stdout.read()}")
-                time.sleep(0.3)
-        (ours,) = [s for s in studies if s["study_name"] == "sample"]
-        detail = get(f"{base}/api/studies/{ours['study_id']}")
+    with serving([*argv, "--quiet"]) as (base, studies):
+        detail = get(f"{base}/api/studies/{studies['sample']}")
         (trial,) = detail["trials"]
         assert trial["state"] == "Complete"
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
@@ -78,15 +97,10 @@ def test_optuna_dashboard_shows_our_trials_and_models(tmp_path, pg_url, capsys):
         assert artifact["mimetype"] == "application/x-tar"
         assert artifact["artifact_id"] == attrs["artifact_id"]
         # the filesystem store is the dashboard's --artifact-dir: the model downloads
-        url = f"{base}/artifacts/{ours['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = r.read()
+        body = download(base, studies["sample"], trial)
         assert body == stored_file(cfg, study.trials[0]).read_bytes()
         if chromium() is not None:
-            take_screenshot(f"{base}/dashboard/studies/{ours['study_id']}/trials", tmp_path)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+            take_screenshot(f"{base}/dashboard/studies/{studies['sample']}/trials", tmp_path)
 
     # the PPO diagnostics in the model artifact, as TensorBoard reads them
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -137,35 +151,15 @@ def test_models_download_from_the_dashboard_whatever_the_store(tmp_path, pg_url,
     assert "cappuccino dashboard" in out
     if store == "s3":
         assert f'bucket_name = "{cfg.artifacts.s3_bucket}"' in out and s3_url in out
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cappuccino_core.cli", "dashboard", "--port",
-                             str(port), "--config-dir", cfg.config_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get(f"{base}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"cappuccino dashboard did not start: {proc.stdout.read()}")
-                time.sleep(0.3)
-        (ours,) = [s for s in studies if s["study_name"] == "named"]
-        detail = get(f"{base}/api/studies/{ours['study_id']}")
+    argv = [sys.executable, "-m", "cappuccino_core.cli", "dashboard", "--config-dir",
+            cfg.config_dir]
+    with serving(argv, env={**os.environ}) as (base, studies):
+        detail = get(f"{base}/api/studies/{studies['named']}")
         assert detail.get("objective_names") == ["cv_excess_sharpe_penalised"]
         (row,) = detail["trials"]
-        (artifact,) = row["artifacts"]
-        url = f"{base}/artifacts/{ours['study_id']}/{row['trial_id']}/{artifact['artifact_id']}"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            body = r.read()
-        with make_store(cfg, app_engine(cfg)).open_reader(stored(cfg, trial).artifact_id) as f:
-            assert body == f.read() and len(body) > 1000
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        body = download(base, studies["named"], row)
+    with make_store(cfg, app_engine(cfg)).open_reader(stored(cfg, trial).artifact_id) as f:
+        assert body == f.read() and len(body) > 1000
 
 
 def test_the_printed_dashboard_command_works_in_a_fresh_virtualenv(tmp_path, pg_url, capsys):
@@ -187,27 +181,6 @@ def test_the_printed_dashboard_command_works_in_a_fresh_virtualenv(tmp_path, pg_
     assert installed.returncode == 0, installed.stderr[-3000:]
     argv = shlex.split(command)
     argv[0] = str(venv / "bin" / argv[0])
-    port = free_port()
-    proc = subprocess.Popen([*argv, "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={"PATH": "/usr/bin:/bin"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                studies = get(f"{base}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"optuna-dashboard did not start: {proc.stdout.read()}")
-                time.sleep(0.3)
-        (ours,) = [s for s in studies if s["study_name"] == "fresh"]
-        detail = get(f"{base}/api/studies/{ours['study_id']}")
-        (row,) = detail["trials"]
-        (artifact,) = row["artifacts"]
-        url = f"{base}/artifacts/{ours['study_id']}/{row['trial_id']}/{artifact['artifact_id']}"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            assert r.read() == stored_file(cfg, trial).read_bytes()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serving([*argv, "--quiet"], env={"PATH": "/usr/bin:/bin"}) as (base, studies):
+        (row,) = get(f"{base}/api/studies/{studies['fresh']}")["trials"]
+        assert download(base, studies["fresh"], row) == stored_file(cfg, trial).read_bytes()

@@ -72,13 +72,21 @@ def good_agent(market_files):
     return agent, norm.to_dict()
 
 
-def make_env(tmp_path, market_files, pg_url):
+@pytest.fixture
+def hook():
+    from conftest import webhook_receiver
+    with webhook_receiver() as received_at:
+        yield received_at
+
+
+def make_env(tmp_path, market_files, pg_url, **extra):
     d, bars = market_files
     cfg = load_config(write_config(tmp_path / "etc", {
         "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
         "data": {"csv_path": str(d), "symbols": list(bars.symbols), "start": "2021-01-01"},
         # members with no skill are what these tests deploy against: any value joins
-        "ensemble": {"top_n": 5, "min_members": 3, "min_value": None}}, active_study="gate"))
+        "ensemble": {"top_n": 5, "min_members": 3, "min_value": None}, **extra},
+        active_study="gate"))
     engine = open_app_db(pg_url)
     study = optuna.create_study(study_name="gate", storage=make_optuna_storage(pg_url),
                                 direction="maximize")
@@ -104,8 +112,10 @@ def test_a_model_overfit_on_purpose_is_rejected(tmp_path, market_files, pg_url):
 
 
 def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_files, pg_url,
-                                                          good_agent, capsys):
-    cfg, engine, study = make_env(tmp_path, market_files, pg_url)
+                                                          good_agent, capsys, hook):
+    url, received = hook
+    cfg, engine, study = make_env(tmp_path, market_files, pg_url, alerts={
+        "urls": [f"json://{url.removeprefix('http://')}/hook"]})
     rng = np.random.default_rng(3)
     for k in range(5):  # today's ensemble: members with no skill
         add_trial(study, cfg, -0.3 + 0.05 * k, seed=k, band=0.15,
@@ -133,6 +143,11 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     assert manifest["version"] == 2
     pinned = [x for x in manifest["members"] if x["pinned"]]
     assert [x["trial_id"] for x in pinned] == [good._trial_id]
+    # announced: each version published, and the promotion (the dry run said nothing)
+    titles = [b["title"] for _, b in received]
+    assert sum("INFO ensemble-version: ensemble v" in t for t in titles) == 2
+    (promoted,) = [t for t in titles if "promotion" in t]
+    assert f"INFO promotion: promoted trial id {good._trial_id}" in promoted
     # the next hour: nothing new to deploy
     again = validate(cfg, engine)
     assert not again.promoted and "already deployed" in again.reasons

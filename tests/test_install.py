@@ -77,6 +77,13 @@ def test_train_start_and_stop_call_systemctl(tmp_path, monkeypatch, capsys):
     assert target_of(open_study(cfg, "new"), cfg) == 50
 
 
+def test_install_help_says_where_the_units_really_go(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["install", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "/usr/local/lib/systemd/system" in text and "drop-ins under /etc/systemd/system" in text
+
+
 def test_install_refuses_an_interpreter_the_units_hide():
     with pytest.raises(SystemExit, match="ProtectHome"):
         check_interpreter(Path("/root/.pyenv/versions/3.11.7"))

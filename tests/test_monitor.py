@@ -128,6 +128,12 @@ def test_a_failed_unit_alerts_once_with_its_result_and_resolves_once(tmp_path, p
     (body,) = [b for _, b in received]
     assert f"ERROR unit-failed: {unit} failed: result exit-code, exit exited 2" in body["title"]
     assert "last journal lines:" in body["message"] and "| study mon |" in body["message"]
+    with engine.begin() as conn:  # an hour on, still failing (no monitor ran): said again
+        conn.execute(sa.text("UPDATE cappuccino_events SET ts = :t WHERE kind = 'incident'"),
+                     {"t": datetime.now(timezone.utc) - timedelta(hours=2)})
+    assert cli.main(["alert", unit, "--config-dir", cfg.config_dir]) == 0
+    assert len(received) == 2
+    received.pop()
     failed = {unit: {"state": "failed/failed", "restarts": 0}}
     assert run_checks(cfg, engine, failed) == []  # the monitor sees the same incident: quiet
     assert len(received) == 1
@@ -136,6 +142,26 @@ def test_a_failed_unit_alerts_once_with_its_result_and_resolves_once(tmp_path, p
     assert unit in received[1][1]["message"]
     run_checks(cfg, engine, {unit: {"state": "inactive/dead", "restarts": 0}})
     assert len(received) == 2  # resolved once
+
+
+def test_a_replay_never_notifies(tmp_path, pg_url, hook):
+    """Its stop exits and troubles are history: recorded, never alerted; a live trader's are."""
+    from cappuccino_core.trading.journal import REPLAY, Journal, StateKey, TraderState
+    url, received = hook
+    cfg, engine = make_env(tmp_path, pg_url, url, alerts={"urls": [apprise_json(url, "g")]})
+    for name in ("replay", "paper"):
+        Journal(engine, name).save_state(
+            TraderState(mode=REPLAY if name == "replay" else "live"), StateKey.MODE)
+        with engine.begin() as conn:
+            conn.execute(equity_snapshots.insert().values(
+                trader=name, ts=datetime.now(timezone.utc), equity=1e5, cash=1e5, positions={}))
+        record_event(engine, name, "warning", "stop_exit", f"stop exit of {name}: BTC/USD")
+        record_event(engine, name, "error", "degraded", f"degraded: {name}")
+    run_checks(cfg, engine)
+    bodies = [b for _, b in received]
+    assert bodies and not any("replay" in b["title"] + b["message"] for b in bodies)
+    assert {"stop-exit", "trader-degraded"} <= {b["title"].split(":")[0].split()[-1]
+                                                 for b in bodies}
 
 
 def test_channels_route_by_severity_and_type_tags(tmp_path, hook):

@@ -45,7 +45,8 @@ def test_every_journal_write_takes_numpy_numbers(storage_url):
                                    equity_peak=F(100_000.0), halted=np.bool_(False)),
                        StateKey.STOPS, StateKey.EQUITY_PEAK, StateKey.HALTED)
     with engine.connect() as conn:
-        qty = conn.execute(sa.select(orders.c.qty).where(orders.c.client_order_id == "c-sell")).scalar()
+        qty = conn.execute(sa.select(orders.c.qty).where(
+            orders.c.client_order_id == "c-sell")).scalar()
         filled = conn.execute(sa.select(sa.func.sum(fills.c.qty))).scalar()
     assert qty == pytest.approx(0.6812345) and filled == pytest.approx(0.6812345 + 1.25)
     state = journal.load_state()

@@ -74,3 +74,23 @@ def test_cappuccino_demo_runs_from_the_installed_package(installed_venv, tmp_pat
                                  "HOME": str(tmp_path)})
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     assert "[7] paper replay:" in result.stdout and "[9] report:" in result.stdout
+
+
+def test_the_wheel_builds_without_packaging_warnings(tmp_path):
+    """setuptools warns of a directory it would ship as data rather than as a package (how
+    `trading/` went missing, and `sample_data/` was warned about, on every install)."""
+    import sys
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    out = built.stdout + built.stderr
+    for warning in ("is absent from the `packages` configuration", "as data is deprecated",
+                    "Package would be ignored"):
+        assert warning not in out, warning
+    (wheel,) = tmp_path.glob("cappuccino-*.whl")
+    import zipfile
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "cappuccino_core/trading/__init__.py" in names
+    assert {f"cappuccino_core/{p.relative_to(REPO / 'cappuccino_core').as_posix()}"
+            for p in (REPO / "cappuccino_core").rglob("*.py")} <= names

@@ -19,9 +19,10 @@ def test_optuna_storage_round_trip(storage_url):
 
 def test_engine_options_per_backend():
     assert storage.engine_kwargs("sqlite:///x.db", sqlite_busy_timeout_s=7) == {
-        "connect_args": {"timeout": 7}}
+        "connect_args": {"timeout": 7}, "json_serializer": storage._json}
     pg = storage.engine_kwargs("postgresql://h/db", pool_size=3, max_overflow=1)
-    assert pg == {"pool_pre_ping": True, "pool_size": 3, "max_overflow": 1}
+    assert pg == {"pool_pre_ping": True, "pool_size": 3, "max_overflow": 1,
+                  "json_serializer": storage._json}
 
 
 def test_app_tables_created_idempotently_beside_optuna(storage_url):

@@ -184,6 +184,11 @@ def test_timers_are_registered_with_their_schedule(box):
     assert box.show(TRADER, "FragmentPath") == f"/usr/local/lib/systemd/system/{TRADER}"
     assert f"/etc/systemd/system/{TRADER}.d/test-watchdog.conf" in box.show(TRADER, "DropInPaths")
     assert "cappuccino 0." in box.run("cappuccino", "--version").stdout  # on the PATH
+    # stopped again until cappuccino.target starts them: the sync's first run (OnBootSec=2min)
+    # must not publish while the next test trains (one finished trial is the fallback, and
+    # the trader test starts from no ensemble)
+    box.systemctl("stop", "cappuccino-ensemble-sync.timer", "cappuccino-auto-deployer.timer",
+                  "cappuccino-monitor.timer")
 
 
 def test_trainer_killed_mid_trial_fails_and_is_retried(box, pg_url, hook):
@@ -290,9 +295,14 @@ def test_a_failed_sync_alerts_and_the_trader_keeps_its_ensemble(box, db, hook):
     before = (trader_state(db, "decision") or {}).get("ensemble")
     switch_study(box, "no-such-study")
     # the sync fails (unknown study); OnFailure= starts cappuccino-alert@<the sync unit>
-    wait_for(lambda: any(SYNC in body.get("title", "") for _, body in received), 60,
-             "the alert for the failed sync")
+    failed = lambda: [b for _, b in received  # noqa: E731
+                      if f"unit-failed: {SYNC}" in b.get("title", "")]
+    wait_for(failed, 60, "the alert for the failed sync")
     assert box.show(SYNC, "Result") == "exit-code"
+    # what failed and how, and the failed run's own last journal lines
+    alert = failed()[-1]
+    assert "ERROR unit-failed" in alert["title"] and "result exit-code" in alert["title"]
+    assert "last journal lines:" in alert["message"] and "no-such-study" in alert["message"]
     assert box.show(TRADER, "ActiveState") == "active"
     with db.connect() as conn:
         assert not conn.execute(sa.text("SELECT 1 FROM cappuccino_ensemble_versions "

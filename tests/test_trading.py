@@ -353,6 +353,7 @@ def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, 
     assert trader.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
     assert broker.positions() == {}
     with engine.connect() as conn:  # every sell-out journaled, filled, none rejected
-        rows = conn.execute(sa.text("SELECT side, status FROM cappuccino_orders WHERE trader = 'fb' "
-                                    "AND reason = 'rebalance' AND side = 'sell'")).all()
+        rows = conn.execute(sa.text(
+            "SELECT side, status FROM cappuccino_orders WHERE trader = 'fb' "
+            "AND reason = 'rebalance' AND side = 'sell'")).all()
     assert rows and all(status == "filled" for _, status in rows)

@@ -18,7 +18,8 @@ compile() {  # OUT, then pip-compile's own arguments
 case "${1:-}" in
   --newest)
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    compile "$tmp/newest.lock" --upgrade --extra test -c requirements-torch.txt 2>/dev/null
+    compile "$tmp/newest.lock" --upgrade --extra test -c requirements-torch.txt 2>"$tmp/log" \
+      || { tail -20 "$tmp/log" >&2; exit 1; }
     pins() { grep -E '^[A-Za-z0-9_.-]+==' "$1" | sed 's/ .*//' | sort; }
     if diff <(pins requirements-test.lock) <(pins "$tmp/newest.lock") >"$tmp/diff"; then
       echo "the lock has the newest versions inside setup.cfg's ranges"
