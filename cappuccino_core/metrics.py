@@ -18,6 +18,8 @@ from .status import LEVELS
 # name -> (type, help)
 FAMILIES = {
     "cappuccino_health_level": ("gauge", "0 ok, 1 warning, 2 critical (cappuccino status)"),
+    "cappuccino_health_problem": ("gauge", "1 for each problem behind the health level, its "
+                                           "reason in a label"),
     "cappuccino_monitor_last_run_timestamp_seconds": (
         "gauge", "When the monitor last wrote this file (stale: the monitor is not running)"),
     "cappuccino_monitor_checks_ok": ("gauge", "1 when the monitor's last run could run its checks"),
@@ -51,6 +53,9 @@ def render(status: dict, checks_ok: bool = True) -> str:
             samples[name].append((labels, float(value)))
 
     add("cappuccino_health_level", LEVELS.index(status["health"]["level"]))
+    for problem in status["health"]["problems"]:
+        add("cappuccino_health_problem", 1, level=problem["level"],
+            reason=problem["message"][:200])
     add("cappuccino_monitor_last_run_timestamp_seconds", time.time())
     add("cappuccino_monitor_checks_ok", int(checks_ok))
     for trader, t in status["traders"].items():

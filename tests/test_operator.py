@@ -355,6 +355,8 @@ def test_a_monitor_run_that_cannot_check_writes_critical_metrics_and_fails(tmp_p
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert next(iter(families["cappuccino_health_level"].samples)).value == 2
     assert next(iter(families["cappuccino_monitor_checks_ok"].samples)).value == 0
+    reasons = {s.labels["reason"] for s in families["cappuccino_health_problem"].samples}
+    assert any("the monitor's checks could not run" in r for r in reasons), reasons
     checked = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
