@@ -94,3 +94,25 @@ def test_the_wheel_builds_without_packaging_warnings(tmp_path):
     assert "cappuccino_core/trading/__init__.py" in names
     assert {f"cappuccino_core/{p.relative_to(REPO / 'cappuccino_core').as_posix()}"
             for p in (REPO / "cappuccino_core").rglob("*.py")} <= names
+
+
+def test_every_runtime_dependency_has_an_upper_bound_and_a_locked_version():
+    """A server installed next month gets what CI tested: the lock pins each requirement
+    inside its declared range, and no range is open above (a new major of an SDK cannot
+    arrive unannounced)."""
+    import configparser
+
+    from packaging.requirements import Requirement
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    requirements = [Requirement(line) for line in
+                    cfg["options"]["install_requires"].strip().splitlines()]
+    locked = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split(" ")[0].split("==")
+            locked[name.lower().replace("_", "-")] = version
+    for req in requirements:
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), str(req)
+        version = locked[req.name.lower().replace("_", "-")]
+        assert req.specifier.contains(version, prereleases=True), (str(req), version)
