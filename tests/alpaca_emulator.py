@@ -26,13 +26,25 @@ says where that is documented:
   request past the limit is answered 429 (https://forum.alpaca.markets/t/executing-orders/12029).
 - No bar for an interval without trades (alpaca-py issue #246): a quiet symbol simply has no
   row; `add_bar` plays a late print.
+- `filled_avg_price` is the average over every fill of the order, weighted by quantity (the
+  order object of https://docs.alpaca.markets/reference/getorderbyclientorderid: "Filled
+  average price"); the account carries `non_marginable_buying_power`, what crypto is bought
+  with ("Crypto Spot Trading": crypto cannot be bought on margin).
+- A cancel is asynchronous: DELETE answers 204 and the order is `pending_cancel` ("The order
+  is waiting to be canceled", Order Lifecycle) until its next lookup finds it `canceled`; an
+  order that is no longer open is answered 422 "order is not cancelable"
+  (https://docs.alpaca.markets/reference/deleteorderbyorderid).
 
 Faults are switchable per test: `fail_next(429, times=1, retry_after=None)` answers the next
 request(s) with that status; `delay_next_order_response(s)` accepts the next order but answers
 only after `s` seconds (a client timeout after acceptance); `partial_next_order(fraction)` fills
 only part of the next order until it is looked up again; `end_next_order(status, fraction)`
 fills that fraction and leaves the order in `status` (terminal or not); `reject_next_order(status,
-message)`. Every request is logged in `requests`.
+message)`; `execute_next_order_but_answer(status, message)` takes the next order (it fills as
+usual) yet answers it with an error, as Alpaca's paper API has done (alpacahq/Alpaca-API#270:
+"POST /v2/orders ... throws an error even though the order goes through");
+`fill_before_next_cancel()` lets an order fill between a client's status read and its DELETE.
+Every request is logged in `requests`.
 """
 
 from __future__ import annotations
@@ -70,6 +82,8 @@ class AlpacaEmulator:
     _partial: float | None = None
     _end: tuple[str, float] | None = None
     _reject: tuple[int, str] | None = None
+    _executed_error: tuple[int, str] | None = None
+    _fill_before_cancel: bool = False
     _plans: dict[str, dict] = field(default_factory=dict)  # order id -> how it will fill
     _calls: dict[str, list[float]] = field(default_factory=dict)  # API -> request times
     throttled: int = 0  # requests answered 429 for the rate limit
@@ -91,6 +105,12 @@ class AlpacaEmulator:
 
     def reject_next_order(self, status: int, message: str) -> None:
         self._reject = (status, message)
+
+    def execute_next_order_but_answer(self, status: int, message: str) -> None:
+        self._executed_error = (status, message)
+
+    def fill_before_next_cancel(self) -> None:
+        self._fill_before_cancel = True
 
     def posted_orders(self) -> list[dict]:
         return [q for m, p, q in self.requests if m == "POST" and p == "/v2/orders"]
@@ -157,7 +177,11 @@ class AlpacaEmulator:
                     for s, p in self.positions.items())
         return {"id": str(uuid.UUID(int=1)), "account_number": "PA000EMU", "status": "ACTIVE",
                 "currency": "USD", "cash": str(self.cash), "equity": str(self.cash + value),
-                "buying_power": str(self.cash), "portfolio_value": str(self.cash + value)}
+                # a margin account's buying power is a multiple of its equity; crypto uses
+                # the non-marginable one, which is the cash
+                "buying_power": str(2 * (self.cash + value)),
+                "non_marginable_buying_power": str(self.cash),
+                "portfolio_value": str(self.cash + value)}
 
     def _slashed(self, plain: str) -> str:
         return next(s for s in self.prices if s.replace("/", "") == plain)
@@ -208,9 +232,11 @@ class AlpacaEmulator:
                 self.positions.pop(plain, None)
             else:
                 self.positions[plain] = {"qty": left, "avg": held["avg"]}
-        done = Decimal(order["filled_qty"]) + qty
+        before = Decimal(order["filled_qty"])
+        done = before + qty
         order["filled_qty"] = str(done)  # the order's own quantity: the fee is not on it
-        order["filled_avg_price"] = str(price)
+        avg = float(order["filled_avg_price"] or 0.0)  # over every fill, quantity-weighted
+        order["filled_avg_price"] = str((float(before) * avg + float(qty) * price) / float(done))
         order["status"] = "filled" if done >= Decimal(order["qty"]) else "partially_filled"
         order["filled_at"] = order["updated_at"] = _now()
 
@@ -248,11 +274,19 @@ class AlpacaEmulator:
         self.orders[order["id"]] = order
         self._plans[order["id"]] = {"lookups": 0, "partial": self._partial, "end": self._end}
         self._partial = self._end = None
+        if self._executed_error:  # taken and filling, yet answered with an error (#270)
+            status, message = self._executed_error
+            self._executed_error = None
+            return status, {"code": status * 100000, "message": message}
         return 200, dict(order)
 
     def _advance(self, order: dict) -> None:
         """An order moves on when it is looked up: `new` first, then it fills (or partly, or
         ends in the status a test asked for)."""
+        if order["status"] == "pending_cancel":
+            order["status"] = "canceled"
+            order["canceled_at"] = order["updated_at"] = _now()
+            return
         plan = self._plans.get(order["id"])
         if plan is None or order["status"] in ("filled", "canceled", "expired", "rejected",
                                                "replaced"):
@@ -286,7 +320,7 @@ class AlpacaEmulator:
     def settle(self) -> None:
         """Let every open order run to its end (the market moves on without lookups)."""
         for o in list(self.orders.values()):
-            while o["id"] in self._plans:
+            while o["id"] in self._plans or o["status"] == "pending_cancel":
                 self._advance(o)
 
     def route(self, method: str, path: str, query: dict, body: dict | None = None):
@@ -321,10 +355,15 @@ class AlpacaEmulator:
                 o = self.orders.get(path.removeprefix("/v2/orders/"))
                 if o is None:
                     return 404, {"code": 40410000, "message": "order not found"}
-                if o["status"] in ("filled", "canceled", "expired", "rejected", "replaced"):
+                if self._fill_before_cancel:  # the market got there first
+                    self._fill_before_cancel = False
+                    self._plans.pop(o["id"], None)
+                    self._fill(o, Decimal(o["qty"]) - Decimal(o["filled_qty"]))
+                if o["status"] in ("filled", "canceled", "expired", "rejected", "replaced",
+                                   "pending_cancel"):
                     return 422, {"code": 42210000, "message": "order is not cancelable"}
                 self._plans.pop(o["id"], None)
-                o["status"] = "canceled"
+                o["status"] = "pending_cancel"  # canceled at its next lookup
                 return 204, {}
         return 404, {"code": 40400000, "message": f"no route {method} {path}"}
 

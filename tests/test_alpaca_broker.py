@@ -96,6 +96,71 @@ def test_rejections_come_back_as_rejected_orders(emulator):
     assert not emu.orders
 
 
+def test_an_error_answer_for_an_order_that_executed_is_not_a_rejection(emulator):
+    """Alpaca's paper API has answered an error to an order that went through
+    (alpacahq/Alpaca-API#270): the order is looked up before it is called rejected."""
+    emu = emulator.emulator
+    b = broker_for(emulator)
+    emu.execute_next_order_but_answer(403, "insufficient balance for USD")
+    order = b.submit_market_order("ETH/USD", "buy", 1.5, "cap-t-270")
+    assert order.status != "rejected" and order.broker_id
+    assert b.wait_for_fill(order).status == "filled" and len(emu.orders) == 1
+    assert b.positions()["ETH/USD"].qty == pytest.approx(1.5 * 0.9975)
+    lookups = [q for m, p, q in emu.requests if p == "/v2/orders:by_client_order_id"]
+    assert lookups[0]["client_order_id"] == "cap-t-270"
+
+
+def test_a_cancel_is_pending_until_alpaca_confirms_it(emulator):
+    emu = emulator.emulator
+    b = broker_for(emulator, fill_timeout_s=0.1)
+    emu.end_next_order("new", fraction=0.25)  # stalls a quarter filled
+    done = b.wait_for_fill(b.submit_market_order("ETH/USD", "buy", 4, "cap-t-cx"))
+    assert done.status == "canceled" and done.filled_qty == pytest.approx(1.0)
+    states = [o["status"] for o in emu.orders.values()]
+    assert states == ["canceled"]
+    deletes = [p for m, p, q in emu.requests if m == "DELETE"]
+    assert len(deletes) == 1  # and it went through pending_cancel: one DELETE, then lookups
+
+
+def test_a_cancel_that_loses_the_race_to_a_fill_follows_the_fill(emulator):
+    """Read `new`, the order fills, the DELETE is answered 422 "not cancelable": the fill is
+    the truth, and the bar goes on."""
+    emu = emulator.emulator
+    b = broker_for(emulator, fill_timeout_s=0.1)
+    emu.end_next_order("new", fraction=0.0)
+    emu.fill_before_next_cancel()
+    done = b.wait_for_fill(b.submit_market_order("SOL/USD", "buy", 10, "cap-t-race"))
+    assert done.status == "filled" and done.filled_qty == 10
+
+
+def test_the_average_fill_price_is_weighted_and_each_fill_keeps_its_own_price(emulator,
+                                                                             tmp_path):
+    from cappuccino_core.storage import open_app_db
+    from cappuccino_core.trading.journal import Journal
+    emu = emulator.emulator
+    b = broker_for(emulator)
+    journal = Journal(open_app_db(f"sqlite:///{tmp_path / 'j.db'}"), "t")
+    emu.partial_next_order(0.25)
+    order = b.submit_market_order("ETH/USD", "buy", 4, "cap-t-avg")
+    journal.record_new("cap-t-avg", "ETH/USD", "buy", 4, "rebalance",
+                       pd.Timestamp("2024-01-01", tz="UTC"))
+    b.get_order("cap-t-avg")  # new
+    journal.record_result(b.get_order("cap-t-avg"))  # 1 ETH at 2,000
+    emu.prices["ETH/USD"] = 2_400.0
+    done = b.wait_for_fill(order)  # the other 3 at 2,400
+    journal.record_result(done)
+    assert done.filled_avg_price == pytest.approx((1 * 2_000 + 3 * 2_400) / 4)
+    with journal.engine.connect() as conn:
+        rows = conn.execute(sa.select(fills.c.qty, fills.c.price).order_by(fills.c.id)).all()
+    assert [(q, round(p, 6)) for q, p in rows] == [(1.0, 2_000.0), (3.0, 2_400.0)]
+
+
+def test_crypto_buying_power_is_the_non_marginable_one(emulator):
+    b = broker_for(emulator)
+    account = b.account()
+    assert account.buying_power == account.cash == 100_000.0  # not the margin figure
+
+
 def test_partial_fills_are_followed_to_the_end(emulator):
     emu = emulator.emulator
     b = broker_for(emulator)

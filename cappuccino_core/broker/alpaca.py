@@ -109,7 +109,10 @@ class AlpacaBroker:
 
     def account(self) -> Account:
         a = self._call("account", self.trading.get_account)
-        return Account(float(a.cash), float(a.equity), float(a.buying_power))
+        # crypto is bought with non-marginable buying power ("Crypto Spot Trading", Alpaca's
+        # docs: crypto cannot be bought on margin); older answers lack the field
+        power = a.non_marginable_buying_power or a.buying_power
+        return Account(float(a.cash), float(a.equity), float(power))
 
     def positions(self) -> dict[str, Position]:
         out = {}
@@ -162,9 +165,18 @@ class AlpacaBroker:
         return [self._state(o) for o in orders]
 
     def cancel(self, client_order_id: str) -> None:
+        """Ask Alpaca to cancel what is left of the order. An order that filled (or ended)
+        between our read and the DELETE is answered 422 "not cancelable": its real state is
+        what the caller reads next, not an error."""
         order = self.get_order(client_order_id)
         if order is not None and not order.final:
-            self._call("cancel", self.trading.cancel_order_by_id, order.broker_id)
+            try:
+                self._call("cancel", self.trading.cancel_order_by_id, order.broker_id)
+            except APIError as e:
+                if e.status_code not in (404, 422):
+                    raise
+                log.info("order %s: the cancel was answered %s (%s); following its state",
+                         client_order_id, e.status_code, _message(e))
 
     def submit_market_order(self, symbol: str, side: str, qty: float,
                             client_order_id: str) -> OrderState:
@@ -177,10 +189,16 @@ class AlpacaBroker:
                 return self._state(self._call.once("order", self.trading.submit_order, request))
             except Exception as e:  # noqa: BLE001 - every branch below decides
                 if isinstance(e, APIError) and e.status_code in (403, 422):
-                    if "client_order_id" in str(e):  # sent before: it exists
-                        known = self.get_order(client_order_id)
-                        if known is not None:
-                            return known
+                    # Never "rejected" on an error answer alone: Alpaca has answered an error
+                    # for an order that went through (alpacahq/Alpaca-API#270), and a
+                    # duplicate id means it was sent before. Only an order it does not
+                    # have is rejected.
+                    known = self.get_order(client_order_id)
+                    if known is not None:
+                        log.warning("order %s: answered %s (%s), but the broker has it (%s)",
+                                    client_order_id, e.status_code, _message(e),
+                                    known.status.value)
+                        return known
                     return OrderState(client_order_id, symbol, side, qty, 0.0, None,
                                       "rejected", reason=_message(e))
                 if not retryable(e) or attempt == self._call.max_retries:

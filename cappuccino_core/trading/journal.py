@@ -207,10 +207,12 @@ class Journal:
         except sa.exc.IntegrityError:
             return False
 
-    def _status(self, conn, coid: str) -> tuple[OrderStatus, float]:
-        row = conn.execute(sa.select(orders.c.status, orders.c.filled_qty).where(
+    def _status(self, conn, coid: str) -> tuple[OrderStatus, float, float | None]:
+        """(status, filled quantity, average fill price) as journaled."""
+        row = conn.execute(sa.select(orders.c.status, orders.c.filled_qty,
+                                     orders.c.filled_avg_price).where(
             orders.c.client_order_id == coid)).one()
-        return OrderStatus(row.status), row.filled_qty or 0.0
+        return OrderStatus(row.status), row.filled_qty or 0.0, row.filled_avg_price
 
     @staticmethod
     def _check(coid: str, old: OrderStatus, new: OrderStatus) -> None:
@@ -220,7 +222,7 @@ class Journal:
 
     def mark_not_sent(self, coid: str) -> None:
         with self.engine.begin() as conn:
-            old, _ = self._status(conn, coid)
+            old, _, _ = self._status(conn, coid)
             self._check(coid, old, OrderStatus.NOT_SENT)
             conn.execute(orders.update().where(orders.c.client_order_id == coid).values(
                 status=OrderStatus.NOT_SENT.value, updated_at=datetime.now(timezone.utc)))
@@ -233,7 +235,7 @@ class Journal:
     def _record_result(self, r: OrderState) -> None:
         new = OrderStatus(r.status)
         with self.engine.begin() as conn:
-            old, prev = self._status(conn, r.client_order_id)
+            old, prev, prev_avg = self._status(conn, r.client_order_id)
             self._check(r.client_order_id, old, new)
             conn.execute(orders.update().where(
                 orders.c.client_order_id == r.client_order_id).values(
@@ -241,11 +243,14 @@ class Journal:
                 filled_avg_price=r.filled_avg_price, fee=r.fee,
                 updated_at=datetime.now(timezone.utc)))
             if r.filled_qty > prev + 1e-12 and r.filled_avg_price:
-                share = (r.filled_qty - prev) / max(r.filled_qty, 1e-300)
+                new = r.filled_qty - prev
+                share = new / max(r.filled_qty, 1e-300)
+                # the broker's average is over every fill of the order: this fill's own price
+                # is what the average moved by (one fill so far: the average itself)
+                price = (r.filled_qty * r.filled_avg_price - prev * (prev_avg or 0.0)) / new
                 conn.execute(fills.insert().values(
                     client_order_id=r.client_order_id, symbol=r.symbol, side=r.side,
-                    qty=r.filled_qty - prev, price=r.filled_avg_price, fee=r.fee * share,
-                    fee_qty=r.fee_qty * share))
+                    qty=new, price=price, fee=r.fee * share, fee_qty=r.fee_qty * share))
         if new is OrderStatus.REJECTED:
             log.error("order %s rejected: %s", r.client_order_id, r.reason)
             self.event("error", "order_rejected", f"{r.client_order_id}: {r.reason}")
