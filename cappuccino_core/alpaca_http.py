@@ -126,12 +126,26 @@ class AlpacaCalls:
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="alpaca")
 
     def once(self, what: str, fn, *args):
-        """One request within the rate limit and the timeout (raises requests.Timeout)."""
+        """One request within the rate limit and the timeout (raises requests.Timeout). A
+        request still waiting for a worker thread when its time is up is never sent: only one
+        already on its way can still arrive (and an order is looked up before any resend)."""
         self.limiter.acquire()
-        future = self.pool.submit(fn, *args)
+        gate = threading.Lock()
+        state = {"started": False, "abandoned": False}
+
+        def run():
+            with gate:
+                if state["abandoned"]:
+                    return None  # given up before it left: never sent
+                state["started"] = True
+            return fn(*args)
+
+        future = self.pool.submit(run)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
+            with gate:
+                state["abandoned"] = not state["started"]
             raise requests.Timeout(f"Alpaca {what}: no answer in {self.timeout_s:g} s") from None
 
     def wait_after(self, exc: Exception, attempt: int) -> float:

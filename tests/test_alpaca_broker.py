@@ -464,3 +464,62 @@ def test_a_replay_of_the_bundled_sample_through_alpaca_keeps_the_journal_equal_t
     assert all(p["qty"] >= Decimal("0.000001") for p in emu.positions.values())
     rec = reconcile(cfg, engine, "alpaca")
     assert abs(rec.totals()["unexplained"]) < 0.01
+
+
+def test_a_request_that_timed_out_waiting_for_a_thread_is_never_sent():
+    """Every worker busy on a hung request: a call that times out in the queue must not go
+    out later, when a worker frees up (an order sent minutes late, after its lookup)."""
+    import threading
+
+    import requests
+
+    from cappuccino_core.alpaca_http import AlpacaCalls
+    calls = AlpacaCalls(timeout_s=0.2, max_retries=0)
+    release = threading.Event()
+    sent = []
+    hung = [threading.Thread(target=lambda: _swallow(calls.once, "hung", release.wait, 5))
+            for _ in range(4)]
+    for t in hung:
+        t.start()
+    time.sleep(0.1)  # the four workers are taken
+    with pytest.raises(requests.Timeout):
+        calls.once("order", sent.append, "late order")
+    release.set()
+    for t in hung:
+        t.join()
+    calls.pool.shutdown(wait=True)
+    assert sent == []
+
+
+def _swallow(fn, *args):
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the hung calls time out; that is not what is tested
+        pass
+
+
+def test_the_pieces_of_alpaca_py_the_clients_rely_on_are_there():
+    """The clients build alpaca-py's RESTClient with its constructor arguments, call these
+    methods, and send the order's quantity as our decimal string: an SDK release that changes
+    any of it fails here, not in trading (setup.cfg bounds alpaca-py above as well)."""
+    import inspect
+
+    from alpaca.common.rest import RESTClient
+    from alpaca.data.historical import CryptoHistoricalDataClient
+    from alpaca.trading.client import TradingClient
+
+    from cappuccino_core.broker.alpaca import DecimalMarketOrder
+    params = inspect.signature(RESTClient.__init__).parameters
+    for name in ("api_key", "secret_key", "api_version", "base_url", "sandbox", "raw_data",
+                 "retry_exception_codes"):
+        assert name in params, name
+    for name in ("get_account", "get_all_positions", "get_all_assets", "get_order_by_client_id",
+                 "get_orders", "cancel_order_by_id", "submit_order"):
+        assert callable(getattr(TradingClient, name, None)), name
+    for name in ("get_crypto_latest_trade", "get_crypto_bars"):
+        assert callable(getattr(CryptoHistoricalDataClient, name, None)), name
+    order = DecimalMarketOrder(symbol="BTC/USD", qty="0.000000003", side="buy",
+                               time_in_force="gtc", client_order_id="cap-x")
+    fields = order.to_request_fields()
+    assert fields["qty"] == "0.000000003" and fields["client_order_id"] == "cap-x"
+    assert fields["type"] == "market"
