@@ -523,3 +523,30 @@ def test_the_pieces_of_alpaca_py_the_clients_rely_on_are_there():
     fields = order.to_request_fields()
     assert fields["qty"] == "0.000000003" and fields["client_order_id"] == "cap-x"
     assert fields["type"] == "market"
+
+
+def test_asset_rules_are_asked_for_again_daily_and_after_a_refusal_that_names_them(
+        emulator, tmp_path, shared_data):
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
+    emu = emulator.emulator
+    broker = broker_for(emulator)
+    asked = lambda: sum(p == "/v2/assets" for m, p, q in emu.requests)  # noqa: E731
+    broker.asset_rules(SYMBOLS)
+    broker.asset_rules(SYMBOLS)
+    assert asked() == 1  # cached within the day
+    broker._assets_at -= 25 * 3600
+    broker.asset_rules(SYMBOLS)
+    assert asked() == 2  # a day on: asked again
+    # Alpaca coarsens the increment; the trader's next orders are refused for it
+    trader = Trader(cfg, broker, engine, "paper", ens)
+    trader.start()
+    emu.min_trade_increment = "0.001"
+    feats = compute_features(bars, "v1")
+    hour = pd.Timedelta(hours=1, seconds=10)
+    trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour)
+    assert any("increments of 0.001" in r for r in trader.rejected_in_bar)
+    before = asked()
+    trader.on_bar(bars.index[-1], feats, bars.index[-1] + hour)
+    assert asked() == before + 1  # the refusal named the rules: asked for them again
+    assert trader.rules["BTC/USD"].min_trade_increment == 0.001
+    assert not trader.rejected_in_bar  # the orders sized to the new increment went through

@@ -67,13 +67,16 @@ def test_a_worse_fill_and_a_skipped_order_are_found_and_attributed(tmp_path, sha
     WorseFills.worse = {client_order_id("planted", "rebalance", bar_a, fill_a["symbol"], "buy")}
     monkeypatch.setattr("cappuccino_core.trading.replay.SimBroker", WorseFills)
 
-    def refuse_one(t, trader):  # before bar `bar_b` is decided, its asset's minimum jumps
-        rules = trader.rules
-        s = fill_b["symbol"]
+    def refuse_one(t, trader):  # for bar `bar_b` alone, the venue's minimum for its asset jumps
+        broker, s = trader.broker, fill_b["symbol"]
         if trader.last_bar + HOUR == bar_b:
-            rules[s] = AssetRule(s, 1e12, rules[s].min_trade_increment)
-        elif rules[s].min_order_size == 1e12:
-            rules[s] = AssetRule(s, 1e-6, rules[s].min_trade_increment)
+            def planted(symbols, refresh=False):
+                rules = type(broker).asset_rules(broker, symbols, refresh)
+                rules[s] = AssetRule(s, 1e12, rules[s].min_trade_increment)
+                return rules
+            broker.asset_rules = planted
+        else:
+            broker.__dict__.pop("asset_rules", None)
     replay(cfg, engine, *WINDOW, name="planted", on_bar=refuse_one)
     rec = reconcile(cfg, engine, "planted")
     totals = rec.totals()

@@ -46,6 +46,9 @@ from .base import Account, AssetRule, OrderState, OrderStatus, Position
 log = logging.getLogger(__name__)
 
 
+RULES_MAX_AGE_S = 24 * 3600  # the asset list is asked for again after this
+
+
 class DecimalMarketOrder(MarketOrderRequest):
     """A market order whose quantity travels as the decimal string we computed (Alpaca's
     `qty` is a string<number>); alpaca-py's float field would be re-serialised from a float."""
@@ -87,7 +90,8 @@ class AlpacaBroker:
         self.symbols = list(symbols)
         self.by_plain = {s.replace("/", ""): s for s in symbols}
         self.fill_timeout_s, self.poll_s, self.max_poll_s = fill_timeout_s, poll_s, max_poll_s
-        self._assets: dict | None = None  # the crypto asset list, asked for once
+        self._assets: dict | None = None  # the crypto asset list, and when it was asked for
+        self._assets_at = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> "AlpacaBroker":
@@ -121,15 +125,18 @@ class AlpacaBroker:
             out[symbol] = Position(symbol, float(p.qty), float(p.avg_entry_price))
         return out
 
-    def asset_rules(self, symbols: list[str]) -> dict[str, AssetRule]:
+    def asset_rules(self, symbols: list[str], refresh: bool = False) -> dict[str, AssetRule]:
         """Minimum size, increments and tradability per symbol, from ONE call for the whole
-        crypto asset list (`GET /v2/assets?asset_class=crypto`, cached): asking for one asset
-        by its `BTC/USD` name would put a slash in the path. A symbol Alpaca does not list is
-        not tradable (and said so)."""
-        if self._assets is None:
+        crypto asset list (`GET /v2/assets?asset_class=crypto`): asking for one asset by its
+        `BTC/USD` name would put a slash in the path. A symbol Alpaca does not list is not
+        tradable (and said so). Alpaca changes these over time: the list is asked for again
+        once a day, and at once when `refresh` (after a rejection that names them)."""
+        stale = time.monotonic() - self._assets_at > RULES_MAX_AGE_S
+        if self._assets is None or refresh or stale:
             listed = self._call("assets", self.trading.get_all_assets,
                                 GetAssetsRequest(asset_class=AssetClass.CRYPTO))
             self._assets = {a.symbol: a for a in listed}
+            self._assets_at = time.monotonic()
         rules = {}
         for s in symbols:
             a = self._assets.get(s) or self._assets.get(s.replace("/", ""))

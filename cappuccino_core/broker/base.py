@@ -96,7 +96,8 @@ class Broker(Protocol):
 
     def positions(self) -> dict[str, Position]: ...
 
-    def asset_rules(self, symbols: list[str]) -> dict[str, AssetRule]: ...
+    def asset_rules(self, symbols: list[str], refresh: bool = False) -> dict[str, AssetRule]:
+        """Each symbol's order-size rules; `refresh` asks the venue again (not a cache)."""
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]: ...
 

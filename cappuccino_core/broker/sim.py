@@ -85,7 +85,7 @@ class SimBroker:
         return {s: Position(s, p["qty"], p["avg"]) for s, p in self.book["positions"].items()
                 if p["qty"] > 0}
 
-    def asset_rules(self, symbols: list[str]) -> dict[str, AssetRule]:
+    def asset_rules(self, symbols: list[str], refresh: bool = False) -> dict[str, AssetRule]:
         return {s: AssetRule(s, self.min_order_size, self.increment) for s in symbols}
 
     def get_order(self, client_order_id: str) -> OrderState | None:

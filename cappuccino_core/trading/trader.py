@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,9 @@ from .orders import PlannedOrder, affordable, client_order_id, plan_rebalance
 
 log = logging.getLogger(__name__)
 STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE = StateKey
+# a rejection that names the asset rules (Alpaca: "qty must be in increments of ...",
+# "qty must be >= ...", "cost basis must be >= minimal amount of order ...")
+RULE_WORDS = re.compile(r"increment|qty must be|min(imum|imal)?[ _]", re.I)
 
 
 class Trader:
@@ -51,6 +55,7 @@ class Trader:
         self.ensemble = ensemble
         self.settings = trading_settings(cfg, ensemble)
         self.rules = broker.asset_rules(self.symbols)
+        self.rules_refused = False  # a rejection named the asset rules: ask for them again
         self.state: TraderState = self.journal.load_state()
         self.rejected_in_bar: list[str] = []  # the last bar's orders the broker refused
 
@@ -122,6 +127,9 @@ class Trader:
         if self.ensemble is None:
             return "no ensemble"
         self.reconcile()
+        # the venue's rules as of today (the broker asks again daily, or now after a refusal)
+        self.rules = self.broker.asset_rules(self.symbols, refresh=self.rules_refused)
+        self.rules_refused = False
         prices = self._prices()
         account = self.broker.account()
         positions = self.broker.positions()
@@ -291,6 +299,7 @@ class Trader:
             self.journal.record_result(self._with_fees(result, before, after))
             if result.status is OrderStatus.REJECTED:
                 self.rejected_in_bar.append(f"{coid}: {result.reason}")
+                self.rules_refused |= bool(RULE_WORDS.search(result.reason or ""))
 
     def _holdings(self) -> tuple[dict[str, float], float]:
         """(units held per symbol, cash) at the broker, to measure what a fill really did."""
