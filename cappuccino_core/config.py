@@ -211,6 +211,11 @@ class RiskConfig:
     reentry_cooldown_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
 
 
+# Alpaca refuses a crypto order worth less than this (403 "cost basis must be >= minimal
+# amount of order 1"): what is left of a position below it is dust, which cannot be sold.
+ALPACA_MIN_ORDER_VALUE = 1.0
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     kind: str = field(default="sim", metadata=choice("sim", "alpaca"))
@@ -509,6 +514,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.artifacts.store == "s3" and not cfg.artifacts.s3_bucket:
         raise ConfigError(CONFIG_FILE, "artifacts.s3_bucket", None,
                           "a bucket name when artifacts.store is s3")
+    if cfg.broker.kind == "alpaca" and cfg.broker.min_order_notional < ALPACA_MIN_ORDER_VALUE:
+        raise ConfigError(CONFIG_FILE, "broker.min_order_notional", cfg.broker.min_order_notional,
+                          f"at least Alpaca's own minimum order value, "
+                          f"{ALPACA_MIN_ORDER_VALUE:g} USD")
     if cfg.broker.kind == "alpaca" and cfg.data.source != "alpaca":
         raise ConfigError(CONFIG_FILE, "data.source", cfg.data.source,
                           "alpaca when broker.kind is alpaca (a trader on a live account needs "

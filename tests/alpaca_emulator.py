@@ -74,6 +74,7 @@ class AlpacaEmulator:
     min_order_size: float = 1e-6
     min_trade_increment: str = "0.000000001"  # a string, as Alpaca sends it
     fee_rate: float = 0.0025  # Alpaca's crypto taker fee (lowest volume tier)
+    min_order_value: float = 1.0  # USD
     fill_at_lookup: int = 2   # an order fills when it is looked up this many times
     rate_limit: int = 200     # requests per window, per API (trading, market data)
     rate_window_s: float = 60.0
@@ -257,6 +258,11 @@ class AlpacaEmulator:
         if (qty / Decimal(self.min_trade_increment)) % 1 != 0:
             return 422, {"code": 40010001, "message": f"qty must be in increments of "
                                                       f"{self.min_trade_increment}"}
+        # Alpaca's minimum order value, observed on the paper API as 403 "cost basis must be >=
+        # minimal amount of order 1"; applied to sells as well (stricter where unsure)
+        if float(qty) * price < self.min_order_value:
+            return 403, {"code": 40310000, "message": "cost basis must be >= minimal amount of "
+                                                      f"order {self.min_order_value:g}"}
         if side == "buy" and float(qty) * price > self.cash:
             return 403, {"code": 40310000, "message": "insufficient balance for USD"}
         held = self.positions.get(symbol.replace("/", ""), {"qty": Decimal(0)})["qty"]

@@ -550,3 +550,88 @@ def test_asset_rules_are_asked_for_again_daily_and_after_a_refusal_that_names_th
     assert asked() == before + 1  # the refusal named the rules: asked for them again
     assert trader.rules["BTC/USD"].min_trade_increment == 0.001
     assert not trader.rejected_in_bar  # the orders sized to the new increment went through
+
+
+def _bought(emulator, tmp_path, shared_data):
+    """A trader on the emulated account that has traded one bar (it holds positions)."""
+    cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
+    broker = broker_for(emulator)
+    trader = Trader(cfg, broker, engine, "paper", ens)
+    trader.start()
+    now = bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
+    assert trader.on_bar(bars.index[-1], compute_features(bars, "v1"), now) == "traded"
+    assert broker.positions()
+    return cfg, trader, broker, now
+
+
+def _crash(emu, fall: float = 0.88) -> np.ndarray:
+    emu.prices.update({s: p * fall for s, p in emu.prices.items()})
+    return np.array([emu.prices[s] for s in SYMBOLS])
+
+
+def test_dust_below_the_minimum_order_value_is_left_shown_and_never_sent(emulator, tmp_path,
+                                                                         shared_data, capsys):
+    """A remnant worth less than Alpaca's $1 minimum cannot be sold: no order for it (it
+    would be refused at every check), no stop, and `trader status` shows it."""
+    from cappuccino_core import cli
+    cfg, trader, broker, now = _bought(emulator, tmp_path, shared_data)
+    emu = emulator.emulator
+    dusty = next(iter(broker.positions()))
+    plain = dusty.replace("/", "")
+    emu.positions[plain]["qty"] = Decimal("0.5") / Decimal(repr(emu.prices[dusty]))  # $0.50
+    emu.positions[plain]["qty"] = emu.positions[plain]["qty"].quantize(Decimal("1e-9"))
+    px = _crash(emu)
+    exits = trader.check_stops(px, px, px, px)
+    assert dusty in {s for s, _ in exits}
+    trader.exit_positions(exits, now + pd.Timedelta(minutes=5))
+    sent = [o["symbol"] for o in emu.posted_orders() if "-stop-" in o["client_order_id"]]
+    assert dusty not in sent and sent  # the others were sold
+    assert set(broker.positions()) == {dusty} and dusty in trader.state.dust
+    assert dusty not in trader.state.stops  # nothing a stop could do
+    assert trader.check_stops(px * 0.5, px * 0.5, px * 0.5, px * 0.5) == []  # never again
+    assert cli.main(["trader", "status", "--name", "paper", "--config-dir",
+                     cfg.config_dir]) == 0
+    assert f"dust (below the venue's minimum order value, not sold): {dusty}" in \
+        capsys.readouterr().out
+
+
+def test_a_refused_stop_exit_keeps_its_stop_and_the_next_check_sells(emulator, tmp_path,
+                                                                    shared_data):
+    cfg, trader, broker, now = _bought(emulator, tmp_path, shared_data)
+    emu = emulator.emulator
+    before = {s: dict(v) for s, v in trader.state.stops.items()}
+    px = _crash(emu)
+    exits = trader.check_stops(px, px, px, px)
+    first = exits[0][0]
+    emu.reject_next_order(403, "account is restricted from trading")
+    trader.exit_positions(exits, now + pd.Timedelta(minutes=5))
+    assert set(broker.positions()) == {first}  # refused: still held
+    assert trader.state.stops[first]["peak"] == before[first]["peak"]  # its stop kept
+    assert first not in trader.state.cooldown
+    again = trader.check_stops(px, px, px, px)
+    assert [s for s, _ in again] == [first]
+    trader.exit_positions(again, now + pd.Timedelta(minutes=6))
+    assert broker.positions() == {}
+
+
+def test_the_configured_minimum_is_never_below_alpacas(tmp_path):
+    from cappuccino_core.config import ConfigError, load_config
+    from conftest import write_config
+    d = write_config(tmp_path, {"broker": {"kind": "alpaca", "min_order_notional": 0.5},
+                                "data": {"source": "alpaca"}})
+    with pytest.raises(ConfigError, match="broker.min_order_notional"):
+        load_config(d)
+
+
+def test_a_rebalance_plans_nothing_for_dust():
+    from cappuccino_core.broker.base import AssetRule, Position
+    from cappuccino_core.env import EnvSettings
+    from cappuccino_core.trading.orders import dust
+    rules = {s: AssetRule(s, 1e-9, 1e-9, min_notional=1.0) for s in SYMBOLS}
+    held = {"BTC/USD": Position("BTC/USD", 0.00002, 30_000.0),  # $0.60: dust
+            "ETH/USD": Position("ETH/USD", 1.0, 2_000.0)}
+    prices = np.array([PRICES[s] for s in SYMBOLS])
+    assert dust(held, PRICES, rules) == {"BTC/USD": 0.00002}
+    plan = plan_rebalance(np.array([0.0, 0.0, 0.0, 1.0]), SYMBOLS, held, 1_000.0, prices,
+                          EnvSettings(), rules)
+    assert [(o.symbol, o.side) for o in plan] == [("ETH/USD", "sell")]

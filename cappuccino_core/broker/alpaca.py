@@ -41,6 +41,7 @@ from alpaca.trading.enums import AssetClass, OrderSide, QueryOrderStatus, TimeIn
 from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, MarketOrderRequest
 
 from ..alpaca_http import AlpacaCalls, crypto_data_client, retryable, trading_client
+from ..config import ALPACA_MIN_ORDER_VALUE
 from .base import Account, AssetRule, OrderState, OrderStatus, Position
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class AlpacaBroker:
                 continue
             rules[s] = AssetRule(s, float(a.min_order_size or 0),
                                  float(a.min_trade_increment or 1e-9), bool(a.tradable),
-                                 float(a.price_increment) if a.price_increment else None)
+                                 float(a.price_increment) if a.price_increment else None,
+                                 min_notional=ALPACA_MIN_ORDER_VALUE)
         return rules
 
     def mark(self, prices: dict[str, float]) -> None:

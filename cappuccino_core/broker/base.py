@@ -65,6 +65,7 @@ class AssetRule:
     min_trade_increment: float
     tradable: bool = True
     price_increment: float | None = None  # for orders that send a price (limit orders)
+    min_notional: float = 0.0  # the venue's minimum order value, USD: below it, dust
 
 
 @dataclass

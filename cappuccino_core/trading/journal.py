@@ -54,6 +54,7 @@ class StateKey(str, enum.Enum):
     DECISION = "decision"
     COOLDOWN = "cooldown"
     MODE = "mode"
+    DUST = "dust"
 
 
 LIVE, REPLAY = "live", "replay"  # a trader's mode: a replay is history, never "running" or "behind"
@@ -68,6 +69,7 @@ class TraderState:
     decision: dict | None = None      # {"bar", "target", "ensemble"}: saved before any order
     cooldown: dict[str, str] = field(default_factory=dict)  # symbol -> no buying before (ISO)
     mode: str | None = None           # LIVE or REPLAY (None: a trader of an earlier release)
+    dust: dict[str, float] = field(default_factory=dict)  # symbol -> units too small to sell
 
 
 def traders_with_data(engine: Engine) -> list[str]:

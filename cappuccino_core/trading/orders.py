@@ -47,14 +47,24 @@ def client_order_id(trader: str, purpose: str, when: pd.Timestamp, symbol: str,
     return f"cap-{trader}-{purpose}-{when:%Y%m%d%H%M}-{symbol.split('/')[0]}-{side}"
 
 
+def dust(positions: dict[str, Position], prices: dict[str, float],
+         rules: dict[str, AssetRule]) -> dict[str, float]:
+    """{symbol: units} of the positions worth less than the venue's minimum order value: they
+    cannot be sold, so no order is planned for them (it would be refused bar after bar)."""
+    return {s: p.qty for s, p in positions.items()
+            if s in rules and s in prices and p.qty * prices[s] < rules[s].min_notional}
+
+
 def plan_rebalance(target_weights: np.ndarray, symbols: list[str],
                    positions: dict[str, Position], cash: float, prices: np.ndarray,
                    settings: EnvSettings, rules: dict[str, AssetRule],
                    no_buy: np.ndarray | None = None) -> list[PlannedOrder]:
     """Orders that move the holdings to `target_weights` (assets then cash); sells first;
     nothing bought of the assets in `no_buy` (cooling down after a stop). Orders the asset's
-    minimum size refuses come back marked `skip`."""
-    units = np.array([positions[s].qty if s in positions else 0.0 for s in symbols])
+    minimum size refuses come back marked `skip`; dust (`dust`) is left where it is."""
+    left = dust(positions, dict(zip(symbols, prices)), rules)
+    units = np.array([positions[s].qty if s in positions and s not in left else 0.0
+                      for s in symbols])
     t = lambda x: torch.as_tensor(np.asarray(x, dtype=float)[None])  # noqa: E731
     new_units, *_ = rebalance(t(units), torch.tensor([cash], dtype=torch.float64),
                               t(target_weights[:-1]), t(prices), settings,

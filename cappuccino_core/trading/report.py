@@ -34,7 +34,7 @@ def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
             "equity": None if snap is None else snap.equity,
             "cash": None if snap is None else snap.cash,
             "at": None if snap is None else snap.ts.isoformat(),
-            "halted": state.halted, "positions": positions}
+            "halted": state.halted, "positions": positions, "dust": state.dust}
 
 
 def render_trader_status(d: dict) -> str:
@@ -50,6 +50,9 @@ def render_trader_status(d: dict) -> str:
     for p in d["positions"]:
         lines.append(f"{p['symbol']:<10}{p['qty']:>16.8f}{p['entry'] or 0:>14.6g}"
                      f"{p['peak'] or 0:>14.6g}{p['stop_level'] or 0:>14.6g}")
+    if d["dust"]:
+        lines.append("dust (below the venue's minimum order value, not sold): " + ", ".join(
+            f"{s} {q:.10g}" for s, q in sorted(d["dust"].items())))
     return "\n".join(lines)
 
 

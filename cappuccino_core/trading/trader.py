@@ -37,10 +37,10 @@ from ..config import Config
 from ..ensemble.serving import Ensemble
 from ..env import apply_stops
 from .journal import Journal, StateKey, TraderState
-from .orders import PlannedOrder, affordable, client_order_id, plan_rebalance
+from .orders import PlannedOrder, affordable, client_order_id, dust, plan_rebalance
 
 log = logging.getLogger(__name__)
-STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE = StateKey
+STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE, DUST = StateKey
 # a rejection that names the asset rules (Alpaca: "qty must be in increments of ...",
 # "qty must be >= ...", "cost basis must be >= minimal amount of order ...")
 RULE_WORDS = re.compile(r"increment|qty must be|min(imum|imal)?[ _]", re.I)
@@ -133,6 +133,7 @@ class Trader:
         prices = self._prices()
         account = self.broker.account()
         positions = self.broker.positions()
+        self._note_dust(positions, prices)
         valued_at = prices if close is None else np.asarray(close, dtype=float)
         value = np.array([positions[s].qty * valued_at[i] if s in positions else 0.0
                           for i, s in enumerate(self.symbols)])
@@ -166,6 +167,19 @@ class Trader:
         self.snapshot(bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
         self._mark_processed(bar_time)
         return "traded"
+
+    def _note_dust(self, positions: dict, prices: np.ndarray) -> None:
+        """Positions worth less than the venue's minimum order value: left alone (an order
+        for them is refused), kept in the state and shown by `trader status`, said once."""
+        now = dust(positions, dict(zip(self.symbols, prices)), self.rules)
+        for s in sorted(set(now) - set(self.state.dust)):
+            msg = (f"{s}: {now[s]:.10g} units left, below the venue's minimum order value "
+                   f"({self.rules[s].min_notional:g} USD): dust, not sold")
+            log.warning(msg)
+            self.journal.event("warning", "dust", msg, {"symbol": s, "qty": now[s]})
+        if now != self.state.dust:
+            self.state.dust = now
+            self.journal.save_state(self.state, DUST)
 
     def _cooldown_share(self, bar_time: pd.Timestamp) -> np.ndarray:
         """Per symbol, the share of its re-entry cooldown still to wait at this decision (as
@@ -241,28 +255,42 @@ class Trader:
         a database outage the journal writes wait in memory, in order, and the order is still
         sent (its client order id makes a resend after a crash harmless)."""
         positions = self.broker.positions()
+        small = dust(positions, dict(exits), self.rules)
         plan = [PlannedOrder(s, "sell", positions[s].qty, "stop") for s, _ in exits
-                if s in positions]
+                if s in positions and s not in small]
         with self.journal.tolerant():
             for s, price in exits:
                 msg = f"stop exit {s} at {price:.6g} (peak {self.state.stops[s]['peak']:.6g})"
+                if s in small:
+                    msg += f": {small[s]:.10g} units are dust (below the venue's minimum " \
+                           "order value), not sent"
                 log.warning(msg)
                 self.journal.event("warning", "stop_exit", msg, {"symbol": s, "price": price})
             self._execute(plan, when)
             # not bought again for the next reentry_cooldown_bars decisions, the first being
-            # the bar this exit happened in; a stopped position starts afresh if it is
+            # the bar this exit happened in; a stopped position starts afresh if it is. An
+            # exit the broker refused keeps its stop (peak and entry): the next check sells.
+            after = self.broker.positions()
+            left = dust(after, dict(exits), self.rules)
             step = pd.Timedelta(seconds=self.cfg.bar_seconds)
             until = when.floor(step) + step * self.settings.reentry_cooldown_bars
             for s, _ in exits:
+                if s in after and s not in left:
+                    log.error("stop exit of %s refused: its stop is kept, the next check "
+                              "sells", s)
+                    continue
                 self.state.stops.pop(s, None)
                 if self.settings.reentry_cooldown_bars:
                     self.state.cooldown[s] = until.isoformat()
+            self.state.dust = {**self.state.dust, **left}
             self._update_stops(self._prices())
-            self.journal.save_state(self.state, STOPS, COOLDOWN)
+            self.journal.save_state(self.state, STOPS, COOLDOWN, DUST)
 
     def _update_stops(self, prices: np.ndarray) -> None:
-        """New positions start their stop at the entry price; closed ones lose it."""
-        positions = self.broker.positions()
+        """New positions start their stop at the entry price; closed ones, and dust (it cannot
+        be sold), lose it."""
+        positions = {s: p for s, p in self.broker.positions().items()
+                     if s not in self.state.dust}
         stops = self.state.stops
         for a, s in enumerate(self.symbols):
             if s in positions and s not in stops:
