@@ -75,6 +75,11 @@ class AlpacaEmulator:
     min_trade_increment: str = "0.000000001"  # a string, as Alpaca sends it
     fee_rate: float = 0.0025  # Alpaca's crypto taker fee (lowest volume tier)
     min_order_value: float = 1.0  # USD
+    # Alpaca calculates crypto fees and posts them at the end of the day (the issue this
+    # project follows, #27, quoting Alpaca's fee documentation): with this on, a fill moves
+    # the account by the trade alone, and `post_fees()` later takes what it owes
+    fees_posted_later: bool = False
+    pending_fees: list[tuple[str, str, Decimal, float]] = field(default_factory=list)
     fill_at_lookup: int = 2   # an order fills when it is looked up this many times
     rate_limit: int = 200     # requests per window, per API (trading, market data)
     rate_window_s: float = 60.0
@@ -220,6 +225,9 @@ class AlpacaEmulator:
         held = self.positions.get(plain, {"qty": Decimal(0), "avg": 0.0})
         if order["side"] == "buy":
             fee = (qty * Decimal(repr(self.fee_rate))).quantize(Decimal("1e-9"), ROUND_HALF_EVEN)
+            if self.fees_posted_later:  # taken from the asset when posted
+                self.pending_fees.append(("buy", plain, fee, 0.0))
+                fee = Decimal(0)
             received = qty - fee
             total = held["qty"] + received
             self.positions[plain] = {
@@ -228,7 +236,11 @@ class AlpacaEmulator:
             self.cash -= float(qty) * price
         else:
             left = held["qty"] - qty
-            self.cash += float(qty) * price * (1 - self.fee_rate)
+            fee_usd = float(qty) * price * self.fee_rate
+            if self.fees_posted_later:  # taken from the cash when posted
+                self.pending_fees.append(("sell", plain, Decimal(0), fee_usd))
+                fee_usd = 0.0
+            self.cash += float(qty) * price - fee_usd
             if left <= 0:
                 self.positions.pop(plain, None)
             else:
@@ -322,6 +334,16 @@ class AlpacaEmulator:
                 self._advance(o)
                 return 200, dict(o)
         return 404, {"code": 40410000, "message": "order not found"}
+
+    def post_fees(self) -> None:
+        """The end of the day: every fee owed is taken (a buy's from the asset, a sell's from
+        the cash)."""
+        with self._lock:
+            for side, plain, fee_qty, fee_usd in self.pending_fees:
+                if side == "buy" and plain in self.positions:
+                    self.positions[plain]["qty"] -= fee_qty
+                self.cash -= fee_usd
+            self.pending_fees.clear()
 
     def settle(self) -> None:
         """Let every open order run to its end (the market moves on without lookups)."""

@@ -635,3 +635,21 @@ def test_a_rebalance_plans_nothing_for_dust():
     plan = plan_rebalance(np.array([0.0, 0.0, 0.0, 1.0]), SYMBOLS, held, 1_000.0, prices,
                           EnvSettings(), rules)
     assert [(o.symbol, o.side) for o in plan] == [("ETH/USD", "sell")]
+
+
+def test_fees_posted_later_are_recorded_at_the_configured_rate_not_as_nothing(
+        emulator, tmp_path, shared_data):
+    """With Alpaca posting fees at the end of the day, a fill moves the account by the trade
+    alone: the fee measured from it would be 0. The configured rate stands in, and once the
+    fees are posted the journal's positions equal the broker's again."""
+    emu = emulator.emulator
+    emu.fees_posted_later = True
+    cfg, trader, broker, now = _bought(emulator, tmp_path, shared_data)
+    with trader.journal.engine.connect() as conn:
+        rows = conn.execute(sa.select(fills.c.qty, fills.c.price, fills.c.fee)).all()
+    assert rows and all(fee == pytest.approx(q * p * 0.0025, rel=1e-3) for q, p, fee in rows)
+    held = {s: p.qty for s, p in broker.positions().items()}
+    assert trader.journal.positions() != pytest.approx(held, abs=1e-12)  # owed, not taken
+    emu.post_fees()
+    held = {s: p.qty for s, p in broker.positions().items()}
+    assert trader.journal.positions() == pytest.approx(held, abs=2e-9)

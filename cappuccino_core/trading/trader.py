@@ -41,6 +41,8 @@ from .orders import PlannedOrder, affordable, client_order_id, dust, plan_rebala
 
 log = logging.getLogger(__name__)
 STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE, DUST = StateKey
+# A measured fee is believed between these multiples of the configured rate's.
+FEE_BAND = (0.5, 2.0)
 # a rejection that names the asset rules (Alpaca: "qty must be in increments of ...",
 # "qty must be >= ...", "cost basis must be >= minimal amount of order ...")
 RULE_WORDS = re.compile(r"increment|qty must be|min(imum|imal)?[ _]", re.I)
@@ -334,20 +336,31 @@ class Trader:
         return ({s: p.qty for s, p in self.broker.positions().items()},
                 self.broker.account().cash)
 
-    @staticmethod
-    def _with_fees(r: OrderState, before: tuple[dict, float],
+    def _with_fees(self, r: OrderState, before: tuple[dict, float],
                    after: tuple[dict, float]) -> OrderState:
-        """The fee the broker actually charged, from what the fill did to the account: a buy's
-        is taken from the asset (ordered units less the position's growth), a sell's from the
-        cash (the notional less the cash received)."""
+        """The fee the broker charged, from what the fill did to the account: a buy's is taken
+        from the asset (ordered units less the position's growth), a sell's from the cash (the
+        notional less the cash received). A measurement outside a sane band around the
+        configured rate (FEE_BAND) is not a fee: Alpaca may post fees later (CFEE activities,
+        at the end of the day) or update the account a moment after the status, and then the
+        fee would read as nothing, or as the whole fill. The configured rate stands in."""
         if r.filled_qty <= 0 or not r.filled_avg_price:
             return r
         if r.side == "buy":
             grew = after[0].get(r.symbol, 0.0) - before[0].get(r.symbol, 0.0)
             fee_qty = max(r.filled_qty - grew, 0.0)
-            return dataclasses.replace(r, fee_qty=fee_qty, fee=fee_qty * r.filled_avg_price)
-        fee = max(r.filled_qty * r.filled_avg_price - (after[1] - before[1]), 0.0)
-        return dataclasses.replace(r, fee=fee, fee_qty=0.0)
+            measured = dataclasses.replace(r, fee_qty=fee_qty, fee=fee_qty * r.filled_avg_price)
+        else:
+            fee = max(r.filled_qty * r.filled_avg_price - (after[1] - before[1]), 0.0)
+            measured = dataclasses.replace(r, fee=fee, fee_qty=0.0)
+        estimate = self._with_fee_estimate(r)
+        low, high = (estimate.fee * k for k in FEE_BAND)
+        if low - 1e-9 <= measured.fee <= high + 1e-9:
+            return measured
+        log.warning("order %s: the account moved by a fee of %.6g USD, the configured rate "
+                    "says %.6g: recorded at the configured rate", r.client_order_id,
+                    measured.fee, estimate.fee)
+        return estimate
 
     def _with_fee_estimate(self, r: OrderState) -> OrderState:
         """An order resolved after a restart: its fee at the configured rate (the account's
