@@ -508,15 +508,6 @@ def _add_training(sub, common) -> None:
                     "the path unit then runs the ensemble sync at once.")
     s_act.add_argument("name")
     s_act.set_defaults(func=cmd_study_activate)
-    dash = sub.add_parser(
-        "dashboard", parents=[common], help="optuna-dashboard with models from any store",
-        description="Serve optuna-dashboard on the configured storage with the configured "
-                    "artifact store (filesystem, s3 or database), so that every trial's model "
-                    "downloads from it. Needs optuna-dashboard installed (study list prints "
-                    "the pip line).")
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=positive_int, default=8080)
-    dash.set_defaults(func=cmd_dashboard)
     s_del = study.add_parser(
         "delete", parents=[common], help="delete a study, its trials and its models",
         description="Delete a study: its trials and their models in the artifact store. "
@@ -532,6 +523,15 @@ def _add_training(sub, common) -> None:
     s_imp.add_argument("--from", dest="source", required=True, help="source storage URL")
     s_imp.add_argument("--study", nargs="+", help="only these studies (default: all)")
     s_imp.set_defaults(func=cmd_study_import)
+    dash = sub.add_parser(
+        "dashboard", parents=[common], help="optuna-dashboard with models from any store",
+        description="Serve optuna-dashboard on the configured storage with the configured "
+                    "artifact store (filesystem, s3 or database), so that every trial's model "
+                    "downloads from it. Needs optuna-dashboard installed (study list prints "
+                    "the pip line).")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=positive_int, default=8080)
+    dash.set_defaults(func=cmd_dashboard)
 
     artifacts = _group(sub, "artifacts", "trial models in the artifact store",
                        "Trial models in the configured artifact store (artifacts.store).")
