@@ -78,6 +78,12 @@ def _is_date(v: str) -> bool:
         return False
 
 
+def _utc(v: str) -> dt.datetime:
+    """A checked date as an aware UTC time (a date without a zone is UTC)."""
+    d = dt.datetime.fromisoformat(v)
+    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+
+
 DATE = check("a date like 2023-01-01 (or 2023-01-01T12:00)", _is_date)
 FRACTION = check("a number in (0, 1)", _in_open_unit)
 POSITIVE = check("a number > 0", lambda v: v > 0)
@@ -94,11 +100,25 @@ def choice(*options: str) -> dict:
 
 # --- the schema -------------------------------------------------------------------------------
 
+def _keeps_data(url: str) -> bool:
+    """A PostgreSQL URL, or a SQLite URL naming a file: not `:memory:` nor an empty path,
+    which would keep nothing after the process ends (a study trained into thin air)."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgresql+psycopg2", "postgres"):
+        return bool(rest.strip())
+    path = rest.removeprefix("/")
+    return scheme == "sqlite" and rest.startswith("/") and bool(path.strip()) \
+        and ":memory:" not in path and not path.startswith("?") and "mode=memory" not in path
+
+
+NOT_BLANK = check("a path (not empty)", lambda v: bool(v.strip()))
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     url: str | None = field(default=None, metadata=check(
-        "a postgresql+psycopg2:// or sqlite:/// URL",
-        lambda v: v.startswith(("postgresql", "sqlite:///"))))
+        "a postgresql+psycopg2:// or sqlite:///PATH URL of a database that keeps what is "
+        "written (not :memory:, not an empty path)", _keeps_data))
     pool_size: int = field(default=5, metadata=between(1, 1000, "an integer"))
     max_overflow: int = field(default=10, metadata=between(0, 1000, "an integer"))
     sqlite_busy_timeout_s: float = field(default=30.0, metadata=between(0.1, 3600))
@@ -106,7 +126,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    state_dir: str = "/var/lib/cappuccino"
+    state_dir: str = field(default="/var/lib/cappuccino", metadata=NOT_BLANK)
     # the bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=), else <state_dir>/cache
     cache_dir: str | None = None
 
@@ -128,7 +148,7 @@ class ArtifactsConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = field(default="csv", metadata=choice("alpaca", "csv"))
-    csv_path: str | None = None  # None: the sample bundled with the package
+    csv_path: str | None = field(default=None, metadata=NOT_BLANK)  # None: the bundled sample
     symbols: list[str] = field(
         default_factory=lambda: ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD",
                                  "UNI/USD", "AAVE/USD"],
@@ -508,6 +528,9 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.risk.max_position_pct + cfg.risk.min_cash_reserve_pct <= 0:
         raise ConfigError(CONFIG_FILE, "risk.max_position_pct", cfg.risk.max_position_pct,
                           "room to hold something after the cash reserve")
+    if cfg.data.start and cfg.data.end and _utc(cfg.data.start) >= _utc(cfg.data.end):
+        raise ConfigError(CONFIG_FILE, "data.end", cfg.data.end,
+                          f"a date after data.start ({cfg.data.start})")
     if cfg.broker.kind == "alpaca" and not cfg.broker.paper:
         raise ConfigError(CONFIG_FILE, "broker.paper", False,
                           "true (Cappuccino trades Alpaca's paper account only)")

@@ -53,6 +53,14 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path):
     ({"ensemble": {"top_n": 3, "min_members": 5}}, "ensemble.min_members", "<= ensemble.top_n"),
     ({"training": {"cv_groups": 2.5}}, "training.cv_groups", "an integer"),
     ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql+psycopg2:// or sqlite:///"),
+    # storages that keep nothing, or no known driver (issue 29)
+    ({"storage": {"url": "sqlite:///:memory:"}}, "storage.url", "not :memory:"),
+    ({"storage": {"url": "sqlite:///"}}, "storage.url", "not an empty path"),
+    ({"storage": {"url": "postgresqlfoo://x"}}, "storage.url", "postgresql+psycopg2://"),
+    ({"paths": {"state_dir": ""}}, "paths.state_dir", "a path (not empty)"),
+    ({"data": {"csv_path": " "}}, "data.csv_path", "a path (not empty)"),
+    ({"data": {"start": "2023-06-01", "end": "2023-01-01T00:00+00:00"}}, "data.end",
+     "a date after data.start"),
     ({"broker": {"kind": "alpaca", "paper": False}}, "broker.paper", "paper account only"),
     # a live account with bars from files would never see a new bar
     ({"broker": {"kind": "alpaca"}}, "data.source", "needs live bars"),
