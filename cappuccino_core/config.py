@@ -468,10 +468,21 @@ def check_study_name(name, where: str = "command line", key: str = "--study") ->
     return name
 
 
+def _present(path: Path) -> bool:
+    """Whether a configuration file is there. A link to nowhere (dangling, or a loop) is not
+    an absent file to be replaced by defaults: it is an error naming it."""
+    if path.exists():
+        return True
+    if path.is_symlink():
+        raise ConfigError(str(path), "", _NO_VALUE, "a configuration file",
+                          got=f" (a link to nowhere: -> {os.readlink(path)})")
+    return False
+
+
 def load_active_study(config_dir: str | os.PathLike | None = None) -> str | None:
     """The study named in active_study.yaml, or None when the file does not exist."""
     path = resolve_config_dir(config_dir) / ACTIVE_STUDY_FILE
-    if not path.exists():
+    if not _present(path):
         return None
     raw = _read_yaml(path)
     if not isinstance(raw, dict) or set(raw) - {"study"}:
@@ -485,7 +496,7 @@ def load_config(config_dir: str | os.PathLike | None = None) -> Config:
     """Read and validate both files. A missing cappuccino.yaml means all defaults."""
     directory = resolve_config_dir(config_dir)
     path = directory / CONFIG_FILE
-    raw = _read_yaml(path) if path.exists() else {}
+    raw = _read_yaml(path) if _present(path) else {}
     cfg = _build(Config, raw, CONFIG_FILE)
     _check_cross_fields(cfg)
     read = tuple(str(p) for p in (path, directory / ACTIVE_STUDY_FILE) if p.exists())

@@ -176,3 +176,14 @@ def test_every_subcommand_has_help():
                     assert leaf.description, f"{name} {sub_name}"
                     seen += 1
     assert seen >= 2
+
+
+@pytest.mark.parametrize("name", ["cappuccino.yaml", "active_study.yaml"])
+def test_a_config_file_that_links_to_nowhere_is_an_error_not_the_defaults(tmp_path, name):
+    (tmp_path / name).symlink_to(tmp_path / "gone.yaml")
+    with pytest.raises(ConfigError, match="a link to nowhere"):
+        load_config(tmp_path)
+    (tmp_path / name).unlink()
+    (tmp_path / name).symlink_to(tmp_path / name)  # a loop
+    with pytest.raises(ConfigError, match=name):
+        load_config(tmp_path)
