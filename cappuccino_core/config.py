@@ -86,8 +86,6 @@ def _utc(v: str) -> dt.datetime:
 
 DATE = check("a date like 2023-01-01 (or 2023-01-01T12:00)", _is_date)
 FRACTION = check("a number in (0, 1)", _in_open_unit)
-POSITIVE = check("a number > 0", lambda v: v > 0)
-NON_NEGATIVE = check("a number >= 0", lambda v: v >= 0)
 
 
 def between(lo: float, hi: float, what: str = "a number") -> dict:
@@ -171,17 +169,17 @@ class DataConfig:
 class TrainingConfig:
     n_trials: int = field(default=100, metadata=between(1, 10_000_000, "an integer"))
     cv: str = field(default="cpcv", metadata=choice("cpcv", "walk_forward"))
-    cv_groups: int = field(default=6, metadata=check("an integer >= 2", lambda v: v >= 2))
-    cv_test_groups: int = field(default=2, metadata=POSITIVE)
-    embargo_hours: int = field(default=48, metadata=NON_NEGATIVE)
-    heldout_days: int = field(default=60, metadata=NON_NEGATIVE)
+    cv_groups: int = field(default=6, metadata=between(2, 100, "an integer"))
+    cv_test_groups: int = field(default=2, metadata=between(1, 99, "an integer"))
+    embargo_hours: int = field(default=48, metadata=between(0, 24 * 365, "an integer"))
+    heldout_days: int = field(default=60, metadata=between(0, 3650, "an integer"))
     pruner: str = field(default="median", metadata=choice("median", "none"))
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
     total_timesteps: int = field(default=200_000, metadata=between(1, 10**11, "an integer"))
     n_envs: int = field(default=64, metadata=between(1, 1_048_576, "an integer"))
     heartbeat_interval_s: int = field(default=30, metadata=between(1, 3600, "an integer"))
     heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
-    max_retry: int = field(default=2, metadata=NON_NEGATIVE)
+    max_retry: int = field(default=2, metadata=between(0, 100, "an integer"))
     compile_env: bool = False
     # how many of a trial's trainings (CV splits, final fit) train as one batched computation;
     # null: all of them on a GPU, 8 on a CPU (training/objective.py)
@@ -198,19 +196,19 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    top_n: int = field(default=10, metadata=POSITIVE)
-    min_members: int = field(default=5, metadata=POSITIVE)
-    keep_versions: int = field(default=5, metadata=POSITIVE)
+    top_n: int = field(default=10, metadata=between(1, 1000, "an integer"))
+    min_members: int = field(default=5, metadata=between(1, 1000, "an integer"))
+    keep_versions: int = field(default=5, metadata=between(1, 10_000, "an integer"))
     weighting: str = field(default="equal", metadata=choice("equal", "value"))
     # only trials whose CV value (excess Sharpe over equal-weight buy-and-hold, less a spread
     # penalty) reaches this join; null: any COMPLETE trial
-    min_value: float | None = 0.0
+    min_value: float | None = field(default=0.0, metadata=between(-100, 100))
     # what the trader trades while fewer than min_members qualify: cash (sell and wait),
     # hold_equal_weight (the benchmark, under the same risk rules), keep_current (the last
     # published version, however old or whatever it is)
     fallback: str = field(default="cash", metadata=choice("cash", "hold_equal_weight",
                                                           "keep_current"))
-    max_similar: int | None = field(default=None, metadata=POSITIVE)
+    max_similar: int | None = field(default=None, metadata=between(1, 1000, "an integer"))
     # A member trained under other risk rules or costs than the live ones (trailing stop,
     # stop loss, caps, fee, slippage, min notional): refused, or served with a warning.
     risk_mismatch: str = field(default="refuse", metadata=choice("refuse", "warn"))
@@ -244,8 +242,8 @@ class BrokerConfig:
                                                             lambda v: 0 <= v < 0.1))
     taker_fee: float = field(default=0.0025, metadata=check("a number in [0, 0.1)",
                                                             lambda v: 0 <= v < 0.1))
-    slippage_bps: float = field(default=5.0, metadata=NON_NEGATIVE)
-    min_order_notional: float = field(default=10.0, metadata=NON_NEGATIVE)
+    slippage_bps: float = field(default=5.0, metadata=between(0, 10_000))
+    min_order_notional: float = field(default=10.0, metadata=between(0, 1e9))
     initial_cash: float = field(default=100_000.0, metadata=between(1, 1e12))
     url_override: str | None = None
     api_key_id: str | None = None  # prefer systemd credentials or the environment
@@ -254,7 +252,7 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class DeployConfig:
-    min_improvement: float = field(default=0.1, metadata=NON_NEGATIVE)
+    min_improvement: float = field(default=0.1, metadata=between(0, 100))
     max_pbo: float = field(default=0.5, metadata=FRACTION)
     min_deflated_sharpe: float = field(default=0.5, metadata=check(
         "a number in [0, 1]", lambda v: 0 <= v <= 1))
@@ -263,8 +261,8 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    training_stall_minutes: float = field(default=120.0, metadata=POSITIVE)
-    ensemble_max_age_hours: float = field(default=24.0, metadata=POSITIVE)
+    training_stall_minutes: float = field(default=120.0, metadata=between(0.001, 525_600))
+    ensemble_max_age_hours: float = field(default=24.0, metadata=between(0.001, 87_600))
     drawdown_alert_pct: float = field(default=0.15, metadata=FRACTION)
     min_free_disk_pct: float = field(default=0.10, metadata=FRACTION)
     # Prometheus metrics for node_exporter's textfile collector (its --collector.textfile.

@@ -187,3 +187,32 @@ def test_a_config_file_that_links_to_nowhere_is_an_error_not_the_defaults(tmp_pa
     (tmp_path / name).symlink_to(tmp_path / name)  # a loop
     with pytest.raises(ConfigError, match=name):
         load_config(tmp_path)
+
+
+def _numeric_keys():
+    """Every numeric setting of the schema, as (section, key)."""
+    import dataclasses
+    import typing
+
+    from cappuccino_core.config import Config
+    out = []
+    for section in dataclasses.fields(Config):
+        if section.metadata.get("internal"):
+            continue
+        for f in dataclasses.fields(section.type if isinstance(section.type, type)
+                                    else typing.get_type_hints(Config)[section.name]):
+            hint = typing.get_type_hints(typing.get_type_hints(Config)[section.name])[f.name]
+            if {int, float} & set(typing.get_args(hint) or (hint,)):
+                out.append((section.name, f.name))
+    return out
+
+
+@pytest.mark.parametrize("section, key", _numeric_keys())
+def test_every_numeric_key_refuses_a_value_nothing_downstream_can_honour(tmp_path, section,
+                                                                         key):
+    """10^30 passed the check for eleven keys and failed later (OutOfBoundsTimedelta,
+    MemoryError): every number has an upper bound now, said with the key."""
+    write_config(tmp_path, {section: {key: 10**30}})
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert e.value.key == f"{section}.{key}"
