@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from .config import ConfigError, mask_text
 from .optuna_db import OptunaSchemaError
-from .storage import StorageEmpty
+from .storage import ForeignDatabase, StorageEmpty
 from .window import WindowError
 
 USAGE = 2
@@ -31,7 +31,7 @@ def describe(e: BaseException) -> tuple[int, str]:
         return USAGE, f"configuration error: {e}"
     if isinstance(e, WindowError):
         return USAGE, f"window error: {e}"
-    if isinstance(e, OptunaSchemaError):
+    if isinstance(e, OptunaSchemaError | ForeignDatabase):
         return USAGE, f"storage error: {e}"
     if isinstance(e, StorageEmpty):
         return RUNTIME, f"storage: {e}"

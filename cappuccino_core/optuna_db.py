@@ -41,6 +41,14 @@ FINISHED_STATES = ("COMPLETE", "PRUNED")
 STATES = ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING")
 
 
+# Optuna's tables (optuna/storages/_rdb/models.py) and its migration record
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes",
+    "trials", "trial_user_attributes", "trial_system_attributes", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_heartbeats", "version_info",
+    "alembic_version"})
+
+
 class OptunaSchemaError(Exception):
     """The storage's Optuna schema is one this release was not tested against."""
 

@@ -90,11 +90,38 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
+class ForeignDatabase(Exception):
+    """A database holding another application's tables: never written to."""
+
+
+def refuse_foreign(url: str) -> None:
+    """Before anything is written: a database whose tables are neither Optuna's nor ours is
+    someone else's (an empty one is fine), and is refused without a table created in it."""
+    from .config import mask_text
+    from .optuna_db import OPTUNA_TABLES
+    if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
+        return  # a new file: nothing there to protect
+    engine = sa.create_engine(driver_url(url))
+    try:
+        names = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    foreign = sorted(names - OPTUNA_TABLES - set(metadata.tables))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise ForeignDatabase(f"{mask_text(url)} holds tables that are neither Optuna's nor "
+                              f"Cappuccino's ({shown}): not written to; point storage.url at "
+                              "an empty database or one of Cappuccino's")
+
+
 def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         sqlite_busy_timeout_s: float = 30.0, heartbeat_interval: int | None = None,
                         grace_period: int | None = None,
                         heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
-    """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for."""
+    """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for.
+    Optuna creates its tables here: someone else's database is refused first."""
+    refuse_foreign(url)
     _ensure_sqlite_dir(url)
     _quiet_heartbeat_warnings()
     return optuna.storages.RDBStorage(
@@ -396,6 +423,7 @@ def _migrate_locked(engine: Engine, target: int) -> None:
 def open_app_db(url: str, **engine_options) -> Engine:
     """An engine on `url` with the app's tables created or upgraded to the current version."""
     from .optuna_db import check_schema
+    refuse_foreign(url)
     engine = make_engine(url, **engine_options)
     check_schema(engine)
     migrate(engine)

@@ -3,6 +3,7 @@
 import multiprocessing as mp
 
 import optuna
+import pytest
 import sqlalchemy as sa
 
 from cappuccino_core import storage
@@ -91,3 +92,29 @@ def test_concurrent_first_starts_do_not_collide(storage_url):
     with engine.connect() as conn:
         versions = conn.execute(sa.select(storage.schema.c.version)).scalars().all()
     assert sorted(versions) == list(range(1, storage.SCHEMA_VERSION + 1))
+
+
+def test_someone_elses_database_is_refused_before_a_table_is_written(storage_url, tmp_path,
+                                                                      capsys):
+    """Another application's database that happens to be reachable (even with tables named
+    like Optuna's): nothing is created in it, and the command says why in one line."""
+    from cappuccino_core import cli
+    from conftest import write_config
+    engine = sa.create_engine(storage.driver_url(storage_url))
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE customers (id INTEGER PRIMARY KEY)"))
+        conn.execute(sa.text("CREATE TABLE trials (id INTEGER PRIMARY KEY)"))
+    before = set(sa.inspect(engine).get_table_names())
+    with pytest.raises(storage.ForeignDatabase, match="customers"):
+        storage.open_app_db(storage_url)
+    with pytest.raises(storage.ForeignDatabase):
+        storage.make_optuna_storage(storage_url)
+    d = write_config(tmp_path / "etc", {"storage": {"url": storage_url}}, active_study="s")
+    assert cli.main(["ensemble", "sync", "--config-dir", str(d)]) == 2
+    assert "neither Optuna's nor Cappuccino's (customers)" in capsys.readouterr().err
+    assert set(sa.inspect(engine).get_table_names()) == before
+    engine.dispose()
+    # an empty database is fine
+    fresh = f"sqlite:///{tmp_path / 'empty.db'}"
+    sa.create_engine(fresh).connect().close()
+    assert storage.schema_version(storage.open_app_db(fresh)) == storage.SCHEMA_VERSION
