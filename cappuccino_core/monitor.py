@@ -163,10 +163,9 @@ TRADER_EVENTS = {"stop_exit": ("stop-exit", "warning"),
                  "recovered": ("trader-recovered", "info")}
 
 
-def _trader_events_not_alerted(engine: Engine) -> list:
-    """Stop exits, degradations and recoveries of live traders not alerted yet (a replay's
-    are history: never alerted)."""
-    live = set(live_traders(engine))
+def _trader_events_not_alerted(engine: Engine, live: set[str]) -> list:
+    """Stop exits, degradations and recoveries of the `live` traders not alerted yet (a
+    replay's are history: never alerted)."""
     with engine.connect() as conn:
         alerted = set(conn.execute(sa.select(events.c.incident_key).where(
             events.c.source == SOURCE,
@@ -186,7 +185,8 @@ def run_checks(cfg: Config, engine: Engine, units: dict | None = None) -> list[I
     seen: list[Incident] = []
     checks = [lambda: check_training(engine, cfg), lambda: check_ensemble(engine, cfg),
               lambda: check_disk(cfg), lambda: check_units(units or {})]
-    checks += [lambda name=name: check_trader(engine, cfg, name) for name in live_traders(engine)]
+    live = live_traders(engine)
+    checks += [lambda name=name: check_trader(engine, cfg, name) for name in live]
     failed = []
     for check in checks:
         try:
@@ -200,12 +200,14 @@ def run_checks(cfg: Config, engine: Engine, units: dict | None = None) -> list[I
         send_alert(cfg, incident.message, incident.message, incident.severity, "incident",
                    trader=incident.trader)
         open_incident(engine, incident)
+    still = {i.key for i in seen}
     for key, message in already.items():
-        if key not in {i.key for i in seen}:
+        if key not in still:
             send_alert(cfg, f"resolved: {key}", f"resolved: {message}", "info", "resolved")
             record_event(engine, SOURCE, "info", "resolved", f"resolved: {key}",
                          incident_key=key)
-    pending = sorted(_trader_events_not_alerted(engine), key=lambda r: (r.source, r.kind, r.id))
+    pending = sorted(_trader_events_not_alerted(engine, set(live)),
+                     key=lambda r: (r.source, r.kind, r.id))
     for (trader, kind), rows in itertools.groupby(pending, lambda r: (r.source, r.kind)):
         rows = list(rows)
         alert_kind, severity = TRADER_EVENTS[kind]

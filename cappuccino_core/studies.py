@@ -55,7 +55,7 @@ def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
 
     from .artifact_store import make_store
     from .ensemble.publish import current_manifest, ensembles_dir
-    from .optuna_db import study_exists, trial_count
+    from .optuna_db import STATES, study_exists, trial_count
     from .storage import trial_artifacts
     if name == cfg.active_study:
         raise StudyRefused(f"study {name!r} is the active study: activate another first "
@@ -66,7 +66,7 @@ def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
                            "serves: sync the active study's ensemble first")
     if not study_exists(engine, name):
         raise StudyRefused(f"study {name!r} does not exist in {cfg.storage_url.split('@')[-1]}")
-    trials = trial_count(engine, name, ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"))
+    trials = trial_count(engine, name, STATES)
     store = make_store(cfg, engine)
     with engine.connect() as conn:
         artifact_ids = list(conn.execute(select(trial_artifacts.c.artifact_id).where(
