@@ -194,7 +194,32 @@ fills = sa.Table(
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, default=_now),
     # A buy's fee as taken from the asset received: the position grows by qty - fee_qty.
     sa.Column("fee_qty", sa.Float, nullable=False, default=0.0, server_default="0",
-              info={"since": 5}))
+              info={"since": 5}),
+    # measured (the account moved by it at the fill) | estimated (the configured rate: the
+    # account said nothing believable) | booked (the broker's fee booking, Alpaca's CFEE)
+    sa.Column("fee_basis", sa.String(16), nullable=False, default="measured",
+              server_default="measured", info={"since": 7}),
+    # the account had not paid the fee at the fill: the broker posts it later
+    sa.Column("fee_deferred", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false(), info={"since": 7}),
+    # the bar whose decision first saw the booking (the account paid it before that decision)
+    sa.Column("booked_bar", sa.DateTime(timezone=True), info={"since": 7}))
+
+# The broker's fee bookings as read (Alpaca's CFEE activities): each is read once, and says
+# which fills it was put on (none: a booking the journal has no fill for).
+fee_bookings = sa.Table(
+    "cappuccino_fee_bookings", metadata,
+    sa.Column("trader", sa.String(64), primary_key=True),
+    sa.Column("activity_id", sa.String(128), primary_key=True),
+    sa.Column("date", sa.String(10), nullable=False),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Float, nullable=False),
+    sa.Column("usd", sa.Float, nullable=False),
+    sa.Column("fills", sa.Integer, nullable=False),  # how many fills it was put on
+    sa.Column("seen_bar", sa.DateTime(timezone=True)),
+    sa.Column("read_at", sa.DateTime(timezone=True), nullable=False, default=_now),
+    info={"since": 7})
 
 trader_state = sa.Table(
     "cappuccino_trader_state", metadata,
@@ -364,8 +389,21 @@ def _migration_6(conn: Connection) -> None:
     artifact_chunks.create(conn, checkfirst=True)
 
 
+def _migration_7(conn: Connection) -> None:
+    """Fees as the broker books them: each fill's fee basis, whether the account paid it at
+    the fill, the bar its booking was seen; the bookings read."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    for column in ("fee_basis VARCHAR(16) NOT NULL DEFAULT 'measured'",
+                   f"fee_deferred BOOLEAN NOT NULL DEFAULT {false}",
+                   "booked_bar TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql"
+                   else "booked_bar DATETIME"):
+        conn.execute(sa.text(f"ALTER TABLE cappuccino_fills ADD COLUMN {column}"))
+    fee_bookings.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3,
-                                                  _migration_4, _migration_5, _migration_6]
+                                                  _migration_4, _migration_5, _migration_6,
+                                                  _migration_7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import Config
 from .storage import equity_snapshots, events, fills, orders, record_event
+from .trading.journal import Journal
 
 SOURCE, KIND = "monitor", "daily-summary"
 
@@ -51,9 +53,11 @@ def compose(cfg: Config, engine: Engine, status: dict, now: datetime) -> str:
             stops = conn.execute(sa.select(sa.func.count()).select_from(events).where(
                 events.c.source == name, events.c.kind == "stop_exit",
                 events.c.ts >= since)).scalar()
+            fees = Journal(engine, name).fee_bases(pd.Timestamp(since))
             lines.append(f"trader {name}: equity {t['equity']:,.2f} ({pnl}), drawdown "
                          f"{t['drawdown']:.1%}, {t['positions']} positions, {trades} fills, "
-                         f"{stops} stop exits")
+                         f"{stops} stop exits; fees {fees['booked']} booked by the broker, "
+                         f"{fees['estimated']} estimated, {fees['measured']} measured")
     if not any(t["mode"] == "live" for t in status["traders"].values()):
         lines.append("trader: no live trader has recorded equity yet")
     e = status["ensemble"] or {}

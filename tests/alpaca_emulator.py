@@ -15,7 +15,10 @@ says where that is documented:
 - A crypto buy's fee is taken from the asset received; a sell's from the USD proceeds
   (alpaca-py issue #374: buying 0.1 BTC leaves a position of 0.09975; alpaca-java issue #148:
   the order keeps saying `filled_qty` 0.5 while the position holds less, and selling 0.5 is
-  refused). Positions keep 9 decimals.
+  refused). Positions keep 9 decimals. Each fill's fee is booked at the end of its day as a
+  `CFEE` account activity (https://alpaca.markets/docs/crypto/activities/: "Fees are
+  currently calculated and posted end of day"; `post_fees`, `new_day`), and with
+  `fees_posted_later` the account pays it only then.
 - Quantities must be whole numbers of the pair's `min_trade_increment` and at least its
   `min_order_size` (422 otherwise; https://docs.alpaca.markets/docs/crypto-trading, "Supported
   Coins").
@@ -75,11 +78,15 @@ class AlpacaEmulator:
     min_trade_increment: str = "0.000000001"  # a string, as Alpaca sends it
     fee_rate: float = 0.0025  # Alpaca's crypto taker fee (lowest volume tier)
     min_order_value: float = 1.0  # USD
-    # Alpaca calculates crypto fees and posts them at the end of the day (the issue this
-    # project follows, #27, quoting Alpaca's fee documentation): with this on, a fill moves
-    # the account by the trade alone, and `post_fees()` later takes what it owes
+    # "Fees are currently calculated and posted end of day" as CFEE account activities
+    # (https://alpaca.markets/docs/crypto/activities/): every fill's fee is booked by
+    # `post_fees()` (the end of the day), one activity per fill. With `fees_posted_later` the
+    # account pays it then too (a fill moves the account by the trade alone); without it,
+    # the account pays at the fill and the booking only records it.
     fees_posted_later: bool = False
-    pending_fees: list[tuple[str, str, Decimal, float]] = field(default_factory=list)
+    pending_fees: list[dict] = field(default_factory=list)  # fills whose fee is not booked
+    activities: list[dict] = field(default_factory=list)    # CFEE activities, as posted
+    today: str = field(default_factory=lambda: time.strftime("%Y-%m-%d", time.gmtime()))
     fill_at_lookup: int = 2   # an order fills when it is looked up this many times
     rate_limit: int = 200     # requests per window, per API (trading, market data)
     rate_window_s: float = 60.0
@@ -225,8 +232,9 @@ class AlpacaEmulator:
         held = self.positions.get(plain, {"qty": Decimal(0), "avg": 0.0})
         if order["side"] == "buy":
             fee = (qty * Decimal(repr(self.fee_rate))).quantize(Decimal("1e-9"), ROUND_HALF_EVEN)
+            self.pending_fees.append({"side": "buy", "plain": plain, "qty": fee, "usd": 0.0,
+                                      "price": price, "date": self.today})
             if self.fees_posted_later:  # taken from the asset when posted
-                self.pending_fees.append(("buy", plain, fee, 0.0))
                 fee = Decimal(0)
             received = qty - fee
             total = held["qty"] + received
@@ -237,8 +245,9 @@ class AlpacaEmulator:
         else:
             left = held["qty"] - qty
             fee_usd = float(qty) * price * self.fee_rate
+            self.pending_fees.append({"side": "sell", "plain": plain, "qty": Decimal(0),
+                                      "usd": fee_usd, "price": price, "date": self.today})
             if self.fees_posted_later:  # taken from the cash when posted
-                self.pending_fees.append(("sell", plain, Decimal(0), fee_usd))
                 fee_usd = 0.0
             self.cash += float(qty) * price - fee_usd
             if left <= 0:
@@ -336,14 +345,54 @@ class AlpacaEmulator:
         return 404, {"code": 40410000, "message": "order not found"}
 
     def post_fees(self) -> None:
-        """The end of the day: every fee owed is taken (a buy's from the asset, a sell's from
-        the cash)."""
+        """The end of the day: every fill's fee is booked as a CFEE activity (the shape of
+        Alpaca's example: qty negative for a fee in the asset, net_amount "0" then, and
+        negative USD for a fee in dollars) and, with `fees_posted_later`, taken: a buy's from
+        the asset; what the position no longer holds (sold since) is taken in USD at the fill
+        price, and a sell's from the cash. Stricter than assuming the fee is forgiven."""
         with self._lock:
-            for side, plain, fee_qty, fee_usd in self.pending_fees:
-                if side == "buy" and plain in self.positions:
-                    self.positions[plain]["qty"] -= fee_qty
-                self.cash -= fee_usd
+            for f in self.pending_fees:
+                qty, usd = f["qty"], f["usd"]
+                if self.fees_posted_later and f["side"] == "buy":
+                    held = self.positions.get(f["plain"], {"qty": Decimal(0)})["qty"]
+                    qty = min(qty, held)
+                    usd = float(f["qty"] - qty) * f["price"]
+                    if qty:
+                        self.positions[f["plain"]]["qty"] -= qty
+                        if self.positions[f["plain"]]["qty"] <= 0:
+                            self.positions.pop(f["plain"])
+                if self.fees_posted_later:
+                    self.cash -= usd
+                kind = "Non USD" if f["side"] == "buy" else "USD"
+                self.activities.append({
+                    "id": f"{f['date'].replace('-', '')}000000000::{uuid.uuid4()}",
+                    "activity_type": "CFEE", "date": f["date"], "net_amount": str(-usd),
+                    "description": f"Coin Pair Transaction Fee ({kind})",
+                    "symbol": f["plain"], "qty": str(-qty), "price": str(f["price"]),
+                    "status": "executed"})
             self.pending_fees.clear()
+
+    def new_day(self, day: str) -> None:
+        """The clock reaches `day` (YYYY-MM-DD): the day before is over, its fees posted."""
+        if day != self.today:
+            self.post_fees()
+            self.today = day
+
+    def fee_activities(self, q: dict) -> tuple[int, list]:
+        """`GET /v2/account/activities/CFEE` (https://docs.alpaca.markets/reference/
+        getaccountactivitiesbyactivitytype): `after`/`until` dates (exclusive), `direction`
+        (desc by default), `page_size` (at most 100), `page_token` (the last id seen)."""
+        size = int(q.get("page_size") or 100)
+        if not 1 <= size <= 100:
+            return 422, {"code": 42210000, "message": "page_size must be between 1 and 100"}
+        rows = [a for a in self.activities
+                if ("after" not in q or a["date"] > q["after"])
+                and ("until" not in q or a["date"] < q["until"])]
+        rows.sort(key=lambda a: a["id"], reverse=q.get("direction", "desc") == "desc")
+        if q.get("page_token"):
+            ids = [a["id"] for a in rows]
+            rows = rows[ids.index(q["page_token"]) + 1:] if q["page_token"] in ids else []
+        return 200, rows[:size]
 
     def settle(self) -> None:
         """Let every open order run to its end (the market moves on without lookups)."""
@@ -365,6 +414,8 @@ class AlpacaEmulator:
                 return 200, self.account()
             if method == "GET" and path == "/v2/positions":
                 return 200, [self.position_json(s, p) for s, p in self.positions.items()]
+            if method == "GET" and path == "/v2/account/activities/CFEE":
+                return self.fee_activities(query)
             if method == "GET" and path == "/v2/assets":
                 return self.assets(query)
             if method == "GET" and path.startswith("/v2/assets/"):

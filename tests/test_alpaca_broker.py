@@ -431,39 +431,69 @@ class EmulatedMarket(AlpacaBroker):
                          requests_per_minute=1_000_000, **kw)
         self.emu = emulator.emulator
 
-    def mark(self, prices):
+    def mark(self, prices, at=None):
+        """The replay's clock: its prices, and a new day posts the day before's fees."""
         self.emu.prices.update({s: float(p) for s, p in prices.items()})
+        if at is not None:
+            self.emu.new_day(f"{at:%Y-%m-%d}")
 
 
 SAMPLE_SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD"]
 
 
+@pytest.mark.parametrize("posted_later", [False, True], ids=["fees-at-fill", "fees-posted-later"])
 def test_a_replay_of_the_bundled_sample_through_alpaca_keeps_the_journal_equal_to_the_broker(
-        tmp_path):
+        tmp_path, posted_later):
     """Every bar of a replay of the bundled sample through AlpacaBroker and the emulator (fee
-    in the asset, asynchronous fills, sizes in increments): the journal's positions equal the
-    broker's to the last increment, and reconcile puts every difference on a cause."""
+    in the asset, asynchronous fills, sizes in increments, each day's fees booked as CFEE
+    activities at its end, and paid only then when `posted_later`): the journal's positions
+    and cash, plus the fees the broker has yet to take, equal the broker's to the last
+    increment; once the last bookings arrive they equal them outright, every fee is the
+    broker's booking, and reconcile explains every cent, bar by bar."""
     from cappuccino_core.trading.reconcile import reconcile
     from cappuccino_core.trading.replay import replay
-    emu = AlpacaEmulator(prices={s: 1.0 for s in SAMPLE_SYMBOLS}, rate_limit=1_000_000)
+    emu = AlpacaEmulator(prices={s: 1.0 for s in SAMPLE_SYMBOLS}, rate_limit=1_000_000,
+                         fees_posted_later=posted_later, today="2023-12-01")
     with RunningEmulator(emu) as running:
         cfg, engine, _ = setup_trader_env(tmp_path, None, data={"symbols": SAMPLE_SYMBOLS})
         broker = EmulatedMarket(running)
-        checked = []
+        checked, traders = [], []
 
         def journal_equals_broker(t, trader):
             held = {s: p.qty for s, p in broker.positions().items()}
-            mine = {s: q for s, q in trader.journal.positions().items() if abs(q) > 0}
-            assert mine == pytest.approx(held, abs=1e-9), trader.last_bar
-            checked.append(set(held))
+            owed, owed_usd = trader.journal.owed()
+            mine = {s: q + owed.get(s, 0.0) for s, q in trader.journal.positions().items()}
+            assert {s: q for s, q in mine.items() if abs(q) > 1e-12} == pytest.approx(
+                held, abs=1e-9), trader.last_bar
+            assert trader.journal.cash() + owed_usd == pytest.approx(broker.account().cash,
+                                                                     abs=1e-6)
+            checked.append((set(held), owed_usd > 0 or any(owed.values())))
+            traders[:] = [trader]
         replay(cfg, engine, "2023-12-01", "2023-12-15", name="alpaca", on_bar=journal_equals_broker,
                broker=broker)
-    assert len(checked) >= 300 and any(checked)  # it held positions, and was checked
+        trader = traders[0]
+        last = pd.Timestamp(trader.last_bar)
+        emu.new_day(f"{last + pd.Timedelta(days=1):%Y-%m-%d}")  # the last day's fees post
+        trader._book_fees(last + pd.Timedelta(hours=1))          # and are read at the next bar
+        journal = trader.journal
+        assert journal.owed() == ({}, 0.0)
+        held = {s: p.qty for s, p in broker.positions().items()}
+        assert {s: q for s, q in journal.positions().items() if abs(q) > 1e-12} == \
+            pytest.approx(held, abs=1e-9)
+        assert journal.cash() == pytest.approx(broker.account().cash, abs=1e-6)
+    assert len(checked) >= 300 and any(h for h, _ in checked)  # it held positions, and was checked
+    # fees owed between a fill and its day's end, when they are posted later; never otherwise
+    assert any(o for _, o in checked) == posted_later
     # positions sold out whole: the broker's exact quantity, no dust left behind
-    assert any(a - b for a, b in zip(checked, checked[1:]))
+    assert any(a - b for (a, _), (b, _) in zip(checked, checked[1:]))
     assert all(p["qty"] >= Decimal("0.000001") for p in emu.positions.values())
+    bases = journal.fee_bases()
+    assert bases["booked"] > 0 and bases["estimated"] == bases["measured"] == 0, bases
     rec = reconcile(cfg, engine, "alpaca")
     assert abs(rec.totals()["unexplained"]) < 0.01
+    assert max(abs(r.unexplained) for r in rec.rows) < 0.01  # every bar, not just the sum
+    posting = [r.causes["fee posting"] for r in rec.rows]
+    assert any(abs(x) > 0.01 for x in posting) == posted_later
 
 
 def test_a_request_that_timed_out_waiting_for_a_thread_is_never_sent():
@@ -559,6 +589,7 @@ def _bought(emulator, tmp_path, shared_data):
     trader = Trader(cfg, broker, engine, "paper", ens)
     trader.start()
     now = bars.index[-1] + pd.Timedelta(hours=1, seconds=10)
+    emulator.emulator.today = f"{now:%Y-%m-%d}"  # the emulated venue's day is the trader's
     assert trader.on_bar(bars.index[-1], compute_features(bars, "v1"), now) == "traded"
     assert broker.positions()
     return cfg, trader, broker, now
@@ -637,19 +668,63 @@ def test_a_rebalance_plans_nothing_for_dust():
     assert [(o.symbol, o.side) for o in plan] == [("ETH/USD", "sell")]
 
 
-def test_fees_posted_later_are_recorded_at_the_configured_rate_not_as_nothing(
-        emulator, tmp_path, shared_data):
+def test_fees_posted_later_are_estimated_until_the_broker_books_them(emulator, tmp_path,
+                                                                    shared_data):
     """With Alpaca posting fees at the end of the day, a fill moves the account by the trade
-    alone: the fee measured from it would be 0. The configured rate stands in, and once the
-    fees are posted the journal's positions equal the broker's again."""
+    alone: the fee measured from it would be 0. The configured rate stands in, marked
+    estimated and owed; once the day's CFEE activities are posted, the next bar books them:
+    each fill then carries the broker's fee, nothing is owed, the journal's positions equal
+    the broker's, and the daily summary counts the fees booked."""
+    from cappuccino_core.summary import compose
     emu = emulator.emulator
     emu.fees_posted_later = True
+    emu.fee_rate = 0.0022  # the venue's tier differs from the configured 0.25 %
     cfg, trader, broker, now = _bought(emulator, tmp_path, shared_data)
-    with trader.journal.engine.connect() as conn:
-        rows = conn.execute(sa.select(fills.c.qty, fills.c.price, fills.c.fee)).all()
-    assert rows and all(fee == pytest.approx(q * p * 0.0025, rel=1e-3) for q, p, fee in rows)
+
+    def recorded():
+        with trader.journal.engine.connect() as conn:
+            return conn.execute(sa.select(fills.c.qty, fills.c.price, fills.c.fee,
+                                          fills.c.fee_basis, fills.c.fee_deferred)).all()
+    rows = recorded()
+    assert rows and all(fee == pytest.approx(q * p * 0.0025, rel=1e-3) and basis == "estimated"
+                        and deferred for q, p, fee, basis, deferred in rows)
     held = {s: p.qty for s, p in broker.positions().items()}
+    owed, _ = trader.journal.owed()
     assert trader.journal.positions() != pytest.approx(held, abs=1e-12)  # owed, not taken
-    emu.post_fees()
+    assert {s: q + owed[s] for s, q in trader.journal.positions().items()} == pytest.approx(
+        held, abs=2e-9)
+    trader._book_fees(pd.Timestamp(trader.last_bar) + pd.Timedelta(hours=1))
+    assert all(basis == "estimated" for *_, basis, _ in recorded())  # nothing posted yet
+    emu.new_day("2099-01-01")  # the day ends: its fees are posted as CFEE activities
+    trader._book_fees(pd.Timestamp(trader.last_bar) + pd.Timedelta(hours=1))
+    rows = recorded()
+    assert all(fee == pytest.approx(q * p * 0.0022, rel=1e-3) and basis == "booked"
+               for q, p, fee, basis, _ in rows)
+    assert trader.journal.owed() == ({}, 0.0)
     held = {s: p.qty for s, p in broker.positions().items()}
     assert trader.journal.positions() == pytest.approx(held, abs=2e-9)
+    assert trader.journal.cash() == pytest.approx(broker.account().cash, abs=1e-6)
+    status = {"traders": {"paper": {"mode": "live", "equity": 1.0, "drawdown": 0.0,
+                                    "positions": len(held)}},
+              "ensemble": None, "training": None, "active_study": "live",
+              "health": {"level": "ok", "problems": []}}
+    text = compose(cfg, trader.journal.engine, status, (now + pd.Timedelta(hours=2)).to_pydatetime())
+    assert f"{len(rows)} fills, 0 stop exits; fees {len(rows)} booked by the broker, 0 estimated" in text
+
+
+def test_a_booking_with_no_fill_is_reported_and_read_once(emulator, tmp_path, shared_data):
+    """A CFEE for a day the journal has no fill of (a fill it never saw, or another day's
+    clock) is not put on some other fill: it is said, once, as an event."""
+    emu = emulator.emulator
+    cfg, trader, broker, now = _bought(emulator, tmp_path, shared_data)
+    for f in emu.pending_fees:
+        f["date"] = "2001-01-01"  # not the trader's day: nothing of the journal's matches
+    emu.new_day("2099-01-01")
+    seen = pd.Timestamp(trader.last_bar)
+    first = trader.journal.book_fees(broker.fee_bookings("2000-12-31"), seen)
+    again = trader.journal.book_fees(broker.fee_bookings("2000-12-31"), seen)
+    assert len(first) == len(emu.activities) > 0 and "no fill of that day" in first[0]
+    assert again == []  # every booking was read before: said once
+    with trader.journal.engine.connect() as conn:
+        kinds = conn.execute(sa.select(fills.c.fee_basis)).scalars().all()
+    assert kinds and set(kinds) == {"measured"}  # measured at the fill, left as it was

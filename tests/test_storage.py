@@ -59,13 +59,17 @@ def test_upgrade_from_older_schema_keeps_rows(storage_url):
     assert "incident_key" not in {c["name"] for c in sa.inspect(engine).get_columns("cappuccino_events")}
 
     upgraded = storage.open_app_db(storage_url)  # a newer release starts on the old database
-    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 6
+    assert storage.schema_version(upgraded) == storage.SCHEMA_VERSION == 7
     with upgraded.connect() as conn:
         row = conn.execute(sa.select(storage.events)).one()
         assert row.message == "kept" and row.incident_key is None
         assert conn.execute(sa.select(storage.orders.c.qty)).scalar() == 0.5
         # a fill from before buy fees were taken in the asset: fee_qty 0
         assert conn.execute(sa.select(storage.fills.c.fee_qty)).scalar() == 0.0
+        # and its fee as the account measured it, paid at the fill
+        old = conn.execute(sa.select(storage.fills.c.fee_basis, storage.fills.c.fee_deferred,
+                                     storage.fills.c.booked_bar)).one()
+        assert tuple(old) == ("measured", False, None)
         # the book moved into its own table, as the account of the trader 'paper'
         account = conn.execute(sa.select(storage.sim_accounts)).one()
         assert (account.account, account.cash) == ("paper", 1234.5)

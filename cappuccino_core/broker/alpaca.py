@@ -20,6 +20,8 @@ behaviour is emulated, with its source, in tests/alpaca_emulator.py):
 - A crypto buy's fee is taken from the asset received (alpaca-py issue #374: buying 0.1
   leaves 0.09975), while the order still says `filled_qty` 0.1: the trader measures the fee
   from the position (trading/trader.py), and a full exit sells the position's exact quantity.
+  Alpaca books crypto fees as `CFEE` account activities at the end of the day
+  (`fee_bookings`); the trader puts them on its fills (trading/journal.py `book_fees`).
 - Rejections (insufficient balance, a size off the increment) come back as a rejected order
   with Alpaca's message.
 - Crypto positions come back as `BTCUSD`; they are mapped to the configured `BTC/USD`. Asset
@@ -35,6 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 from alpaca.common.exceptions import APIError
 from alpaca.data.requests import CryptoLatestTradeRequest
 from alpaca.trading.enums import AssetClass, OrderSide, QueryOrderStatus, TimeInForce
@@ -42,12 +45,13 @@ from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, MarketOr
 
 from ..alpaca_http import AlpacaCalls, crypto_data_client, retryable, trading_client
 from ..config import ALPACA_MIN_ORDER_VALUE
-from .base import Account, AssetRule, OrderState, OrderStatus, Position
+from .base import Account, AssetRule, FeeBooking, OrderState, OrderStatus, Position
 
 log = logging.getLogger(__name__)
 
 
 RULES_MAX_AGE_S = 24 * 3600  # the asset list is asked for again after this
+ACTIVITY_PAGE = 100  # account activities per page (Alpaca's largest page)
 
 
 class DecimalMarketOrder(MarketOrderRequest):
@@ -151,8 +155,42 @@ class AlpacaBroker:
                                  min_notional=ALPACA_MIN_ORDER_VALUE)
         return rules
 
-    def mark(self, prices: dict[str, float]) -> None:
+    def mark(self, prices: dict[str, float], at=None) -> None:
         """Alpaca has its own market: the trader's clock prices change nothing here."""
+
+    def fee_bookings(self, since: str) -> list[FeeBooking]:
+        """The crypto fees Alpaca booked for trades on or after the day `since`: its `CFEE`
+        account activities (https://alpaca.markets/docs/crypto/activities/: "Fees are
+        currently calculated and posted end of day"), oldest first, every page. alpaca-py
+        0.44 has no call for account activities, so its public `get` reads the endpoint
+        (`GET /v2/account/activities/CFEE`), and the objects are read here: the trading API's
+        carry no `account_id`, which alpaca-py's NonTradeActivity model requires."""
+        out, token = [], None
+        while True:
+            # `after` is exclusive: the day before `since`
+            params = {"after": str(pd.Timestamp(since).date() - pd.Timedelta(days=1)),
+                      "direction": "asc", "page_size": ACTIVITY_PAGE}
+            if token:
+                params["page_token"] = token
+            page = self._call("fee activities", self.trading.get,
+                              "/account/activities/CFEE", params) or []
+            out += [self._booking(a) for a in page if a.get("activity_type") == "CFEE"]
+            if len(page) < ACTIVITY_PAGE:
+                return out
+            token = page[-1]["id"]
+
+    def _booking(self, a: dict) -> FeeBooking:
+        """One CFEE activity as ours: `qty` (negative) is what was taken from the asset,
+        `net_amount` (negative) what was taken in USD; "(Non USD)" in its description marks
+        a fee on the asset received, a buy's (Alpaca's example: qty "-0.000195",
+        net_amount "0", "Coin Pair Transaction Fee (Non USD)")."""
+        plain = str(a.get("symbol") or "").replace("/", "")
+        qty, usd = -float(a.get("qty") or 0), -float(a.get("net_amount") or 0)
+        side = "buy" if "non usd" in str(a.get("description", "")).lower() or qty > 0 \
+            else "sell"
+        return FeeBooking(str(a["id"]), str(a["date"])[:10], self.by_plain.get(plain, plain),
+                          side, max(qty, 0.0), max(usd, 0.0),
+                          float(a["price"]) if a.get("price") else None)
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]:
         trades = self._call("latest trades", self.data.get_crypto_latest_trade,

@@ -81,6 +81,8 @@ class OrderState:
     broker_id: str | None = None
     reason: str | None = None  # why it was rejected
     fee_qty: float = 0.0   # a buy's fee, taken from the asset received
+    fee_basis: str = "measured"  # measured (the account moved by it) | estimated | booked
+    fee_deferred: bool = False   # the account had not paid it at the fill: posted later
 
     def __post_init__(self):
         self.status = OrderStatus(self.status)
@@ -88,6 +90,20 @@ class OrderState:
     @property
     def final(self) -> bool:
         return self.status.final
+
+
+@dataclass
+class FeeBooking:
+    """A fee the broker booked after the fact (Alpaca: a `CFEE` account activity, posted at the
+    end of the day, not tied to an order): what it took from one asset's position, and in
+    USD."""
+    activity_id: str
+    date: str              # YYYY-MM-DD, the trades' day
+    symbol: str            # as configured (BTC/USD)
+    side: str              # buy (taken from the asset received) | sell (from the USD)
+    qty: float             # units taken from the asset (>= 0)
+    usd: float             # USD taken from the cash (>= 0)
+    price: float | None = None  # the asset's price the fee was valued at
 
 
 class Broker(Protocol):
@@ -102,10 +118,14 @@ class Broker(Protocol):
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]: ...
 
-    def mark(self, prices: dict[str, float]) -> None:
-        """The prices of the moment on the trader's clock (the closed bar's close live, the
-        next open in a replay). A simulated broker fills and values at them; a real one has
-        its own market and ignores them."""
+    def mark(self, prices: dict[str, float], at=None) -> None:
+        """The prices of the moment `at` on the trader's clock (the closed bar's close live,
+        the next open in a replay). A simulated broker fills and values at them; a real one
+        has its own market and ignores them."""
+
+    def fee_bookings(self, since: str) -> list[FeeBooking]:
+        """Fees booked after the fact for trades on or after the day `since` (YYYY-MM-DD);
+        none where fees are charged at the fill and nothing is posted later."""
 
     def submit_market_order(self, symbol: str, side: str, qty: float,
                             client_order_id: str) -> OrderState: ...

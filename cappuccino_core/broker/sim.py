@@ -66,9 +66,13 @@ class SimBroker:
 
     # --- prices --------------------------------------------------------------------------
 
-    def mark(self, prices: dict[str, float]) -> None:
+    def mark(self, prices: dict[str, float], at=None) -> None:
         """Set the prices orders fill at and positions are valued at."""
         self.prices.update({s: float(p) for s, p in prices.items()})  # no numpy into the DB
+
+    def fee_bookings(self, since: str) -> list:
+        """None: this broker charges each fee at its fill, nothing is posted later."""
+        return []
 
     def latest_prices(self, symbols: list[str]) -> dict[str, float]:
         return {s: self.prices[s] for s in symbols if s in self.prices}

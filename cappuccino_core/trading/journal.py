@@ -23,8 +23,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..broker.base import FINAL, OrderState, OrderStatus
-from ..storage import decisions, equity_snapshots, fills, orders, record_event, trader_state
+from ..broker.base import FINAL, FeeBooking, OrderState, OrderStatus
+from ..storage import (decisions, equity_snapshots, fee_bookings, fills, orders, record_event,
+                       trader_state)
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +230,12 @@ class Journal:
             conn.execute(orders.update().where(orders.c.client_order_id == coid).values(
                 status=OrderStatus.NOT_SENT.value, updated_at=datetime.now(timezone.utc)))
 
-    def record_result(self, r: OrderState) -> None:
+    def record_result(self, r: OrderState, at: pd.Timestamp | None = None) -> None:
         """The broker's answer about an order: its status, and a fill row for what was newly
-        filled since the last answer."""
-        self._run(lambda: self._record_result(r))
+        filled since the last answer, at `at` on the trader's clock (default now)."""
+        self._run(lambda: self._record_result(r, at))
 
-    def _record_result(self, r: OrderState) -> None:
+    def _record_result(self, r: OrderState, at: pd.Timestamp | None) -> None:
         new = OrderStatus(r.status)
         with self.engine.begin() as conn:
             old, prev, prev_avg = self._status(conn, r.client_order_id)
@@ -252,7 +253,9 @@ class Journal:
                 price = (r.filled_qty * r.filled_avg_price - prev * (prev_avg or 0.0)) / new
                 conn.execute(fills.insert().values(
                     client_order_id=r.client_order_id, symbol=r.symbol, side=r.side,
-                    qty=new, price=price, fee=r.fee * share, fee_qty=r.fee_qty * share))
+                    qty=new, price=price, fee=r.fee * share, fee_qty=r.fee_qty * share,
+                    fee_basis=r.fee_basis, fee_deferred=r.fee_deferred,
+                    ts=(at if at is not None else pd.Timestamp.now(tz="UTC")).to_pydatetime()))
         if new is OrderStatus.REJECTED:
             log.error("order %s rejected: %s", r.client_order_id, r.reason)
             self.event("error", "order_rejected", f"{r.client_order_id}: {r.reason}")
@@ -283,15 +286,118 @@ class Journal:
                     positions=positions, stops=_copy(stops), cooldown=dict(cooldown)))
         self._run(write)
 
+    # --- fees the broker books later -------------------------------------------------------
+
+    def _fills(self):
+        mine = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
+        return fills.c.client_order_id.in_(mine)
+
+    def unbooked_since(self, horizon: pd.Timestamp) -> str | None:
+        """The day (YYYY-MM-DD) of this trader's oldest fill since `horizon` whose fee the
+        broker has not booked; None when every one is booked."""
+        with self.engine.connect() as conn:
+            oldest = conn.execute(sa.select(sa.func.min(fills.c.ts)).where(
+                self._fills(), fills.c.fee_basis != "booked",
+                fills.c.ts >= horizon.to_pydatetime())).scalar()
+        return None if oldest is None else f"{pd.Timestamp(oldest):%Y-%m-%d}"
+
+    def book_fees(self, bookings: list[FeeBooking], seen_bar: pd.Timestamp) -> list[str]:
+        """Put the broker's fee bookings on the fills they are for: Alpaca's CFEE names no
+        order, so a booking goes to that day's fills of its symbol and side, shared in
+        proportion to their notional; the first booking of a fill replaces its recorded fee
+        (estimated or measured), later ones add to it. Each booking is read once. Returns a
+        line for each booking no fill was found for."""
+        with self.engine.connect() as conn:
+            seen = set(conn.execute(sa.select(fee_bookings.c.activity_id).where(
+                fee_bookings.c.trader == self.trader)).scalars())
+        new = [b for b in bookings if b.activity_id not in seen]
+        groups: dict[tuple, list[FeeBooking]] = {}
+        for b in new:
+            groups.setdefault((b.date, b.symbol, b.side), []).append(b)
+        unmatched = []
+        with self.engine.begin() as conn:
+            for (day, symbol, side), group in groups.items():
+                start = pd.Timestamp(day, tz="UTC")
+                rows = conn.execute(sa.select(fills).where(
+                    self._fills(), fills.c.symbol == symbol, fills.c.side == side,
+                    fills.c.ts >= start.to_pydatetime(),
+                    fills.c.ts < (start + pd.Timedelta(days=1)).to_pydatetime())).all()
+                qty, usd = sum(b.qty for b in group), sum(b.usd for b in group)
+                notional = sum(r.qty * r.price for r in rows)
+                if not rows or notional <= 0:
+                    unmatched.append(f"{symbol} {side} fees of {day}: {qty:.10g} units and "
+                                     f"{usd:.6g} USD booked, no fill of that day in the journal")
+                for r in rows:
+                    w = r.qty * r.price / notional
+                    fee_qty, fee = (r.fee_qty, r.fee) if r.fee_basis == "booked" else (0.0, 0.0)
+                    fee_qty += qty * w
+                    fee += qty * w * r.price + usd * w
+                    conn.execute(fills.update().where(fills.c.id == r.id).values(
+                        fee=fee, fee_qty=fee_qty, fee_basis="booked",
+                        booked_bar=r.booked_bar or seen_bar.to_pydatetime()))
+                for b in group:
+                    conn.execute(fee_bookings.insert().values(
+                        trader=self.trader, activity_id=b.activity_id, date=b.date,
+                        symbol=b.symbol, side=b.side, qty=b.qty, usd=b.usd, fills=len(rows),
+                        seen_bar=seen_bar.to_pydatetime()))
+                for coid in {r.client_order_id for r in rows}:  # the order's total
+                    total = conn.execute(sa.select(sa.func.sum(fills.c.fee)).where(
+                        fills.c.client_order_id == coid)).scalar()
+                    conn.execute(orders.update().where(orders.c.client_order_id == coid)
+                                 .values(fee=total))
+        return unmatched
+
+    def owed(self) -> tuple[dict[str, float], float]:
+        """Fees the account has not paid yet (deferred at the fill, not booked): units per
+        asset, and USD. The broker's positions less these, and its cash less these, are what
+        the journal's fills add up to."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(fills.c.symbol, fills.c.side, fills.c.fee,
+                                          fills.c.fee_qty, fills.c.price).where(
+                self._fills(), fills.c.fee_deferred, fills.c.fee_basis != "booked")).all()
+        units: dict[str, float] = {}
+        usd = 0.0
+        for r in rows:
+            if r.side == "buy":
+                units[r.symbol] = units.get(r.symbol, 0.0) + r.fee_qty
+                usd += r.fee - r.fee_qty * r.price
+            else:
+                usd += r.fee
+        return units, usd
+
+    def cash(self) -> float | None:
+        """What the journal's fills add up to in cash, from the cash of its first snapshot:
+        sells bring their notional less the fee, buys cost theirs (and the part of a fee
+        taken in USD). None before the first snapshot."""
+        with self.engine.connect() as conn:
+            first = conn.execute(sa.select(equity_snapshots.c.cash).where(
+                equity_snapshots.c.trader == self.trader)
+                .order_by(equity_snapshots.c.id).limit(1)).scalar()
+            if first is None:
+                return None
+            flows = conn.execute(sa.select(fills.c.side, fills.c.qty, fills.c.price,
+                                           fills.c.fee, fills.c.fee_qty).where(
+                self._fills())).all()
+        return first + sum(q * p - fee if side == "sell" else -(q * p + fee - fq * p)
+                           for side, q, p, fee, fq in flows)
+
+    def fee_bases(self, since: pd.Timestamp | None = None) -> dict[str, int]:
+        """How many fills' fees are measured, estimated and booked (since `since`)."""
+        q = sa.select(fills.c.fee_basis, sa.func.count()).where(self._fills())
+        if since is not None:
+            q = q.where(fills.c.ts >= since.to_pydatetime())
+        with self.engine.connect() as conn:
+            got = dict(conn.execute(q.group_by(fills.c.fee_basis)).all())
+        return {b: int(got.get(b, 0)) for b in ("measured", "estimated", "booked")}
+
     def positions(self) -> dict[str, float]:
         """What the journal's fills add up to, per symbol: bought less the fee taken from the
         asset, less sold. After every bar it must equal the broker's positions."""
         signed = sa.case((fills.c.side == "buy", fills.c.qty - fills.c.fee_qty),
                          else_=-fills.c.qty)
-        mine = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(fills.c.symbol, sa.func.sum(signed))
-                                .where(fills.c.client_order_id.in_(mine))
+                                .where(self._fills())
                                 .group_by(fills.c.symbol)).all()
         return {symbol: float(q) for symbol, q in rows}
 
@@ -305,9 +411,8 @@ class Journal:
     def reset(self) -> None:
         """Forget this trader: its state, orders, fills and snapshots (a fresh replay)."""
         with self.engine.begin() as conn:
-            ids = sa.select(orders.c.client_order_id).where(orders.c.trader == self.trader)
-            conn.execute(fills.delete().where(fills.c.client_order_id.in_(ids)))
-            for table in (orders, trader_state, equity_snapshots, decisions):
+            conn.execute(fills.delete().where(self._fills()))
+            for table in (orders, trader_state, equity_snapshots, decisions, fee_bookings):
                 conn.execute(table.delete().where(table.c.trader == self.trader))
 
     # --- reporting -----------------------------------------------------------------------

@@ -199,7 +199,7 @@ class LiveLoop:
         if quiet:  # no print in the bar (Alpaca emits none without trades): not a reason to wait
             log.warning("bar %s: no bar for %s; flat at the last close", bar_time,
                         ", ".join(quiet))
-        self.broker.mark(dict(zip(bars.symbols, bars.close[-1])))
+        self.broker.mark(dict(zip(bars.symbols, bars.close[-1])), at=now)
         features = compute_features(bars, self.cfg.data.feature_set)
         result = self.trader.on_bar(bar_time, features, now, close=bars.close[-1], quiet=quiet)
         log.info("bar %s: %s", bar_time, result)

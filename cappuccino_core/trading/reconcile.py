@@ -8,7 +8,10 @@ really had at the first decision. Both sides trade the same targets, so what dif
 execution, and every dollar of difference is put on a cause:
 
 - **fill price**: the same quantity bought or sold at another price (a rebalance fill);
-- **fee**: fees charged differ from the modelled rate;
+- **fee**: fees charged differ from the modelled rate (the broker's booked fee, once booked);
+- **fee posting**: a fee the broker took after the fill (Alpaca posts crypto fees at the end
+  of the day): the account is ahead by it from the fill until the decision that saw its
+  booking, then pays it (what the units not yet taken earned meanwhile is here too);
 - **skipped order**: the replay trades a quantity the trader did not (below the asset's
   minimum, rejected, never sent), and what that position then earned or lost;
 - **stop**: a stop exit that differs (one side only, or at another price or size);
@@ -40,7 +43,8 @@ from ..data import load_bars
 from ..env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
 from ..storage import decisions, fills, orders
 
-CAUSES = ("fill price", "fee", "skipped order", "stop", "quiet bar", "fill quantity")
+CAUSES = ("fill price", "fee", "fee posting", "skipped order", "stop", "quiet bar",
+          "fill quantity")
 NOT_TRADED = ("skipped", "rejected", "not_sent", "canceled", "expired")
 
 
@@ -50,6 +54,12 @@ class Trade:
     price: float
     fee: float          # USD; a buy's: the units taken, valued at the fill price
     fee_qty: float = 0.0
+    deferred: bool = False  # the account paid it after the fill
+
+    def fee_at(self, price: float) -> float:
+        """The fee valued at `price`: the units taken from the asset at that price, plus
+        what was taken in USD."""
+        return self.fee_qty * price + self.fee - self.fee_qty * self.price
 
 
 @dataclass
@@ -121,7 +131,7 @@ def _live_trades(engine: Engine, trader: str, bar: pd.Timestamp, nxt: pd.Timesta
         rows = conn.execute(
             sa.select(orders.c.symbol, orders.c.side, orders.c.reason, orders.c.status,
                       orders.c.bar_time, fills.c.qty, fills.c.price, fills.c.fee,
-                      fills.c.fee_qty)
+                      fills.c.fee_qty, fills.c.fee_deferred)
             .select_from(orders.outerjoin(fills, fills.c.client_order_id
                                           == orders.c.client_order_id))
             .where(orders.c.trader == trader,
@@ -134,10 +144,30 @@ def _live_trades(engine: Engine, trader: str, bar: pd.Timestamp, nxt: pd.Timesta
     not_traded = []
     for r in rows:
         if r.qty is not None:
-            side.add(r.symbol, r.reason, r.side, Trade(r.qty, r.price, r.fee, r.fee_qty))
+            side.add(r.symbol, r.reason, r.side,
+                     Trade(r.qty, r.price, r.fee, r.fee_qty, bool(r.fee_deferred)))
         elif r.status in NOT_TRADED:
             not_traded.append((r.symbol, r.side, r.status))
     return side, not_traded
+
+
+@dataclass
+class Posting:
+    """A fill whose fee the account paid later: when it was filled (trader's clock), the
+    decision that saw its booking (None: not yet), and its fee."""
+    symbol: str
+    at: pd.Timestamp
+    booked_bar: pd.Timestamp | None
+    trade: Trade
+
+
+def _postings(engine: Engine, trader: str) -> list[Posting]:
+    mine = sa.select(orders.c.client_order_id).where(orders.c.trader == trader)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(fills).where(fills.c.client_order_id.in_(mine),
+                                                   fills.c.fee_deferred)).all()
+    return [Posting(r.symbol, _utc(r.ts), None if r.booked_bar is None else _utc(r.booked_bar),
+                    Trade(r.qty, r.price, r.fee, r.fee_qty, True)) for r in rows]
 
 
 def _t(x) -> torch.Tensor:
@@ -203,7 +233,8 @@ class Attribution:
 
     def interval(self, bar, decision, live: Side, not_traded: list, replay: Side,
                  live_u: np.ndarray, rep_u: np.ndarray, p_now: np.ndarray,
-                 p_next: np.ndarray, next_open: np.ndarray) -> tuple[dict, list[dict]]:
+                 p_next: np.ndarray, next_open: np.ndarray, owed_u: np.ndarray,
+                 posted: list[Posting]) -> tuple[dict, list[dict]]:
         causes = dict.fromkeys(CAUSES, 0.0)
 
         def put(cause: str, amount: float, symbol: str, what: str) -> None:
@@ -212,15 +243,25 @@ class Attribution:
                 self.largest.append({"bar": bar, "symbol": symbol, "cause": cause,
                                      "amount": amount, "what": what})
 
-        # what each asset's position difference earned while prices moved
+        # what each asset's position difference earned while prices moved (units the broker
+        # has yet to take as a fee: a fee posting's)
         for a, s in enumerate(self.symbols):
-            if abs(live_u[a] - rep_u[a]) * p_now[a] < 0.01:
+            differ = live_u[a] - owed_u[a] - rep_u[a]
+            if abs(differ) * p_now[a] < 0.01:
                 self.cause_of.pop(s, None)  # the two sides hold the same again
-            carried = (live_u[a] - rep_u[a]) * (p_next[a] - p_now[a])
+            carried = differ * (p_next[a] - p_now[a])
             if abs(carried) > 1e-9:
                 put(self.cause_of.get(s, "fill quantity"), carried, s,
-                    f"{live_u[a] - rep_u[a]:+.8g} units held vs the replay, price "
+                    f"{differ:+.8g} units held vs the replay, price "
                     f"{p_now[a]:.6g} -> {p_next[a]:.6g}")
+            owed = owed_u[a] * (p_next[a] - p_now[a])
+            if abs(owed) > 1e-9:
+                put("fee posting", owed, s, f"{owed_u[a]:.8g} units owed as fees, price "
+                    f"{p_now[a]:.6g} -> {p_next[a]:.6g}")
+        for x in posted:  # fees the account paid since the last decision
+            a = self.symbols.index(x.symbol)
+            put("fee posting", -x.trade.fee_at(p_next[a]), x.symbol,
+                f"fee of {x.at:%Y-%m-%d %H:%M} posted")
         # the trades, valued at the next decision's prices
         fill_rows = []
         for key in sorted(set(live.trades) | set(replay.trades)):
@@ -234,10 +275,12 @@ class Attribution:
             matched = min(ql, qr)
             put("stop" if purpose == "stop" else "fill price", sign * matched * (pr - pl), s,
                 f"{way} {matched:.8g} at {pl:.6g} live vs {pr:.6g} replayed")
-            fee_live = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in mine)
-            fee_rep = sum(x.fee_qty * p_next[a] if way == "buy" else x.fee for x in theirs)
+            fee_live = sum(x.fee_at(p_next[a]) for x in mine)
+            fee_rep = sum(x.fee_at(p_next[a]) for x in theirs)
             put("fee", fee_rep - fee_live, s, f"{way} fees {fee_live:.2f} live vs "
                 f"{fee_rep:.2f} replayed")
+            later = sum(x.fee_at(p_next[a]) for x in mine if x.deferred)
+            put("fee posting", later, s, f"{way} fees {later:.2f} not yet taken by the broker")
             if abs(ql - qr) > 1e-12:
                 # a different quantity: the journal's reason if it has one, else the
                 # reason the positions already differed (the replay re-balances its own)
@@ -270,6 +313,7 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
     ohlc = [bars.field(f) for f in ("open", "high", "low", "close")]
     book = ReplayBook.from_decision(rows[0], symbols, step)
     why = Attribution(symbols)
+    postings = _postings(engine, trader)
     out: list[BarRow] = []
     difference = 0.0  # live minus replay, valued at the decision's prices
     for dk, dn in zip(rows, rows[1:]):
@@ -287,8 +331,15 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
         replay = book.trade(symbols, _t([[dk.target[s] for s in symbols]]),
                             [_t([x[i + 1]]) for x in ohlc], settings)
         live, not_traded = _live_trades(engine, trader, bar, nxt, step)
+        # deferred buy fees the broker still held as units at this decision (filled before its
+        # account read, at bar + step, and not yet seen booked)
+        owed_u = np.zeros(len(symbols))
+        for x in postings:
+            if x.at < bar + step and (x.booked_bar is None or x.booked_bar > bar):
+                owed_u[symbols.index(x.symbol)] += x.trade.fee_qty
+        posted = [x for x in postings if x.booked_bar is not None and bar < x.booked_bar <= nxt]
         causes, fill_rows = why.interval(bar, dk, live, not_traded, replay, live_u, rep_u,
-                                         p_now, p_next, ohlc[0][i + 1])
+                                         p_now, p_next, ohlc[0][i + 1], owed_u, posted)
         live_eq, rep_eq = float(dn.cash + live_u_next @ p_next), book.value(p_next)
         unexplained = (live_eq - rep_eq) - difference - sum(causes.values())
         difference = live_eq - rep_eq

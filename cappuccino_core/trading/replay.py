@@ -75,7 +75,7 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
         journal.reset()
         if isinstance(broker, SimBroker):
             broker.reset(cfg.broker.initial_cash)
-    broker.mark(dict(zip(bars.symbols, c[i0])))
+    broker.mark(dict(zip(bars.symbols, c[i0])), at=bars.index[i0] + step)
     trader = Trader(cfg, broker, engine, name, ensemble)
     journal.save_state(TraderState(mode=REPLAY), StateKey.MODE)
     trader.start(at=bars.index[i0] + step)  # the starting capital, before the first decision
@@ -87,13 +87,13 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
             trader.reload(new)
             versions.append(new.version)
         bar_time = bars.index[t]
-        broker.mark(dict(zip(bars.symbols, o[t + 1])))
+        broker.mark(dict(zip(bars.symbols, o[t + 1])), at=bars.index[t + 1])
         trader.on_bar(bar_time, feats[:t + 1], now=bar_time + step + delay, close=c[t])
         exits = trader.check_stops(o[t + 1], h[t + 1], lo[t + 1], c[t + 1])
         if exits:
-            broker.mark(dict(exits))  # a stop fills at its level (or the open, gapped below)
+            broker.mark(dict(exits), at=bars.index[t + 1])  # a stop fills at its level (or the open, gapped below)
             trader.exit_positions(exits, bars.index[t + 1])
-        broker.mark(dict(zip(bars.symbols, c[t + 1])))
+        broker.mark(dict(zip(bars.symbols, c[t + 1])))  # the next open's moment
         if on_bar:
             on_bar(t, trader)
     equity = trader.snapshot(bars.index[i1 - 1] + step)

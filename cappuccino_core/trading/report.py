@@ -14,7 +14,9 @@ from .journal import Journal
 
 def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
     """One trader's state as data (`trader status --json`: docs/schemas/trader-status.json)."""
-    state = Journal(engine, name).load_state()
+    journal = Journal(engine, name)
+    state = journal.load_state()
+    owed_units, owed_usd = journal.owed()
     with engine.connect() as conn:
         snap = conn.execute(sa.select(equity_snapshots).where(
             equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id.desc())
@@ -34,7 +36,8 @@ def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
             "equity": None if snap is None else snap.equity,
             "cash": None if snap is None else snap.cash,
             "at": None if snap is None else snap.ts.isoformat(),
-            "halted": state.halted, "positions": positions, "dust": state.dust}
+            "halted": state.halted, "positions": positions, "dust": state.dust,
+            "fees": {**journal.fee_bases(), "owed_units": owed_units, "owed_usd": owed_usd}}
 
 
 def render_trader_status(d: dict) -> str:
@@ -50,6 +53,12 @@ def render_trader_status(d: dict) -> str:
     for p in d["positions"]:
         lines.append(f"{p['symbol']:<10}{p['qty']:>16.8f}{p['entry'] or 0:>14.6g}"
                      f"{p['peak'] or 0:>14.6g}{p['stop_level'] or 0:>14.6g}")
+    f = d["fees"]
+    owed = [f"{q:.10g} {s}" for s, q in sorted(f["owed_units"].items())]
+    owed += [f"{f['owed_usd']:,.2f} USD"] if f["owed_usd"] else []
+    lines.append(f"fees of the fills: {f['booked']} booked by the broker, {f['measured']} "
+                 f"measured, {f['estimated']} estimated at the configured rate"
+                 + (f"; not yet taken by the broker: {', '.join(owed)}" if owed else ""))
     if d["dust"]:
         lines.append("dust (below the venue's minimum order value, not sold): " + ", ".join(
             f"{s} {q:.10g}" for s, q in sorted(d["dust"].items())))

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STOPS, LAST_BAR, EQUITY_PEAK, HALTED, DECISION, COOLDOWN, _MODE, DUST = StateKey
 # A measured fee is believed between these multiples of the configured rate's.
 FEE_BAND = (0.5, 2.0)
+FEE_LOOKBACK = pd.Timedelta(days=7)  # fills older than this unbooked stay as recorded
 # a rejection that names the asset rules (Alpaca: "qty must be in increments of ...",
 # "qty must be >= ...", "cost basis must be >= minimal amount of order ...")
 RULE_WORDS = re.compile(r"increment|qty must be|min(imum|imal)?[ _]", re.I)
@@ -133,6 +134,7 @@ class Trader:
         self.rules = self.broker.asset_rules(self.symbols, refresh=self.rules_refused)
         self.rules_refused = False
         prices = self._prices()
+        self._book_fees(bar_time)  # before the account is read: the decision sees them paid
         account = self.broker.account()
         positions = self.broker.positions()
         self._note_dust(positions, prices)
@@ -161,14 +163,32 @@ class Trader:
         # cash the sells bring (scaled down only if the fills brought less than planned).
         plan = plan_rebalance(target, self.symbols, positions, account.cash, prices,
                               self.settings, self.rules, no_buy=cooling > 0)
-        self._execute([o for o in plan if o.side == "sell"], bar_time)
+        sent_at = bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds)  # the bar's close
+        self._execute([o for o in plan if o.side == "sell"], bar_time, sent_at)
         buys = affordable([o for o in plan if o.side == "buy"], self.broker.account().cash,
                           dict(zip(self.symbols, prices)), self.settings, self.rules)
-        self._execute(buys, bar_time)
+        self._execute(buys, bar_time, sent_at)
         self._update_stops(prices)
         self.snapshot(bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
         self._mark_processed(bar_time)
         return "traded"
+
+    def _book_fees(self, bar_time: pd.Timestamp) -> None:
+        """Fees the broker booked since (Alpaca's CFEE, posted at the end of the day) replace
+        what was recorded for the fills of the last FEE_LOOKBACK; one request a bar, none
+        when every fill is booked. A broker that cannot answer now is asked at the next bar:
+        trading never waits for a booking."""
+        since = self.journal.unbooked_since(bar_time - FEE_LOOKBACK)
+        if since is None:
+            return
+        try:
+            bookings = self.broker.fee_bookings(since)
+        except Exception as e:  # noqa: BLE001 - any failure: the next bar asks again
+            log.warning("fee bookings not read (%s): asked again at the next bar", e)
+            return
+        for line in self.journal.book_fees(bookings, bar_time):
+            log.warning(line)
+            self.journal.event("warning", "fee_unmatched", line)
 
     def _note_dust(self, positions: dict, prices: np.ndarray) -> None:
         """Positions worth less than the venue's minimum order value: left alone (an order
@@ -305,7 +325,11 @@ class Trader:
 
     # --- orders ----------------------------------------------------------------------------
 
-    def _execute(self, plan: list[PlannedOrder], when: pd.Timestamp) -> None:
+    def _execute(self, plan: list[PlannedOrder], when: pd.Timestamp,
+                 at: pd.Timestamp | None = None) -> None:
+        """Send the plan's orders (named after `when`), at `at` on the trader's clock
+        (default `when`)."""
+        at = when if at is None else at
         after = None  # the account after the last order sent: the next one's "before"
         for o in plan:
             coid = client_order_id(self.name, o.purpose, when, o.symbol, o.side)
@@ -319,14 +343,14 @@ class Trader:
                 known = self.broker.get_order(coid)
                 if known is not None:
                     self.journal.record_result(self._with_fee_estimate(
-                        self.broker.wait_for_fill(known)))
+                        self.broker.wait_for_fill(known)), at)
                     after = None
                     continue
             before = after or self._holdings()
             result = self.broker.wait_for_fill(
                 self.broker.submit_market_order(o.symbol, o.side, o.qty, coid))
             after = self._holdings()
-            self.journal.record_result(self._with_fees(result, before, after))
+            self.journal.record_result(self._with_fees(result, before, after), at)
             if result.status is OrderStatus.REJECTED:
                 self.rejected_in_bar.append(f"{coid}: {result.reason}")
                 self.rules_refused |= bool(RULE_WORDS.search(result.reason or ""))
@@ -341,9 +365,11 @@ class Trader:
         """The fee the broker charged, from what the fill did to the account: a buy's is taken
         from the asset (ordered units less the position's growth), a sell's from the cash (the
         notional less the cash received). A measurement outside a sane band around the
-        configured rate (FEE_BAND) is not a fee: Alpaca may post fees later (CFEE activities,
-        at the end of the day) or update the account a moment after the status, and then the
-        fee would read as nothing, or as the whole fill. The configured rate stands in."""
+        configured rate (FEE_BAND) is not a fee, and the configured rate stands in: next to
+        nothing means the broker posts it later (Alpaca: CFEE activities at the end of the
+        day; the fill is marked deferred: the account pays it then), more means the account
+        had not caught up with the fill yet. The booking replaces the estimate when it comes
+        (`_book_fees`)."""
         if r.filled_qty <= 0 or not r.filled_avg_price:
             return r
         if r.side == "buy":
@@ -357,17 +383,19 @@ class Trader:
         low, high = (estimate.fee * k for k in FEE_BAND)
         if low - 1e-9 <= measured.fee <= high + 1e-9:
             return measured
-        log.warning("order %s: the account moved by a fee of %.6g USD, the configured rate "
-                    "says %.6g: recorded at the configured rate", r.client_order_id,
-                    measured.fee, estimate.fee)
-        return estimate
+        deferred = measured.fee < low - 1e-9
+        log.log(logging.INFO if deferred else logging.WARNING,
+                "order %s: the account moved by a fee of %.6g USD, the configured rate says "
+                "%.6g: recorded at the configured rate%s", r.client_order_id, measured.fee,
+                estimate.fee, " until the broker books it" if deferred else "")
+        return dataclasses.replace(estimate, fee_deferred=deferred)
 
     def _with_fee_estimate(self, r: OrderState) -> OrderState:
         """An order resolved after a restart: its fee at the configured rate (the account's
         state before it is gone)."""
         fee = r.filled_qty * (r.filled_avg_price or 0.0) * self.settings.fee
         return dataclasses.replace(r, fee=fee, fee_qty=r.filled_qty * self.settings.fee
-                                   if r.side == "buy" else 0.0)
+                                   if r.side == "buy" else 0.0, fee_basis="estimated")
 
     # --- reporting -------------------------------------------------------------------------
 
