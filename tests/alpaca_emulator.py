@@ -83,7 +83,7 @@ class AlpacaEmulator:
     # `post_fees()` (the end of the day), one activity per fill. With `fees_posted_later` the
     # account pays it then too (a fill moves the account by the trade alone); without it,
     # the account pays at the fill and the booking only records it.
-    fees_posted_later: bool = False
+    fees_posted_later: bool = True  # on: the stricter case (most tests); off where asked
     pending_fees: list[dict] = field(default_factory=list)  # fills whose fee is not booked
     activities: list[dict] = field(default_factory=list)    # CFEE activities, as posted
     today: str = field(default_factory=lambda: time.strftime("%Y-%m-%d", time.gmtime()))

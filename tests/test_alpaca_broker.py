@@ -57,7 +57,10 @@ def test_account_positions_assets_and_prices(emulator):
     assert order.status == "pending_new" and order.filled_qty == 0  # asynchronous
     done = b.wait_for_fill(order)
     assert done.status == "filled" and done.filled_qty == 2.5
-    # the fee came out of the asset: 2.5 x 0.25% less ETH, reported as ETHUSD, mapped back
+    # the fee comes out of the asset (at the day's end): 2.5 x 0.25% less ETH, reported as
+    # ETHUSD, mapped back
+    assert b.positions()["ETH/USD"].qty == 2.5
+    emulator.emulator.post_fees()
     assert b.positions()["ETH/USD"].qty == 2.5 - 0.00625
     assert b.get_order("cap-t-1").filled_avg_price == 2_000.0
     assert b.get_order("nope") is None
@@ -70,6 +73,7 @@ def test_rate_limits_and_server_errors_are_retried_without_doubling(emulator):
     emu.fail_next(500, times=2)
     order = b.wait_for_fill(b.submit_market_order("BTC/USD", "buy", 0.1, "cap-t-2"))
     assert order.status == "filled"
+    emu.post_fees()
     assert len(emu.orders) == 1 and b.positions()["BTC/USD"].qty == 0.09975
 
 
@@ -80,6 +84,7 @@ def test_a_timeout_after_acceptance_never_doubles_the_order(emulator):
     order = b.wait_for_fill(b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3"))
     assert order.status == "filled" and order.client_order_id == "cap-t-3"
     assert len(emu.posted_orders()) == 1 and len(emu.orders) == 1
+    emu.post_fees()
     assert b.positions()["SOL/USD"].qty == 9.975
     # sending the same id again (a restart) is answered with the existing order
     again = b.submit_market_order("SOL/USD", "buy", 10, "cap-t-3")
@@ -105,6 +110,7 @@ def test_an_error_answer_for_an_order_that_executed_is_not_a_rejection(emulator)
     order = b.submit_market_order("ETH/USD", "buy", 1.5, "cap-t-270")
     assert order.status != "rejected" and order.broker_id
     assert b.wait_for_fill(order).status == "filled" and len(emu.orders) == 1
+    emu.post_fees()
     assert b.positions()["ETH/USD"].qty == pytest.approx(1.5 * 0.9975)
     lookups = [q for m, p, q in emu.requests if p == "/v2/orders:by_client_order_id"]
     assert lookups[0]["client_order_id"] == "cap-t-270"
@@ -192,10 +198,12 @@ def test_trader_on_alpaca_trades_a_bar_and_a_stop_with_real_orders(emulator, tmp
         statuses = conn.execute(sa.select(orders.c.status)).scalars().all()
         assert set(statuses) == {"filled"} and len(statuses) == sent
         assert conn.execute(sa.select(sa.func.count()).select_from(fills)).scalar() == sent
-    # the journal's fills (each buy less the fee taken from the asset) add up to the broker's
-    # positions, to the last increment
+    # the journal's fills (each buy less the fee taken from the asset), plus the fees the
+    # broker has yet to take, add up to the broker's positions, to the last increment
     broker_held = {s: p.qty for s, p in broker.positions().items()}
-    assert trader.journal.positions() == pytest.approx(broker_held, abs=1e-9)
+    owed, _ = trader.journal.owed()
+    assert owed and {s: q + owed[s] for s, q in trader.journal.positions().items()} == \
+        pytest.approx(broker_held, abs=1e-9)
     # a restart: new objects, same database and account; the bar is not traded again
     again = Trader(cfg, broker_for(emulator), engine, "paper", ens)
     again.start()
@@ -278,6 +286,7 @@ def test_every_terminal_status_is_handled_with_its_partial_fill(emulator, status
     done = b.wait_for_fill(b.submit_market_order("ETH/USD", "buy", 4, f"cap-t-{status}"))
     assert done.status == final and done.final
     assert done.filled_qty == pytest.approx(2.0) and done.filled_avg_price == 2_000.0
+    emu.post_fees()
     assert b.positions()["ETH/USD"].qty == pytest.approx(2.0 * 0.9975)
 
 
@@ -325,6 +334,7 @@ def test_a_buy_fee_is_measured_from_the_asset_and_a_full_exit_sells_the_exact_po
         emulator, tmp_path, shared_data):
     cfg, engine, bars, ens = trading_setup(emulator, tmp_path, shared_data)
     emu = emulator.emulator
+    emu.fees_posted_later = False  # the account pays the fee at the fill: it is measured
     emu.prices["BTC/USD"] = 30_000.0
     trader = Trader(cfg, broker_for(emulator), engine, "fees", ens)
     when = pd.Timestamp("2024-01-01 00:00", tz="UTC")
@@ -727,4 +737,4 @@ def test_a_booking_with_no_fill_is_reported_and_read_once(emulator, tmp_path, sh
     assert again == []  # every booking was read before: said once
     with trader.journal.engine.connect() as conn:
         kinds = conn.execute(sa.select(fills.c.fee_basis)).scalars().all()
-    assert kinds and set(kinds) == {"measured"}  # measured at the fill, left as it was
+    assert kinds and set(kinds) == {"estimated"}  # estimated at the fill, left as it was
