@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .config import effective_config, load_config
+from .config import ConfigError, effective_config, load_config
 from .service import setup_logging
 
 log = logging.getLogger("cappuccino")
@@ -43,6 +43,12 @@ def cmd_data_fetch(args) -> int:
     now = pd.Timestamp.now(tz="UTC")
     start = to_utc(args.start, to_utc(cfg.data.start, now - pd.Timedelta(days=365)))
     end = to_utc(args.end, now)
+    if start >= end:
+        raise ConfigError("command line", "--start", args.start or cfg.data.start,
+                          f"a time before the end ({end})")
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError("command line", "--symbols", ",".join(symbols),
+                          "each symbol once")
     cache = make_cache(cfg, make_source(cfg, args.source, args.path))
     added = fetch_into_cache(cache, symbols, start, end, now, progress=sys.stderr.isatty()
                              or args.progress)
@@ -429,14 +435,31 @@ def cmd_demo(args) -> int:
 JSON_HELP = "print JSON (its shape: docs/schemas/{}.schema.json)"
 
 
+MAX_COUNT = 10**7  # a count no command can honour beyond (an SQL LIMIT, trials, workers)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_COUNT:,}, "
+                                         f"got {text!r}")
     return value
+
+
+def utc_time(text: str) -> str:
+    """A time argument that parses (`2023-06-01`, `2023-06-01T12:00`, with or without a zone,
+    UTC if none), refused at the command line otherwise."""
+    try:
+        pd.Timestamp(text)
+    except (ValueError, TypeError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a date or time like 2023-06-01 or "
+                                         f"2023-06-01T12:00, got {text!r}") from None
+    if pd.isna(pd.Timestamp(text)):
+        raise argparse.ArgumentTypeError(f"expected a date or time, got {text!r}")
+    return text
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -469,8 +492,8 @@ def _add_config_and_data(sub, common) -> None:
         description="Fetch closed bars from a source into the cache under the state dir. "
                     "Only ranges the cache does not hold yet are requested.")
     fetch.add_argument("--symbols", nargs="+", help="symbols like BTC/USD (default: config)")
-    fetch.add_argument("--start", help="first bar, UTC (default: data.start or a year ago)")
-    fetch.add_argument("--end", help="end, exclusive, UTC (default: now)")
+    fetch.add_argument("--start", type=utc_time, help="first bar, UTC (default: data.start or a year ago)")
+    fetch.add_argument("--end", type=utc_time, help="end, exclusive, UTC (default: now)")
     fetch.add_argument("--source", choices=["alpaca", "csv"], help="default: data.source")
     fetch.add_argument("--path", help="CSV directory for --source csv (default: data.csv_path "
                        "or the bundled sample)")
@@ -569,8 +592,8 @@ def _add_trading(sub, common) -> None:
         description="Run the trading loop with the simulated broker on a simulated clock over "
                     "historical bars (--replay); live paper trading is the service.")
     paper.add_argument("--replay", action="store_true", help="replay history (required)")
-    paper.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
-    paper.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
+    paper.add_argument("--from", dest="start", type=utc_time, help=WINDOW_FROM_HELP)
+    paper.add_argument("--to", dest="end", type=utc_time, help=WINDOW_TO_HELP)
     paper.add_argument("--name", default="replay", help="trader name in the database "
                        "(its own simulated account; default: replay)")
     paper.add_argument("--reset", action="store_true",
@@ -601,9 +624,9 @@ def _add_trading(sub, common) -> None:
                     "the backtest environment and show, bar by bar, how its equity differs "
                     "and why: fill price, fee, skipped order, stop, quiet bar, fill quantity, "
                     "and what is left unexplained.")
-    rec.add_argument("--from", dest="start", help="first decision bar (UTC; default: the "
+    rec.add_argument("--from", dest="start", type=utc_time, help="first decision bar (UTC; default: the "
                      "trader's first)")
-    rec.add_argument("--to", dest="end", help="end of the window, exclusive (UTC; default: "
+    rec.add_argument("--to", dest="end", type=utc_time, help="end of the window, exclusive (UTC; default: "
                      "its latest decision)")
     rec.add_argument("--name", help=TRADER_HELP)
     rec.add_argument("--bars", type=int, default=20, help="bars shown (the largest "
@@ -631,8 +654,8 @@ def _add_validation(sub, common) -> None:
     which.add_argument("--trial", type=int, help="trial id (storage-wide, not the number)")
     which.add_argument("--ensemble", choices=["current"], help="the current ensemble")
     backtest.add_argument("--study", help="study of --trial (default: the active study)")
-    backtest.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
-    backtest.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
+    backtest.add_argument("--from", dest="start", type=utc_time, help=WINDOW_FROM_HELP)
+    backtest.add_argument("--to", dest="end", type=utc_time, help=WINDOW_TO_HELP)
     backtest.add_argument("--json", action="store_true", help=JSON_HELP.format("backtest"))
     backtest.set_defaults(func=cmd_backtest)
 
@@ -644,8 +667,8 @@ def _add_validation(sub, common) -> None:
     report.add_argument("--out", help="file to write (default: <state_dir>/reports/...)")
     report.add_argument("--trader", help="trader name (default: 'paper' if it has traded, "
                         "else the most recently active trader)")
-    report.add_argument("--from", dest="start", help=WINDOW_FROM_HELP)
-    report.add_argument("--to", dest="end", help=WINDOW_TO_HELP)
+    report.add_argument("--from", dest="start", type=utc_time, help=WINDOW_FROM_HELP)
+    report.add_argument("--to", dest="end", type=utc_time, help=WINDOW_TO_HELP)
     report.set_defaults(func=cmd_report)
 
 
@@ -716,13 +739,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import Terminated, stop_on_sigterm
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with stop_on_sigterm():
+            return args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): cleaned up on the way
+        terminated = isinstance(e, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # noqa: BLE001 - every error ends as one line (see errors.py)
         from .errors import describe
         if args.debug:

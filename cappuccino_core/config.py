@@ -163,6 +163,9 @@ class DataConfig:
     max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
     # a live feed's newest bars asked for again on every fetch (a quiet bar's late print)
     refetch_bars: int = field(default=3, metadata=between(0, 1000, "an integer"))
+    # a bar whose close jumps by more than this factor and returns at the next bar (or whose
+    # wick is that far from its open and close) is a bad print: the data is refused
+    max_bar_jump: float = field(default=5.0, metadata=between(1.5, 1000))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ bad data, a model that will not load, the broker refusing). The traceback is for
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import sqlalchemy as sa
 
 from .config import ConfigError, mask_text
@@ -16,6 +20,27 @@ from .window import WindowError
 
 USAGE = 2
 RUNTIME = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the same clean stop as Ctrl-C (every `finally` and clean-up runs), exit 143
+    (128 + 15) instead of 130."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within it, SIGTERM raises Terminated in the main thread (elsewhere: left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def first_line(e: BaseException) -> str:

@@ -30,11 +30,12 @@ def make_source(cfg: Config, source: str | None = None, csv_path: str | None = N
     kind = source or cfg.data.source
     if kind == "csv":
         return CsvSource(csv_path or cfg.data.csv_path or SAMPLE_DIR, cfg.data.timeframe,
-                         cfg.bar_seconds)
+                         cfg.bar_seconds, cfg.data.max_bar_jump)
     if kind == "alpaca":
         from .alpaca_source import AlpacaSource  # the SDK only where Alpaca is used
         return AlpacaSource(cfg.bar_seconds, url_override=os.environ.get("CAPPUCCINO_ALPACA_DATA_URL"),
-                            api_key=cfg.broker.api_key_id, secret_key=cfg.broker.api_secret_key)
+                            api_key=cfg.broker.api_key_id, secret_key=cfg.broker.api_secret_key,
+                            max_jump=cfg.data.max_bar_jump)
     raise DataError(f"unknown data source {kind!r}")
 
 
@@ -74,6 +75,7 @@ def to_utc(value: str | pd.Timestamp | None, default: pd.Timestamp) -> pd.Timest
 def fetch_into_cache(cache: BarCache, symbols: list[str], start: pd.Timestamp, end: pd.Timestamp,
                      now: pd.Timestamp, progress: bool = False) -> dict[str, int]:
     """Fill the cache for every symbol; returns the number of new bars per symbol."""
+    cache.clear_leftovers()
     plan = {s: cache.chunks(s, start, end, now) for s in symbols}
     bar = tqdm(total=sum(len(c) for c in plan.values()), unit="chunk", disable=not progress,
                desc="fetching bars")

@@ -33,10 +33,11 @@ class AlpacaSource:
 
     def __init__(self, bar_seconds: int, *, url_override: str | None = None,
                  api_key: str | None = None, secret_key: str | None = None,
-                 retry_wait_s: float = 3.0, max_retries: int = 5, timeout_s: float = 30.0):
+                 retry_wait_s: float = 3.0, max_retries: int = 5, timeout_s: float = 30.0,
+                 max_jump: float | None = None):
         if bar_seconds not in _TIMEFRAMES:
             raise DataError(f"Alpaca has no {bar_seconds}s bars")
-        self.bar_seconds = bar_seconds
+        self.bar_seconds, self.max_jump = bar_seconds, max_jump
         self.timeframe = TimeFrame(*_TIMEFRAMES[bar_seconds])
         self.client = crypto_data_client(api_key, secret_key, url_override, raw_data=True)
         self.calls = AlpacaCalls(timeout_s, max_retries, retry_wait_s)
@@ -55,7 +56,7 @@ class AlpacaSource:
         index = utc_index([r["t"] for r in rows])
         df = pd.DataFrame({c: [float(r[c[0]]) for r in rows] for c in COLUMNS}, index=index)
         df = df[~df.index.duplicated(keep="last")].sort_index()
-        validate(symbol, df, self.bar_seconds)
+        validate(symbol, df, self.bar_seconds, self.max_jump)
         return df[(df.index >= start) & (df.index < end)]
 
     def extent(self, symbol: str) -> None:

@@ -43,8 +43,12 @@ def only_closed(df: pd.DataFrame, now: pd.Timestamp, bar_seconds: int,
     return df[df.index < closed_end(now, bar_seconds, delay_s)]
 
 
-def validate(symbol: str, df: pd.DataFrame, bar_seconds: int) -> pd.DataFrame:
-    """Check one symbol's bars; raise DataError naming symbol and timestamp on the first fault."""
+def validate(symbol: str, df: pd.DataFrame, bar_seconds: int,
+             max_jump: float | None = None) -> pd.DataFrame:
+    """Check one symbol's bars; raise DataError naming symbol and timestamp on the first fault.
+    With `max_jump`, a bar whose close jumps by more than that factor from the close before
+    and comes back by as much at the next bar (a bad print, not a market) is refused too, as
+    is a wick that far from the bar's own open and close."""
     if not df.index.is_monotonic_increasing:
         bad = df.index[1:][np.diff(df.index.asi8) < 0][0]
         raise DataError(f"{symbol} {bad}: bars out of order")
@@ -65,6 +69,16 @@ def validate(symbol: str, df: pd.DataFrame, bar_seconds: int) -> pd.DataFrame:
     checks.append((
         (l > np.minimum(o, c) + tol) | (h < np.maximum(o, c) - tol) | (l > h + tol),
         "OHLC violation (low <= open, close <= high)"))
+    if max_jump is not None and len(c) > 0:
+        prev, nxt = np.r_[c[:1], c[:-1]], np.r_[c[1:], c[-1:]]
+        up, back = c / prev, nxt / c
+        checks.append((((up > max_jump) & (back < 1 / max_jump))
+                       | ((up < 1 / max_jump) & (back > max_jump)),
+                       f"a jump of more than {max_jump:g}x that returns at the next bar "
+                       "(data.max_bar_jump)"))
+        checks.append(((h > max_jump * np.maximum(o, c)) | (l < np.minimum(o, c) / max_jump),
+                       f"a wick more than {max_jump:g}x away from the open and close "
+                       "(data.max_bar_jump)"))
     for bad, what in checks:
         if bad.any():
             i = int(np.argmax(bad))

@@ -4,7 +4,9 @@ One file per source, symbol and timeframe: `<dir>/<source>/<BASE>-<QUOTE>_<tf>.n
 open times (ns), OHLCV and the list of time ranges already asked of the source (`covered`: a
 range with no bars, such as a maintenance window, is covered and never asked again). Only closed
 bars are stored. Each fetched chunk is written atomically before the next is asked for, so a
-crash or Ctrl-C loses at most one chunk.
+crash or Ctrl-C loses at most one chunk. A cache file that cannot be read (damaged on disk) is
+named in the log, removed and fetched again; the temporary files of a fetch that was killed
+are removed by the next one.
 
 A live feed (one with no known extent) may still add a bar after it was first asked for: Alpaca
 emits no bar for an interval without trades, and a late print can fill it in. Every fetch from
@@ -13,8 +15,12 @@ a live feed therefore asks again for the newest `refetch_bars` closed bars.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -23,6 +29,8 @@ import pandas as pd
 
 from ..intervals import merge, uncovered
 from .bars import COLUMNS, closed_end, empty_frame, utc_index
+
+log = logging.getLogger(__name__)
 
 
 class BarSource(Protocol):
@@ -52,11 +60,33 @@ class BarCache:
         p = self.path(symbol)
         if not p.exists():
             return empty_frame(), []
-        with np.load(p, allow_pickle=False) as z:
-            df = pd.DataFrame(z["ohlcv"], columns=list(COLUMNS),
-                              index=utc_index(z["t"]))
-            covered = [tuple(map(int, r)) for r in z["covered"]]
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                df = pd.DataFrame(z["ohlcv"], columns=list(COLUMNS),
+                                  index=utc_index(z["t"]))
+                covered = [tuple(map(int, r)) for r in z["covered"]]
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            log.warning("%s: the cached bars in %s are damaged (%s: %s): removed, fetched again",
+                        symbol, p, type(e).__name__, e)
+            p.unlink(missing_ok=True)
+            return empty_frame(), []
         return df, covered
+
+    def clear_leftovers(self, older_than_s: float = 600.0) -> list[Path]:
+        """Remove the temporary files of writes that never finished (a fetch killed before
+        its rename); a write takes milliseconds, so one older than `older_than_s` is dead."""
+        gone = []
+        for tmp in self.dir.glob("*.tmp") if self.dir.is_dir() else []:
+            try:
+                if time.time() - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    gone.append(tmp)
+            except FileNotFoundError:
+                pass  # another process cleared it
+        if gone:
+            log.info("removed %d leftover temporary file(s) of an interrupted fetch in %s",
+                     len(gone), self.dir)
+        return gone
 
     def _write(self, symbol: str, df: pd.DataFrame, covered: list[tuple[int, int]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
 """Bars from local CSV files in the layout of Binance klines dumps.
 
 One file per asset, named `<BASE><QUOTE>_<timeframe>.csv[.gz]` (e.g. `BTCUSDT_1h.csv.gz`), with
-columns `date,open,high,low,close,volume[,ticker]`, `date` the candle's open time in UTC. The
-symbol `BTC/USD` is served from the first file for base `BTC` with quote USD, USDT or USDC.
+columns `date,open,high,low,close,volume[,ticker]`, `date` the candle's open time in UTC. A
+symbol is served from the file of its own quote: `BTC/USD` from USD, or a dollar stablecoin
+(USDT, USDC), `ETH/BTC` only from `ETHBTC`: prices are never taken in another currency. Two
+files that could serve one symbol (`.csv` and `.csv.gz`, USD and USDT) must hold the same
+bars, or the symbol is refused: which one is right cannot be guessed.
 
 A file is a snapshot of a feed: its last row may have been written while that candle was still
 open (see ../shared/data's README: ETH's last candle holds 1% of a normal volume). Rows carry no
@@ -12,6 +15,7 @@ write time, so the last row of every file is treated as unfinished and dropped.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,33 +23,51 @@ import pandas as pd
 
 from .bars import COLUMNS, DataError, empty_frame, utc_index, validate
 
-QUOTES = ("USD", "USDT", "USDC")
+DOLLARS = ("USD", "USDT", "USDC")  # what a USD symbol may be quoted in
 
 
 class CsvSource:
-    def __init__(self, path: str | Path, timeframe: str, bar_seconds: int):
+    def __init__(self, path: str | Path, timeframe: str, bar_seconds: int,
+                 max_jump: float | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataError(f"CSV data directory {self.path} does not exist")
         self.timeframe = timeframe
-        self.bar_seconds = bar_seconds
+        self.bar_seconds, self.max_jump = bar_seconds, max_jump
         digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:10]
         self.name = f"csv-{digest}"
 
+    def files_for(self, symbol: str) -> list[Path]:
+        """Every file that could serve `symbol`: its quote's (a USD symbol's: any dollar's)."""
+        base, _, quote = symbol.partition("/")
+        quotes = DOLLARS if quote == "USD" else (quote,)
+        found = [self.path / f"{base}{q}_{self.timeframe}{ext}" for q in quotes
+                 for ext in (".csv.gz", ".csv")]
+        found = [f for f in found if f.exists()]
+        if not found:
+            names = "{" + ",".join(quotes) + "}" if len(quotes) > 1 else quotes[0]
+            raise DataError(f"{symbol}: no file {base}{names}_{self.timeframe}.csv[.gz] in "
+                            f"{self.path}")
+        return found
+
     def file_for(self, symbol: str) -> Path:
-        base = symbol.split("/")[0]
-        for quote in QUOTES:
-            for ext in (".csv.gz", ".csv"):
-                f = self.path / f"{base}{quote}_{self.timeframe}{ext}"
-                if f.exists():
-                    return f
-        raise DataError(f"{symbol}: no file {base}{{USD,USDT,USDC}}_{self.timeframe}.csv[.gz] "
-                        f"in {self.path}")
+        return self.files_for(symbol)[0]
 
     def _load(self, symbol: str) -> pd.DataFrame:
-        path = self.file_for(symbol)
-        stat = path.stat()  # a file that grew or changed is read again, not served from memory
-        return _read_file(path, stat.st_size, stat.st_mtime_ns, symbol, self.bar_seconds)
+        frames = []
+        for path in self.files_for(symbol):
+            stat = path.stat()  # a file that grew or changed is read again, not from memory
+            frames.append((path, _read_file(path, stat.st_size, stat.st_mtime_ns, symbol,
+                                            self.bar_seconds, self.max_jump)))
+        (first, df), *others = frames
+        for path, other in others:
+            if not df.equals(other):
+                raise DataError(f"{symbol}: {first.name} and {path.name} in {self.path} hold "
+                                "different bars: keep the one that is right, remove the other")
+        if df.empty:
+            raise DataError(f"{symbol}: {first} has no usable rows (a header and at most one "
+                            "unfinished candle)")
+        return df
 
     def fetch(self, symbol: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Closed bars with open time in [start, end)."""
@@ -62,13 +84,14 @@ class CsvSource:
 
 
 @lru_cache(maxsize=64)
-def _read_file(path: Path, size: int, mtime_ns: int, symbol: str,
-               bar_seconds: int) -> pd.DataFrame:
+def _read_file(path: Path, size: int, mtime_ns: int, symbol: str, bar_seconds: int,
+               max_jump: float | None = None) -> pd.DataFrame:
     """The closed bars of one file (cached per path, size and modification time)."""
     try:
         raw = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{symbol}: cannot read {path}: {e}") from e
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as e:
+        what = "damaged or not gzip" if path.suffix == ".gz" else "unreadable"
+        raise DataError(f"{symbol}: {path} is {what}: {type(e).__name__}: {e}") from e
     header = list(raw.columns)
     raw.columns = [str(c).strip().lower() for c in raw.columns]  # Date, OPEN, ... are fine
     missing = {"date", *COLUMNS} - set(raw.columns)
@@ -87,7 +110,7 @@ def _read_file(path: Path, size: int, mtime_ns: int, symbol: str,
         raise DataError(f"{symbol}: {path}: a date that does not parse: {bad!r}") from e
     df = pd.DataFrame({c: pd.to_numeric(raw[c], errors="coerce").to_numpy("float64")
                        for c in COLUMNS}, index=index)
-    validate(symbol, df, bar_seconds)
+    validate(symbol, df, bar_seconds, max_jump)
     return df
 
 

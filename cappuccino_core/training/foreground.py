@@ -17,6 +17,7 @@ import time
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
+from ..errors import Terminated
 from ..threads import torch_threads
 from .worker import finished_count, open_study, set_target, target_of
 
@@ -40,9 +41,7 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
     bar = tqdm(total=target, initial=finished_count(study), unit="trial",
                desc=f"study {study_name}", disable=None)
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt  # the same clean stop as Ctrl-C
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    stopped = None  # the exit code of a stop asked for: 130 (Ctrl-C), 143 (SIGTERM)
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(2)
@@ -52,7 +51,8 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
             except ValueError:
                 pass
             bar.refresh()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        stopped = 143 if isinstance(e, Terminated) else 130
         print("stopping the workers: each finishes its PPO update; a trial in progress is "
               "queued again", file=sys.stderr)
         for p in procs:
@@ -61,7 +61,6 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
         for p in procs:
             p.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         bar.n = finished_count(study)
         bar.close()
     codes = [p.wait() for p in procs]
@@ -69,4 +68,8 @@ def train_foreground(cfg: Config, study_name: str | None, n_trials: int | None,
     print(f"study {study_name}: {done}/{target} trials finished"
           + (f", best value {study.best_value:.4f} (trial {study.best_trial.number})"
              if done else ""))
+    if stopped is not None:
+        print(f"stopped before the target ({'SIGTERM' if stopped == 143 else 'Ctrl-C'})",
+              file=sys.stderr)
+        return stopped
     return max(codes)
