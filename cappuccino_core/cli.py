@@ -147,7 +147,7 @@ def cmd_ensemble_show(args) -> int:
         print("no ensemble published yet (cappuccino ensemble sync)", file=sys.stderr)
         return 1
     _emit(args, ensemble, render)
-    return 0
+    return 1 if ensemble["broken"] else 0  # a script sees a broken version as a failure
 
 
 def cmd_study_list(args) -> int:

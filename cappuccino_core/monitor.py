@@ -71,6 +71,9 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
     manifest = current_manifest(ensembles_dir(cfg))
     if manifest is None:
         return []
+    if manifest.get("broken"):  # unreadable: nothing else about it can be judged
+        return [Incident("ensemble-broken", "critical", f"ensemble v{manifest['version']} is "
+                         "broken: " + "; ".join(manifest["broken"]))]
     out = []
     if manifest.get("fallback"):
         out.append(Incident("ensemble-fallback", "warning",

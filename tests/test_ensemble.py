@@ -495,3 +495,31 @@ def test_a_study_switch_during_a_sync_is_followed_by_the_same_sync(env):
     write_active_study(cfg.config_dir, "beta")  # written while a sync of alpha was running
     result = sync_following(cfg, engine)  # cfg still says alpha: what the sync started with
     assert result.selection.study == "beta" and current_manifest(ensembles_dir(cfg))["study"] == "beta"
+
+
+def test_a_truncated_manifest_is_broken_everywhere_and_the_next_sync_heals_it(env, capsys):
+    """A manifest cut short on disk: `ensemble show` (exit 1), `status` and the trader's
+    loader call the version broken in one line each, never a JSONDecodeError; the next sync
+    publishes a fresh, whole version."""
+    import jsonschema
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.25 * (i + 1), seed=i)
+    assert sync(cfg, engine).version == 1
+    manifest = current_dir(ensembles_dir(cfg)) / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("ensemble v1  study None") and "BROKEN: manifest unreadable" in out
+    assert cli.main(["status", "--json", "--config-dir", cfg.config_dir]) == 2
+    status = json.loads(capsys.readouterr().out)
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "status.schema.json").read_text())
+    jsonschema.validate(status, schema)
+    assert "manifest unreadable" in status["ensemble"]["broken"][0]
+    with pytest.raises(ArtifactError, match="manifest.json unreadable"):
+        Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    healed = sync(cfg, engine)
+    assert healed.status == "published" and healed.version == 2
+    assert assert_current_is_complete(cfg)["study"] == "alpha"
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0

@@ -97,8 +97,20 @@ def version_problems(directory: Path) -> list[str]:
 
 
 def current_manifest(root: Path) -> dict | None:
+    """The current version's manifest; None before the first publish. A manifest that cannot
+    be read (truncated, damaged) stands in as a version with no members whose `broken` says
+    why: every reader shows it broken, and the next sync publishes a fresh version."""
     d = current_dir(root)
-    return read_manifest(d) if d is not None and (d / "manifest.json").exists() else None
+    if d is None or not (d / "manifest.json").exists():
+        return None
+    try:
+        return read_manifest(d)
+    except (OSError, ValueError) as e:
+        created = datetime.fromtimestamp((d / "manifest.json").stat().st_mtime, timezone.utc)
+        number = d.name.removeprefix(VERSION_PREFIX)
+        return {"version": int(number) if number.isdigit() else 0, "study": None,
+                "created_at": created.isoformat(), "members": [], "fallback": None,
+                "reason": None, "broken": [f"manifest unreadable ({e})"]}
 
 
 def venue_warnings(cfg) -> list[str]:
@@ -298,7 +310,7 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
         sel = select_members(engine, cfg, study)
         pinned = _apply_pin(cfg, engine, sel)
         current = current_manifest(root)
-        if current is not None:
+        if current is not None and not current.get("broken"):
             _record_version(engine, current, current_dir(root))  # repairs a crash before it
         if not sel.members and (cfg.ensemble.fallback == "keep_current"
                                 or not trial_count(engine, study, ("COMPLETE",))):

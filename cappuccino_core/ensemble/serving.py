@@ -54,7 +54,10 @@ class Ensemble:
     def load(cls, directory: str | Path, cfg: Config) -> "Ensemble":
         """Load and check a whole version; raises ArtifactError if any member fails."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
+        try:
+            manifest = read_manifest(directory)
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{directory}: manifest.json unreadable ({e})") from e
         if manifest.get("fallback"):  # too few trials qualified: published plainly as such
             return cls(manifest["version"], manifest["study"], directory, [], np.zeros(0),
                        fallback=manifest["fallback"], fallback_reason=manifest.get("reason"))

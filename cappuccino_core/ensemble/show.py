@@ -39,6 +39,8 @@ def render(e: dict) -> str:
     if e["fallback"]:
         return f"{head}: the FALLBACK ({e['fallback']}), no members: {e['reason']}"
     values = [m["value"] for m in e["members"]]
+    if not values:  # an unreadable manifest: nothing else is known
+        return f"{head}: BROKEN: " + "; ".join(e["broken"])
     lines = [f"{head} ({e['age_hours']:.1f} h ago)  members {len(values)}  mean value "
              f"{sum(values) / len(values):.3f}  best {max(values):.3f}"]
     if not e["follows_active_study"]:
