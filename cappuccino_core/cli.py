@@ -49,6 +49,7 @@ def cmd_data_fetch(args) -> int:
     if len(set(symbols)) != len(symbols):
         raise ConfigError("command line", "--symbols", ",".join(symbols),
                           "each symbol once")
+    follow = _fetch_follows(cfg, args)  # refused here, before any work, if it cannot be written
     cache = make_cache(cfg, make_source(cfg, args.source, args.path))
     added = fetch_into_cache(cache, symbols, start, end, now, progress=sys.stderr.isatty()
                              or args.progress)
@@ -58,17 +59,21 @@ def cmd_data_fetch(args) -> int:
         span = f"{df.index[0]}  {df.index[-1]}" if len(df) else "(none in range)"
         print(f"{s:<10} {added[s]:>9} {len(df):>7}  {span}")
     print(f"cache: {cache.dir}")
-    _follow_the_fetch(cfg, args)
+    if follow:
+        from .config import set_config_values
+        path = set_config_values(cfg.config_dir, "data", follow)
+        print(f"{path}: " + ", ".join(f"data.{k}: {v}" for k, v in follow.items())
+              + " (training and trading now read what was fetched)")
     return 0
 
 
-def _follow_the_fetch(cfg, args) -> None:
-    """A fetch from another source or directory than the configured one is written into the
-    configuration: training and trading then read what was just fetched, never silently the
-    bundled sample or an older source."""
+def _fetch_follows(cfg, args) -> dict:
+    """What a fetch from another source or directory than the configured one writes into the
+    configuration (training and trading then read what was just fetched, never silently the
+    bundled sample or an older source), checked writable before the fetch."""
     from pathlib import Path
 
-    from .config import set_config_values
+    from .config import check_rewritable
     wanted = {}
     if args.source and args.source != cfg.data.source:
         wanted["source"] = args.source
@@ -76,9 +81,8 @@ def _follow_the_fetch(cfg, args) -> None:
                       or Path(args.path).resolve() != Path(cfg.data.csv_path).resolve()):
         wanted["csv_path"] = str(Path(args.path).resolve())
     if wanted:
-        path = set_config_values(cfg.config_dir, "data", wanted)
-        print(f"{path}: " + ", ".join(f"data.{k}: {v}" for k, v in wanted.items())
-              + " (training and trading now read what was fetched)")
+        check_rewritable(cfg.config_dir, "data")
+    return wanted
 
 
 TRADER_HELP = "trader name (default: 'paper' if it has traded, else the most recently active)"

@@ -410,14 +410,47 @@ def _build(cls: type, raw: Any, file: str, prefix: str = "",
     return cls(**values)
 
 
+YAML_MAX_NODES, YAML_MAX_DEPTH, YAML_MAX_BYTES = 10_000, 40, 1 << 20
+
+
 class _Loader(yaml.SafeLoader):
     """YAML as an operator means it: an unquoted date stays text (the schema checks it, so
     2023-13-45 is a clear error, not a crash), and a key given twice is an error (YAML would
     silently keep the last one: a second `ensemble:` block replacing the first)."""
 
+    def compose_node(self, parent, index):
+        """Resource limits while composing: shallow nesting, and a document that stays small
+        once its aliases are expanded, are all a configuration needs; an alias bomb or 20,000
+        nested brackets is refused at once, before anything walks it."""
+        self._depth = getattr(self, "_depth", 0) + 1
+        sizes = self.__dict__.setdefault("_sizes", {})  # node -> its size with aliases expanded
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                self._refuse(f"more than {YAML_MAX_DEPTH} levels of nesting",
+                             self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in sizes:
+            children = (node.value if isinstance(node, yaml.SequenceNode) else
+                        [n for pair in node.value for n in pair]
+                        if isinstance(node, yaml.MappingNode) else [])
+            sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(node)] > YAML_MAX_NODES:
+                self._refuse(f"more than {YAML_MAX_NODES:,} values once its aliases are "
+                             "expanded", node.start_mark)
+        return node
+
+    @staticmethod
+    def _refuse(what: str, mark):
+        raise yaml.composer.ComposerError(None, None, f"{what} (a configuration needs far "
+                                          "fewer: an alias bomb?)", mark)
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges keys (standard YAML): what follows overrides
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -433,6 +466,9 @@ _Loader.yaml_implicit_resolvers = {
 
 def _read_yaml(path: Path) -> Any:
     try:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise ConfigError(path.name, "", _NO_VALUE, f"a file under {YAML_MAX_BYTES >> 20} "
+                              f"MiB, got {path.stat().st_size:,} bytes")
         return yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -594,8 +630,10 @@ def effective_config(cfg: Config, masked: bool = True) -> dict:
 
 def set_config_values(config_dir: str | os.PathLike, section: str, values: dict[str, Any]) -> Path:
     """Set `section.key: value` in cappuccino.yaml, keeping the rest of the file (comments
-    included) as it is; the file is replaced atomically and checked by the validator after."""
-    path = Path(config_dir) / CONFIG_FILE
+    included) as it is; the file is replaced atomically and checked by the validator after.
+    A cappuccino.yaml that is a link is written through (the link stays); a section in flow
+    style is refused (`check_rewritable`, which a command calls before its work)."""
+    path = check_rewritable(config_dir, section)
     lines = path.read_text().splitlines() if path.exists() else []
     head = next((i for i, line in enumerate(lines) if re.match(rf"^{section}:\s*(#.*)?$", line)),
                 None)
@@ -615,14 +653,31 @@ def set_config_values(config_dir: str | os.PathLike, section: str, values: dict[
             lines.insert(head + 1, f"  {key}: {rendered}")
             end += 1
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    if path.exists():
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-    written = _build(Config, _read_yaml(tmp), CONFIG_FILE)
-    got = {k: getattr(getattr(written, section), k) for k in values}
-    if got != values:
-        tmp.unlink()
-        raise ConfigError(CONFIG_FILE, section, _NO_VALUE, f"a file where {values} can be set",
-                          got=f" (the edit read back as {got}: edit it by hand)")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        written = _build(Config, _read_yaml(tmp), CONFIG_FILE)
+        got = {k: getattr(getattr(written, section), k) for k in values}
+        if got != values:
+            raise ConfigError(CONFIG_FILE, section, _NO_VALUE, f"a file where {values} can be "
+                              f"set", got=f" (the edit read back as {got}: edit it by hand)")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_rewritable(config_dir: str | os.PathLike, section: str) -> Path:
+    """The file `set_config_values` would write (a link's target), or ConfigError when it
+    cannot set keys of `section` there: a section in flow style (`data: {...}`) is the
+    operator's layout, not rewritten behind their back."""
+    path = Path(config_dir) / CONFIG_FILE
+    if path.is_symlink():
+        path = path.resolve()
+    lines = path.read_text().splitlines() if path.exists() else []
+    if any(re.match(rf"^{section}:\s*[{{\[]", line) for line in lines):
+        raise ConfigError(str(path), section, _NO_VALUE, f"`{section}:` as a block (one key "
+                          "a line) for cappuccino to set keys in it; it is in flow style: "
+                          "write it as a block, or set the keys by hand")
     return path

@@ -42,6 +42,11 @@ from .window import WindowError, held_out_window
 
 log = logging.getLogger(__name__)
 EULER_GAMMA = 0.5772156649
+# Below these, the gates have no evidence to judge by: with two partitions CSCV can only say 0
+# or 1, and a deflated Sharpe over a handful of trials deflates by next to nothing. Such a
+# measure is "not measurable", said so, and never promotes.
+MIN_PBO_PARTITIONS = 8
+MIN_DSR_TRIALS = 5
 
 
 def probability_of_backtest_overfitting(perf: np.ndarray, max_combinations: int = 4000,
@@ -148,23 +153,31 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
     else:
         baseline, base_name = m["candidate"]["bh_sharpe"], "equal-weight buy-and-hold"
     perf = _splits_matrix(engine, [t.trial_id for t in top.members])
-    m["pbo"] = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
+    partitions, configs = perf.shape if perf.size else (0, 0)
+    measurable_pbo = partitions >= MIN_PBO_PARTITIONS and configs >= 2
+    m["pbo"] = probability_of_backtest_overfitting(perf) if measurable_pbo else None
+    m["pbo_partitions"] = partitions
     values = np.array([t.value for t in top.members])
     n_trials = trial_count(engine, study, ("COMPLETE", "PRUNED", "FAIL"))
     m["deflated_sharpe"] = deflated_sharpe_ratio(
-        cand.returns, n_trials, float(values.var()) / HOURS_PER_YEAR if len(values) > 1 else 0.0)
+        cand.returns, n_trials, float(values.var()) / HOURS_PER_YEAR if len(values) > 1
+        else 0.0) if n_trials >= MIN_DSR_TRIALS else None
     m["improvement"] = m["candidate"]["sharpe"] - baseline
     m["n_trials"] = n_trials
     decision.metrics = m
 
-    ok_pbo = not math.isnan(m["pbo"]) and m["pbo"] <= d.max_pbo
-    ok_dsr = m["deflated_sharpe"] >= d.min_deflated_sharpe
+    ok_pbo = m["pbo"] is not None and m["pbo"] <= d.max_pbo
+    ok_dsr = m["deflated_sharpe"] is not None and m["deflated_sharpe"] >= d.min_deflated_sharpe
     ok_gain = m["improvement"] >= d.min_improvement
     decision.reasons += [
-        f"PBO {m['pbo']:.2f} {'<=' if ok_pbo else 'above'} {d.max_pbo}"
-        + (" (needs 2+ trials with split results)" if math.isnan(m["pbo"]) else ""),
-        f"deflated Sharpe {m['deflated_sharpe']:.2f} {'>=' if ok_dsr else 'below'} "
-        f"{d.min_deflated_sharpe}",
+        f"PBO not measurable: {configs} trial(s) with {partitions} split result(s) each "
+        f"(CSCV needs 2+ trials and {MIN_PBO_PARTITIONS}+ splits to rank)" if m["pbo"] is None
+        else f"PBO {m['pbo']:.2f} {'<=' if ok_pbo else 'above'} {d.max_pbo} "
+             f"({partitions} splits)",
+        f"deflated Sharpe not measurable: {n_trials} trial(s) tried (needs "
+        f"{MIN_DSR_TRIALS}+)" if m["deflated_sharpe"] is None
+        else f"deflated Sharpe {m['deflated_sharpe']:.2f} {'>=' if ok_dsr else 'below'} "
+             f"{d.min_deflated_sharpe}",
         f"held-out Sharpe {m['candidate']['sharpe']:.2f} vs {base_name} {baseline:.2f}: "
         f"{m['improvement']:+.2f} ({'>=' if ok_gain else 'below'} {d.min_improvement})",
     ]

@@ -18,8 +18,11 @@ def fsync_path(path: str | Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
     """Write `text` to `path` whole: a complete temporary file in the same directory, fsynced,
-    then one rename. A reader (a path unit, a scraper) never sees half a file."""
+    then one rename. A reader (a path unit, a scraper) never sees half a file. A link is
+    written through: its target is replaced, the link stays."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:

@@ -216,3 +216,73 @@ def test_every_numeric_key_refuses_a_value_nothing_downstream_can_honour(tmp_pat
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path)
     assert e.value.key == f"{section}.{key}"
+
+
+@pytest.mark.parametrize("bomb", [
+    # a billion laughs: each level nine aliases of the one before
+    "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n"
+        for i in range(8)),
+    "data: " + "[" * 20_000 + "]" * 20_000 + "\n",  # nesting past any recursion limit
+])
+def test_a_yaml_bomb_is_refused_at_once(tmp_path, bomb):
+    import time
+    (tmp_path / "cappuccino.yaml").write_text(bomb)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="aliases are expanded|levels of nesting"):
+        load_config(tmp_path)
+    assert time.monotonic() - started < 1.0
+
+
+def test_standard_yaml_merge_keys_are_accepted(tmp_path):
+    (tmp_path / "cappuccino.yaml").write_text(
+        "defaults: &risk {trailing_stop_pct: 0.1, stop_loss_pct: 0.2}\n"
+        "risk:\n  <<: *risk\n  stop_loss_pct: 0.15\n")
+    with pytest.raises(ConfigError, match="defaults"):  # an unknown section, not the merge
+        load_config(tmp_path)
+    (tmp_path / "cappuccino.yaml").write_text(
+        "risk: &risk {trailing_stop_pct: 0.1, stop_loss_pct: 0.2}\n"
+        "broker:\n  kind: sim\n")
+    assert load_config(tmp_path).risk.stop_loss_pct == 0.2
+    (tmp_path / "cappuccino.yaml").write_text(
+        "x-base: &base\n  trailing_stop_pct: 0.1\n  stop_loss_pct: 0.2\n"
+        "risk:\n  <<: *base\n  stop_loss_pct: 0.15\n")
+    with pytest.raises(ConfigError, match="x-base"):
+        load_config(tmp_path)
+
+
+def test_merge_keys_override_in_a_known_section(tmp_path):
+    (tmp_path / "cappuccino.yaml").write_text(
+        "risk:\n  <<: {trailing_stop_pct: 0.12, stop_loss_pct: 0.2}\n  stop_loss_pct: 0.15\n")
+    risk = load_config(tmp_path).risk
+    assert (risk.trailing_stop_pct, risk.stop_loss_pct) == (0.12, 0.15)
+
+
+def test_a_fetch_writes_the_config_through_its_link(tmp_path, shared_data, capsys):
+    """cappuccino.yaml as a link to a file kept elsewhere: `data fetch --path` sets
+    data.csv_path in that file, and the link stays a link."""
+    kept = tmp_path / "kept" / "cappuccino.yaml"
+    kept.parent.mkdir()
+    kept.write_text(f"paths:\n  state_dir: {tmp_path / 'state'}\ndata:\n  symbols: [BTC/USD]\n")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "cappuccino.yaml").symlink_to(kept)
+    assert cli.main(["data", "fetch", "--config-dir", str(etc), "--path", str(shared_data),
+                     "--start", "2023-12-01", "--end", "2023-12-02"]) == 0
+    assert (etc / "cappuccino.yaml").is_symlink()
+    assert load_config(etc).data.csv_path == str(shared_data.resolve())
+    assert not list(kept.parent.glob(".*.tmp")) and not list(etc.glob(".*.tmp"))
+
+
+def test_a_flow_style_section_is_refused_before_the_fetch(tmp_path, shared_data, capsys):
+    etc = write_config(tmp_path / "etc", {})
+    (etc / "cappuccino.yaml").write_text(
+        f"paths: {{state_dir: {tmp_path / 'state'}}}\ndata: {{symbols: [BTC/USD]}}\n")
+    before = (etc / "cappuccino.yaml").read_text()
+    code = cli.main(["data", "fetch", "--config-dir", str(etc), "--path", str(shared_data),
+                     "--start", "2023-12-01", "--end", "2023-12-02"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "flow style" in err[0], err
+    assert (etc / "cappuccino.yaml").read_text() == before
+    assert not (tmp_path / "state").exists()  # nothing fetched
+    assert not list(etc.glob(".*.tmp"))

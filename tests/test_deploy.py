@@ -98,7 +98,7 @@ def test_a_model_overfit_on_purpose_is_rejected(tmp_path, market_files, pg_url):
     cfg, engine, study = make_env(tmp_path, market_files, pg_url)
     rng = np.random.default_rng(7)
     for k in range(6):  # luck, not skill: each trial's splits sum to the same total
-        splits = rng.normal(0, 2, 6)
+        splits = rng.normal(0, 2, 8)
         add_trial(study, cfg, 5.0 - k, seed=k, band=0.15, splits=list(splits - splits.mean()))
     decision = validate(cfg, engine)
     assert not decision.passed and not decision.promoted
@@ -111,6 +111,28 @@ def test_a_model_overfit_on_purpose_is_rejected(tmp_path, market_files, pg_url):
     assert current_manifest(ensembles_dir(cfg)) is None  # nothing deployed
 
 
+def test_gates_without_evidence_are_not_measurable_and_never_promote(tmp_path, market_files,
+                                                                     pg_url, good_agent):
+    """The same genuinely better model, judged on two split results per trial and four trials
+    in all: CSCV cannot rank two partitions and four trials deflate nothing. Both gates say
+    "not measurable" and the model is not promoted."""
+    cfg, engine, study = make_env(tmp_path, market_files, pg_url)
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        add_trial(study, cfg, -0.3 + 0.05 * k, seed=k, band=0.15,
+                  splits=list(-0.3 + rng.normal(0, 0.05, 2)))
+    agent, norm = good_agent
+    add_trial(study, cfg, 2.0, seed=99, hidden=64, layers=2, band=0.15, agent=agent,
+              normalisation=norm, splits=[2.0, 2.1])
+    decision = validate(cfg, engine)
+    assert not decision.passed and not decision.promoted
+    assert decision.metrics["pbo"] is None and decision.metrics["deflated_sharpe"] is None
+    assert any(r.startswith("PBO not measurable: 4 trial(s) with 2 split result(s)")
+               for r in decision.reasons), decision.reasons
+    assert any(r.startswith("deflated Sharpe not measurable: 4 trial(s)")
+               for r in decision.reasons), decision.reasons
+
+
 def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_files, pg_url,
                                                           good_agent, capsys, hook):
     url, received = hook
@@ -119,11 +141,11 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     rng = np.random.default_rng(3)
     for k in range(5):  # today's ensemble: members with no skill
         add_trial(study, cfg, -0.3 + 0.05 * k, seed=k, band=0.15,
-                  splits=list(-0.3 + 0.05 * k + rng.normal(0, 0.05, 6)))
+                  splits=list(-0.3 + 0.05 * k + rng.normal(0, 0.05, 8)))
     assert sync(cfg, engine).version == 1
     agent, norm = good_agent
     good = add_trial(study, cfg, 2.0, seed=99, hidden=64, layers=2, band=0.15, agent=agent,
-                     normalisation=norm, splits=list(2.0 + rng.normal(0, 0.1, 6)))
+                     normalisation=norm, splits=list(2.0 + rng.normal(0, 0.1, 8)))
     assert cli.main(["deploy", "--dry-run", "--config-dir", cfg.config_dir]) == 0
     out = capsys.readouterr().out
     assert "PROMOTE" in out and "dry run: would promote" in out
