@@ -37,7 +37,7 @@ class ConfigError(Exception):
         where = f"{file}: {key}: " if key else f"{file}: "
         if got is None:
             got = "" if value is _NO_VALUE else f", got {value!r}"
-        super().__init__(f"{where}expected {expected}{got}")
+        super().__init__(mask_text(f"{where}expected {expected}{got}"))  # never a password
 
 
 _NO_VALUE = object()
@@ -103,10 +103,17 @@ def _keeps_data(url: str) -> bool:
     which would keep nothing after the process ends (a study trained into thin air)."""
     scheme, _, rest = url.partition("://")
     if scheme in ("postgresql", "postgresql+psycopg2", "postgres"):
-        return bool(rest.strip())
+        return bool(rest.strip()) and _port_ok(rest)
     path = rest.removeprefix("/")
     return scheme == "sqlite" and rest.startswith("/") and bool(path.strip()) \
         and ":memory:" not in path and not path.startswith("?") and "mode=memory" not in path
+
+
+def _port_ok(rest: str) -> bool:
+    """The port of `user:pw@host:port/db`, if given, is one a server can listen on."""
+    host = rest.rpartition("@")[2].partition("/")[0].partition("?")[0]
+    port = host.rpartition(":")[2] if ":" in host and not host.endswith("]") else ""
+    return not port or (port.isdigit() and 1 <= int(port) <= 65535)
 
 
 NOT_BLANK = check("a path (not empty)", lambda v: bool(v.strip()))
@@ -115,8 +122,8 @@ NOT_BLANK = check("a path (not empty)", lambda v: bool(v.strip()))
 @dataclass(frozen=True)
 class StorageConfig:
     url: str | None = field(default=None, metadata=check(
-        "a postgresql+psycopg2:// or sqlite:///PATH URL of a database that keeps what is "
-        "written (not :memory:, not an empty path)", _keeps_data))
+        "a postgresql+psycopg2://HOST[:PORT 1-65535]/DB or sqlite:///PATH URL of a database "
+        "that keeps what is written (not :memory:, not an empty path)", _keeps_data))
     pool_size: int = field(default=5, metadata=between(1, 1000, "an integer"))
     max_overflow: int = field(default=10, metadata=between(0, 1000, "an integer"))
     sqlite_busy_timeout_s: float = field(default=30.0, metadata=between(0.1, 3600))

@@ -8,6 +8,7 @@ bad data, a model that will not load, the broker refusing). The traceback is for
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 
@@ -61,9 +62,13 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, StorageEmpty):
         return RUNTIME, f"storage: {e}"
     if isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return RUNTIME, f"storage unreachable: {first_line(e.orig or e)}"
+        reason = first_line(e.orig or e)
+        if WRONG_SETTING.search(reason):  # the URL names what is not there: fix the setting
+            return USAGE, f"storage setting wrong ({_storage_in_use()}): {reason}"
+        return RUNTIME, f"storage unreachable ({_storage_in_use()}): {reason}"
     if isinstance(e, sa.exc.SQLAlchemyError):
-        return RUNTIME, f"storage error: {type(e).__name__}: {first_line(e)}"
+        return RUNTIME, (f"storage error ({_storage_in_use()}): {type(e).__name__}: "
+                         f"{first_line(e)}")
     if isinstance(e, DataError):
         return RUNTIME, f"data error: {first_line(e)}"
     if type(e).__name__ == "ReconcileError":
@@ -75,6 +80,17 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, OSError):
         return RUNTIME, f"{type(e).__name__}: {first_line(e)}"
     return RUNTIME, f"error: {type(e).__name__}: {first_line(e)}"
+
+
+# What a database answers when the URL is wrong rather than the server down.
+WRONG_SETTING = re.compile(r"invalid port|does not exist|password authentication failed|"
+                           r"no password supplied|could not translate host name|invalid dsn|"
+                           r"invalid connection option|unable to open database file", re.I)
+
+
+def _storage_in_use() -> str:
+    from .storage import urls_in_use
+    return ", ".join(mask_text(u) for u in urls_in_use[-1:]) or "storage.url"
 
 
 def _is_broker_error(e: BaseException) -> bool:

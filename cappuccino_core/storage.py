@@ -16,10 +16,12 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import numpy as np
 import optuna
@@ -99,6 +101,7 @@ def refuse_foreign(url: str) -> None:
     someone else's (an empty one is fine), and is refused without a table created in it."""
     from .config import mask_text
     from .optuna_db import OPTUNA_TABLES
+    _in_use(url)
     if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
         return  # a new file: nothing there to protect
     engine = sa.create_engine(driver_url(url))
@@ -121,6 +124,7 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
     """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for.
     Optuna creates its tables here: someone else's database is refused first."""
+    _in_use(url)
     refuse_foreign(url)
     _ensure_sqlite_dir(url)
     _quiet_heartbeat_warnings()
@@ -130,8 +134,19 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
         heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
 
 
+# The storage URLs this process opened, newest last: an error names the one it came from.
+urls_in_use: list[str] = []
+
+
+def _in_use(url: str) -> None:
+    if url in urls_in_use:
+        urls_in_use.remove(url)
+    urls_in_use.append(url)
+
+
 def make_engine(url: str, create: bool = True, **kwargs) -> Engine:
     """An engine on `url`; `create=False` never makes a directory for a SQLite file."""
+    _in_use(url)
     if create:
         _ensure_sqlite_dir(url)
     engine = sa.create_engine(driver_url(url), **engine_kwargs(url, **kwargs))
@@ -492,7 +507,8 @@ def read_engine(cfg) -> Engine:
     if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
         raise StorageEmpty(f"no database at {url.removeprefix('sqlite:///')} yet: nothing has "
                            "run with this configuration")
-    engine = make_engine(url, create=False, **_engine_options(cfg))
+    engine = (_read_only_sqlite(url, cfg.storage.sqlite_busy_timeout_s) if is_sqlite(url)
+              else make_engine(url, create=False, **_engine_options(cfg)))
     check_schema(engine)
     version = schema_version(engine)
     if version == 0:
@@ -502,6 +518,19 @@ def read_engine(cfg) -> Engine:
         raise StorageEmpty(f"the database {where} has schema v{version}, this release reads "
                            f"v{SCHEMA_VERSION}: start any Cappuccino service once to upgrade it")
     return engine
+
+
+def _read_only_sqlite(url: str, busy_timeout_s: float) -> Engine:
+    """A SQLite file opened so that nothing can be written (`mode=ro`): a read-only command
+    works on a file it may not write. Where nothing can write at all (a read-only file or
+    directory: SQLite could not even make the WAL's shared-memory file), `immutable=1`, which
+    is then true."""
+    _in_use(url)
+    path = url.removeprefix("sqlite:///")
+    writable = os.access(path, os.W_OK) and os.access(Path(path).parent, os.W_OK)
+    mode = "mode=ro" if writable else "immutable=1"
+    return sa.create_engine(f"sqlite:///file:{quote(path)}?{mode}&uri=true",
+                            connect_args={"timeout": busy_timeout_s}, json_serializer=_json)
 
 
 def optuna_storage(cfg, heartbeats: bool = False) -> optuna.storages.RDBStorage:

@@ -52,7 +52,7 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path):
     ({"broker": {"paper": "yes"}}, "broker.paper", "true or false"),
     ({"ensemble": {"top_n": 3, "min_members": 5}}, "ensemble.min_members", "<= ensemble.top_n"),
     ({"training": {"cv_groups": 2.5}}, "training.cv_groups", "an integer"),
-    ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql+psycopg2:// or sqlite:///"),
+    ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql+psycopg2://HOST[:PORT 1-65535]/DB or sqlite:///"),
     # storages that keep nothing, or no known driver (issue 29)
     ({"storage": {"url": "sqlite:///:memory:"}}, "storage.url", "not :memory:"),
     ({"storage": {"url": "sqlite:///"}}, "storage.url", "not an empty path"),

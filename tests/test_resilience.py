@@ -152,7 +152,7 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
     assert "serving ensemble v1, the newest version that loads" in caplog.text
     assert cli.main(["status", "--config-dir", cfg.config_dir]) == 2  # critical
     assert "ENSEMBLE v2 IS BROKEN" in capsys.readouterr().out
-    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
+    assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 1  # broken
     assert "BROKEN: ensemble v2" in capsys.readouterr().out
     # the cached copy is truncated too (hard links): the sync fetches the model again
     (cfg.state_dir / "trader.pid").unlink()  # (the sync would SIGHUP this test's process)
@@ -202,7 +202,7 @@ def test_bad_files_and_values_get_one_line_and_exit_2(tmp_path):
         one_line(cappuccino("config", "check", "--config-dir", str(etc)), 2, key)
     write_config(etc, {"paths": {"state_dir": str(tmp_path / "state")}})
     result = cappuccino("train", "--n-trials", "-5", "--config-dir", str(etc))
-    assert result.returncode == 2 and "expected an integer >= 1" in result.stderr
+    assert result.returncode == 2 and "expected an integer from 1 to" in result.stderr
     one_line(cappuccino("train", "--study", "../../escape", "--n-trials", "1",
                         "--config-dir", str(etc)), 2, "--study", "a study name of letters")
     assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
@@ -223,7 +223,7 @@ def test_storage_down_or_missing_is_one_line_everywhere(tmp_path):
         if args == ["status"]:  # status shows every section it can, and says why not the rest
             assert result.returncode == 2 and "storage unreachable" in result.stdout
             continue
-        one_line(result, 1, "storage unreachable")
+        one_line(result, 1, "storage unreachable (postgresql://nobody@127.0.0.1:1/nowhere)")
     debug = cappuccino("--debug", "study", "list", "--config-dir", str(etc))
     assert "Traceback" in debug.stderr  # the traceback is there when asked for
     daemon = subprocess.run([sys.executable, "-m", "daemons.ensemble_sync", "--config-dir",
@@ -235,6 +235,25 @@ def test_storage_down_or_missing_is_one_line_everywhere(tmp_path):
     daemon = subprocess.run([sys.executable, "-m", "daemons.paper_trader", "--config-dir",
                              str(etc)], capture_output=True, text=True)
     assert daemon.returncode == 2 and "risk.trailing_stop_pct" in daemon.stderr
+
+
+def test_a_wrong_storage_setting_is_exit_2_naming_the_url_masked(tmp_path, pg_url):
+    """A database or role that does not exist, a port no server can have: the setting is
+    wrong, not the server down: exit 2, the URL named with its password masked."""
+    from conftest import write_config
+    host = pg_url.rpartition("@")[2].partition("/")[0]
+    cases = [(f"postgresql://postgres:hunter2@{host}/no_such_db_here", 2, "does not exist"),
+             (f"postgresql://no_such_role:hunter2@{host}/postgres", 2, "does not exist"),
+             ("postgresql://postgres:hunter2@127.0.0.1:70000/x", 2, "storage.url")]
+    for url, code, said in cases:
+        etc = write_config(tmp_path / "etc", {"storage": {"url": url},
+                                              "paths": {"state_dir": str(tmp_path / "state")}})
+        (etc / "cappuccino.yaml").chmod(0o640)  # it holds a password
+        result = cappuccino("study", "list", "--config-dir", str(etc))
+        one_line(result, code, said)
+        assert "hunter2" not in result.stderr, result.stderr
+        if said != "storage.url":
+            assert url.replace("hunter2", "***") in result.stderr, result.stderr
 
 
 def test_a_bad_artifact_and_a_bad_csv_date_are_one_line(tmp_path, shared_data):

@@ -122,3 +122,44 @@ def test_someone_elses_database_is_refused_before_a_table_is_written(storage_url
     fresh = f"sqlite:///{tmp_path / 'empty.db'}"
     sa.create_engine(fresh).connect().close()
     assert storage.schema_version(storage.open_app_db(fresh)) == storage.SCHEMA_VERSION
+
+
+def _read_only_mount_works() -> bool:
+    import subprocess
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(),
+                    reason="needs `unshare -m` (root) to mount a directory read-only")
+def test_read_only_commands_work_on_a_sqlite_file_that_cannot_be_written(tmp_path):
+    """A SQLite database in a directory mounted read-only (a backup, an operator without
+    write access): the read-only commands answer as they do on a writable copy, never
+    "attempt to write a readonly database" or "unable to open database file"."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import write_config
+    from cappuccino_core.trading.journal import Journal
+    db = tmp_path / "ro" / "db.sqlite"
+    db.parent.mkdir()
+    etc = write_config(tmp_path / "etc", {"storage": {"url": f"sqlite:///{db}"},
+                                          "paths": {"state_dir": str(tmp_path / "state")}})
+    engine = storage.open_app_db(f"sqlite:///{db}")
+    Journal(engine, "paper").snapshot(pd.Timestamp("2024-01-01", tz="UTC"), 1000.0, 1000.0, {})
+    engine.dispose()
+    commands = [["status"], ["study", "list"], ["trader", "status"], ["trader", "history"]]
+
+    def run(cmd, read_only):
+        line = [sys.executable, "-m", "cappuccino_core.cli", *cmd, "--config-dir", str(etc)]
+        if read_only:
+            d = db.parent
+            line = ["unshare", "-m", "sh", "-c", f"mount --bind {d} {d} && mount -o "
+                    f"remount,ro,bind {d} && exec \"$0\" \"$@\"", *line]
+        return subprocess.run(line, capture_output=True, text=True, timeout=120)
+    for cmd in commands:
+        writable, read_only = run(cmd, False), run(cmd, True)
+        said = read_only.stdout + read_only.stderr
+        assert read_only.returncode == writable.returncode, (cmd, said)
+        assert "readonly" not in said and "unable to open" not in said, (cmd, said)
