@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .config import Config, mask_text as _mask
+from .config import CONFIG_FILE, Config, ConfigError, mask_text as _mask
 
 log = logging.getLogger(__name__)
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -52,6 +52,17 @@ class Channel:
 
     def wants(self, severity: str, kind: str) -> bool:
         return not self.tags or bool(self.tags & {severity, kind})
+
+
+def url_problems(cfg: Config) -> list[ConfigError]:
+    """The alert channels Apprise cannot use (an unknown scheme, a URL missing its parts), each
+    masked: an alert sent there would go nowhere."""
+    import apprise
+    return [ConfigError(CONFIG_FILE, f"alerts.urls[{i}]", _mask(Channel.parse(entry).url),
+                        "a URL Apprise can send to (each service's form: "
+                        "https://github.com/caronc/apprise/wiki)")
+            for i, entry in enumerate(cfg.alerts.urls)
+            if not apprise.Apprise().add(Channel.parse(entry).url)]
 
 
 def _with_timeout(url: str, timeout_s: float) -> str:

@@ -20,7 +20,12 @@ log = logging.getLogger("cappuccino")
 
 
 def cmd_config_check(args) -> int:
+    from .config import ConfigErrors, path_problems
     cfg = load_config(args.config_dir)
+    from .alerts import url_problems
+    problems = path_problems(cfg) + url_problems(cfg)
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
     effective = effective_config(cfg)
     if args.json:
         print(json.dumps(effective, indent=2))

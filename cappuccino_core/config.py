@@ -133,7 +133,7 @@ class StorageConfig:
 class PathsConfig:
     state_dir: str = field(default="/var/lib/cappuccino", metadata=NOT_BLANK)
     # the bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=), else <state_dir>/cache
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata=NOT_BLANK)
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,12 @@ class ArtifactsConfig:
     # s3: an S3-compatible bucket; database: chunks in a table of the storage database, so
     # that a cluster needs nothing but PostgreSQL
     store: str = field(default="filesystem", metadata=choice("filesystem", "s3", "database"))
-    path: str | None = None  # filesystem: null is <state_dir>/artifacts
+    path: str | None = field(default=None, metadata=NOT_BLANK)  # null: <state_dir>/artifacts
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None  # null: AWS; else e.g. http://minio.internal:9000
     s3_region: str | None = None
     # downloaded models, unpacked, keyed by checksum; null is <state_dir>/artifact-cache
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata=NOT_BLANK)
 
 
 @dataclass(frozen=True)
@@ -631,6 +631,30 @@ def effective_config(cfg: Config, masked: bool = True) -> dict:
     d = dataclasses.asdict(cfg)
     d["storage"]["url"] = cfg.storage_url if masked else cfg.storage.url
     return mask_secrets(d) if masked else d
+
+
+def path_problems(cfg: Config) -> list[ConfigError]:
+    """What `config check` refuses about the paths beyond their syntax: a CSV directory that
+    is not there (a link to nowhere included: the bundled sample is never silently used
+    instead), a directory setting that names a file."""
+    problems = []
+    source = CONFIG_FILE
+    if cfg.data.source == "csv" and cfg.data.csv_path is not None:
+        p = Path(cfg.data.csv_path)
+        if not p.is_dir():
+            why = ("a link to nowhere" if p.is_symlink() and not p.exists() else
+                   "a file" if p.exists() else "nothing there")
+            problems.append(ConfigError(source, "data.csv_path", cfg.data.csv_path,
+                                        "an existing directory of CSV files", got=f", got "
+                                        f"{cfg.data.csv_path!r}: {why}"))
+    for key, value in (("paths.state_dir", cfg.paths.state_dir),
+                       ("paths.cache_dir", cfg.paths.cache_dir),
+                       ("artifacts.path", cfg.artifacts.path),
+                       ("artifacts.cache_dir", cfg.artifacts.cache_dir)):
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            problems.append(ConfigError(source, key, value, "a directory (or nothing yet)",
+                                        got=f", got {value!r}: a file"))
+    return problems
 
 
 # --- writing a setting ---------------------------------------------------------------------------

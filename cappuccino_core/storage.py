@@ -104,7 +104,7 @@ def refuse_foreign(url: str) -> None:
     _in_use(url)
     if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
         return  # a new file: nothing there to protect
-    engine = sa.create_engine(driver_url(url))
+    engine = _read_only_sqlite(url, 30.0) if is_sqlite(url) else sa.create_engine(driver_url(url))
     try:
         names = set(sa.inspect(engine).get_table_names())
     finally:
@@ -507,6 +507,7 @@ def read_engine(cfg) -> Engine:
     if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
         raise StorageEmpty(f"no database at {url.removeprefix('sqlite:///')} yet: nothing has "
                            "run with this configuration")
+    refuse_foreign(url)  # someone else's database is not ours to read either
     engine = (_read_only_sqlite(url, cfg.storage.sqlite_busy_timeout_s) if is_sqlite(url)
               else make_engine(url, create=False, **_engine_options(cfg)))
     check_schema(engine)

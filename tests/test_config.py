@@ -286,3 +286,39 @@ def test_a_flow_style_section_is_refused_before_the_fetch(tmp_path, shared_data,
     assert (etc / "cappuccino.yaml").read_text() == before
     assert not (tmp_path / "state").exists()  # nothing fetched
     assert not list(etc.glob(".*.tmp"))
+
+
+PATH_KEYS = [("data", "csv_path"), ("paths", "state_dir"), ("paths", "cache_dir"),
+             ("artifacts", "path"), ("artifacts", "cache_dir")]
+
+
+@pytest.mark.parametrize("section, key", PATH_KEYS)
+@pytest.mark.parametrize("bad", ["empty", "missing", "dangling link", "a file"])
+def test_every_path_key_refuses_a_path_that_cannot_be_what_it_names(tmp_path, section, key,
+                                                                    bad, capsys):
+    """Generated over the path keys: `config check` refuses, with the key named and exit 2,
+    a path that is empty, or where a directory must be there (the CSV directory) or may be
+    made (state, caches): nothing there, a link to nowhere, a file."""
+    target = {"empty": "", "missing": str(tmp_path / "nothing"),
+              "dangling link": str(tmp_path / "link"), "a file": str(tmp_path / "file")}[bad]
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    (tmp_path / "file").write_text("not a directory\n")
+    etc = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")}})
+    write_config(etc, {"paths": {"state_dir": str(tmp_path / "state")},
+                       section: {key: target}})
+    code = cli.main(["config", "check", "--config-dir", str(etc)])
+    err = capsys.readouterr().err.strip().splitlines()
+    may_be_made = key != "csv_path" and bad in ("missing", "dangling link")
+    if may_be_made:  # made when first needed (a dangling link: its target is made)
+        assert code == 0, err
+        return
+    assert code == 2 and len(err) == 1 and f"{section}.{key}" in err[0], err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "json://", "mailto:bob", "critical=nothing://x"])
+def test_an_alert_url_apprise_cannot_send_to_is_refused(tmp_path, url, capsys):
+    etc = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")},
+                                          "alerts": {"urls": [url]}})
+    (etc / "cappuccino.yaml").chmod(0o600)
+    assert cli.main(["config", "check", "--config-dir", str(etc)]) == 2
+    assert "alerts.urls[0]: expected a URL Apprise can send to" in capsys.readouterr().err

@@ -200,6 +200,7 @@ def test_sigterm_to_train_stops_its_workers_and_waits(tmp_path, pg_url):
             proc.wait()
     out = output.read_text()
     assert "stopping the workers" in out and "Traceback" not in out
+    assert proc.returncode == 143, out  # stopped by SIGTERM, as a script can tell
     time.sleep(0.5)
     assert not [c for c in children if os.path.exists(f"/proc/{c}")], "a worker outlived it"
     study = optuna.load_study(study_name="term", storage=make_optuna_storage(pg_url))

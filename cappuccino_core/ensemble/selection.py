@@ -148,7 +148,9 @@ def member_by_id(engine: Engine, cfg: Config, study: str, trial_id: int) -> tupl
     with engine.connect() as conn:
         row = complete_trial(conn, study, trial_id)
         if row is None:
-            return None, f"trial id {trial_id} is not a COMPLETE trial of {study!r}"
+            return None, (f"trial id {trial_id} is not a COMPLETE trial of {study!r}" if study
+                          else f"trial id {trial_id}: no study to look in (no active study: "
+                               "pass --study)")
         stored = records(conn, [trial_id]).get(trial_id)
     member, why = check_member(trial_id, study, stored, cfg, TrialArtifacts(cfg, engine))
     if member is None:
