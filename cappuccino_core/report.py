@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .data import load_bars
 from .data.features import compute_features
+from .files import atomic_write_text
 from .backtest import backtest_ensemble, first_decision_bar
 from .ensemble.publish import current_dir, ensembles_dir
 from .ensemble.serving import Ensemble
@@ -352,5 +353,4 @@ def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | Non
             f"{html.escape(str(cfg.active_study))}.</p>{body}</body></html>")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    return atomic_write_text(out, page)

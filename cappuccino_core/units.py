@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import atomic_write_text
+
 UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
 
 
@@ -38,6 +40,5 @@ def write_units(directory: str | Path, prefix: str | Path, python=None) -> list[
     for name, text in render_units(prefix, python).items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
+        written.append(atomic_write_text(path, text))
     return written

@@ -554,8 +554,10 @@ def test_the_pieces_of_alpaca_py_the_clients_rely_on_are_there():
                  "retry_exception_codes"):
         assert name in params, name
     for name in ("get_account", "get_all_positions", "get_all_assets", "get_order_by_client_id",
-                 "get_orders", "cancel_order_by_id", "submit_order"):
+                 "get_orders", "cancel_order_by_id", "submit_order", "get"):
         assert callable(getattr(TradingClient, name, None)), name
+    # the account activities (fee bookings) go through the public `get(path, data)`
+    assert list(inspect.signature(RESTClient.get).parameters)[:3] == ["self", "path", "data"]
     for name in ("get_crypto_latest_trade", "get_crypto_bars"):
         assert callable(getattr(CryptoHistoricalDataClient, name, None)), name
     order = DecimalMarketOrder(symbol="BTC/USD", qty="0.000000003", side="buy",

@@ -4,7 +4,10 @@ case builds a data directory from a good one and one fault."""
 
 import gzip
 import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -133,7 +136,48 @@ def test_the_leftovers_of_a_killed_fetch_are_removed_by_the_next(tmp_path, confi
     os.utime(leftover, (old, old))
     fresh = cache_dir / "tmpwriting.tmp"  # another fetch writing right now: left alone
     fresh.write_bytes(b"being written")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a fetch that was killed a moment ago: its file goes at once
+    killed = cache_dir / f"{gone.pid}-abcd.tmp"
+    killed.write_bytes(b"half a chunk")
+    writing = cache_dir / f"{os.getpid()}-efgh.tmp"  # this process, writing: left alone
+    writing.write_bytes(b"being written")
     assert cli.main(["data", "fetch", "--config-dir", str(config_dir), "--symbols", "BTC/USD",
                      "--start", "2023-12-01", "--end", "2023-12-03"]) == 0
     assert not leftover.exists() and fresh.exists()
+    assert not killed.exists() and writing.exists()
     assert str(tmp_path / "state") in state
+
+
+LONG_COMMANDS = [["data", "fetch", "--symbols", "BTC/USD", *RANGE],
+                 ["backtest", "--ensemble", "current"], ["paper", "--replay"],
+                 ["report"], ["deploy", "--dry-run"]]
+
+
+@pytest.mark.parametrize("command", LONG_COMMANDS, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_long_command_stopped_by_a_signal_exits_130_or_143_and_leaves_nothing(
+        command, sig, code, tmp_path, config_dir, capsys, monkeypatch, shared_data):
+    """Every long command reads bars; the signal arrives while they are being read: the
+    command stops cleanly (one line), exits 130 (Ctrl-C) or 143 (SIGTERM), and leaves no
+    temporary file and an unchanged configuration."""
+    from cappuccino_core.data.cache import BarCache
+    real = BarCache.read
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), sig)  # delivered here, in the main thread, mid-read
+        time.sleep(5)
+        return real(self, *args, **kwargs)
+    if command[0] != "data":  # the rest need a study and an ensemble to get as far as bars
+        from test_trading import setup_trader_env
+        config_dir = setup_trader_env(tmp_path / "env", shared_data)[0].config_dir
+    before = (Path(config_dir) / "cappuccino.yaml").read_text()
+    monkeypatch.setattr(BarCache, "read", interrupted)
+    started = time.monotonic()
+    assert cli.main([*command, "--config-dir", str(config_dir)]) == code
+    assert time.monotonic() - started < 5  # at once, not after the sleep
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("interrupted" if code == 130 else "terminated"), err
+    assert (Path(config_dir) / "cappuccino.yaml").read_text() == before
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -322,3 +322,19 @@ def test_an_alert_url_apprise_cannot_send_to_is_refused(tmp_path, url, capsys):
     (etc / "cappuccino.yaml").chmod(0o600)
     assert cli.main(["config", "check", "--config-dir", str(etc)]) == 2
     assert "alerts.urls[0]: expected a URL Apprise can send to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section, key", _numeric_keys())
+@pytest.mark.parametrize("value", [0, -1, 0.5, "1e400", True])
+def test_every_numeric_key_takes_or_refuses_small_odd_values_with_its_name(tmp_path, section,
+                                                                           key, value):
+    """The sweep of every numeric key, at the bottom: each value is taken (and then is what
+    was written) or refused naming the key, never a crash or a silent change."""
+    write_config(tmp_path, {section: {key: value}})
+    try:
+        cfg = load_config(tmp_path)
+    except ConfigError as e:
+        assert e.key == f"{section}.{key}", str(e)
+        return
+    assert value not in ("1e400", True), "an infinite or boolean number was taken"
+    assert getattr(getattr(cfg, section), key) == value

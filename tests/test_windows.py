@@ -80,8 +80,11 @@ def test_without_from_every_command_covers_the_held_out_window(tmp_path, shared_
     assert code == 0 and "2023-11-01 00:00 .." in out and "held-out window of study live" in out
     code, out, _ = run(capsys, "paper", "--replay", *d)
     assert code == 0 and "2023-11-01 00:00 .." in out and "held-out window of study live" in out
-    code, _, err = run(capsys, "backtest", "--ensemble", "current", "--from", "garbage", *d)
-    assert code == 2 and "--from: expected a date" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as refused:  # refused by the argument parser, at once
+        run(capsys, "backtest", "--ensemble", "current", "--from", "garbage", *d)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "--from: expected a date" in err
+    assert "Traceback" not in err
 
 
 def test_report_and_trader_commands_find_the_trader_that_has_data(tmp_path, shared_data, capsys):

@@ -33,6 +33,16 @@ from .bars import COLUMNS, closed_end, empty_frame, utc_index
 log = logging.getLogger(__name__)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 class BarSource(Protocol):
     name: str
 
@@ -74,11 +84,14 @@ class BarCache:
 
     def clear_leftovers(self, older_than_s: float = 600.0) -> list[Path]:
         """Remove the temporary files of writes that never finished (a fetch killed before
-        its rename); a write takes milliseconds, so one older than `older_than_s` is dead."""
+        its rename): those of a process that is gone, and any older than `older_than_s` (a
+        write takes milliseconds)."""
         gone = []
         for tmp in self.dir.glob("*.tmp") if self.dir.is_dir() else []:
+            writer = tmp.name.partition("-")[0]
             try:
-                if time.time() - tmp.stat().st_mtime > older_than_s:
+                dead = writer.isdigit() and not _alive(int(writer))
+                if dead or time.time() - tmp.stat().st_mtime > older_than_s:
                     tmp.unlink()
                     gone.append(tmp)
             except FileNotFoundError:
@@ -90,7 +103,8 @@ class BarCache:
 
     def _write(self, symbol: str, df: pd.DataFrame, covered: list[tuple[int, int]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        # named after this process: a leftover whose writer is gone is known as one
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f"{os.getpid()}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, t=df.index.asi8, ohlcv=df[list(COLUMNS)].to_numpy(),

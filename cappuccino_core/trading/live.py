@@ -33,6 +33,7 @@ from ..data.features import LIVE_HISTORY, compute_features
 from ..ensemble.publish import ensembles_dir, venue_warnings
 from ..ensemble.serving import EnsembleWatcher
 from ..errors import first_line
+from ..files import atomic_write_text
 from ..service import Notifier
 from .journal import LIVE, StateKey, TraderState
 from .trader import Trader
@@ -80,8 +81,7 @@ class LiveLoop:
     def write_pid(self) -> Path:
         path = self.cfg.state_dir / "trader.pid"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{os.getpid()}\n")
-        return path
+        return atomic_write_text(path, f"{os.getpid()}\n")
 
     def start(self) -> None:
         self.write_pid()
