@@ -20,9 +20,9 @@ log = logging.getLogger("cappuccino")
 
 
 def cmd_config_check(args) -> int:
+    from .alerts import url_problems
     from .config import ConfigErrors, path_problems
     cfg = load_config(args.config_dir)
-    from .alerts import url_problems
     problems = path_problems(cfg) + url_problems(cfg)
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
@@ -462,12 +462,12 @@ def utc_time(text: str) -> str:
     """A time argument that parses (`2023-06-01`, `2023-06-01T12:00`, with or without a zone,
     UTC if none), refused at the command line otherwise."""
     try:
-        pd.Timestamp(text)
+        parsed = pd.Timestamp(text)
     except (ValueError, TypeError, OverflowError):
+        parsed = pd.NaT
+    if pd.isna(parsed):  # "nat" parses, as nothing
         raise argparse.ArgumentTypeError(f"expected a date or time like 2023-06-01 or "
-                                         f"2023-06-01T12:00, got {text!r}") from None
-    if pd.isna(pd.Timestamp(text)):
-        raise argparse.ArgumentTypeError(f"expected a date or time, got {text!r}")
+                                         f"2023-06-01T12:00, got {text!r}")
     return text
 
 
@@ -501,7 +501,8 @@ def _add_config_and_data(sub, common) -> None:
         description="Fetch closed bars from a source into the cache under the state dir. "
                     "Only ranges the cache does not hold yet are requested.")
     fetch.add_argument("--symbols", nargs="+", help="symbols like BTC/USD (default: config)")
-    fetch.add_argument("--start", type=utc_time, help="first bar, UTC (default: data.start or a year ago)")
+    fetch.add_argument("--start", type=utc_time,
+                       help="first bar, UTC (default: data.start or a year ago)")
     fetch.add_argument("--end", type=utc_time, help="end, exclusive, UTC (default: now)")
     fetch.add_argument("--source", choices=["alpaca", "csv"], help="default: data.source")
     fetch.add_argument("--path", help="CSV directory for --source csv (default: data.csv_path "
@@ -633,10 +634,10 @@ def _add_trading(sub, common) -> None:
                     "the backtest environment and show, bar by bar, how its equity differs "
                     "and why: fill price, fee, skipped order, stop, quiet bar, fill quantity, "
                     "and what is left unexplained.")
-    rec.add_argument("--from", dest="start", type=utc_time, help="first decision bar (UTC; default: the "
-                     "trader's first)")
-    rec.add_argument("--to", dest="end", type=utc_time, help="end of the window, exclusive (UTC; default: "
-                     "its latest decision)")
+    rec.add_argument("--from", dest="start", type=utc_time,
+                     help="first decision bar (UTC; default: the trader's first)")
+    rec.add_argument("--to", dest="end", type=utc_time,
+                     help="end of the window, exclusive (UTC; default: its latest decision)")
     rec.add_argument("--name", help=TRADER_HELP)
     rec.add_argument("--bars", type=int, default=20, help="bars shown (the largest "
                      "differences; default 20)")

@@ -83,6 +83,7 @@ def read_keys(cfg=None) -> tuple[str, str]:
 
 
 class AlpacaBroker:
+    books_fees_later = True  # CFEE activities, at the end of the day
     def __init__(self, api_key: str, secret_key: str, symbols: list[str],
                  url_override: str | None = None, data_url_override: str | None = None,
                  timeout_s: float = 10.0, retry_wait_s: float = 1.0, max_retries: int = 4,

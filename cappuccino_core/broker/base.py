@@ -109,6 +109,8 @@ class FeeBooking:
 class Broker(Protocol):
     """Everything the trader calls; both brokers implement all of it."""
 
+    books_fees_later: bool  # fees are booked after the fill (`fee_bookings` has something)
+
     def account(self) -> Account: ...
 
     def positions(self) -> dict[str, Position]: ...

@@ -21,6 +21,7 @@ from .base import Account, AssetRule, OrderState, OrderStatus, Position
 
 
 class SimBroker:
+    books_fees_later = False  # each fee is charged at its fill
     def __init__(self, engine: Engine, initial_cash: float, fee: float, slippage_bps: float,
                  min_order_size: float = 1e-6, min_trade_increment: float = 1e-9,
                  account: str = "paper"):

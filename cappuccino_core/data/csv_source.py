@@ -77,9 +77,7 @@ class CsvSource:
     def extent(self, symbol: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         """[first bar, end of last bar) in the file: nothing outside it is worth asking for.
         Asking past the end later may find appended rows."""
-        df = self._load(symbol)
-        if df.empty:
-            return None
+        df = self._load(symbol)  # never empty: a file without rows is refused
         return df.index[0], df.index[-1] + pd.Timedelta(seconds=self.bar_seconds)
 
 

@@ -178,6 +178,8 @@ class Trader:
         what was recorded for the fills of the last FEE_LOOKBACK; one request a bar, none
         when every fill is booked. A broker that cannot answer now is asked at the next bar:
         trading never waits for a booking."""
+        if not self.broker.books_fees_later:
+            return
         since = self.journal.unbooked_since(bar_time - FEE_LOOKBACK)
         if since is None:
             return
