@@ -154,11 +154,19 @@ LONG_COMMANDS = [["data", "fetch", "--symbols", "BTC/USD", *RANGE],
                  ["report"], ["deploy", "--dry-run"]]
 
 
+@pytest.fixture(scope="module")
+def trading_config(tmp_path_factory, shared_data):
+    """A study and a published ensemble: what the long commands need to get as far as bars
+    (they are stopped before they write anything, so one serves them all)."""
+    from test_trading import setup_trader_env
+    return setup_trader_env(tmp_path_factory.mktemp("env"), shared_data)[0].config_dir
+
+
 @pytest.mark.parametrize("command", LONG_COMMANDS, ids=lambda c: " ".join(c[:2]))
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 def test_a_long_command_stopped_by_a_signal_exits_130_or_143_and_leaves_nothing(
-        command, sig, code, tmp_path, config_dir, capsys, monkeypatch, shared_data):
+        command, sig, code, tmp_path, config_dir, capsys, monkeypatch, request):
     """Every long command reads bars; the signal arrives while they are being read: the
     command stops cleanly (one line), exits 130 (Ctrl-C) or 143 (SIGTERM), and leaves no
     temporary file and an unchanged configuration."""
@@ -169,9 +177,8 @@ def test_a_long_command_stopped_by_a_signal_exits_130_or_143_and_leaves_nothing(
         os.kill(os.getpid(), sig)  # delivered here, in the main thread, mid-read
         time.sleep(5)
         return real(self, *args, **kwargs)
-    if command[0] != "data":  # the rest need a study and an ensemble to get as far as bars
-        from test_trading import setup_trader_env
-        config_dir = setup_trader_env(tmp_path / "env", shared_data)[0].config_dir
+    if command[0] != "data":
+        config_dir = request.getfixturevalue("trading_config")
     before = (Path(config_dir) / "cappuccino.yaml").read_text()
     monkeypatch.setattr(BarCache, "read", interrupted)
     started = time.monotonic()
@@ -180,4 +187,4 @@ def test_a_long_command_stopped_by_a_signal_exits_130_or_143_and_leaves_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("interrupted" if code == 130 else "terminated"), err
     assert (Path(config_dir) / "cappuccino.yaml").read_text() == before
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(Path(config_dir).parent.rglob("*.tmp")) and not list(tmp_path.rglob("*.tmp"))
