@@ -124,8 +124,7 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
                         heartbeat_stale_trial_callback: Callable | None = None) -> optuna.storages.RDBStorage:
     """The Optuna storage for `url` (PostgreSQL or SQLite), with heartbeats when asked for.
     Optuna creates its tables here: someone else's database is refused first."""
-    _in_use(url)
-    refuse_foreign(url)
+    refuse_foreign(url)  # (names the URL in use for errors)
     _ensure_sqlite_dir(url)
     _quiet_heartbeat_warnings()
     return optuna.storages.RDBStorage(
@@ -526,7 +525,6 @@ def _read_only_sqlite(url: str, busy_timeout_s: float) -> Engine:
     works on a file it may not write. Where nothing can write at all (a read-only file or
     directory: SQLite could not even make the WAL's shared-memory file), `immutable=1`, which
     is then true."""
-    _in_use(url)
     path = url.removeprefix("sqlite:///")
     writable = os.access(path, os.W_OK) and os.access(Path(path).parent, os.W_OK)
     mode = "mode=ro" if writable else "immutable=1"

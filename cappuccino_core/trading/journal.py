@@ -347,17 +347,21 @@ class Journal:
                                  .values(fee=total))
         return unmatched
 
+    def deferred_fills(self) -> list:
+        """The fills whose fee the account paid after the fill (booked or not yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(fills).where(self._fills(),
+                                                       fills.c.fee_deferred)).all()
+
     def owed(self) -> tuple[dict[str, float], float]:
         """Fees the account has not paid yet (deferred at the fill, not booked): units per
         asset, and USD. The broker's positions less these, and its cash less these, are what
         the journal's fills add up to."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(fills.c.symbol, fills.c.side, fills.c.fee,
-                                          fills.c.fee_qty, fills.c.price).where(
-                self._fills(), fills.c.fee_deferred, fills.c.fee_basis != "booked")).all()
         units: dict[str, float] = {}
         usd = 0.0
-        for r in rows:
+        for r in self.deferred_fills():
+            if r.fee_basis == "booked":
+                continue
             if r.side == "buy":
                 units[r.symbol] = units.get(r.symbol, 0.0) + r.fee_qty
                 usd += r.fee - r.fee_qty * r.price

@@ -42,6 +42,7 @@ from ..config import Config
 from ..data import load_bars
 from ..env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
 from ..storage import decisions, fills, orders
+from .journal import Journal
 
 CAUSES = ("fill price", "fee", "fee posting", "skipped order", "stop", "quiet bar",
           "fill quantity")
@@ -162,12 +163,9 @@ class Posting:
 
 
 def _postings(engine: Engine, trader: str) -> list[Posting]:
-    mine = sa.select(orders.c.client_order_id).where(orders.c.trader == trader)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(fills).where(fills.c.client_order_id.in_(mine),
-                                                   fills.c.fee_deferred)).all()
     return [Posting(r.symbol, _utc(r.ts), None if r.booked_bar is None else _utc(r.booked_bar),
-                    Trade(r.qty, r.price, r.fee, r.fee_qty, True)) for r in rows]
+                    Trade(r.qty, r.price, r.fee, r.fee_qty, True))
+            for r in Journal(engine, trader).deferred_fills()]
 
 
 def _t(x) -> torch.Tensor:
