@@ -33,9 +33,9 @@ import optuna
 import psycopg2
 import sqlalchemy as sa
 
-from cappuccino_core.artifact_store import DatabaseArtifactStore, records
-from cappuccino_core.optuna_db import ranked_trials
-from cappuccino_core.storage import make_optuna_storage, open_app_db, trial_artifacts
+from cappuccino_core.artifacts.store import DatabaseArtifactStore, records
+from cappuccino_core.storage.optuna_db import ranked_trials
+from cappuccino_core.storage.database import make_optuna_storage, open_app_db, trial_artifacts
 
 STUDY = "load"
 MODEL_BYTES = 150_000  # a default 2x128 policy with its spec and events, as a tar

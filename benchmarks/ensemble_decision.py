@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ensemble_helpers import add_trial  # noqa: E402
 
-from cappuccino_core.config import load_config  # noqa: E402
+from cappuccino_core.common.config import load_config  # noqa: E402
 from cappuccino_core.data import load_bars  # noqa: E402
 from cappuccino_core.data.features import LIVE_HISTORY, compute_features  # noqa: E402
 from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync  # noqa: E402
 from cappuccino_core.ensemble.serving import Ensemble  # noqa: E402
-from cappuccino_core.storage import make_optuna_storage, open_app_db  # noqa: E402
+from cappuccino_core.storage.database import make_optuna_storage, open_app_db  # noqa: E402
 
 
 def median_ms(fn, repeat=200) -> float:

@@ -20,9 +20,9 @@ import uuid
 import optuna
 import psycopg2
 
-from cappuccino_core.artifact_store import records
-from cappuccino_core.optuna_db import ranked_trials
-from cappuccino_core.storage import make_engine, make_optuna_storage, open_app_db
+from cappuccino_core.artifacts.store import records
+from cappuccino_core.storage.optuna_db import ranked_trials
+from cappuccino_core.storage.database import make_engine, make_optuna_storage, open_app_db
 
 
 def populate(url: str, name: str, n: int) -> None:

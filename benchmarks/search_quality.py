@@ -49,19 +49,19 @@ import optuna
 import torch
 import yaml
 
-from cappuccino_core.backtest import (HoldEqualWeight, backtest_ensemble, first_decision_bar,
+from cappuccino_core.rl.backtest import (HoldEqualWeight, backtest_ensemble, first_decision_bar,
                                      hold_settings, max_drawdown, run_backtest, sortino,
                                      trading_settings)
-from cappuccino_core.config import load_config, set_config_values
+from cappuccino_core.common.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import FEATURE_SETS, compute_features, feature_names
-from cappuccino_core.deploy import _splits_matrix, probability_of_backtest_overfitting
+from cappuccino_core.operations.deploy import _splits_matrix, probability_of_backtest_overfitting
 from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
 from cappuccino_core.ensemble.serving import Ensemble
-from cappuccino_core.env import Market, Normalisation
-from cappuccino_core.storage import app_engine, optuna_storage
+from cappuccino_core.rl.env import Market, Normalisation
+from cappuccino_core.storage.database import app_engine, optuna_storage
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
-from cappuccino_core.window import held_out_start, resolve_window
+from cappuccino_core.rl.window import held_out_start, resolve_window
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h"
 SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD", "UNI/USD", "AAVE/USD"]

@@ -32,11 +32,11 @@ def train_worker(share: int | None, updates: int, start, out) -> None:
     import numpy as np
     import torch
 
-    from cappuccino_core.agent import PPOConfig, train_ppo
+    from cappuccino_core.rl.agent import PPOConfig, train_ppo
     from cappuccino_core.data.features import WARMUP, compute_features
     from cappuccino_core.data.synthetic import synthetic_market
-    from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
-    from cappuccino_core.threads import set_torch_threads
+    from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+    from cappuccino_core.common.threads import set_torch_threads
     if share is not None:
         set_torch_threads(share, "worker")
     bars = synthetic_market(n_assets=7, n_bars=4000, seed=3)
@@ -55,8 +55,8 @@ def train_worker(share: int | None, updates: int, start, out) -> None:
 def trader(configured: bool, stop, start, out) -> None:
     import torch
 
-    from cappuccino_core.agent import ActorCritic
-    from cappuccino_core.threads import set_torch_threads
+    from cappuccino_core.rl.agent import ActorCritic
+    from cappuccino_core.common.threads import set_torch_threads
     if configured:
         set_torch_threads(1, "trader")
     members = [ActorCritic(7 * 20 + 15, 8, 128, 2, -0.5) for _ in range(10)]
@@ -98,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=12)
     args = p.parse_args()
-    from cappuccino_core.threads import cores_given
+    from cappuccino_core.common.threads import cores_given
     print(f"{cores_given()} cores given; one PPO update of the default network, median over "
           f"{args.updates - 2} updates per worker\n")
     alone, t_alone = run([1], False, True, args.updates)

@@ -28,13 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finrl_reference import FinRLStyleEnv  # noqa: E402
 
-from cappuccino_core.agent import PPOConfig, train_ppo  # noqa: E402
-from cappuccino_core.artifact_store import TrialArtifacts  # noqa: E402
-from cappuccino_core.storage import app_engine  # noqa: E402
-from cappuccino_core.config import load_config  # noqa: E402
+from cappuccino_core.rl.agent import PPOConfig, train_ppo  # noqa: E402
+from cappuccino_core.artifacts.store import TrialArtifacts  # noqa: E402
+from cappuccino_core.storage.database import app_engine  # noqa: E402
+from cappuccino_core.common.config import load_config  # noqa: E402
 from cappuccino_core.data import load_bars  # noqa: E402
 from cappuccino_core.data.features import WARMUP, compute_features  # noqa: E402
-from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation  # noqa: E402
+from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation  # noqa: E402
 from cappuccino_core.training.objective import Objective, held_out_start, prepare_data  # noqa: E402
 
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from cappuccino_core.artifact_store import TrialArtifacts
-from cappuccino_core.config import load_config
+from cappuccino_core.artifacts.store import TrialArtifacts
+from cappuccino_core.common.config import load_config
 from cappuccino_core.data import load_bars
-from cappuccino_core.storage import app_engine
-from cappuccino_core.threads import set_torch_threads
+from cappuccino_core.storage.database import app_engine
+from cappuccino_core.common.threads import set_torch_threads
 from cappuccino_core.training.objective import (Objective, held_out_start, prepare_data,
                                                 split_batch, training_precision)
 from cappuccino_core.training.search_space import default_params

@@ -13,15 +13,15 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .config import ConfigError, effective_config, load_config
-from .service import setup_logging
+from .common.config import ConfigError, effective_config, load_config
+from .common.service import setup_logging
 
 log = logging.getLogger("cappuccino")
 
 
 def cmd_config_check(args) -> int:
-    from .alerts import url_problems
-    from .config import ConfigErrors, path_problems
+    from .common.alerts import url_problems
+    from .common.config import ConfigErrors, path_problems
     cfg = load_config(args.config_dir)
     problems = path_problems(cfg) + url_problems(cfg)
     if problems:
@@ -65,7 +65,7 @@ def cmd_data_fetch(args) -> int:
         print(f"{s:<10} {added[s]:>9} {len(df):>7}  {span}")
     print(f"cache: {cache.dir}")
     if follow:
-        from .config import set_config_values
+        from .common.config import set_config_values
         path = set_config_values(cfg.config_dir, "data", follow)
         print(f"{path}: " + ", ".join(f"data.{k}: {v}" for k, v in follow.items())
               + " (training and trading now read what was fetched)")
@@ -78,7 +78,7 @@ def _fetch_follows(cfg, args) -> dict:
     bundled sample or an older source), checked writable before the fetch."""
     from pathlib import Path
 
-    from .config import check_rewritable
+    from .common.config import check_rewritable
     wanted = {}
     if args.source and args.source != cfg.data.source:
         wanted["source"] = args.source
@@ -112,13 +112,13 @@ def cmd_train(args) -> int:
 
 def _app_db(cfg):
     """The database for a command that writes (created and migrated if need be)."""
-    from .storage import app_engine
+    from .storage.database import app_engine
     return app_engine(cfg)
 
 
 def _read_db(cfg):
     """The database for a command that only reads: never created nor migrated by it."""
-    from .storage import read_engine
+    from .storage.database import read_engine
     return read_engine(cfg)
 
 
@@ -160,8 +160,8 @@ def cmd_ensemble_show(args) -> int:
 
 
 def cmd_study_list(args) -> int:
-    from .dashboard import dashboard_command, how_to_browse
-    from .optuna_db import study_summaries
+    from .operations.dashboard import dashboard_command, how_to_browse
+    from .storage.optuna_db import study_summaries
     cfg = load_config(args.config_dir)
     rows = study_summaries(_read_db(cfg))
     _emit(args, {"active_study": cfg.active_study, "dashboard": dashboard_command(cfg),
@@ -182,14 +182,14 @@ def _render_study_list(d: dict) -> str:
 
 
 def cmd_dashboard(args) -> int:
-    from .dashboard import serve
+    from .operations.dashboard import serve
     serve(load_config(args.config_dir), args.host, args.port)
     return 0
 
 
 def cmd_artifacts_migrate(args) -> int:
-    from .artifact_store import migrate_local
-    from .optuna_db import ATTR_ARTIFACT_DIR, complete_trials_with_attr
+    from .artifacts.store import migrate_local
+    from .storage.optuna_db import ATTR_ARTIFACT_DIR, complete_trials_with_attr
     cfg = load_config(args.config_dir)
     engine = _app_db(cfg)
     local = [(t, study, d) for t, study, d in complete_trials_with_attr(engine, ATTR_ARTIFACT_DIR)
@@ -202,8 +202,8 @@ def cmd_artifacts_migrate(args) -> int:
 
 
 def cmd_study_activate(args) -> int:
-    from .optuna_db import study_exists
-    from .studies import write_active_study
+    from .common.config import write_active_study
+    from .storage.optuna_db import study_exists
     cfg = load_config(args.config_dir)
     if not study_exists(_read_db(cfg), args.name):
         print(f"study {args.name!r} does not exist in {cfg.storage_url.split('@')[-1]}",
@@ -215,7 +215,7 @@ def cmd_study_activate(args) -> int:
 
 
 def cmd_study_delete(args) -> int:
-    from .studies import StudyRefused, delete_study
+    from .operations.studies import StudyRefused, delete_study
     cfg = load_config(args.config_dir)
     if not args.yes:
         print(f"study delete: deleting {args.name!r} removes its trials and models for good; "
@@ -232,7 +232,7 @@ def cmd_study_delete(args) -> int:
 
 
 def cmd_study_import(args) -> int:
-    from .studies import import_studies
+    from .operations.studies import import_studies
     cfg = load_config(args.config_dir)
     copied = import_studies(cfg, args.source, args.study)
     print(f"imported {len(copied)} stud{'y' if len(copied) == 1 else 'ies'}: "
@@ -241,7 +241,7 @@ def cmd_study_import(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .status import LEVELS, collect, render
+    from .operations.status import LEVELS, collect, render
     cfg = load_config(args.config_dir)
     state = collect(cfg)
     print(json.dumps(state, indent=2, default=str) if args.json else render(state))
@@ -285,7 +285,7 @@ def _trader_command(args):
 
 
 def cmd_trader_status(args) -> int:
-    from .trading.report import render_trader_status, trader_status_data
+    from .trading.trader_views import render_trader_status, trader_status_data
     cfg, engine, name = _trader_command(args)
     if name is None:
         return 1
@@ -305,7 +305,7 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_trader_history(args) -> int:
-    from .trading.report import render_trader_history, trader_history_data
+    from .trading.trader_views import render_trader_history, trader_history_data
     _, engine, name = _trader_command(args)
     if name is None:
         return 1
@@ -314,8 +314,8 @@ def cmd_trader_history(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from . import deploy
     from .ensemble.selection import SelectionError
+    from .operations import deploy
     cfg = load_config(args.config_dir)
     dry_run = args.dry_run
     try:
@@ -329,7 +329,7 @@ def cmd_deploy(args) -> int:
 
 
 def _render_deploy(d: dict) -> str:
-    from .deploy import Decision
+    from .operations.deploy import Decision
     m = d["metrics"]
     lines = [f"window: {m['window']}"] if "window" in m else []
     fields = {k: d[k] for k in Decision.__dataclass_fields__}
@@ -361,13 +361,13 @@ def _metrics_table(results: dict[str, dict]) -> str:
 
 
 def cmd_backtest(args) -> int:
-    from .backtest import backtest_ensemble, first_decision_bar
-    from .window import held_out_start, resolve_window
     from .data import load_bars
     from .data.features import compute_features
     from .ensemble.publish import current_dir, ensembles_dir
     from .ensemble.selection import member_by_id
     from .ensemble.serving import Ensemble
+    from .rl.backtest import backtest_ensemble, first_decision_bar
+    from .rl.window import held_out_start, resolve_window
     cfg = load_config(args.config_dir)
     engine = _read_db(cfg)
     study = args.study or cfg.active_study
@@ -408,7 +408,7 @@ def _render_backtest(d: dict) -> str:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .operations.html_report import write_report
     cfg = load_config(args.config_dir)
     out = args.out or str(cfg.state_dir / "reports" / f"report-{pd.Timestamp.now(tz='UTC'):%Y%m%d-%H%M}.html")
     path = write_report(cfg, _read_db(cfg), out, args.trader, args.start, args.end)
@@ -417,7 +417,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_install(args) -> int:
-    from .install import install, uninstall
+    from .operations.install import install, uninstall
     if args.uninstall:
         uninstall(args.prefix, args.root)
     else:
@@ -426,18 +426,18 @@ def cmd_install(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from .monitor import run_monitor
+    from .operations.monitor import run_monitor
     return run_monitor(load_config(args.config_dir))
 
 
 def cmd_alert(args) -> int:
-    from .monitor import alert_unit_failure
+    from .operations.monitor import alert_unit_failure
     print(alert_unit_failure(load_config(args.config_dir), args.unit))
     return 0  # a failing channel is logged, never an error of this unit
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .operations.demo import run_demo
     return run_demo(args.workdir)
 
 
@@ -683,7 +683,7 @@ def _add_validation(sub, common) -> None:
 
 
 def _add_operations(sub, common) -> None:
-    from .install import OPERATOR_UNITS, VENDOR_UNITS
+    from .operations.install import OPERATOR_UNITS, VENDOR_UNITS
     inst = sub.add_parser(
         "install", help="install the suite: virtualenv, units, example config, user",
         description="Install the package (not editable, the versions and hashes of "
@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import Terminated, stop_on_sigterm
+    from .common.errors import Terminated, stop_on_sigterm
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as e:  # noqa: BLE001 - every error ends as one line (see errors.py)
-        from .errors import describe
+        from .common.errors import describe
         if args.debug:
             raise
         code, line = describe(e)

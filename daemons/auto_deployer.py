@@ -1,6 +1,6 @@
 """cappuccino-auto-deployer.service (hourly timer): validate the active study's best trial
 out of sample, record the decision, and promote it (a new ensemble version, the trader
-reloads) only if it passes every gate. See cappuccino_core/deploy.py."""
+reloads) only if it passes every gate. See cappuccino_core/operations/deploy.py."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import argparse
 import logging
 import sys
 
-from cappuccino_core import deploy
+from cappuccino_core.common.service import run_daemon, start_daemon
+from cappuccino_core.common.threads import set_torch_threads
 from cappuccino_core.ensemble.selection import SelectionError
-from cappuccino_core.service import run_daemon, start_daemon
-from cappuccino_core.storage import app_engine
-from cappuccino_core.threads import set_torch_threads
+from cappuccino_core.operations import deploy
+from cappuccino_core.storage.database import app_engine
 
 log = logging.getLogger("cappuccino.auto_deployer")
 

@@ -11,11 +11,11 @@ import argparse
 import logging
 import sys
 
+from cappuccino_core.common.service import run_daemon, start_daemon
+from cappuccino_core.common.threads import set_torch_threads
 from cappuccino_core.ensemble import sync, sync_following
 from cappuccino_core.ensemble.selection import SelectionError
-from cappuccino_core.service import run_daemon, start_daemon
-from cappuccino_core.storage import app_engine
-from cappuccino_core.threads import set_torch_threads
+from cappuccino_core.storage.database import app_engine
 
 log = logging.getLogger("cappuccino.ensemble_sync")
 

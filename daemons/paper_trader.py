@@ -14,9 +14,14 @@ import logging
 import signal
 import sys
 
-from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
-from cappuccino_core.storage import app_engine
-from cappuccino_core.threads import set_torch_threads
+from cappuccino_core.common.service import (
+    Notifier,
+    run_daemon,
+    start_daemon,
+    wait_for_storage,
+)
+from cappuccino_core.common.threads import set_torch_threads
+from cappuccino_core.storage.database import app_engine
 from cappuccino_core.trading.live import LiveLoop
 
 log = logging.getLogger("cappuccino.trader")

@@ -13,8 +13,13 @@ import logging
 import signal
 import sys
 
-from cappuccino_core.service import Notifier, run_daemon, start_daemon, wait_for_storage
-from cappuccino_core.threads import set_torch_threads
+from cappuccino_core.common.service import (
+    Notifier,
+    run_daemon,
+    start_daemon,
+    wait_for_storage,
+)
+from cappuccino_core.common.threads import set_torch_threads
 from cappuccino_core.training.worker import WorkerHooks, run_worker
 
 log = logging.getLogger("cappuccino.trainer")

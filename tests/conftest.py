@@ -141,7 +141,7 @@ INSTALLED_STAGE = REPO / "build" / "test-install"
 def installed_venv() -> Path:
     import shutil
 
-    from cappuccino_core.install import install
+    from cappuccino_core.operations.install import install
     shutil.rmtree(INSTALLED_STAGE, ignore_errors=True)
     install("/opt/cappuccino", str(INSTALLED_STAGE), venv=True, user=False,
             systemd_reload=False, log=lambda _: None)

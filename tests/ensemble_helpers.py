@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from cappuccino_core.agent import ActorCritic
+from cappuccino_core.rl.agent import ActorCritic
 from cappuccino_core.data import venue
 from cappuccino_core.data.features import feature_names
-from cappuccino_core.env import EnvSettings, observation_size
-from cappuccino_core.artifact_store import TrialArtifacts, records
-from cappuccino_core.artifacts import ModelSpec, NetworkSpec, save_artifact
-from cappuccino_core.env import Normalisation
-from cappuccino_core.storage import app_engine
+from cappuccino_core.rl.env import EnvSettings, observation_size
+from cappuccino_core.artifacts.store import TrialArtifacts, records
+from cappuccino_core.artifacts.model import ModelSpec, NetworkSpec, save_artifact
+from cappuccino_core.rl.env import Normalisation
+from cappuccino_core.storage.database import app_engine
 
 _ENGINES: dict[str, object] = {}
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cappuccino_core.install import HIDDEN_HOMES, is_within
+from cappuccino_core.operations.install import HIDDEN_HOMES, is_within
 
 REPO = Path(__file__).resolve().parents[1]
 # What a service must be able to read: the checkout and the interpreter behind its virtualenv.

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from cappuccino_core.broker.alpaca import AlpacaBroker
 from cappuccino_core.data.features import compute_features
-from cappuccino_core.storage import fills, orders
+from cappuccino_core.storage.database import fills, orders
 from cappuccino_core.trading.orders import PlannedOrder, plan_rebalance
 from cappuccino_core.trading.trader import Trader
 
@@ -141,7 +141,7 @@ def test_a_cancel_that_loses_the_race_to_a_fill_follows_the_fill(emulator):
 
 def test_the_average_fill_price_is_weighted_and_each_fill_keeps_its_own_price(emulator,
                                                                              tmp_path):
-    from cappuccino_core.storage import open_app_db
+    from cappuccino_core.storage.database import open_app_db
     from cappuccino_core.trading.journal import Journal
     emu = emulator.emulator
     b = broker_for(emulator)
@@ -252,7 +252,7 @@ def test_orders_are_sized_in_whole_increments_without_float_noise(emulator, tmp_
     """Alpaca refuses a quantity that is not a whole number of the pair's increment; the
     trader's plan rounds down to the increment in decimal arithmetic."""
     from cappuccino_core.broker.base import AssetRule, Position
-    from cappuccino_core.env import EnvSettings
+    from cappuccino_core.rl.env import EnvSettings
     emu = emulator.emulator
     emu.min_trade_increment = "0.0001"  # the documented BTC/USD pair
     b = broker_for(emulator)
@@ -375,11 +375,11 @@ def test_a_quiet_asset_never_holds_back_the_others_and_its_late_print_is_fetched
     """Alpaca emits no bar for an hour without trades: the live loop trades the newest bar
     with the quiet asset flat at its last close (flagged, counted in status), and the cache
     asks for the newest bars again, so a late print is picked up."""
-    from cappuccino_core import status
+    from cappuccino_core.operations import status
     from cappuccino_core.broker.sim import SimBroker
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.csv_source import CsvSource
-    from cappuccino_core.storage import decisions
+    from cappuccino_core.storage.database import decisions
     from cappuccino_core.trading.live import LiveLoop
     from test_live import FakeClock, RecordingNotifier
     csv = CsvSource(shared_data, "1h", 3600)
@@ -513,7 +513,7 @@ def test_a_request_that_timed_out_waiting_for_a_thread_is_never_sent():
 
     import requests
 
-    from cappuccino_core.alpaca_http import AlpacaCalls
+    from cappuccino_core.broker.alpaca_http import AlpacaCalls
     calls = AlpacaCalls(timeout_s=0.2, max_retries=0)
     release = threading.Event()
     sent = []
@@ -658,7 +658,7 @@ def test_a_refused_stop_exit_keeps_its_stop_and_the_next_check_sells(emulator, t
 
 
 def test_the_configured_minimum_is_never_below_alpacas(tmp_path):
-    from cappuccino_core.config import ConfigError, load_config
+    from cappuccino_core.common.config import ConfigError, load_config
     from conftest import write_config
     d = write_config(tmp_path, {"broker": {"kind": "alpaca", "min_order_notional": 0.5},
                                 "data": {"source": "alpaca"}})
@@ -668,7 +668,7 @@ def test_the_configured_minimum_is_never_below_alpacas(tmp_path):
 
 def test_a_rebalance_plans_nothing_for_dust():
     from cappuccino_core.broker.base import AssetRule, Position
-    from cappuccino_core.env import EnvSettings
+    from cappuccino_core.rl.env import EnvSettings
     from cappuccino_core.trading.orders import dust
     rules = {s: AssetRule(s, 1e-9, 1e-9, min_notional=1.0) for s in SYMBOLS}
     held = {"BTC/USD": Position("BTC/USD", 0.00002, 30_000.0),  # $0.60: dust
@@ -687,7 +687,7 @@ def test_fees_posted_later_are_estimated_until_the_broker_books_them(emulator, t
     estimated and owed; once the day's CFEE activities are posted, the next bar books them:
     each fill then carries the broker's fee, nothing is owed, the journal's positions equal
     the broker's, and the daily summary counts the fees booked."""
-    from cappuccino_core.summary import compose
+    from cappuccino_core.operations.summary import compose
     emu = emulator.emulator
     emu.fees_posted_later = True
     emu.fee_rate = 0.0022  # the venue's tier differs from the configured 0.25 %

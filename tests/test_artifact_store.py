@@ -16,15 +16,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa
 
 from cappuccino_core import cli
-from cappuccino_core.artifact_store import DatabaseArtifactStore
-from cappuccino_core.artifacts import ModelSpec, load_artifact, save_artifact
-from cappuccino_core.config import load_config
+from cappuccino_core.artifacts.store import DatabaseArtifactStore
+from cappuccino_core.artifacts.model import ModelSpec, load_artifact, save_artifact
+from cappuccino_core.common.config import load_config
 from cappuccino_core.ensemble import sync
 from cappuccino_core.ensemble.selection import select_members
-from cappuccino_core.storage import artifact_chunks, make_optuna_storage, open_app_db
+from cappuccino_core.storage.database import artifact_chunks, make_optuna_storage, open_app_db
 
 from conftest import write_config
 from ensemble_helpers import add_trial, local_model, stored, stored_file, trial_artifacts
@@ -124,7 +123,7 @@ def test_a_damaged_cached_copy_is_fetched_again(tmp_path, pg_url):
         f.write(b"garbage")
     assert select_members(engine, cfg, "alpha").members[0].trial_id == trial._trial_id
     assert local_model(cfg, trial) == cached
-    from cappuccino_core.artifacts import sha256_file
+    from cappuccino_core.artifacts.model import sha256_file
     assert sha256_file(cached / "model.pt") == trial.user_attrs["sha256"]
 
 
@@ -152,7 +151,7 @@ class BreaksHalfway(DatabaseArtifactStore):
 def test_an_upload_cut_short_is_never_served(tmp_path, pg_url, monkeypatch):
     cfg, engine, study = make_env(tmp_path, pg_url, "database")
     whole = add_trial(study, cfg, 0.1, seed=1)
-    monkeypatch.setattr("cappuccino_core.artifact_store.make_store",
+    monkeypatch.setattr("cappuccino_core.artifacts.store.make_store",
                         lambda cfg, engine: BreaksHalfway(engine))
     with pytest.raises(Killed):
         add_trial(study, cfg, 0.9, seed=2)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from cappuccino_core import cli
-from cappuccino_core.config import ConfigError, load_config, mask_secrets
+from cappuccino_core.common.config import ConfigError, load_config, mask_secrets
 
 from conftest import REPO, write_config
 
@@ -194,7 +194,7 @@ def _numeric_keys():
     import dataclasses
     import typing
 
-    from cappuccino_core.config import Config
+    from cappuccino_core.common.config import Config
     out = []
     for section in dataclasses.fields(Config):
         if section.metadata.get("internal"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cappuccino_core import cli
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 
 from conftest import write_config
@@ -137,8 +137,8 @@ def test_models_download_from_the_dashboard_whatever_the_store(tmp_path, pg_url,
     """`cappuccino dashboard`: optuna-dashboard served with the product's artifact store, so a
     model stored in the database (which optuna-dashboard's own command cannot read) or in S3
     downloads; the study's metric has its name."""
-    from cappuccino_core.artifact_store import make_store
-    from cappuccino_core.storage import app_engine
+    from cappuccino_core.artifacts.store import make_store
+    from cappuccino_core.storage.database import app_engine
     from ensemble_helpers import add_trial, stored
     from test_artifact_store import make_env
     s3_url = request.getfixturevalue("s3_server") if store == "s3" else None

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from cappuccino_core import cli
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.data import DataError, align, load_bars, only_closed
 from cappuccino_core.data.cache import BarCache
-from cappuccino_core.intervals import uncovered
+from cappuccino_core.common.intervals import uncovered
 from cappuccino_core.data.csv_source import CsvSource
 
 from conftest import write_config

@@ -9,15 +9,15 @@ import sqlalchemy as sa
 import torch
 
 from cappuccino_core import cli
-from cappuccino_core.agent import PPOConfig, train_ppo
-from cappuccino_core.config import load_config
+from cappuccino_core.rl.agent import PPOConfig, train_ppo
+from cappuccino_core.common.config import load_config
 from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
-from cappuccino_core.deploy import (deflated_sharpe_ratio, probability_of_backtest_overfitting,
+from cappuccino_core.operations.deploy import (deflated_sharpe_ratio, probability_of_backtest_overfitting,
                                     record, validate)
 from cappuccino_core.ensemble.publish import current_manifest, ensembles_dir, sync
-from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
-from cappuccino_core.storage import deploy_decisions, make_optuna_storage, open_app_db
+from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.storage.database import deploy_decisions, make_optuna_storage, open_app_db
 
 from conftest import write_config
 from ensemble_helpers import add_trial

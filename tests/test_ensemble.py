@@ -17,17 +17,17 @@ import pytest
 import sqlalchemy as sa
 
 from cappuccino_core import cli
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.data.features import compute_features
 from cappuccino_core.data.synthetic import synthetic_market
 from cappuccino_core.ensemble.publish import (current_dir, current_manifest, ensembles_dir,
                                               sync)
 from cappuccino_core.ensemble.selection import SelectionError, select_members
 from cappuccino_core.ensemble.serving import Ensemble
-from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market
-from cappuccino_core.storage import ensemble_versions, make_optuna_storage, open_app_db
-from cappuccino_core.studies import write_active_study
-from cappuccino_core.artifacts import ArtifactError
+from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market
+from cappuccino_core.storage.database import ensemble_versions, make_optuna_storage, open_app_db
+from cappuccino_core.common.config import write_active_study
+from cappuccino_core.artifacts.model import ArtifactError
 
 from conftest import write_config
 from ensemble_helpers import add_trial, local_model, stored_file, trial_artifacts
@@ -51,9 +51,9 @@ def new_study(storage, name):
 # the manifest: the moment a kill -9 or a second sync must not break anything.
 PAUSING_SYNC = """
 import sys, time
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.ensemble import sync
-from cappuccino_core.storage import app_engine
+from cappuccino_core.storage.database import app_engine
 cfg = load_config(sys.argv[1])
 print(sync(cfg, app_engine(cfg), on_write=lambda tmp: time.sleep(float(sys.argv[2]))).message)
 """
@@ -117,7 +117,7 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
     import torch
     torch.save({"actor.0.weight": Payload()}, os.path.join(d, "model.pt"))  # pickled payload
     # an attacker who can write the store can also rewrite every checksum that names the file
-    from cappuccino_core.artifacts import sha256_file
+    from cappuccino_core.artifacts.model import sha256_file
     digest = sha256_file(Path(d) / "model.pt")
     spec = json.loads(open(os.path.join(d, "spec.json")).read())
     spec["sha256"] = digest
@@ -129,7 +129,7 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
     (why,) = [w for tid, _, w in result.selection.skipped if tid == evil._trial_id]
     assert "does not load" in why and "weights refused" in why
     assert current_manifest(ensembles_dir(cfg))["members"] == []  # nothing published with it
-    from cappuccino_core.artifacts import load_artifact
+    from cappuccino_core.artifacts.model import load_artifact
     with pytest.raises(ArtifactError, match="weights refused"):  # and serving refuses it too
         load_artifact(d, digest)
     assert not marker.exists()  # refused without executing
@@ -189,7 +189,7 @@ def test_when_no_agent_is_good_enough_the_fallback_is_published_and_said(env, fa
     """Only trials that beat buy-and-hold in CV (value >= 0) join; with fewer than
     min_members, the configured fallback is published as a version without members: the
     trader holds cash or equal weights, and status, the monitor and `ensemble show` say so."""
-    from cappuccino_core import monitor, status
+    from cappuccino_core.operations import monitor, status
     from cappuccino_core.ensemble.serving import Ensemble
     cfg, engine, storage = env
     cfg = set_config(cfg, ensemble={"top_n": 4, "min_members": 2, "fallback": fallback})
@@ -398,7 +398,7 @@ def test_an_unknown_optuna_schema_is_refused_with_one_clear_line(env, capsys):
     new_study(storage, "alpha")
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = 'v9.9.9.z'"))
-    from cappuccino_core.optuna_db import OptunaSchemaError, check_schema
+    from cappuccino_core.storage.optuna_db import OptunaSchemaError, check_schema
     with pytest.raises(OptunaSchemaError, match="revision 'v9.9.9.z'"):
         check_schema(engine)
     code = cli.main(["study", "list", "--config-dir", cfg.config_dir])

@@ -10,7 +10,7 @@ import torch
 from cappuccino_core.data.bars import Bars
 from cappuccino_core.data.features import WARMUP
 from cappuccino_core.data.synthetic import synthetic_market
-from cappuccino_core.env import (BatchedTradingEnv, EnvSettings, Market, Normalisation,
+from cappuccino_core.rl.env import (BatchedTradingEnv, EnvSettings, Market, Normalisation,
                                  apply_stops, rebalance)
 
 T = torch.tensor

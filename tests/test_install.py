@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cappuccino_core import cli
-from cappuccino_core.install import check_interpreter, install, uninstall
+from cappuccino_core.operations.install import check_interpreter, install, uninstall
 
 from conftest import REPO, write_config
 
@@ -71,7 +71,7 @@ def test_train_start_and_stop_call_systemctl(tmp_path, monkeypatch, capsys):
     lines = calls.read_text().splitlines()
     assert lines[0] == "start cappuccino-train@new:0.service cappuccino-train@new:1.service"
     assert lines[1].startswith("stop cappuccino-train@new:*.service")
-    from cappuccino_core.config import load_config
+    from cappuccino_core.common.config import load_config
     from cappuccino_core.training.worker import open_study, target_of
     cfg = load_config(cfg_dir)
     assert target_of(open_study(cfg, "new"), cfg) == 50
@@ -107,9 +107,9 @@ def test_a_train_start_that_fails_changes_nothing(tmp_path, monkeypatch, capsys)
     target changed."""
     import optuna
 
-    from cappuccino_core.config import load_config
-    from cappuccino_core.optuna_db import study_exists
-    from cappuccino_core.storage import make_engine, optuna_storage
+    from cappuccino_core.common.config import load_config
+    from cappuccino_core.storage.optuna_db import study_exists
+    from cappuccino_core.storage.database import make_engine, optuna_storage
     from cappuccino_core.training.worker import open_study, set_target, target_of
     calls = fake_systemctl(tmp_path, monkeypatch, 5)
     cfg_dir = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "s")}},
@@ -132,10 +132,10 @@ def test_a_train_start_that_fails_changes_nothing(tmp_path, monkeypatch, capsys)
 def test_study_delete_asks_refuses_the_active_study_and_removes_models(tmp_path, capsys):
     import optuna
 
-    from cappuccino_core.config import load_config
+    from cappuccino_core.common.config import load_config
     from cappuccino_core.ensemble.publish import sync
-    from cappuccino_core.optuna_db import study_exists
-    from cappuccino_core.storage import app_engine, make_optuna_storage, trial_artifacts
+    from cappuccino_core.storage.optuna_db import study_exists
+    from cappuccino_core.storage.database import app_engine, make_optuna_storage, trial_artifacts
     import sqlalchemy as sa
     from ensemble_helpers import add_trial
     cfg_dir = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "s")},

@@ -50,7 +50,7 @@ def test_live_loop_trades_each_closed_bar_once_and_reloads(tmp_path, shared_data
     status = [m[1] for m in notifier.messages if m[0] == "status"][-1]
     assert status.startswith("equity ") and "ensemble v1 (study live)" in status
     assert "next bar 03:00 UTC" in status
-    from cappuccino_core.storage import equity_snapshots
+    from cappuccino_core.storage.database import equity_snapshots
     import sqlalchemy as sa
     with engine.connect() as conn:
         snaps = conn.execute(sa.select(equity_snapshots.c.ts).where(
@@ -90,10 +90,10 @@ class RefusingBroker(SimBroker):
 def test_orders_refused_bar_after_bar_degrade_the_trader_and_alert_once(tmp_path, shared_data):
     import sqlalchemy as sa
 
-    from cappuccino_core.monitor import run_checks
-    from cappuccino_core.storage import events
+    from cappuccino_core.operations.monitor import run_checks
+    from cappuccino_core.storage.database import events
     from conftest import webhook_receiver, write_config
-    from cappuccino_core.config import load_config
+    from cappuccino_core.common.config import load_config
     with webhook_receiver() as (url, received):
         cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"intrabar_check_s": 600})
         d = cfg.config_dir

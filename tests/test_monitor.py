@@ -8,11 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from cappuccino_core import cli
-from cappuccino_core.alerts import send_alert
-from cappuccino_core.config import load_config
+from cappuccino_core.common.alerts import send_alert
+from cappuccino_core.common.config import load_config
 from cappuccino_core.ensemble.publish import sync
-from cappuccino_core.monitor import run_checks
-from cappuccino_core.storage import (equity_snapshots, make_optuna_storage, open_app_db,
+from cappuccino_core.operations.monitor import run_checks
+from cappuccino_core.storage.database import (equity_snapshots, make_optuna_storage, open_app_db,
                                      record_event, trader_state)
 
 from conftest import webhook_receiver, write_config
@@ -106,7 +106,7 @@ def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
     assert "ERROR incident" in behind["title"] and "| trader paper |" in behind["message"]
     assert run_checks(cfg, engine) == [] and len(received) == sent  # nothing twice
     # the active study changes: a new incident; the old ones are still open
-    from cappuccino_core.studies import write_active_study
+    from cappuccino_core.common.config import write_active_study
     optuna.create_study(study_name="other", storage=storage)
     write_active_study(cfg.config_dir, "other")
     keys = {i.key for i in run_checks(load_config(cfg.config_dir), engine)}
@@ -183,7 +183,7 @@ def test_channels_route_by_severity_and_type_tags(tmp_path, hook):
 def test_a_daily_summary_once_a_day_at_the_configured_time(tmp_path, pg_url, hook, shared_data):
     from datetime import datetime, timezone
 
-    from cappuccino_core.summary import send_if_due
+    from cappuccino_core.operations.summary import send_if_due
     url, received = hook
     cfg, engine = make_env(tmp_path, pg_url, url, alerts={
         "urls": [apprise_json(url, "summary")], "daily_summary_at": "08:00"})
@@ -206,7 +206,7 @@ def test_a_daily_summary_once_a_day_at_the_configured_time(tmp_path, pg_url, hoo
 
 
 def test_the_old_alert_keys_say_what_to_write_instead(tmp_path):
-    from cappuccino_core.config import ConfigError
+    from cappuccino_core.common.config import ConfigError
     write_config(tmp_path, {"alerts": {"webhook_url": "https://hooks.example.com/x"}})
     with pytest.raises(ConfigError, match=r"alerts.webhook_url: .*now a URL in alerts.urls"):
         load_config(tmp_path)

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from cappuccino_core.broker.base import AssetRule, OrderState, OrderStatus, Position
-from cappuccino_core.env import EnvSettings
-from cappuccino_core.storage import fills, open_app_db, orders
+from cappuccino_core.rl.env import EnvSettings
+from cappuccino_core.storage.database import fills, open_app_db, orders
 from cappuccino_core.trading.journal import Journal, StateKey, TraderState
 from cappuccino_core.trading.orders import plan_rebalance
 

@@ -167,7 +167,7 @@ def _status_json(cfg) -> str:
 
 
 def test_the_example_grafana_dashboard_reads_our_metrics():
-    from cappuccino_core.metrics import FAMILIES
+    from cappuccino_core.operations.metrics import FAMILIES
     dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert exprs and all(any(name in e for name in FAMILIES) for e in exprs)
@@ -196,7 +196,7 @@ def parse_datagram(data: bytes) -> dict[str, str]:
 def test_one_journal_entry_per_message_tracebacks_included(tmp_path):
     import logging
     import socket
-    from cappuccino_core.service import JournalHandler
+    from cappuccino_core.common.service import JournalHandler
     path = str(tmp_path / "journal.sock")
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     journal.bind(path)
@@ -227,7 +227,7 @@ def test_only_a_stderr_that_is_the_journal_gets_journal_output(tmp_path):
     import os
     import subprocess
     import sys
-    probe = ("import logging; from cappuccino_core.service import setup_logging, "
+    probe = ("import logging; from cappuccino_core.common.service import setup_logging, "
              "stderr_is_the_journal; setup_logging(); print(stderr_is_the_journal()); "
              "logging.getLogger('probe').warning('first line\\nsecond line')")
     out_file = tmp_path / "stderr.txt"
@@ -333,7 +333,7 @@ def test_the_shipped_alert_rules_pass_promtool_and_fire_as_meant():
     tested = subprocess.run([promtool, "test", "rules", "prometheus-rules.test.yml"],
                             cwd=REPO / "tests", capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    from cappuccino_core.metrics import FAMILIES
+    from cappuccino_core.operations.metrics import FAMILIES
     rules = (REPO / "config" / "prometheus-rules.yml").read_text()
     used = {name for name in FAMILIES if name in rules}
     assert "cappuccino_monitor_last_run_timestamp_seconds" in used and len(used) >= 6

@@ -32,7 +32,7 @@ def test_a_replay_through_the_simulated_broker_reconciles_to_zero(tmp_path, shar
     assert cli.main(["reconcile", "--name", "replay", "--config-dir", str(cfg.config_dir)]) == 0
     out = capsys.readouterr().out
     assert "live vs replay" in out and "unexplained" in out and "total" in out
-    from cappuccino_core.report import write_report
+    from cappuccino_core.operations.html_report import write_report
     page = write_report(cfg, engine, tmp_path / "report.html", trader="replay").read_text()
     assert "<h2>Live vs replay (replay)</h2>" in page
     total = page.split("class='reconcile-total'>")[1].split("<")[0]
@@ -89,7 +89,7 @@ def test_a_worse_fill_and_a_skipped_order_are_found_and_attributed(tmp_path, sha
     assert skipped and skipped[0]["symbol"] == fill_b["symbol"]
     assert abs(totals["skipped order"]) > 1.0 and abs(totals["fill price"]) > 1.0
     # and the skipped order is in the journal as such
-    from cappuccino_core.storage import orders
+    from cappuccino_core.storage.database import orders
     import sqlalchemy as sa
     with engine.connect() as conn:
         status = conn.execute(sa.select(orders.c.status).where(

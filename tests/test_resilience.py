@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from cappuccino_core.storage import events, orders
+from cappuccino_core.storage.database import events, orders
 from cappuccino_core.trading.live import LiveLoop
 
 from alpaca_emulator import AlpacaEmulator, RunningEmulator
@@ -295,8 +295,8 @@ def test_secrets_in_a_world_readable_file_are_warned_and_install_protects_them(t
     import os
     import stat
 
-    from cappuccino_core.config import load_config
-    from cappuccino_core.install import install
+    from cappuccino_core.common.config import load_config
+    from cappuccino_core.operations.install import install
     (tmp_path / "cappuccino.yaml").write_text("storage:\n  url: postgresql://u:hunter2@db/x\n")
     os.chmod(tmp_path / "cappuccino.yaml", 0o644)
     caplog.set_level(logging.WARNING)

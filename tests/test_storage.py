@@ -6,7 +6,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from cappuccino_core import storage
+from cappuccino_core.storage import database as storage
 
 
 def test_optuna_storage_round_trip(storage_url):

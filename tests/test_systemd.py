@@ -28,7 +28,7 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cappuccino_core.storage import make_engine, make_optuna_storage
+from cappuccino_core.storage.database import make_engine, make_optuna_storage
 from conftest import throwaway_database, trials, wait_for, webhook_receiver
 from systemd_container import Container, why_not_available
 
@@ -324,7 +324,7 @@ def test_the_journal_has_each_services_logs_with_priorities(box):
     assert "no ensemble yet" in warned
     # one entry per message, however many lines (journald's native protocol), its priority kept
     box.run("systemd-run", "--wait", "--unit=cappuccino-journal-probe", box.python, "-c",
-            "import logging; from cappuccino_core.service import setup_logging; setup_logging(); "
+            "import logging; from cappuccino_core.common.service import setup_logging; setup_logging(); "
             "logging.getLogger('probe').warning('first line\\nsecond line')")
     probe = [e for e in box.journal("cappuccino-journal-probe.service")  # (systemd's own
              if "first line" in message_of(e) and e.get("_COMM") != "systemd"]  # lines quote it)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from cappuccino_core.threads import ENV
+from cappuccino_core.common.threads import ENV
 
-SHOW = ("import torch; from cappuccino_core.threads import set_torch_threads; "
+SHOW = ("import torch; from cappuccino_core.common.threads import set_torch_threads; "
         "n = set_torch_threads({share}); print(n, torch.get_num_threads(), "
         "torch.get_num_interop_threads())")
 

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 
 from cappuccino_core import cli
 from cappuccino_core.broker.sim import SimBroker
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
 from cappuccino_core.ensemble.serving import Ensemble
-from cappuccino_core.storage import make_optuna_storage, open_app_db, sim_orders
+from cappuccino_core.storage.database import make_optuna_storage, open_app_db, sim_orders
 from cappuccino_core.trading.replay import fills_table, replay
 from cappuccino_core.trading.trader import Trader
 
@@ -253,7 +253,7 @@ def test_the_journal_checks_every_order_status_change(tmp_path):
     with pytest.raises(InvalidTransition, match="filled -> not_sent"):
         journal.mark_not_sent("cap-t-1")
     with engine.connect() as conn:
-        from cappuccino_core.storage import fills, orders
+        from cappuccino_core.storage.database import fills, orders
         assert conn.execute(sa.select(orders.c.status)).scalar() == "filled"
         assert conn.execute(sa.select(fills.c.qty)).scalars().all() == pytest.approx([0.2, 0.3])
     # every status a broker can answer with is known, and a final one never moves on
@@ -269,7 +269,7 @@ def dataclasses_replace(state, **changes):
 
 def _rebuys_after_stops(engine, trader: str, within: pd.Timedelta) -> tuple[int, int]:
     """(stop exits, rebalance buys of the same asset within `within` after one)."""
-    from cappuccino_core.storage import orders
+    from cappuccino_core.storage.database import orders
     with engine.connect() as conn:
         rows = conn.execute(sa.select(orders.c.symbol, orders.c.side, orders.c.reason,
                                       orders.c.bar_time, orders.c.filled_qty)

@@ -12,8 +12,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from cappuccino_core.config import load_config
-from cappuccino_core.storage import make_optuna_storage
+from cappuccino_core.common.config import load_config
+from cappuccino_core.storage.database import make_optuna_storage
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 
 from conftest import trials, wait_for, write_config

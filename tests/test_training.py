@@ -9,18 +9,18 @@ import optuna
 import pytest
 import torch
 
-from cappuccino_core.agent import (ActorCritic, PPOConfig, SplitPolicy, StackedActorCritic,
+from cappuccino_core.rl.agent import (ActorCritic, PPOConfig, SplitPolicy, StackedActorCritic,
                                    StackedAdam, clip_grad_norms, random_policy, train_ppo,
                                    train_ppo_splits)
-from cappuccino_core.backtest import run_backtest, run_backtests
-from cappuccino_core.config import TrainingConfig, load_config
+from cappuccino_core.rl.backtest import run_backtest, run_backtests
+from cappuccino_core.common.config import TrainingConfig, load_config
 from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
-from cappuccino_core.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
-from cappuccino_core.artifacts import load_artifact
+from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.artifacts.model import load_artifact
 from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
-from cappuccino_core.artifact_store import TrialArtifacts
-from cappuccino_core.storage import app_engine
+from cappuccino_core.artifacts.store import TrialArtifacts
+from cappuccino_core.storage.database import app_engine
 from cappuccino_core.training import objective as objective_module
 from cappuccino_core.training.objective import (HeldOutError, Objective, held_out_start,
                                                 native_bfloat16, prepare_data,
@@ -405,14 +405,14 @@ def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
 def test_a_v2_study_trains_serves_and_refuses_a_v1_configuration(tmp_path):
     """`data.feature_set: v2` end to end: the trial's model reads v2's columns, the published
     ensemble decides on them, and a configuration still on v1 skips the member by name."""
-    from cappuccino_core.backtest import backtest_ensemble, first_decision_bar
-    from cappuccino_core.config import set_config_values
+    from cappuccino_core.rl.backtest import backtest_ensemble, first_decision_bar
+    from cappuccino_core.common.config import set_config_values
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import FEATURE_NAMES, feature_names
     from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
     from cappuccino_core.ensemble.selection import select_members
     from cappuccino_core.ensemble.serving import Ensemble
-    from cappuccino_core.env import observation_size
+    from cappuccino_core.rl.env import observation_size
 
     cfg_dir = write_config(tmp_path / "etc", {
         "paths": {"state_dir": str(tmp_path / "state")}, "data": {"feature_set": "v2"},

@@ -17,8 +17,8 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from cappuccino_core.config import load_config
-from cappuccino_core.storage import (artifact_chunks, decisions, ensemble_versions, open_app_db,
+from cappuccino_core.common.config import load_config
+from cappuccino_core.storage.database import (artifact_chunks, decisions, ensemble_versions, open_app_db,
                                      trial_artifacts)
 
 from conftest import REPO, write_config
@@ -29,8 +29,8 @@ STUDY = "two"
 # process once two of them are written inside the upload's open transaction.
 DIES_MID_UPLOAD = """
 import os, signal, sys
-from cappuccino_core import artifact_store
-from cappuccino_core.config import load_config
+from cappuccino_core.artifacts import store as artifact_store
+from cappuccino_core.common.config import load_config
 from cappuccino_core.training.worker import open_study, run_worker, set_target
 
 class DiesMidUpload(artifact_store.DatabaseArtifactStore):

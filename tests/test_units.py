@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cappuccino_core.units import render_units, write_units
+from cappuccino_core.operations.units import render_units, write_units
 
 analyze = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(analyze is None, reason="systemd-analyze is not installed")
@@ -55,7 +55,7 @@ def test_a_broken_unit_fails_verification(tmp_path):
 def test_every_installed_service_is_verified_and_its_exposure_is_at_most_2(tmp_path, name):
     """On what `cappuccino install` produces: vendor units, the shared drop-in, and an
     operator's drop-in in /etc, all read as systemd reads them."""
-    from cappuccino_core.install import install
+    from cappuccino_core.operations.install import install
     root, prefix = tmp_path / "root", tmp_path / "opt"
     (prefix / "venv" / "bin").mkdir(parents=True)
     (prefix / "venv" / "bin" / "python").symlink_to(sys.executable)  # what ExecStart= runs

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cappuccino_core import cli
-from cappuccino_core.config import load_config
+from cappuccino_core.common.config import load_config
 from cappuccino_core.data.csv_source import CsvSource
 from cappuccino_core.data.bars import DataError
 
@@ -183,7 +183,7 @@ def test_sigterm_to_train_stops_its_workers_and_waits(tmp_path, pg_url):
         proc = subprocess.Popen([exe, "train", "--study", "term", "--n-trials", "3", "--workers",
                                  "2", "--config-dir", str(etc)], stdout=sink,
                                 stderr=subprocess.STDOUT, text=True)
-    from cappuccino_core.storage import make_optuna_storage
+    from cappuccino_core.storage.database import make_optuna_storage
     try:
         study = wait_for(lambda: _load(pg_url, "term"), 60, "the study")
         try:  # (seen once over 120 s on a slow, busy 2-core machine)
@@ -211,7 +211,7 @@ def test_sigterm_to_train_stops_its_workers_and_waits(tmp_path, pg_url):
 
 
 def _load(url, name):
-    from cappuccino_core.storage import make_optuna_storage
+    from cappuccino_core.storage.database import make_optuna_storage
     try:
         return optuna.load_study(study_name=name, storage=make_optuna_storage(url))
     except KeyError:
@@ -240,7 +240,7 @@ def test_a_database_without_our_tables_is_said_plainly(tmp_path, pg_url, capsys)
     code, out, err = run(capsys, "study", "list", "--config-dir", str(etc))
     assert code == 1 and "has no Cappuccino tables yet" in err
     import sqlalchemy as sa
-    from cappuccino_core.storage import make_engine
+    from cappuccino_core.storage.database import make_engine
     engine = make_engine(pg_url)
     with engine.connect() as conn:  # and nothing was created by asking
         assert not sa.inspect(conn).get_table_names()

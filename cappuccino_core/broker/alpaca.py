@@ -41,10 +41,15 @@ import pandas as pd
 from alpaca.common.exceptions import APIError
 from alpaca.data.requests import CryptoLatestTradeRequest
 from alpaca.trading.enums import AssetClass, OrderSide, QueryOrderStatus, TimeInForce
-from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, MarketOrderRequest
+from alpaca.trading.requests import (
+    GetAssetsRequest,
+    GetOrdersRequest,
+    MarketOrderRequest,
+)
 
-from ..alpaca_http import AlpacaCalls, crypto_data_client, retryable, trading_client
-from ..config import ALPACA_MIN_ORDER_VALUE
+from ..common.config import ALPACA_MIN_ORDER_VALUE
+from ..common.errors import CappuccinoError
+from .alpaca_http import AlpacaCalls, crypto_data_client, retryable, trading_client
 from .base import Account, AssetRule, FeeBooking, OrderState, OrderStatus, Position
 
 log = logging.getLogger(__name__)
@@ -65,8 +70,9 @@ def qty_text(qty: float) -> str:
     return format(Decimal(repr(float(qty))).normalize(), "f")
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(CappuccinoError):
     """Alpaca could not be reached after every retry."""
+    label = "broker error"
 
 
 def read_keys(cfg=None) -> tuple[str, str]:

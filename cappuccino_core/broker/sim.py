@@ -16,7 +16,7 @@ import math
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..storage import sim_accounts, sim_orders
+from ..storage.database import sim_accounts, sim_orders
 from .base import Account, AssetRule, OrderState, OrderStatus, Position
 
 

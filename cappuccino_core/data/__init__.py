@@ -1,4 +1,5 @@
-"""Market data: sources, the cache, alignment and the closed-bar rule, features, samples.
+"""Layer 3, market data: sources, the cache, alignment and the closed-bar rule, features,
+samples. May import: common, storage, broker (Alpaca's HTTP client).
 
 `load_bars(cfg, ...)` is what every part of the product calls: it reads the configured source
 through the cache and returns aligned, validated, closed `Bars`.
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..config import Config
+from ..common.config import Config
 from .bars import Bars, DataError, align, closed_end, only_closed, validate
 from .cache import BarCache
 from .csv_source import CsvSource

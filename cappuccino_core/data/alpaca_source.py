@@ -18,7 +18,7 @@ import pandas as pd
 from alpaca.data.requests import CryptoBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
-from ..alpaca_http import AlpacaCalls, crypto_data_client
+from ..broker.alpaca_http import AlpacaCalls, crypto_data_client
 from .bars import COLUMNS, DataError, empty_frame, utc_index, validate
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..common.errors import CappuccinoError
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 
 
-class DataError(ValueError):
+class DataError(CappuccinoError, ValueError):
     """Market data that must not be used: the message names the symbol and the timestamp."""
+    label = "data error"
 
 
 def utc_index(values) -> pd.DatetimeIndex:

@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from ..intervals import merge, uncovered
+from ..common.intervals import merge, uncovered
 from .bars import COLUMNS, closed_end, empty_frame, utc_index
 
 log = logging.getLogger(__name__)

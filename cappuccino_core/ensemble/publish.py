@@ -35,11 +35,17 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..config import Config
-from ..files import fsync_path
-from ..optuna_db import trial_count
-from ..storage import ensemble_versions, record_event
-from .selection import Selection, SelectionError, member_by_id, pinned_trial, select_members
+from ..common.config import Config
+from ..common.files import fsync_path
+from ..storage.database import ensemble_versions, record_event
+from ..storage.optuna_db import trial_count
+from .selection import (
+    Selection,
+    SelectionError,
+    member_by_id,
+    pinned_trial,
+    select_members,
+)
 
 log = logging.getLogger(__name__)
 VERSION_PREFIX = "v"
@@ -68,7 +74,7 @@ def read_manifest(directory: Path) -> dict:
 def member_risk_differences(member: dict, cfg: Config) -> list[str]:
     """A manifest member's risk rules and costs against today's configuration (which may have
     changed since the version was published); [] when they agree."""
-    from ..artifacts import ArtifactError, ModelSpec
+    from ..artifacts.model import ArtifactError, ModelSpec
     try:
         return ModelSpec.from_dict(member["spec"]).risk_differences(cfg)
     except (ArtifactError, KeyError) as e:
@@ -79,7 +85,7 @@ def version_problems(directory: Path) -> list[str]:
     """What is wrong with a published version on disk: an unreadable manifest, a member's file
     missing, a checksum that differs, a spec that does not parse. [] when it is whole. (No
     torch: cheap enough for `status`; whether the weights load, the trader reports.)"""
-    from ..artifacts import ArtifactError, read_spec, sha256_file
+    from ..artifacts.model import ArtifactError, read_spec, sha256_file
     try:
         manifest = read_manifest(directory)
     except (OSError, ValueError) as e:
@@ -339,7 +345,7 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
 
 
 def _announce(cfg: Config, title: str, msg: str, study: str, severity: str) -> None:
-    from ..alerts import send_alert
+    from ..common.alerts import send_alert
     send_alert(cfg, title, msg, severity, "ensemble-version", study=study)
 
 
@@ -382,7 +388,7 @@ def sync_following(cfg: Config, engine: Engine, rounds: int = 3) -> SyncResult:
     merges the path unit's start into a sync already running (the timer's, say), so a change
     made meanwhile would otherwise wait for the next timer. Syncs again (at most `rounds`
     times) until the study synced is the one active_study.yaml names."""
-    from ..config import load_active_study
+    from ..common.config import load_active_study
     result = sync(cfg, engine)
     for _ in range(rounds - 1):
         active = load_active_study(cfg.config_dir)

@@ -22,16 +22,18 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..artifact_store import StoredArtifact, TrialArtifacts, records
-from ..artifacts import ArtifactError, ModelSpec
-from ..config import Config
-from ..optuna_db import complete_trial, ranked_trials, study_exists
+from ..artifacts.model import ArtifactError, ModelSpec
+from ..artifacts.store import StoredArtifact, TrialArtifacts, records
+from ..common.config import Config
+from ..common.errors import CappuccinoError
+from ..storage.optuna_db import complete_trial, ranked_trials, study_exists
 
 log = logging.getLogger(__name__)
 
 
-class SelectionError(Exception):
+class SelectionError(CappuccinoError):
     """The study cannot give an ensemble (unknown or without eligible trials)."""
+    label = "ensemble selection"
 
 
 @dataclass
@@ -81,7 +83,7 @@ def check_member(trial_id: int, study: str, stored: StoredArtifact | None, cfg: 
     try:  # the archive's checksum, the weights' (against the spec), and the weights loading:
         # a checksum can match weights that still cannot load (truncated, a pickle payload)
         path = artifacts.local_copy(stored)
-        from ..artifacts import load_artifact
+        from ..artifacts.model import load_artifact
         _, spec = load_artifact(path)
     except ArtifactError as e:
         return None, f"does not load: {e}"
@@ -136,7 +138,7 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
 
 def pinned_trial(engine: Engine, study: str) -> int | None:
     """The trial the auto-deployer's last promotion pinned for this study, if any."""
-    from ..storage import deploy_decisions
+    from ..storage.database import deploy_decisions
     with engine.connect() as conn:
         return conn.execute(sa.select(deploy_decisions.c.candidate_trial_id).where(
             deploy_decisions.c.study == study, deploy_decisions.c.promoted.is_(True))

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..agent import ActorCritic
-from ..artifacts import ArtifactError, ModelSpec, load_artifact
-from ..config import Config
-from ..env import Normalisation, live_observation
+from ..artifacts.model import ArtifactError, ModelSpec, load_artifact
+from ..common.config import Config
+from ..rl.agent import ActorCritic
+from ..rl.env import Normalisation, live_observation
 from .publish import read_manifest
 from .selection import fit_problem
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..config import Config
-from .publish import current_dir, current_manifest, ensembles_dir, member_risk_differences, \
-    version_problems
+from ..common.config import Config
+from .publish import (
+    current_dir,
+    current_manifest,
+    ensembles_dir,
+    member_risk_differences,
+    version_problems,
+)
 
 
 def current_ensemble(cfg: Config) -> dict | None:

@@ -24,8 +24,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..broker.base import FINAL, FeeBooking, OrderState, OrderStatus
-from ..storage import (decisions, equity_snapshots, fee_bookings, fills, orders, record_event,
-                       trader_state)
+from ..common.errors import DATABASE_DOWN, CappuccinoError
+from ..storage.database import (
+    decisions,
+    equity_snapshots,
+    fee_bookings,
+    fills,
+    orders,
+    record_event,
+    trader_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +51,9 @@ ALLOWED: dict[OrderStatus, set[OrderStatus]] = {
 }
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(CappuccinoError):
     """An order status change the lifecycle does not allow (a bug, or a broker gone mad)."""
+    label = "journal refused"
 
 
 class StateKey(str, enum.Enum):
@@ -115,8 +124,6 @@ def pick_trader(engine: Engine, asked: str | None) -> tuple[str | None, str]:
                                                      "(--trader NAME)" if others else "") + ".")
 
 
-# What a database that went away looks like (refused or dropped connections, a locked file).
-DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 class Journal:

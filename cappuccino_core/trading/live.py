@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import Config
+from ..common.config import Config
+from ..common.errors import first_line
+from ..common.files import atomic_write_text
+from ..common.service import Notifier
 from ..data import load_bars
 from ..data.bars import closed_end
 from ..data.features import LIVE_HISTORY, compute_features
 from ..ensemble.publish import ensembles_dir, venue_warnings
 from ..ensemble.serving import EnsembleWatcher
-from ..errors import first_line
-from ..files import atomic_write_text
-from ..service import Notifier
 from .journal import LIVE, StateKey, TraderState
 from .trader import Trader
 
@@ -140,7 +140,7 @@ class LiveLoop:
 
     def _record_refusal(self, lines: list[str]) -> None:
         """Tell `status` and `ensemble show` that a version did not load here."""
-        from ..storage import record_event
+        from ..storage.database import record_event
         try:
             record_event(self.engine, self.name, "error", "ensemble_refused", "; ".join(lines),
                          {"versions": [line.split()[1] for line in lines]})

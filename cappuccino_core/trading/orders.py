@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..broker.base import AssetRule, Position
-from ..env import EnvSettings, rebalance
+from ..rl.env import EnvSettings, rebalance
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
-from ..config import Config
+from ..common.config import Config
+from ..common.errors import CappuccinoError
 from ..data import load_bars
-from ..env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
-from ..storage import decisions, fills, orders
+from ..rl.env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
+from ..storage.database import decisions, fills, orders
 from .journal import Journal
 
 CAUSES = ("fill price", "fee", "fee posting", "skipped order", "stop", "quiet bar",
@@ -103,8 +104,9 @@ class Reconciliation:
         return self.rows[-1].difference if self.rows else 0.0
 
 
-class ReconcileError(Exception):
-    pass
+class ReconcileError(CappuccinoError):
+    """The journal and the broker disagree in a way that must not be papered over."""
+    label = "reconcile"
 
 
 def _utc(value) -> pd.Timestamp:

@@ -18,20 +18,22 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
-from ..backtest import first_decision_bar
-from ..window import Window, held_out_start, resolve_window
 from ..broker.sim import SimBroker
-from ..config import Config
+from ..common.config import Config
+from ..common.errors import CappuccinoError
 from ..data import load_bars
 from ..data.features import compute_features
 from ..ensemble.publish import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
+from ..rl.backtest import first_decision_bar
+from ..rl.window import Window, held_out_start, resolve_window
 from .journal import REPLAY, Journal, StateKey, TraderState
 from .trader import Trader
 
 
-class ReplayError(Exception):
-    pass
+class ReplayError(CappuccinoError):
+    """A replay that cannot run (no ensemble, no bars in the window)."""
+    label = "replay"
 
 
 @dataclass
@@ -104,7 +106,7 @@ def fills_table(engine: Engine, trader: str) -> list[tuple]:
     """(client order id, symbol, side, qty, price, fee) of every fill, in order."""
     import sqlalchemy as sa
 
-    from ..storage import fills, orders
+    from ..storage.database import fills, orders
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(fills.c.client_order_id, fills.c.symbol, fills.c.side, fills.c.qty,

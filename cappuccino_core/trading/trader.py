@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 from sqlalchemy.engine import Engine
 
-from ..backtest import trading_settings
 from ..broker.base import Broker, OrderState, OrderStatus
-from ..config import Config
+from ..common.config import Config
 from ..ensemble.serving import Ensemble
-from ..env import apply_stops
+from ..rl.backtest import trading_settings
+from ..rl.env import apply_stops
 from .journal import Journal, StateKey, TraderState
 from .orders import PlannedOrder, affordable, client_order_id, dust, plan_rebalance
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..intervals import merge, subtract
+from ..common.intervals import merge, subtract
 
 Segment = tuple[int, int]  # [lo, hi) bar indices
 

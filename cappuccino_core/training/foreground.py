@@ -16,9 +16,9 @@ import time
 
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
-from ..errors import Terminated
-from ..threads import torch_threads
+from ..common.config import Config, ConfigError
+from ..common.errors import Terminated
+from ..common.threads import torch_threads
 from .worker import finished_count, open_study, set_target, target_of
 
 

@@ -42,18 +42,31 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..agent import ActorCritic, PPOConfig, SplitPolicy, TrainStats, train_ppo_splits
-from ..artifact_store import EVENTS_DIR, TrialArtifacts, staging_dir
-from ..artifacts import ModelSpec, NetworkSpec, save_artifact
-from ..backtest import HoldEqualWeight, hold_settings, run_backtests, sharpe
-from ..config import Config
+from ..artifacts.model import ModelSpec, NetworkSpec, save_artifact
+from ..artifacts.store import EVENTS_DIR, TrialArtifacts, staging_dir
+from ..artifacts.tb_events import EventWriter
+from ..common.config import Config
+from ..common.errors import CappuccinoError
 from ..data import venue
 from ..data.bars import Bars
 from ..data.features import WARMUP, compute_features, feature_names
-from ..env import BatchedTradingEnv, EnvSettings, Market, Normalisation, observation_size
-from ..optuna_db import (ATTR_ARTIFACT_ID, ATTR_POLICY, ATTR_SEED, ATTR_SHA256, ATTR_SPLITS,
-                         trial_id)
-from ..tb_events import EventWriter
+from ..rl.agent import ActorCritic, PPOConfig, SplitPolicy, TrainStats, train_ppo_splits
+from ..rl.backtest import HoldEqualWeight, hold_settings, run_backtests, sharpe
+from ..rl.env import (
+    BatchedTradingEnv,
+    EnvSettings,
+    Market,
+    Normalisation,
+    observation_size,
+)
+from ..storage.optuna_db import (
+    ATTR_ARTIFACT_ID,
+    ATTR_POLICY,
+    ATTR_SEED,
+    ATTR_SHA256,
+    ATTR_SPLITS,
+    trial_id,
+)
 from .cv import Split, make_splits
 from .search_space import sample_params, split_params
 
@@ -64,12 +77,14 @@ STD_PENALTY = 0.1
 OBJECTIVE_NAME = "cv_excess_sharpe_penalised"
 
 
-class Interrupted(Exception):
+class Interrupted(CappuccinoError):
     """Raised inside a trial when the worker is asked to stop (SIGTERM)."""
+    label = "interrupted"
 
 
-class HeldOutError(Exception):
+class HeldOutError(CappuccinoError):
     """Training was about to touch the held-out window."""
+    label = "held-out window"
 
 
 @dataclass

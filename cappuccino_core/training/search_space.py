@@ -12,8 +12,8 @@ import dataclasses
 
 import optuna
 
-from ..agent import PPOConfig
-from ..env import EnvSettings
+from ..rl.agent import PPOConfig
+from ..rl.env import EnvSettings
 
 # set by the training config (and the device), not searched
 NOT_SEARCHED = {"total_timesteps", "n_envs", "reward_scale", "target_kl", "precision"}

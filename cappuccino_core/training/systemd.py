@@ -14,11 +14,10 @@ import sys
 
 import optuna
 
-from ..config import Config, ConfigError
-from ..optuna_db import STUDY_TARGET
-from ..storage import optuna_storage
-from ..studies import write_active_study
-from ..threads import cores_given, torch_threads
+from ..common.config import Config, ConfigError, write_active_study
+from ..common.threads import cores_given, torch_threads
+from ..storage.database import optuna_storage
+from ..storage.optuna_db import STUDY_TARGET
 from .worker import open_study, set_target
 
 
@@ -35,8 +34,8 @@ def train_start(cfg: Config, study: str | None, workers: int, n_trials: int | No
     """Start the workers; only once they started, make the study active if asked. When
     systemctl fails nothing is left changed: a study this command created is deleted again,
     a target it set is put back."""
-    from ..optuna_db import study_exists
-    from ..storage import app_engine
+    from ..storage.database import app_engine
+    from ..storage.optuna_db import study_exists
     if not study:
         raise ConfigError("command line", "--study", None, "a study name")
     engine = app_engine(cfg)

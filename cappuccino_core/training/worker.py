@@ -23,13 +23,25 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from ..artifact_store import TrialArtifacts
-from ..config import Config, check_study_name
+from ..artifacts.store import TrialArtifacts
+from ..common.config import Config, check_study_name
 from ..data import load_bars
-from ..optuna_db import (ATTR_RETRY_OF, STUDY_HELDOUT_DAYS, STUDY_SYMBOLS, STUDY_TARGET,
-                         STUDY_TRAIN_END, trial_id)
-from ..storage import app_engine, optuna_storage
-from .objective import OBJECTIVE_NAME, Interrupted, Objective, held_out_start, prepare_data
+from ..storage.database import app_engine, optuna_storage
+from ..storage.optuna_db import (
+    ATTR_RETRY_OF,
+    STUDY_HELDOUT_DAYS,
+    STUDY_SYMBOLS,
+    STUDY_TARGET,
+    STUDY_TRAIN_END,
+    trial_id,
+)
+from .objective import (
+    OBJECTIVE_NAME,
+    Interrupted,
+    Objective,
+    held_out_start,
+    prepare_data,
+)
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -10,8 +10,8 @@ browse (`PACKAGE`, the version the tests run).
 
 from __future__ import annotations
 
-from .config import Config, mask_text
-from .storage import driver_url, is_sqlite
+from ..common.config import Config, mask_text
+from ..storage.database import driver_url, is_sqlite
 
 PACKAGE = "optuna-dashboard==0.21.0"
 
@@ -70,8 +70,8 @@ def serve(cfg: Config, host: str, port: int) -> None:
     except ImportError as e:
         raise SystemExit(f"optuna-dashboard is not installed here: {install_command(cfg)}") \
             from e
-    from .artifact_store import make_store
-    from .storage import make_optuna_storage, read_engine
+    from ..artifacts.store import make_store
+    from ..storage.database import make_optuna_storage, read_engine
     engine = read_engine(cfg)
     storage = make_optuna_storage(cfg.storage_url)
     print(f"optuna-dashboard on {mask_text(cfg.storage_url)}, artifacts from the "

@@ -28,6 +28,8 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..common.errors import USAGE, CappuccinoError, urls_in_use
+
 log = logging.getLogger(__name__)
 
 
@@ -92,14 +94,17 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-class ForeignDatabase(Exception):
+class ForeignDatabase(CappuccinoError):
     """A database holding another application's tables: never written to."""
+    exit_code = USAGE
+    label = "storage error"
+    whole_message = True
 
 
 def refuse_foreign(url: str) -> None:
     """Before anything is written: a database whose tables are neither Optuna's nor ours is
     someone else's (an empty one is fine), and is refused without a table created in it."""
-    from .config import mask_text
+    from ..common.config import mask_text
     from .optuna_db import OPTUNA_TABLES
     _in_use(url)
     if is_sqlite(url) and not Path(url.removeprefix("sqlite:///")).exists():
@@ -131,10 +136,6 @@ def make_optuna_storage(url: str, *, pool_size: int = 5, max_overflow: int = 10,
         driver_url(url), engine_kwargs=engine_kwargs(url, pool_size, max_overflow, sqlite_busy_timeout_s),
         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
         heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
-
-
-# The storage URLs this process opened, newest last: an error names the one it came from.
-urls_in_use: list[str] = []
 
 
 def _in_use(url: str) -> None:
@@ -492,8 +493,10 @@ def app_engine(cfg) -> Engine:
     return open_app_db(cfg.storage_url, **_engine_options(cfg))
 
 
-class StorageEmpty(Exception):
+class StorageEmpty(CappuccinoError):
     """A read-only command found nothing to read: no database, or no tables of ours yet."""
+    label = "storage"
+    whole_message = True
 
 
 def read_engine(cfg) -> Engine:

@@ -34,9 +34,9 @@ import sqlalchemy as sa
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import Connection, Engine
 
-from .artifacts import ArtifactError, read_spec, sha256_file
-from .files import fsync_path
-from .storage import artifact_chunks, trial_artifacts
+from ..common.files import fsync_path
+from ..storage.database import artifact_chunks, trial_artifacts
+from .model import ArtifactError, read_spec, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def make_store(cfg, engine: Engine):
         try:
             import boto3
         except ImportError as e:
-            from .config import ConfigError
+            from ..common.config import ConfigError
             raise ConfigError("cappuccino.yaml", "artifacts.store", "s3",
                               "a store whose client is installed (the s3 store needs boto3: "
                               "pip install 'cappuccino[s3]')") from e

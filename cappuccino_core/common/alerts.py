@@ -18,7 +18,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .config import CONFIG_FILE, Config, ConfigError, mask_text as _mask
+from .config import CONFIG_FILE, Config, ConfigError
+from .config import mask_text as _mask
 
 log = logging.getLogger(__name__)
 SEVERITIES = ("info", "warning", "error", "critical")

@@ -21,16 +21,16 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from .config import load_config
-from .data import load_bars
-from .data.features import WARMUP, compute_features
+from ..common.config import load_config
+from ..data import load_bars
+from ..data.features import WARMUP, compute_features
+from ..ensemble.publish import sync
+from ..storage.database import SCHEMA_VERSION, app_engine, optuna_storage
+from ..storage.optuna_db import STUDY_TRAIN_END
+from ..trading.replay import replay
+from ..training.worker import WorkerHooks, open_study, run_worker, set_target
 from .deploy import record, validate
-from .ensemble.publish import sync
-from .report import write_report
-from .optuna_db import STUDY_TRAIN_END
-from .storage import SCHEMA_VERSION, app_engine, optuna_storage
-from .trading.replay import replay
-from .training.worker import WorkerHooks, open_study, run_worker, set_target
+from .html_report import write_report
 
 
 def write_demo_config(directory: Path) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import BrokerConfig, RiskConfig
+from ..common.config import BrokerConfig, RiskConfig
 
 # The risk and cost defaults are the configuration's: one source, never a second copy here.
 _RISK, _BROKER = RiskConfig(), BrokerConfig()

@@ -110,8 +110,7 @@ def wait_for_storage(action, notifier: "Notifier", limit_s: float = 540.0):
     would only fail the unit."""
     import time
 
-    from .errors import first_line
-    from .trading.journal import DATABASE_DOWN
+    from .errors import DATABASE_DOWN, first_line
     delay, deadline, said = 2.0, time.monotonic() + limit_s, False
     while True:
         try:

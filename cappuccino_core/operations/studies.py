@@ -1,4 +1,5 @@
-"""Studies: the active one, importing studies from another storage, deleting one. (Which
+"""Studies: importing studies from another storage, deleting one (writing the active one:
+`config.write_active_study`). (Which
 studies exist and how far they are: `optuna_db.study_summaries`.)"""
 
 from __future__ import annotations
@@ -6,21 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import yaml
 
-from .config import ACTIVE_STUDY_FILE, Config, ConfigError, check_study_name
-from .files import atomic_write_text
-from .storage import make_optuna_storage, optuna_storage
-
-
-def write_active_study(config_dir: str | Path, name: str) -> Path:
-    """Write active_study.yaml atomically (a complete temporary file, then one rename), so a
-    reader (or the path unit) never sees half a file."""
-    check_study_name(name, ACTIVE_STUDY_FILE, "study")
-    return atomic_write_text(Path(config_dir) / ACTIVE_STUDY_FILE,
-                             "# The study that training, the ensemble and the trader follow.\n"
-                             "# Written by `cappuccino study activate`.\n"
-                             + yaml.safe_dump({"study": name}))
+from ..common.config import Config, ConfigError
+from ..common.errors import CappuccinoError
+from ..storage.database import make_optuna_storage, optuna_storage
 
 
 def import_studies(cfg: Config, source_url: str, names: list[str] | None = None) -> list[str]:
@@ -43,8 +33,9 @@ def import_studies(cfg: Config, source_url: str, names: list[str] | None = None)
     return copied
 
 
-class StudyRefused(Exception):
+class StudyRefused(CappuccinoError):
     """A study that must not be changed this way (the active one, the one being traded)."""
+    label = "study refused"
 
 
 def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
@@ -53,10 +44,10 @@ def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
     Returns what was removed."""
     from sqlalchemy import delete, select
 
-    from .artifact_store import make_store
-    from .ensemble.publish import current_manifest, ensembles_dir
-    from .optuna_db import STATES, study_exists, trial_count
-    from .storage import trial_artifacts
+    from ..artifacts.store import make_store
+    from ..ensemble.publish import current_manifest, ensembles_dir
+    from ..storage.database import trial_artifacts
+    from ..storage.optuna_db import STATES, study_exists, trial_count
     if name == cfg.active_study:
         raise StudyRefused(f"study {name!r} is the active study: activate another first "
                            "(cappuccino study activate NAME)")

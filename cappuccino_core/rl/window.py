@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..common.errors import USAGE, CappuccinoError
+
 
 @dataclass(frozen=True)
 class Window:
@@ -34,8 +36,11 @@ class Window:
                 f"{self.decisions} decisions ({self.what})")
 
 
-class WindowError(ValueError):
+class WindowError(CappuccinoError, ValueError):
     """A window with no bar to decide on, or dates that do not parse."""
+    exit_code = USAGE
+    label = "window error"
+    whole_message = True
 
 
 def parse_time(value, what: str) -> pd.Timestamp | None:
@@ -74,7 +79,7 @@ def resolve_window(bars, start=None, end=None, first_usable: int = 0,
 
 def held_out_start(engine, study: str) -> pd.Timestamp | None:
     """The study's recorded start of its held-out window, or None."""
-    from .optuna_db import STUDY_TRAIN_END, study_attr
+    from ..storage.optuna_db import STUDY_TRAIN_END, study_attr
     train_end = study_attr(engine, study, STUDY_TRAIN_END) if study else None
     return None if train_end is None else pd.Timestamp(train_end)
 

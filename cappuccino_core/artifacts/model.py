@@ -24,18 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .env_settings import EnvSettings, Normalisation
-from .files import fsync_path
+from ..common.errors import CappuccinoError
+from ..common.files import fsync_path
+from ..rl.env_settings import EnvSettings, Normalisation
 
 if TYPE_CHECKING:  # torch is imported where weights are written or read, not for a spec
-    from .agent import ActorCritic
+    from ..rl.agent import ActorCritic
 
 # 2: observations lay out the portfolio as [assets..., cash], like actions (1 was [cash, assets])
 SPEC_FORMAT = 3  # 3: buy fees in the asset; re-entry cooldown in the observation
 
 
-class ArtifactError(Exception):
+class ArtifactError(CappuccinoError):
     """An artifact that must not be served: missing, corrupted or not what it claims."""
+    label = "model artifact refused"
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def load_artifact(directory: Path,
     when given, against the checksum the caller expects)."""
     import torch
 
-    from .agent import ActorCritic
+    from ..rl.agent import ActorCritic
     directory = Path(directory)
     spec = read_spec(directory)
     weights = directory / "model.pt"

@@ -15,14 +15,24 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from .config import Config
-from .ensemble.publish import (current_manifest, ensembles_dir, member_risk_differences,
-                               version_problems)
-from .optuna_db import completed_since, study_summaries
-from .storage import (StorageEmpty, decisions, deploy_decisions, equity_snapshots, events,
-                      read_engine, trader_state)
-from .trading.journal import StateKey, replay_traders, traders_with_data
-
+from ..common.config import Config
+from ..ensemble.publish import (
+    current_manifest,
+    ensembles_dir,
+    member_risk_differences,
+    version_problems,
+)
+from ..storage.database import (
+    StorageEmpty,
+    decisions,
+    deploy_decisions,
+    equity_snapshots,
+    events,
+    read_engine,
+    trader_state,
+)
+from ..storage.optuna_db import completed_since, study_summaries
+from ..trading.journal import StateKey, replay_traders, traders_with_data
 
 SCHEMA_VERSION = 2  # 2: traders have `mode` (live | replay) instead of `running`
 LEVELS = ("ok", "warning", "critical")  # their index is the exit code

@@ -13,9 +13,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .config import Config
-from .storage import equity_snapshots, events, fills, orders, record_event
-from .trading.journal import Journal
+from ..common.config import Config
+from ..storage.database import equity_snapshots, events, fills, orders, record_event
+from ..trading.journal import Journal
 
 SOURCE, KIND = "monitor", "daily-summary"
 
@@ -78,7 +78,7 @@ def send_if_due(cfg: Config, engine: Engine, now: datetime | None = None,
                 status: dict | None = None) -> bool:
     """Send today's summary if it is due (from `status`, else a fresh `status.collect`);
     True when it was sent."""
-    from .alerts import send_alert
+    from ..common.alerts import send_alert
     from .status import collect
     now = now or datetime.now(timezone.utc)
     key = due(cfg, engine, now)

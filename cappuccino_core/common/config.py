@@ -21,6 +21,9 @@ from typing import Any, Callable, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import URL_PASSWORD_RE, USAGE, CappuccinoError, mask_text
+from .files import atomic_write_text
+
 DEFAULT_CONFIG_DIR = "/etc/cappuccino"
 CONFIG_FILE = "cappuccino.yaml"
 ACTIVE_STUDY_FILE = "active_study.yaml"
@@ -29,8 +32,11 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,10}/(USD|USDT|USDC|BTC)$")
 TIMEFRAMES = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
-class ConfigError(Exception):
+class ConfigError(CappuccinoError):
     """A configuration file is missing, unreadable or invalid."""
+    exit_code = USAGE
+    label = "configuration error"
+    whole_message = True
 
     def __init__(self, file: str, key: str, value: Any, expected: str, got: str | None = None):
         self.file, self.key, self.value, self.expected = file, key, value, expected
@@ -605,7 +611,6 @@ def _check_cross_fields(cfg: Config) -> None:
 # --- showing the effective configuration -----------------------------------------------------
 
 SECRET_KEY_RE = re.compile(r"(secret|password|token|api_key|webhook_url|^urls$)", re.I)
-URL_PASSWORD_RE = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]+)(?P<tail>@)")
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
@@ -619,11 +624,6 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         return mask_text(value)
     return value
-
-
-def mask_text(text: str) -> str:
-    """`text` with passwords in URLs replaced by '***'."""
-    return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
 
 
 def effective_config(cfg: Config, masked: bool = True) -> dict:
@@ -712,3 +712,13 @@ def check_rewritable(config_dir: str | os.PathLike, section: str) -> Path:
                           "a line) for cappuccino to set keys in it; it is in flow style: "
                           "write it as a block, or set the keys by hand")
     return path
+
+
+def write_active_study(config_dir: str | Path, name: str) -> Path:
+    """Write active_study.yaml atomically (a complete temporary file, then one rename), so a
+    reader (or the path unit) never sees half a file."""
+    check_study_name(name, ACTIVE_STUDY_FILE, "study")
+    return atomic_write_text(Path(config_dir) / ACTIVE_STUDY_FILE,
+                             "# The study that training, the ensemble and the trader follow.\n"
+                             "# Written by `cappuccino study activate`.\n"
+                             + yaml.safe_dump({"study": name}))

@@ -17,17 +17,17 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .config import Config
-from .data import load_bars
-from .data.features import compute_features
-from .files import atomic_write_text
-from .backtest import backtest_ensemble, first_decision_bar
-from .ensemble.publish import current_dir, ensembles_dir
-from .ensemble.serving import Ensemble
-from .optuna_db import complete_values
-from .storage import equity_snapshots, fills, orders
-from .trading.journal import Journal, pick_trader
-from .window import WindowError, held_out_start, resolve_window
+from ..common.config import Config
+from ..common.files import atomic_write_text
+from ..data import load_bars
+from ..data.features import compute_features
+from ..ensemble.publish import current_dir, ensembles_dir
+from ..ensemble.serving import Ensemble
+from ..rl.backtest import backtest_ensemble, first_decision_bar
+from ..rl.window import WindowError, held_out_start, resolve_window
+from ..storage.database import equity_snapshots, fills, orders
+from ..storage.optuna_db import complete_values
+from ..trading.journal import Journal, pick_trader
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
@@ -306,7 +306,7 @@ def history_section(engine: Engine, study: str | None) -> str:
 
 def reconcile_section(cfg: Config, engine: Engine, name: str | None) -> str:
     """Live vs replay (`cappuccino reconcile`) over the trader's recorded decisions."""
-    from .trading.reconcile import CAUSES, ReconcileError, reconcile
+    from ..trading.reconcile import CAUSES, ReconcileError, reconcile
     if name is None:
         return ""
     try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import atomic_write_text
+from ..common.files import atomic_write_text
 
-UNITS_DIR = Path(__file__).resolve().parents[1] / "units"
+UNITS_DIR = Path(__file__).resolve().parents[2] / "units"
 
 
 def render_units(prefix: str | Path, python: str | Path | None = None,

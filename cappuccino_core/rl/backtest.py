@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data.features import WARMUP
+from ..data.features import WARMUP
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 
 HOURS_PER_YEAR = 24 * 365

@@ -29,16 +29,16 @@ from statistics import NormalDist
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from .backtest import HOURS_PER_YEAR, backtest_ensemble, first_decision_bar
-from .config import Config
-from .data import load_bars
-from .data.features import compute_features
-from .ensemble.publish import current_dir, ensembles_dir, sync
-from .ensemble.selection import SelectionError, pinned_trial, select_members
-from .ensemble.serving import Ensemble
-from .optuna_db import ATTR_SPLITS, trial_attrs, trial_count
-from .storage import deploy_decisions
-from .window import WindowError, held_out_window
+from ..common.config import Config
+from ..data import load_bars
+from ..data.features import compute_features
+from ..ensemble.publish import current_dir, ensembles_dir, sync
+from ..ensemble.selection import SelectionError, pinned_trial, select_members
+from ..ensemble.serving import Ensemble
+from ..rl.backtest import HOURS_PER_YEAR, backtest_ensemble, first_decision_bar
+from ..rl.window import WindowError, held_out_window
+from ..storage.database import deploy_decisions
+from ..storage.optuna_db import ATTR_SPLITS, trial_attrs, trial_count
 
 log = logging.getLogger(__name__)
 EULER_GAMMA = 0.5772156649
@@ -213,7 +213,7 @@ def run(cfg: Config, engine: Engine, study: str | None = None,
         return decision, None
     record(engine, decision)
     if decision.promoted:
-        from .alerts import send_alert
+        from ..common.alerts import send_alert
         message = sync(cfg, engine, decision.study).message
         send_alert(cfg, f"promoted trial id {decision.candidate_trial_id}",
                    f"{decision.summary()}\n{message}", "info", "promotion", study=decision.study)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..config import Config
+from ..common.config import Config
 from ..ensemble.publish import current_manifest, ensembles_dir
-from ..storage import equity_snapshots, fills, orders
+from ..storage.database import equity_snapshots, fills, orders
 from .journal import Journal
 
 

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data.bars import Bars
-from .data.features import WARMUP
+from ..data.bars import Bars
+from ..data.features import WARMUP
 from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",

@@ -21,14 +21,20 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .alerts import send_alert
-from .config import Config
-from .ensemble.publish import current_manifest, ensembles_dir
-from .optuna_db import has_optuna_tables, training_progress
-from .errors import first_line
+from ..common.alerts import send_alert
+from ..common.config import Config
+from ..common.errors import CappuccinoError, first_line
+from ..ensemble.publish import current_manifest, ensembles_dir
+from ..storage.database import (
+    app_engine,
+    equity_snapshots,
+    events,
+    record_event,
+    trader_state,
+)
+from ..storage.optuna_db import has_optuna_tables, training_progress
+from ..trading.journal import StateKey, live_traders
 from .status import add_problem, collect
-from .storage import app_engine, equity_snapshots, events, record_event, trader_state
-from .trading.journal import StateKey, live_traders
 
 log = logging.getLogger(__name__)
 SOURCE = "monitor"
@@ -277,8 +283,9 @@ def _journal_tail(unit: str, invocation: str | None, n: int = 15) -> str:
     return text
 
 
-class ChecksFailed(Exception):
+class ChecksFailed(CappuccinoError):
     """Some checks could not run (their incidents may be unknown)."""
+    label = "monitor checks failed"
 
 
 def run_monitor(cfg: Config, say=print) -> int:

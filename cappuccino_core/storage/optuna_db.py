@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..common.errors import USAGE, CappuccinoError
+
 # --- the attribute keys, both sides (writers and readers) use these -------------------------
 
 # trial user attributes
@@ -49,8 +51,11 @@ OPTUNA_TABLES = frozenset({
     "alembic_version"})
 
 
-class OptunaSchemaError(Exception):
+class OptunaSchemaError(CappuccinoError):
     """The storage's Optuna schema is one this release was not tested against."""
+    exit_code = USAGE
+    label = "storage error"
+    whole_message = True
 
 
 def trial_id(trial) -> int:

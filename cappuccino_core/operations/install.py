@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .units import render_units, write_units
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"  # what a server runs: every version and file hash CI tested
 USER = "cappuccino"
 VENDOR_UNITS = "/usr/local/lib/systemd/system"  # systemd's unit path for local packages

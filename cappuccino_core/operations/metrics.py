@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .files import atomic_write_text
+from ..common.files import atomic_write_text
 from .status import LEVELS
 
 # name -> (type, help)

@@ -14,13 +14,36 @@ import threading
 
 import sqlalchemy as sa
 
-from .config import ConfigError, mask_text
-from .optuna_db import OptunaSchemaError
-from .storage import ForeignDatabase, StorageEmpty
-from .window import WindowError
-
 USAGE = 2
 RUNTIME = 1
+
+# What a database driver raises when the server cannot be reached (or the URL is wrong).
+DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+URL_PASSWORD_RE = re.compile(r"(?P<head>://[^:/@]+:)(?P<pw>[^@]+)(?P<tail>@)")
+
+# The storage URLs this process opened, last used last (storage.database registers them), so
+# that a storage error names the database it is about.
+urls_in_use: list[str] = []
+
+
+def mask_text(text: str) -> str:
+    """`text` with passwords in URLs replaced by '***'."""
+    return URL_PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
+
+
+class CappuccinoError(Exception):
+    """The base of every error the product raises on purpose. The type says what it means to
+    whoever reads the line: `exit_code` (USAGE: fix the input; RUNTIME: something failed) and
+    `label`, the start of its one-line description."""
+
+    exit_code = RUNTIME
+    label = "error"
+    whole_message = False  # True: the whole message (several listed problems), else its first line
+
+    def describe(self) -> str:
+        text = mask_text(str(self).strip()) if self.whole_message else first_line(self)
+        return f"{self.label}: {text}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,17 +74,9 @@ def first_line(e: BaseException) -> str:
 
 def describe(e: BaseException) -> tuple[int, str]:
     """(exit code, one line naming the cause) for an exception that ends a command."""
-    from .artifacts import ArtifactError
-    from .data.bars import DataError
-    if isinstance(e, ConfigError):
-        return USAGE, f"configuration error: {e}"
-    if isinstance(e, WindowError):
-        return USAGE, f"window error: {e}"
-    if isinstance(e, OptunaSchemaError | ForeignDatabase):
-        return USAGE, f"storage error: {e}"
-    if isinstance(e, StorageEmpty):
-        return RUNTIME, f"storage: {e}"
-    if isinstance(e, sa.exc.OperationalError | sa.exc.InterfaceError):
+    if isinstance(e, CappuccinoError):
+        return e.exit_code, e.describe()
+    if isinstance(e, DATABASE_DOWN):
         reason = first_line(e.orig or e)
         if WRONG_SETTING.search(reason):  # the URL names what is not there: fix the setting
             return USAGE, f"storage setting wrong ({_storage_in_use()}): {reason}"
@@ -69,12 +84,6 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, sa.exc.SQLAlchemyError):
         return RUNTIME, (f"storage error ({_storage_in_use()}): {type(e).__name__}: "
                          f"{first_line(e)}")
-    if isinstance(e, DataError):
-        return RUNTIME, f"data error: {first_line(e)}"
-    if type(e).__name__ == "ReconcileError":
-        return RUNTIME, f"reconcile: {first_line(e)}"
-    if isinstance(e, ArtifactError):
-        return RUNTIME, f"model artifact refused: {first_line(e)}"
     if _is_broker_error(e):
         return RUNTIME, f"broker error: {first_line(e)}"
     if isinstance(e, OSError):
@@ -89,10 +98,9 @@ WRONG_SETTING = re.compile(r"invalid port|does not exist|password authentication
 
 
 def _storage_in_use() -> str:
-    from .storage import urls_in_use
     return ", ".join(mask_text(u) for u in urls_in_use[-1:]) or "storage.url"
 
 
 def _is_broker_error(e: BaseException) -> bool:
-    module = type(e).__module__ or ""
-    return module.startswith(("alpaca.", "requests.")) or type(e).__name__ == "BrokerUnavailable"
+    """An error of the Alpaca SDK or of the HTTP library under it (not ours: no common base)."""
+    return (type(e).__module__ or "").startswith(("alpaca.", "requests."))
