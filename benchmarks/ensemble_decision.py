@@ -27,7 +27,8 @@ from ensemble_helpers import add_trial  # noqa: E402
 from cappuccino_core.common.config import load_config  # noqa: E402
 from cappuccino_core.data import load_bars  # noqa: E402
 from cappuccino_core.data.features import LIVE_HISTORY, compute_features  # noqa: E402
-from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync  # noqa: E402
+from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir  # noqa: E402
+from cappuccino_core.ensemble.publish import sync  # noqa: E402
 from cappuccino_core.ensemble.serving import Ensemble  # noqa: E402
 from cappuccino_core.storage.database import make_optuna_storage, open_app_db  # noqa: E402
 

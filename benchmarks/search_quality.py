@@ -56,7 +56,8 @@ from cappuccino_core.common.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import FEATURE_SETS, compute_features, feature_names
 from cappuccino_core.operations.deploy import _splits_matrix, probability_of_backtest_overfitting
-from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
+from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.rl.env import Market, Normalisation
 from cappuccino_core.storage.database import app_engine, optuna_storage

@@ -34,7 +34,7 @@ def cmd_config_check(args) -> int:
         print(f"# configuration directory {cfg.config_dir}; files read: {read}")
         print("# the effective configuration (secrets masked):")
         print(yaml.safe_dump(effective, sort_keys=False), end="")
-    from .ensemble.publish import venue_warnings
+    from .ensemble.manifest import venue_warnings
     for warning in venue_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -363,7 +363,7 @@ def _metrics_table(results: dict[str, dict]) -> str:
 def cmd_backtest(args) -> int:
     from .data import load_bars
     from .data.features import compute_features
-    from .ensemble.publish import current_dir, ensembles_dir
+    from .ensemble.manifest import current_dir, ensembles_dir
     from .ensemble.selection import member_by_id
     from .ensemble.serving import Ensemble
     from .rl.backtest import backtest_ensemble, first_decision_bar

@@ -31,7 +31,7 @@ def emulator():
 def trading_setup(emulator, tmp_path, shared_data):
     """A published ensemble, bars to 2022-05-10, and the emulator priced at the last close."""
     from cappuccino_core.data import load_bars
-    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir
+    from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
     from cappuccino_core.ensemble.serving import Ensemble
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
     bars = load_bars(cfg, end="2022-05-10")

@@ -15,7 +15,8 @@ from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
 from cappuccino_core.operations.deploy import (deflated_sharpe_ratio, probability_of_backtest_overfitting,
                                     record, validate)
-from cappuccino_core.ensemble.publish import current_manifest, ensembles_dir, sync
+from cappuccino_core.ensemble.manifest import current_manifest, ensembles_dir
+from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 from cappuccino_core.storage.database import deploy_decisions, make_optuna_storage, open_app_db
 
@@ -150,7 +151,7 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     out = capsys.readouterr().out
     assert "PROMOTE" in out and "dry run: would promote" in out
     assert "window: " in out and "held-out window of study" in out  # the bars it judged on
-    assert current_manifest(ensembles_dir(cfg))["version"] == 1  # the dry run changed nothing
+    assert current_manifest(ensembles_dir(cfg)).version == 1  # the dry run changed nothing
     from test_operator import json_of
     dry = json_of(capsys, "deploy", "--dry-run", "--config-dir", cfg.config_dir, schema="deploy")
     assert dry["promoted"] and dry["dry_run"] and dry["published"] is None
@@ -162,9 +163,9 @@ def test_a_genuinely_better_model_is_promoted_and_published(tmp_path, market_fil
     assert m["candidate"]["total_return"] > m["candidate"]["bh_total_return"]
     assert cli.main(["deploy", "--config-dir", cfg.config_dir]) == 0
     manifest = current_manifest(ensembles_dir(cfg))
-    assert manifest["version"] == 2
-    pinned = [x for x in manifest["members"] if x["pinned"]]
-    assert [x["trial_id"] for x in pinned] == [good._trial_id]
+    assert manifest.version == 2
+    pinned = [x for x in manifest.members if x.pinned]
+    assert [x.trial_id for x in pinned] == [good._trial_id]
     # announced: each version published, and the promotion (the dry run said nothing)
     titles = [b["title"] for _, b in received]
     assert sum("INFO ensemble-version: ensemble v" in t for t in titles) == 2

@@ -20,8 +20,8 @@ from cappuccino_core import cli
 from cappuccino_core.common.config import load_config
 from cappuccino_core.data.features import compute_features
 from cappuccino_core.data.synthetic import synthetic_market
-from cappuccino_core.ensemble.publish import (current_dir, current_manifest, ensembles_dir,
-                                              sync)
+from cappuccino_core.ensemble.manifest import current_dir, current_manifest, ensembles_dir
+from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.ensemble.selection import SelectionError, select_members
 from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market
@@ -128,7 +128,7 @@ def test_a_model_file_carrying_a_pickle_payload_is_refused_unexecuted(env, tmp_p
     assert result.status == "fallback" and not marker.exists()
     (why,) = [w for tid, _, w in result.selection.skipped if tid == evil._trial_id]
     assert "does not load" in why and "weights refused" in why
-    assert current_manifest(ensembles_dir(cfg))["members"] == []  # nothing published with it
+    assert current_manifest(ensembles_dir(cfg)).members == ()  # nothing published with it
     from cappuccino_core.artifacts.model import load_artifact
     with pytest.raises(ArtifactError, match="weights refused"):  # and serving refuses it too
         load_artifact(d, digest)
@@ -147,7 +147,8 @@ def test_publish_then_unchanged_then_new_version(env):
     assert first.status == "published" and first.version == 1
     manifest = assert_current_is_complete(cfg)
     assert manifest["study"] == "alpha" and len(manifest["members"]) == 3
-    assert manifest["members"][0]["trailing_stop_pct"] == 0.10
+    assert manifest["members"][0]["spec"]["env"]["trailing_stop_pct"] == 0.10
+    assert "params" not in manifest["members"][0]  # no copies of spec fields
     assert sync(cfg, engine).status == "unchanged"
     assert len(list(ensembles_dir(cfg).glob("v*"))) == 1
     add_trial(alpha, cfg, 0.9, seed=7)
@@ -171,7 +172,7 @@ def test_too_few_members_keeps_the_current_ensemble(env):
     write_active_study(cfg.config_dir, "gamma")
     result = sync(load_config(cfg.config_dir), engine)
     assert result.status == "too_few" and "1 more needed" in result.message
-    assert current_manifest(ensembles_dir(cfg))["study"] == "alpha"
+    assert current_manifest(ensembles_dir(cfg)).study == "alpha"
 
 
 def set_config(cfg, **sections):
@@ -224,7 +225,7 @@ def test_unknown_or_empty_study_is_an_error_and_touches_nothing(env, capsys):
         sync(cfg, engine, study="nope")
     new_study(storage, "empty")
     assert cli.main(["ensemble", "sync", "--config-dir", cfg.config_dir, "--study", "empty"]) == 1
-    assert current_manifest(ensembles_dir(cfg))["version"] == 1
+    assert current_manifest(ensembles_dir(cfg)).version == 1
 
 
 def test_switching_the_active_study_changes_the_next_selection(env):
@@ -239,8 +240,8 @@ def test_switching_the_active_study_changes_the_next_selection(env):
     result = sync(load_config(cfg.config_dir), engine)
     assert result.status == "published"
     manifest = current_manifest(ensembles_dir(cfg))
-    assert manifest["study"] == "beta"
-    assert {m["trial_id"] for m in manifest["members"]} == \
+    assert manifest.study == "beta"
+    assert {m.trial_id for m in manifest.members} == \
         {t._trial_id for t in optuna.load_study(study_name="beta", storage=storage).trials}
 
 
@@ -435,7 +436,7 @@ def test_a_reader_notices_a_new_version_without_any_signal_and_keeps_a_good_one(
     # a version whose member was damaged after publishing is refused; the reader keeps v2
     add_trial(alpha, cfg, 1.5, seed=6)
     sync(cfg, engine)
-    damaged = current_dir(ensembles_dir(cfg)) / current_manifest(ensembles_dir(cfg))["members"][0]["path"]
+    damaged = current_dir(ensembles_dir(cfg)) / current_manifest(ensembles_dir(cfg)).members[0].path
     (damaged / "model.pt").write_bytes(b"garbage")
     third, err = watcher.poll()
     assert third is None and "refused, keeping the current one" in err and "checksum" in err
@@ -479,8 +480,8 @@ def test_optional_rules_and_old_versions_are_pruned(env):
         add_trial(alpha, cfg, 2.0 + i, seed=20 + i)
         sync(cfg, engine)
     versions = sorted(p.name for p in ensembles_dir(cfg).glob("v*"))
-    assert versions == ["v000003", "v000004"] and current_manifest(ensembles_dir(cfg))["version"] == 4
-    assert all(m["completed_at"] for m in current_manifest(ensembles_dir(cfg))["members"])
+    assert versions == ["v000003", "v000004"] and current_manifest(ensembles_dir(cfg)).version == 4
+    assert all(m.completed_at for m in current_manifest(ensembles_dir(cfg)).members)
 
 
 def test_a_study_switch_during_a_sync_is_followed_by_the_same_sync(env):
@@ -494,7 +495,7 @@ def test_a_study_switch_during_a_sync_is_followed_by_the_same_sync(env):
         add_trial(beta, cfg, 0.1 * i, seed=10 + i)
     write_active_study(cfg.config_dir, "beta")  # written while a sync of alpha was running
     result = sync_following(cfg, engine)  # cfg still says alpha: what the sync started with
-    assert result.selection.study == "beta" and current_manifest(ensembles_dir(cfg))["study"] == "beta"
+    assert result.selection.study == "beta" and current_manifest(ensembles_dir(cfg)).study == "beta"
 
 
 def test_a_truncated_manifest_is_broken_everywhere_and_the_next_sync_heals_it(env, capsys):
@@ -523,3 +524,28 @@ def test_a_truncated_manifest_is_broken_everywhere_and_the_next_sync_heals_it(en
     assert healed.status == "published" and healed.version == 2
     assert assert_current_is_complete(cfg)["study"] == "alpha"
     assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
+
+
+def test_the_manifest_is_typed_and_validated_once(env):
+    """`Manifest.from_dict` is the one reading: what it writes it reads back equal; keys of
+    earlier releases' copied spec fields are read past; a member without a valid spec, or a
+    key it does not know, is a ManifestError naming the member."""
+    from cappuccino_core.ensemble.manifest import Manifest, ManifestError, read_manifest
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    for i in range(2):
+        add_trial(alpha, cfg, 0.25 * (i + 1), seed=i)
+    sync(cfg, engine)
+    d = current_dir(ensembles_dir(cfg))
+    manifest = read_manifest(d)
+    assert Manifest.from_dict(manifest.to_dict()).to_dict() == manifest.to_dict()
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["members"][0] |= {"params": {"gamma": 0.9}, "trailing_stop_pct": 0.1}  # as 0.1 wrote
+    assert Manifest.from_dict(raw).to_dict() == manifest.to_dict()
+    raw["members"][1]["spec"]["lookback"] = 0
+    with pytest.raises(ManifestError, match="member 1"):
+        Manifest.from_dict(raw)
+    raw["members"][1] = manifest.members[1].to_dict() | {"surprise": 1}
+    with pytest.raises(ManifestError, match="surprise"):
+        Manifest.from_dict(raw)
+    assert "spec" not in manifest.record()["members"][0]

@@ -134,8 +134,8 @@ def test_a_model_that_does_not_load_is_never_published_and_a_restart_serves_the_
 
     from cappuccino_core import cli
     from cappuccino_core.broker.sim import SimBroker
-    from cappuccino_core.ensemble.publish import (current_dir, ensembles_dir, sync,
-                                                  version_problems)
+    from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir, version_problems
+    from cappuccino_core.ensemble.publish import sync
     from ensemble_helpers import add_trial
     cfg, engine, study = setup_trader_env(tmp_path, shared_data)
     assert current_dir(ensembles_dir(cfg)).name == "v000001"
@@ -319,7 +319,8 @@ def test_importing_from_a_file_that_does_not_exist_creates_nothing(tmp_path):
 
 
 def test_a_sync_starts_by_removing_what_killed_syncs_left(tmp_path, shared_data):
-    from cappuccino_core.ensemble.publish import ensembles_dir, sync
+    from cappuccino_core.ensemble.manifest import ensembles_dir
+    from cappuccino_core.ensemble.publish import sync
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
     root = ensembles_dir(cfg)
     (root / ".tmp-v000009-4242" / "members").mkdir(parents=True)

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from cappuccino_core import cli
 from cappuccino_core.broker.sim import SimBroker
 from cappuccino_core.common.config import load_config
-from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
+from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.storage.database import make_optuna_storage, open_app_db, sim_orders
 from cappuccino_core.trading.replay import fills_table, replay

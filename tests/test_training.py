@@ -409,7 +409,8 @@ def test_a_v2_study_trains_serves_and_refuses_a_v1_configuration(tmp_path):
     from cappuccino_core.common.config import set_config_values
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import FEATURE_NAMES, feature_names
-    from cappuccino_core.ensemble.publish import current_dir, ensembles_dir, sync
+    from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
+    from cappuccino_core.ensemble.publish import sync
     from cappuccino_core.ensemble.selection import select_members
     from cappuccino_core.ensemble.serving import Ensemble
     from cappuccino_core.rl.env import observation_size

@@ -1,12 +1,6 @@
 """Publishing an ensemble version atomically, and telling the trader.
 
-Layout under `<state_dir>/ensembles/`:
-
-    v000012/manifest.json          version, study, created_at, selection rule, members
-    v000012/members/<trial_id>/    model.pt, spec.json, model.sha256 (hard links, else copies)
-    current -> v000012             a symlink, replaced in one atomic rename
-
-A version is built completely under a temporary name, fsynced, renamed to `vNNNNNN`, and only
+The layout under `<state_dir>/ensembles/` and its readers: manifest.py. A version is built completely under a temporary name, fsynced, renamed to `vNNNNNN`, and only
 then made current by renaming a new symlink over `current`. Readers follow `current` once and
 read a complete version; a crash at any point leaves the previous version current, and the next
 sync cleans up and succeeds. A lock file serialises concurrent syncs.
@@ -39,6 +33,16 @@ from ..common.config import Config
 from ..common.files import fsync_path
 from ..storage.database import ensemble_versions, record_event
 from ..storage.optuna_db import trial_count
+from .manifest import (
+    VERSION_PREFIX,
+    Manifest,
+    ManifestMember,
+    current_dir,
+    current_manifest,
+    ensembles_dir,
+    version_name,
+    version_problems,
+)
 from .selection import (
     Selection,
     SelectionError,
@@ -48,91 +52,6 @@ from .selection import (
 )
 
 log = logging.getLogger(__name__)
-VERSION_PREFIX = "v"
-
-
-def ensembles_dir(cfg: Config) -> Path:
-    return cfg.state_dir / "ensembles"
-
-
-def version_name(version: int) -> str:
-    return f"{VERSION_PREFIX}{version:06d}"
-
-
-def current_dir(root: Path) -> Path | None:
-    """The directory `current` points to, or None before the first publish."""
-    link = root / "current"
-    if not link.is_symlink():
-        return None
-    return root / os.readlink(link)
-
-
-def read_manifest(directory: Path) -> dict:
-    return json.loads((directory / "manifest.json").read_text())
-
-
-def member_risk_differences(member: dict, cfg: Config) -> list[str]:
-    """A manifest member's risk rules and costs against today's configuration (which may have
-    changed since the version was published); [] when they agree."""
-    from ..artifacts.model import ArtifactError, ModelSpec
-    try:
-        return ModelSpec.from_dict(member["spec"]).risk_differences(cfg)
-    except (ArtifactError, KeyError) as e:
-        return [f"unreadable spec ({e})"]
-
-
-def version_problems(directory: Path) -> list[str]:
-    """What is wrong with a published version on disk: an unreadable manifest, a member's file
-    missing, a checksum that differs, a spec that does not parse. [] when it is whole. (No
-    torch: cheap enough for `status`; whether the weights load, the trader reports.)"""
-    from ..artifacts.model import ArtifactError, read_spec, sha256_file
-    try:
-        manifest = read_manifest(directory)
-    except (OSError, ValueError) as e:
-        return [f"manifest unreadable ({e})"]
-    problems = []
-    for m in manifest.get("members", []):
-        member = directory / m["path"]
-        try:
-            if sha256_file(member / "model.pt") != m["sha256"]:
-                problems.append(f"trial id {m['trial_id']}: model.pt checksum differs")
-            read_spec(member)
-        except (OSError, ArtifactError) as e:
-            problems.append(f"trial id {m['trial_id']}: {e}")
-    return problems
-
-
-def current_manifest(root: Path) -> dict | None:
-    """The current version's manifest; None before the first publish. A manifest that cannot
-    be read (truncated, damaged) stands in as a version with no members whose `broken` says
-    why: every reader shows it broken, and the next sync publishes a fresh version."""
-    d = current_dir(root)
-    if d is None or not (d / "manifest.json").exists():
-        return None
-    try:
-        return read_manifest(d)
-    except (OSError, ValueError) as e:
-        created = datetime.fromtimestamp((d / "manifest.json").stat().st_mtime, timezone.utc)
-        number = d.name.removeprefix(VERSION_PREFIX)
-        return {"version": int(number) if number.isdigit() else 0, "study": None,
-                "created_at": created.isoformat(), "members": [], "fallback": None,
-                "reason": None, "broken": [f"manifest unreadable ({e})"]}
-
-
-def venue_warnings(cfg) -> list[str]:
-    """Models trained on one venue's bars and traded on another's, said with what it means."""
-    from ..data import venue
-    try:
-        manifest = current_manifest(ensembles_dir(cfg))
-    except (OSError, ValueError):
-        return []
-    here = venue(cfg)
-    trained = {m["spec"].get("trained_on", {}).get("venue") for m in (manifest or {}).get(
-        "members", []) if "spec" in m} - {None, here}
-    return [f"the current ensemble was trained on {v}, and trades on {here}: prices differ "
-            "between venues and quote currencies (USDT is not USD), and so do liquidity and "
-            "quiet hours; expect live results to differ from its backtests (`cappuccino "
-            "reconcile` shows by how much, bar by bar)" for v in sorted(trained)]
 
 
 class SyncLock:
@@ -188,27 +107,22 @@ def next_version(root: Path, engine: Engine) -> int:
     return max(on_disk + [in_db]) + 1
 
 
-def build_manifest(version: int, cfg: Config, sel: Selection) -> dict:
+def build_manifest(version: int, cfg: Config, sel: Selection) -> Manifest:
     e = cfg.ensemble
-    return {
-        "version": version, "study": sel.study,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "selection": {"rule": "top COMPLETE trials by value", "top_n": e.top_n,
-                      "min_members": e.min_members, "min_value": e.min_value,
-                      "max_similar": e.max_similar, "weighting": e.weighting,
-                      "risk_mismatch": e.risk_mismatch},
-        "members": [{
-            "trial_id": m.trial_id, "number": m.number, "value": m.value, "sha256": m.sha256,
-            "completed_at": m.completed_at, "pinned": m.trial_id == sel.pinned,
-            "params": m.spec.hyperparameters,
-            "trailing_stop_pct": m.spec.env.trailing_stop_pct,
-            "risk_differences": m.risk_differences,
-            "path": f"members/{m.trial_id}", "spec": m.spec.to_dict(),
-        } for m in sel.members],
-    }
+    return Manifest(
+        version=version, study=sel.study, created_at=datetime.now(timezone.utc),
+        selection={"rule": "top COMPLETE trials by value", "top_n": e.top_n,
+                   "min_members": e.min_members, "min_value": e.min_value,
+                   "max_similar": e.max_similar, "weighting": e.weighting,
+                   "risk_mismatch": e.risk_mismatch},
+        members=tuple(ManifestMember(
+            trial_id=m.trial_id, number=m.number, value=m.value, sha256=m.sha256,
+            path=f"members/{m.trial_id}", spec=m.spec, completed_at=m.completed_at,
+            pinned=m.trial_id == sel.pinned, risk_differences=tuple(m.risk_differences))
+            for m in sel.members))
 
 
-def write_version(root: Path, version: int, manifest: dict, sel: Selection,
+def write_version(root: Path, version: int, manifest: Manifest, sel: Selection,
                   on_write: Callable[[Path], None] | None = None) -> Path:
     """Write a complete version directory; returns its final path (not yet current).
     `on_write(tmp)` runs once the members are in place, before the manifest (tests stop a
@@ -223,7 +137,7 @@ def write_version(root: Path, version: int, manifest: dict, sel: Selection,
             _link_or_copy(m.artifact_dir / name, dst / name)
     if on_write is not None:
         on_write(tmp)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (tmp / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     _fsync_tree(tmp)
     final = root / version_name(version)
     os.rename(tmp, final)
@@ -240,16 +154,14 @@ def make_current(root: Path, version_dir: Path) -> None:
     fsync_path(root)
 
 
-def _record_version(engine: Engine, manifest: dict, path: Path) -> None:
+def _record_version(engine: Engine, manifest: Manifest, path: Path) -> None:
     with engine.begin() as conn:
         exists = conn.execute(sa.select(ensemble_versions.c.version).where(
-            ensemble_versions.c.version == manifest["version"])).first()
+            ensemble_versions.c.version == manifest.version)).first()
         if not exists:
             conn.execute(ensemble_versions.insert().values(
-                version=manifest["version"], study=manifest["study"], path=str(path),
-                manifest={k: v for k, v in manifest.items() if k != "members"}
-                | {"members": [{k: v for k, v in m.items() if k != "spec"}
-                               for m in manifest["members"]]}))
+                version=manifest.version, study=manifest.study, path=str(path),
+                manifest=manifest.record()))
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -316,7 +228,7 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
         sel = select_members(engine, cfg, study)
         pinned = _apply_pin(cfg, engine, sel)
         current = current_manifest(root)
-        if current is not None and not current.get("broken"):
+        if current is not None and not current.broken:
             _record_version(engine, current, current_dir(root))  # repairs a crash before it
         if not sel.members and (cfg.ensemble.fallback == "keep_current"
                                 or not trial_count(engine, study, ("COMPLETE",))):
@@ -324,11 +236,10 @@ def sync(cfg: Config, engine: Engine, study: str | None = None,
                                  f"({len(sel.skipped)} skipped)")  # nothing to judge yet
         if len(sel.members) < cfg.ensemble.min_members and not pinned:
             return _too_few(cfg, engine, root, sel, current, on_write)
-        if current is not None and current["study"] == study and sorted(
-                (m["trial_id"], m["sha256"]) for m in current["members"]) == sel.key \
+        if current is not None and current.study == study and current.key == sel.key \
                 and not version_problems(current_dir(root)):  # a damaged one is republished
-            return SyncResult("unchanged", current["version"], sel,
-                              f"ensemble v{current['version']} is up to date")
+            return SyncResult("unchanged", current.version, sel,
+                              f"ensemble v{current.version} is up to date")
         version = next_version(root, engine)
         manifest = build_manifest(version, cfg, sel)
         path = write_version(root, version, manifest, sel, on_write)
@@ -349,7 +260,7 @@ def _announce(cfg: Config, title: str, msg: str, study: str, severity: str) -> N
     send_alert(cfg, title, msg, severity, "ensemble-version", study=study)
 
 
-def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: dict | None,
+def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: Manifest | None,
              on_write) -> SyncResult:
     """Fewer trials qualify than `ensemble.min_members`: keep the current version, or publish
     the configured fallback (a version without members that the trader serves as cash or as
@@ -359,15 +270,16 @@ def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: d
     why = (f"study {study}: {len(sel.members)} trial(s) qualify (CV value >= "
            f"{e.min_value}), ensemble.min_members is {e.min_members}: {need} more needed")
     data = {"study": study, "eligible": len(sel.members), "needed": need}
-    if e.fallback == "keep_current" or (current is not None and current["study"] == study
-                                        and current.get("fallback") == e.fallback):
+    if e.fallback == "keep_current" or (current is not None and current.study == study
+                                        and current.fallback == e.fallback):
         msg = why + ("; the current ensemble stays" if e.fallback == "keep_current" else
                      f"; the trader stays on the fallback ({e.fallback})")
         record_event(engine, "ensemble-sync", "warning", "too_few_members", msg, data)
-        return SyncResult("too_few", current and current["version"], sel, msg)
+        return SyncResult("too_few", current and current.version, sel, msg)
     version = next_version(root, engine)
     nobody = dataclasses.replace(sel, members=[])
-    manifest = build_manifest(version, cfg, nobody) | {"fallback": e.fallback, "reason": why}
+    manifest = dataclasses.replace(build_manifest(version, cfg, nobody), fallback=e.fallback,
+                                   reason=why)
     path = write_version(root, version, manifest, nobody, on_write)
     make_current(root, path)
     _record_version(engine, manifest, path)

@@ -22,7 +22,7 @@ from ..artifacts.model import ArtifactError, ModelSpec, load_artifact
 from ..common.config import Config
 from ..rl.agent import ActorCritic
 from ..rl.env import Normalisation, live_observation
-from .publish import read_manifest
+from .manifest import ManifestError, read_manifest
 from .selection import fit_problem
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,17 @@ class Ensemble:
         directory = Path(directory)
         try:
             manifest = read_manifest(directory)
-        except (OSError, ValueError) as e:
+        except (OSError, ManifestError) as e:
             raise ArtifactError(f"{directory}: manifest.json unreadable ({e})") from e
-        if manifest.get("fallback"):  # too few trials qualified: published plainly as such
-            return cls(manifest["version"], manifest["study"], directory, [], np.zeros(0),
-                       fallback=manifest["fallback"], fallback_reason=manifest.get("reason"))
-        members = [load_member(directory / m["path"], m["sha256"], manifest["study"],
-                               m["trial_id"], m["number"], m["value"], cfg)
-                   for m in manifest["members"]]
+        if manifest.fallback:  # too few trials qualified: published plainly as such
+            return cls(manifest.version, manifest.study, directory, [], np.zeros(0),
+                       fallback=manifest.fallback, fallback_reason=manifest.reason)
+        members = [load_member(directory / m.path, m.sha256, manifest.study,
+                               m.trial_id, m.number, m.value, cfg)
+                   for m in manifest.members]
         if not members:
             raise ArtifactError(f"{directory}: no members")
-        return cls(manifest["version"], manifest["study"], directory, members,
+        return cls(manifest.version, manifest.study, directory, members,
                    blend_weights([m.value for m in members], cfg.ensemble.weighting))
 
     @classmethod

@@ -6,13 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..common.config import Config
-from .publish import (
-    current_dir,
-    current_manifest,
-    ensembles_dir,
-    member_risk_differences,
-    version_problems,
-)
+from .manifest import current_dir, current_manifest, ensembles_dir, version_problems
 
 
 def current_ensemble(cfg: Config) -> dict | None:
@@ -21,19 +15,17 @@ def current_ensemble(cfg: Config) -> dict | None:
     manifest = current_manifest(ensembles_dir(cfg))
     if manifest is None:
         return None
-    created = pd.Timestamp(manifest["created_at"])
-    now = pd.Timestamp.now(tz="UTC")
-    members = [{"number": m["number"], "trial_id": m["trial_id"], "value": m["value"],
-                "trailing_stop_pct": m.get("trailing_stop_pct"),
-                "completed_at": m.get("completed_at"), "params": m["params"],
-                "risk_differences": member_risk_differences(m, cfg)}
-               for m in manifest["members"]]
-    return {"version": manifest["version"], "study": manifest["study"],
-            "created_at": created.isoformat(),
-            "age_hours": round((now - created).total_seconds() / 3600, 2),
-            "follows_active_study": manifest["study"] == cfg.active_study,
-            "active_study": cfg.active_study, "fallback": manifest.get("fallback"),
-            "reason": manifest.get("reason"),
+    members = [{"number": m.number, "trial_id": m.trial_id, "value": m.value,
+                "trailing_stop_pct": m.spec.env.trailing_stop_pct,
+                "completed_at": m.completed_at, "params": m.spec.hyperparameters,
+                "risk_differences": m.spec.risk_differences(cfg)}
+               for m in manifest.members]
+    return {"version": manifest.version, "study": manifest.study,
+            "created_at": manifest.created_at.isoformat(),
+            "age_hours": round(manifest.age_hours(), 2),
+            "follows_active_study": manifest.study == cfg.active_study,
+            "active_study": cfg.active_study, "fallback": manifest.fallback,
+            "reason": manifest.reason,
             "broken": version_problems(current_dir(ensembles_dir(cfg))),
             "risk_mismatch": cfg.ensemble.risk_mismatch, "members": members}
 

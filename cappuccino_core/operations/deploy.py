@@ -32,7 +32,8 @@ from sqlalchemy.engine import Engine
 from ..common.config import Config
 from ..data import load_bars
 from ..data.features import compute_features
-from ..ensemble.publish import current_dir, ensembles_dir, sync
+from ..ensemble.manifest import current_dir, ensembles_dir
+from ..ensemble.publish import sync
 from ..ensemble.selection import SelectionError, pinned_trial, select_members
 from ..ensemble.serving import Ensemble
 from ..rl.backtest import HOURS_PER_YEAR, backtest_ensemble, first_decision_bar

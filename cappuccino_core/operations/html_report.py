@@ -21,7 +21,7 @@ from ..common.config import Config
 from ..common.files import atomic_write_text
 from ..data import load_bars
 from ..data.features import compute_features
-from ..ensemble.publish import current_dir, ensembles_dir
+from ..ensemble.manifest import current_dir, ensembles_dir
 from ..ensemble.serving import Ensemble
 from ..rl.backtest import backtest_ensemble, first_decision_bar
 from ..rl.window import WindowError, held_out_start, resolve_window

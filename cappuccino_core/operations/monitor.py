@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from ..common.alerts import send_alert
 from ..common.config import Config
 from ..common.errors import CappuccinoError, first_line
-from ..ensemble.publish import current_manifest, ensembles_dir
+from ..ensemble.manifest import current_manifest, ensembles_dir
 from ..storage.database import (
     app_engine,
     equity_snapshots,
@@ -77,22 +77,22 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
     manifest = current_manifest(ensembles_dir(cfg))
     if manifest is None:
         return []
-    if manifest.get("broken"):  # unreadable: nothing else about it can be judged
-        return [Incident("ensemble-broken", "critical", f"ensemble v{manifest['version']} is "
-                         "broken: " + "; ".join(manifest["broken"]))]
+    if manifest.broken:  # unreadable: nothing else about it can be judged
+        return [Incident("ensemble-broken", "critical", f"ensemble v{manifest.version} is "
+                         "broken: " + "; ".join(manifest.broken))]
     out = []
-    if manifest.get("fallback"):
+    if manifest.fallback:
         out.append(Incident("ensemble-fallback", "warning",
-                            f"no agent is good enough: ensemble v{manifest['version']} is the "
-                            f"fallback ({manifest['fallback']}); {manifest.get('reason')}"))
-    age = _now() - datetime.fromisoformat(manifest["created_at"])
+                            f"no agent is good enough: ensemble v{manifest.version} is the "
+                            f"fallback ({manifest.fallback}); {manifest.reason}"))
+    age = _now() - manifest.created_at
     if age > timedelta(hours=cfg.monitor.ensemble_max_age_hours):
         out.append(Incident("ensemble-old", "warning",
-                            f"ensemble v{manifest['version']} is {age.total_seconds() / 3600:.0f} h"
+                            f"ensemble v{manifest.version} is {age.total_seconds() / 3600:.0f} h"
                             f" old (limit {cfg.monitor.ensemble_max_age_hours:.0f} h)"))
-    if cfg.active_study and manifest["study"] != cfg.active_study:
+    if cfg.active_study and manifest.study != cfg.active_study:
         out.append(Incident("ensemble-not-following", "warning",
-                            f"ensemble v{manifest['version']} follows {manifest['study']}, the "
+                            f"ensemble v{manifest.version} follows {manifest.study}, the "
                             f"active study is {cfg.active_study}"))
     return out
 

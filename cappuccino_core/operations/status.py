@@ -16,10 +16,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..common.config import Config
-from ..ensemble.publish import (
+from ..ensemble.manifest import (
+    Manifest,
     current_manifest,
     ensembles_dir,
-    member_risk_differences,
+    version_name,
     version_problems,
 )
 from ..storage.database import (
@@ -187,27 +188,26 @@ def _ensemble(engine, cfg: Config) -> dict:
         "needed": (last_sync.data or {}).get("needed")}}
     if manifest is None:
         return info | {"version": None}
-    created = datetime.fromisoformat(manifest["created_at"])
-    values = [m["value"] for m in manifest["members"]]
+    values = [m.value for m in manifest.members]
     return info | {
-        "version": manifest["version"], "study": manifest["study"],
-        "follows_active_study": manifest["study"] == cfg.active_study,
-        "age_hours": round((datetime.now(timezone.utc) - created).total_seconds() / 3600, 2),
+        "version": manifest.version, "study": manifest.study,
+        "follows_active_study": manifest.study == cfg.active_study,
+        "age_hours": round(manifest.age_hours(), 2),
         "members": len(values), "best_value": max(values, default=None),
         "mean_value": sum(values) / len(values) if values else None,
-        "fallback": manifest.get("fallback"), "fallback_reason": manifest.get("reason"),
+        "fallback": manifest.fallback, "fallback_reason": manifest.reason,
         "members_with_other_risk_rules": sum(
-            bool(member_risk_differences(m, cfg)) for m in manifest["members"]),
+            bool(m.spec.risk_differences(cfg)) for m in manifest.members),
         "broken": version_health(engine, cfg, manifest)}
 
 
-def version_health(engine, cfg: Config, manifest: dict) -> list[str]:
+def version_health(engine, cfg: Config, manifest: Manifest) -> list[str]:
     """Why the current version is broken ([] if it is not): its files on disk, and a refusal
     by the trader since it was published (weights that do not load)."""
     root = ensembles_dir(cfg)
-    name = f"v{manifest['version']:06d}"
+    name = version_name(manifest.version)
     problems = version_problems(root / name)
-    created = datetime.fromisoformat(manifest["created_at"])
+    created = manifest.created_at
     with engine.connect() as conn:
         refusals = conn.execute(sa.select(events.c.ts, events.c.message, events.c.data).where(
             events.c.kind == "ensemble_refused").order_by(events.c.id.desc()).limit(20)).all()

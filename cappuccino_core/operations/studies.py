@@ -45,15 +45,15 @@ def delete_study(cfg: Config, engine, name: str) -> dict[str, int]:
     from sqlalchemy import delete, select
 
     from ..artifacts.store import make_store
-    from ..ensemble.publish import current_manifest, ensembles_dir
+    from ..ensemble.manifest import current_manifest, ensembles_dir
     from ..storage.database import trial_artifacts
     from ..storage.optuna_db import STATES, study_exists, trial_count
     if name == cfg.active_study:
         raise StudyRefused(f"study {name!r} is the active study: activate another first "
                            "(cappuccino study activate NAME)")
     current = current_manifest(ensembles_dir(cfg))
-    if current is not None and current["study"] == name:
-        raise StudyRefused(f"study {name!r} is what the current ensemble v{current['version']} "
+    if current is not None and current.study == name:
+        raise StudyRefused(f"study {name!r} is what the current ensemble v{current.version} "
                            "serves: sync the active study's ensemble first")
     if not study_exists(engine, name):
         raise StudyRefused(f"study {name!r} does not exist in {cfg.storage_url.split('@')[-1]}")

@@ -33,7 +33,7 @@ from ..common.service import Notifier
 from ..data import load_bars
 from ..data.bars import closed_end
 from ..data.features import LIVE_HISTORY, compute_features
-from ..ensemble.publish import ensembles_dir, venue_warnings
+from ..ensemble.manifest import ensembles_dir, venue_warnings
 from ..ensemble.serving import EnsembleWatcher
 from .journal import LIVE, StateKey, TraderState
 from .trader import Trader

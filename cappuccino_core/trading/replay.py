@@ -23,7 +23,7 @@ from ..common.config import Config
 from ..common.errors import CappuccinoError
 from ..data import load_bars
 from ..data.features import compute_features
-from ..ensemble.publish import ensembles_dir
+from ..ensemble.manifest import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
 from ..rl.backtest import first_decision_bar
 from ..rl.window import Window, held_out_start, resolve_window

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..common.config import Config
-from ..ensemble.publish import current_manifest, ensembles_dir
+from ..ensemble.manifest import current_manifest, ensembles_dir
 from ..storage.database import equity_snapshots, fills, orders
 from .journal import Journal
 
@@ -31,8 +31,8 @@ def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
         positions.append({"symbol": symbol, "qty": qty, "entry": s.get("entry"),
                           "peak": s.get("peak"), "stop_level": level or None})
     return {"trader": name, "mode": state.mode or "live", "last_bar": state.last_bar,
-            "ensemble": None if manifest is None else {"version": manifest["version"],
-                                                        "study": manifest["study"]},
+            "ensemble": None if manifest is None else {"version": manifest.version,
+                                                        "study": manifest.study},
             "equity": None if snap is None else snap.equity,
             "cash": None if snap is None else snap.cash,
             "at": None if snap is None else snap.ts.isoformat(),
