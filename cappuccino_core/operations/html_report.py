@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..common.config import Config
@@ -25,9 +24,9 @@ from ..ensemble.manifest import current_dir, ensembles_dir
 from ..ensemble.serving import Ensemble
 from ..rl.backtest import backtest_ensemble, first_decision_bar
 from ..rl.window import WindowError, held_out_start, resolve_window
-from ..storage.database import equity_snapshots, fills, orders
 from ..storage.optuna_db import complete_values
 from ..trading.journal import Journal, pick_trader
+from ..trading.trader_views import fill_pnls
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
@@ -162,22 +161,10 @@ def _epoch(index) -> np.ndarray:
 
 
 def trade_pnl(fill_rows) -> list[list]:
-    """Each fill with its realised P&L (average cost, after its fee; a buy realises only its
-    fee), newest first."""
-    held: dict[str, list[float]] = {}
-    out = []
-    for symbol, side, qty, price, fee, ts in fill_rows:
-        q, cost = held.get(symbol, [0.0, 0.0])
-        if side == "buy":
-            held[symbol] = [q + qty, cost + qty * price]
-            pnl = -fee
-        else:
-            avg = cost / q if q > 0 else price
-            pnl = qty * (price - avg) - fee
-            held[symbol] = [max(q - qty, 0.0), max(cost - qty * avg, 0.0)]
-        out.append([f"{pd.Timestamp(ts):%Y-%m-%d %H:%M}", symbol, side, f"{qty:.8g}",
-                    f"{price:,.6g}", f"{fee:,.2f}", f"{pnl:+,.2f}"])
-    return out[::-1]
+    """Each fill with its realised P&L (`trader_views.fill_pnls`), newest first."""
+    return [[f"{pd.Timestamp(r.bar_time):%Y-%m-%d %H:%M}", r.symbol, r.side, f"{r.qty:.8g}",
+             f"{r.price:,.6g}", f"{r.fee:,.2f}", f"{pnl:+,.2f}"]
+            for r, pnl in zip(fill_rows, fill_pnls(fill_rows))][::-1]
 
 
 def positions_table(engine: Engine, cfg: Config, name: str, snapshot, close_now) -> str:
@@ -203,14 +190,8 @@ def paper_section(engine: Engine, bars, name: str | None, note: str = "",
                   cfg: Config | None = None) -> str:
     if name is None:
         return f"<h2>Paper trading</h2><p>{html.escape(note)}</p>"
-    with engine.connect() as conn:
-        snaps = conn.execute(sa.select(equity_snapshots).where(
-            equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id)).all()
-        fill_rows = conn.execute(
-            sa.select(fills.c.symbol, fills.c.side, fills.c.qty, fills.c.price, fills.c.fee,
-                      orders.c.bar_time)
-            .join(orders, orders.c.client_order_id == fills.c.client_order_id)
-            .where(orders.c.trader == name).order_by(fills.c.id)).all()
+    journal = Journal(engine, name)
+    snaps, fill_rows = journal.equity_rows(), journal.fill_rows()
     if len(snaps) < 2:
         return (f"<h2>Paper trading ({html.escape(name)})</h2><p>No equity history yet. "
                 f"{html.escape(note)}</p>")

@@ -27,13 +27,11 @@ from ..common.errors import CappuccinoError, first_line
 from ..ensemble.manifest import current_manifest, ensembles_dir
 from ..storage.database import (
     app_engine,
-    equity_snapshots,
     events,
     record_event,
-    trader_state,
 )
 from ..storage.optuna_db import has_optuna_tables, training_progress
-from ..trading.journal import StateKey, live_traders
+from ..trading.journal import Journal, live_traders
 from .status import add_problem, collect
 
 log = logging.getLogger(__name__)
@@ -97,13 +95,10 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
     return out
 
 
-def check_trader(engine: Engine, cfg: Config, name: str = "paper") -> list[Incident]:
-    with engine.connect() as conn:
-        last_bar = conn.execute(sa.select(trader_state.c.value).where(
-            trader_state.c.trader == name,
-            trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
-        equity = conn.execute(sa.select(equity_snapshots.c.equity).where(
-            equity_snapshots.c.trader == name)).scalars().all()
+def check_trader(engine: Engine, cfg: Config, name: str) -> list[Incident]:
+    journal = Journal(engine, name)
+    last_bar = journal.last_bar()
+    equity = [s.equity for s in journal.equity_rows()]
     out = []
     if last_bar:
         bar = pd.Timedelta(seconds=cfg.bar_seconds)

@@ -25,15 +25,12 @@ from ..ensemble.manifest import (
 )
 from ..storage.database import (
     StorageEmpty,
-    decisions,
     deploy_decisions,
-    equity_snapshots,
-    events,
+    find_events,
     read_engine,
-    trader_state,
 )
 from ..storage.optuna_db import completed_since, study_summaries
-from ..trading.journal import StateKey, replay_traders, traders_with_data
+from ..trading.journal import Journal, replay_traders, traders_with_data
 
 SCHEMA_VERSION = 2  # 2: traders have `mode` (live | replay) instead of `running`
 LEVELS = ("ok", "warning", "critical")  # their index is the exit code
@@ -130,21 +127,14 @@ def _systemd() -> dict:
 
 
 def _trader(engine, cfg: Config, name: str, replay: bool = False) -> dict:
-    with engine.connect() as conn:
-        snaps = conn.execute(sa.select(equity_snapshots.c.ts, equity_snapshots.c.equity,
-                                       equity_snapshots.c.positions)
-                             .where(equity_snapshots.c.trader == name)
-                             .order_by(equity_snapshots.c.id.desc()).limit(200)).all()
-        last_bar = conn.execute(sa.select(trader_state.c.value).where(
-            trader_state.c.trader == name, trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
-        peak = conn.execute(sa.select(sa.func.max(equity_snapshots.c.equity)).where(
-            equity_snapshots.c.trader == name)).scalar()
-        since = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=24)).to_pydatetime()
-        recent = conn.execute(sa.select(decisions.c.quiet).where(
-            decisions.c.trader == name, decisions.c.bar_time >= since)).scalars().all()
-    latest = snaps[0]  # (only traders with equity history are asked about)
+    journal = Journal(engine, name)
+    snaps = journal.equity_rows(newest=200)
+    last_bar, peak = journal.last_bar(), journal.peak_equity()
+    since = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=24)).to_pydatetime()
+    recent = [d.quiet for d in journal.decision_rows(start=since)]
+    latest = snaps[-1]  # (only traders with equity history are asked about)
     day = pd.Timestamp(latest.ts).normalize()
-    today = [s for s in snaps if pd.Timestamp(s.ts) >= day]
+    today = [s for s in snaps if pd.Timestamp(s.ts) >= day][::-1]
     info = {"mode": "replay" if replay else "live", "equity": latest.equity,
             "positions": len(latest.positions),
             "pnl_today": latest.equity - today[-1].equity, "last_bar": last_bar,
@@ -180,9 +170,7 @@ def _training(engine, cfg: Config) -> dict:
 
 def _ensemble(engine, cfg: Config) -> dict:
     manifest = current_manifest(ensembles_dir(cfg))
-    with engine.connect() as conn:
-        last_sync = conn.execute(sa.select(events).where(events.c.source == "ensemble-sync")
-                                 .order_by(events.c.id.desc()).limit(1)).first()
+    last_sync = next(iter(find_events(engine, source="ensemble-sync", newest=1)), None)
     info: dict = {"last_sync": None if last_sync is None else {
         "ts": last_sync.ts.isoformat(), "kind": last_sync.kind, "message": last_sync.message,
         "needed": (last_sync.data or {}).get("needed")}}
@@ -208,9 +196,8 @@ def version_health(engine, cfg: Config, manifest: Manifest) -> list[str]:
     name = version_name(manifest.version)
     problems = version_problems(root / name)
     created = manifest.created_at
-    with engine.connect() as conn:
-        refusals = conn.execute(sa.select(events.c.ts, events.c.message, events.c.data).where(
-            events.c.kind == "ensemble_refused").order_by(events.c.id.desc()).limit(20)).all()
+    refusals = [(e.ts, e.message, e.data)
+                for e in find_events(engine, kind="ensemble_refused", newest=20)]
     for ts, message, data in refusals:
         when = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
         if name in (data or {}).get("versions", []) and when >= created:

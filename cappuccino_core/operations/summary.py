@@ -10,11 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..common.config import Config
-from ..storage.database import equity_snapshots, events, fills, orders, record_event
+from ..storage.database import find_events, record_event
 from ..trading.journal import Journal
 
 SOURCE, KIND = "monitor", "daily-summary"
@@ -29,9 +28,7 @@ def due(cfg: Config, engine: Engine, now: datetime) -> str | None:
     if (now.hour, now.minute) < (hour, minute):
         return None
     key = f"summary:{now:%Y-%m-%d}"
-    with engine.connect() as conn:
-        sent = conn.execute(sa.select(events.c.id).where(
-            events.c.kind == KIND, events.c.incident_key == key).limit(1)).first()
+    sent = find_events(engine, kind=KIND, incident_key=key, newest=1)
     return None if sent else key
 
 
@@ -39,25 +36,19 @@ def compose(cfg: Config, engine: Engine, status: dict, now: datetime) -> str:
     """The summary's text, from `status.collect` and the last 24 hours of the journal."""
     since = now - timedelta(days=1)
     lines = []
-    with engine.connect() as conn:
-        for name, t in status["traders"].items():
-            if t["mode"] == "replay":
-                continue
-            then = conn.execute(sa.select(equity_snapshots.c.equity).where(
-                equity_snapshots.c.trader == name, equity_snapshots.c.ts <= since)
-                .order_by(equity_snapshots.c.id.desc()).limit(1)).scalar()
-            pnl = f"{t['equity'] - then:+,.2f} in 24 h" if then else "no equity 24 h ago"
-            trades = conn.execute(sa.select(sa.func.count()).select_from(
-                fills.join(orders, orders.c.client_order_id == fills.c.client_order_id)).where(
-                orders.c.trader == name, fills.c.ts >= since)).scalar()
-            stops = conn.execute(sa.select(sa.func.count()).select_from(events).where(
-                events.c.source == name, events.c.kind == "stop_exit",
-                events.c.ts >= since)).scalar()
-            fees = Journal(engine, name).fee_bases(pd.Timestamp(since))
-            lines.append(f"trader {name}: equity {t['equity']:,.2f} ({pnl}), drawdown "
-                         f"{t['drawdown']:.1%}, {t['positions']} positions, {trades} fills, "
-                         f"{stops} stop exits; fees {fees['booked']} booked by the broker, "
-                         f"{fees['estimated']} estimated, {fees['measured']} measured")
+    for name, t in status["traders"].items():
+        if t["mode"] == "replay":
+            continue
+        journal = Journal(engine, name)
+        then = journal.equity_before(since)
+        pnl = f"{t['equity'] - then:+,.2f} in 24 h" if then else "no equity 24 h ago"
+        trades = len(journal.fill_rows(since))
+        stops = len(find_events(engine, source=name, kind="stop_exit", since=since))
+        fees = journal.fee_bases(pd.Timestamp(since))
+        lines.append(f"trader {name}: equity {t['equity']:,.2f} ({pnl}), drawdown "
+                     f"{t['drawdown']:.1%}, {t['positions']} positions, {trades} fills, "
+                     f"{stops} stop exits; fees {fees['booked']} booked by the broker, "
+                     f"{fees['estimated']} estimated, {fees['measured']} measured")
     if not any(t["mode"] == "live" for t in status["traders"].values()):
         lines.append("trader: no live trader has recorded equity yet")
     e = status["ensemble"] or {}

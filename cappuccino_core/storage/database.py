@@ -560,3 +560,19 @@ def record_event(engine: Engine, source: str, level: str, kind: str, message: st
         conn.execute(events.insert().values(source=source, level=level, kind=kind,
                                             message=message, data=data,
                                             incident_key=incident_key))
+
+
+def find_events(engine: Engine, *, source: str | None = None, kind: str | None = None,
+                incident_key: str | None = None, since: datetime | None = None,
+                newest: int | None = None) -> list:
+    """Events matching every filter given, newest first (at most `newest` of them)."""
+    q = sa.select(events)
+    for column, value in ((events.c.source, source), (events.c.kind, kind),
+                          (events.c.incident_key, incident_key)):
+        if value is not None:
+            q = q.where(column == value)
+    if since is not None:
+        q = q.where(events.c.ts >= since)
+    q = q.order_by(events.c.id.desc())
+    with engine.connect() as conn:
+        return conn.execute(q if newest is None else q.limit(newest)).all()

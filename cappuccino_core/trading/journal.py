@@ -426,7 +426,86 @@ class Journal:
             for table in (orders, trader_state, equity_snapshots, decisions, fee_bookings):
                 conn.execute(table.delete().where(table.c.trader == self.trader))
 
-    # --- reporting -----------------------------------------------------------------------
+    # --- read side: what status, the summary, the monitor, the reports, reconcile and replay
+    # read (no SQL on these tables anywhere else) ------------------------------------------
+
+    def last_bar(self) -> str | None:
+        """Open time (ISO) of the last bar this trader processed."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(trader_state.c.value).where(
+                trader_state.c.trader == self.trader,
+                trader_state.c.key == StateKey.LAST_BAR.value)).scalar()
+
+    def equity_rows(self, newest: int | None = None) -> list:
+        """Equity snapshots (ts, equity, cash, positions), oldest first; only the `newest`
+        ones when given."""
+        q = sa.select(equity_snapshots.c.ts, equity_snapshots.c.equity, equity_snapshots.c.cash,
+                      equity_snapshots.c.positions).where(
+            equity_snapshots.c.trader == self.trader).order_by(equity_snapshots.c.id.desc())
+        with self.engine.connect() as conn:
+            rows = conn.execute(q if newest is None else q.limit(newest)).all()
+        return rows[::-1]
+
+    def last_snapshot(self):
+        """The newest equity snapshot (ts, equity, cash, positions), or None."""
+        rows = self.equity_rows(newest=1)
+        return rows[0] if rows else None
+
+    def peak_equity(self) -> float | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(equity_snapshots.c.equity)).where(
+                equity_snapshots.c.trader == self.trader)).scalar()
+
+    def equity_before(self, when: datetime) -> float | None:
+        """Equity at the last snapshot at or before `when`."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(equity_snapshots.c.equity).where(
+                equity_snapshots.c.trader == self.trader, equity_snapshots.c.ts <= when)
+                .order_by(equity_snapshots.c.id.desc()).limit(1)).scalar()
+
+    def fill_rows(self, since: datetime | None = None) -> list:
+        """Fills (client_order_id, symbol, side, qty, price, fee, ts, bar_time of the order),
+        in order."""
+        q = (sa.select(fills.c.client_order_id, fills.c.symbol, fills.c.side, fills.c.qty,
+                       fills.c.price, fills.c.fee, fills.c.ts, orders.c.bar_time)
+             .join(orders, orders.c.client_order_id == fills.c.client_order_id)
+             .where(orders.c.trader == self.trader).order_by(fills.c.id))
+        if since is not None:
+            q = q.where(fills.c.ts >= since)
+        with self.engine.connect() as conn:
+            return conn.execute(q).all()
+
+    def order_rows(self, newest: int) -> list:
+        """The `newest` orders, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(orders).where(orders.c.trader == self.trader)
+                                .order_by(orders.c.id.desc()).limit(newest)).all()
+        return rows[::-1]
+
+    def decision_rows(self, start: datetime | None = None, end: datetime | None = None) -> list:
+        """Decisions with bar_time in [start, end), in bar order."""
+        q = sa.select(decisions).where(decisions.c.trader == self.trader)
+        if start is not None:
+            q = q.where(decisions.c.bar_time >= start)
+        if end is not None:
+            q = q.where(decisions.c.bar_time < end)
+        with self.engine.connect() as conn:
+            return conn.execute(q.order_by(decisions.c.bar_time)).all()
+
+    def trades_of_decision(self, bar: datetime, lived_from: datetime, lived_to: datetime) -> list:
+        """The orders (with their fills, if any) a decision led to: the rebalance orders of
+        `bar`, and the stop exits of the bars in [lived_from, lived_to)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(orders.c.symbol, orders.c.side, orders.c.reason, orders.c.status,
+                          orders.c.bar_time, fills.c.qty, fills.c.price, fills.c.fee,
+                          fills.c.fee_qty, fills.c.fee_deferred)
+                .select_from(orders.outerjoin(fills, fills.c.client_order_id
+                                              == orders.c.client_order_id))
+                .where(orders.c.trader == self.trader,
+                       sa.or_(sa.and_(orders.c.reason == "rebalance", orders.c.bar_time == bar),
+                              sa.and_(orders.c.reason == "stop", orders.c.bar_time >= lived_from,
+                                      orders.c.bar_time < lived_to)))).all()
 
     def has_snapshots(self) -> bool:
         with self.engine.connect() as conn:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
@@ -42,7 +41,6 @@ from ..common.config import Config
 from ..common.errors import CappuccinoError
 from ..data import load_bars
 from ..rl.env import EnvSettings, apply_stops, next_cooldown, rebalance, update_entry
-from ..storage.database import decisions, fills, orders
 from .journal import Journal
 
 CAUSES = ("fill price", "fee", "fee posting", "skipped order", "stop", "quiet bar",
@@ -115,13 +113,9 @@ def _utc(value) -> pd.Timestamp:
 
 
 def _decisions(engine: Engine, trader: str, start, end) -> list:
-    q = sa.select(decisions).where(decisions.c.trader == trader)
-    if start is not None:
-        q = q.where(decisions.c.bar_time >= _utc(start).to_pydatetime())
-    if end is not None:
-        q = q.where(decisions.c.bar_time < _utc(end).to_pydatetime())
-    with engine.connect() as conn:
-        return conn.execute(q.order_by(decisions.c.bar_time)).all()
+    return Journal(engine, trader).decision_rows(
+        None if start is None else _utc(start).to_pydatetime(),
+        None if end is None else _utc(end).to_pydatetime())
 
 
 def _live_trades(engine: Engine, trader: str, bar: pd.Timestamp, nxt: pd.Timestamp,
@@ -130,19 +124,8 @@ def _live_trades(engine: Engine, trader: str, bar: pd.Timestamp, nxt: pd.Timesta
     orders of `bar`, and the stop exits while the next bar was lived through. Also the
     orders it did not trade (skipped, rejected, ...), as (symbol, side, status)."""
     lived_from, lived_to = bar + step, nxt + step
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(orders.c.symbol, orders.c.side, orders.c.reason, orders.c.status,
-                      orders.c.bar_time, fills.c.qty, fills.c.price, fills.c.fee,
-                      fills.c.fee_qty, fills.c.fee_deferred)
-            .select_from(orders.outerjoin(fills, fills.c.client_order_id
-                                          == orders.c.client_order_id))
-            .where(orders.c.trader == trader,
-                   sa.or_(sa.and_(orders.c.reason == "rebalance",
-                                  orders.c.bar_time == bar.to_pydatetime()),
-                          sa.and_(orders.c.reason == "stop",
-                                  orders.c.bar_time >= lived_from.to_pydatetime(),
-                                  orders.c.bar_time < lived_to.to_pydatetime())))).all()
+    rows = Journal(engine, trader).trades_of_decision(
+        bar.to_pydatetime(), lived_from.to_pydatetime(), lived_to.to_pydatetime())
     side = Side()
     not_traded = []
     for r in rows:

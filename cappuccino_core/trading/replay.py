@@ -100,19 +100,3 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
             on_bar(t, trader)
     equity = trader.snapshot(bars.index[i1 - 1] + step)
     return ReplayResult(window, equity, versions, trader)
-
-
-def fills_table(engine: Engine, trader: str) -> list[tuple]:
-    """(client order id, symbol, side, qty, price, fee) of every fill, in order."""
-    import sqlalchemy as sa
-
-    from ..storage.database import fills, orders
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(fills.c.client_order_id, fills.c.symbol, fills.c.side, fills.c.qty,
-                      fills.c.price, fills.c.fee)
-            .join(orders, orders.c.client_order_id == fills.c.client_order_id)
-            .where(orders.c.trader == trader).order_by(fills.c.id)).all()
-    return [tuple(r) for r in rows]
-
-

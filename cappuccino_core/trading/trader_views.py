@@ -3,12 +3,10 @@ trader status` and `... history`."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..common.config import Config
 from ..ensemble.manifest import current_manifest, ensembles_dir
-from ..storage.database import equity_snapshots, fills, orders
 from .journal import Journal
 
 
@@ -17,10 +15,7 @@ def trader_status_data(cfg: Config, engine: Engine, name: str) -> dict:
     journal = Journal(engine, name)
     state = journal.load_state()
     owed_units, owed_usd = journal.owed()
-    with engine.connect() as conn:
-        snap = conn.execute(sa.select(equity_snapshots).where(
-            equity_snapshots.c.trader == name).order_by(equity_snapshots.c.id.desc())
-            .limit(1)).first()
+    snap = journal.last_snapshot()
     manifest = current_manifest(ensembles_dir(cfg))
     trail, sl = cfg.risk.trailing_stop_pct, cfg.risk.stop_loss_pct
     positions = []
@@ -68,19 +63,14 @@ def render_trader_status(d: dict) -> str:
 def trader_history_data(engine: Engine, name: str, limit: int = 50) -> dict:
     """The trader's last `limit` orders, oldest first, and its realised P&L (`trader history
     --json`: docs/schemas/trader-history.json)."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(orders).where(orders.c.trader == name)
-                            .order_by(orders.c.id.desc()).limit(limit)).all()
-        fill_rows = conn.execute(sa.select(fills.c.symbol, fills.c.side, fills.c.qty,
-                                           fills.c.price, fills.c.fee)
-                                 .join(orders, orders.c.client_order_id == fills.c.client_order_id)
-                                 .where(orders.c.trader == name).order_by(fills.c.id)).all()
+    journal = Journal(engine, name)
+    rows, fill_rows = journal.order_rows(newest=limit), journal.fill_rows()
     realised, fees_total = realised_pnl(fill_rows)
     return {"trader": name, "orders": [
         {"client_order_id": r.client_order_id, "bar_time": r.bar_time.isoformat(),
          "symbol": r.symbol, "side": r.side, "reason": r.reason, "qty": r.qty,
          "filled_qty": r.filled_qty, "filled_avg_price": r.filled_avg_price, "fee": r.fee,
-         "status": r.status} for r in reversed(rows)],
+         "status": r.status} for r in rows],
         "fills": len(fill_rows), "fees": fees_total, "realised_pnl": realised}
 
 
@@ -97,18 +87,23 @@ def render_trader_history(d: dict) -> str:
     return "\n".join(lines)
 
 
+def fill_pnls(fill_rows) -> list[float]:
+    """Each fill's realised P&L on the average-cost basis, after its fee (a buy realises only
+    its fee), in the order of the fills."""
+    held: dict[str, list[float]] = {}
+    out = []
+    for r in fill_rows:
+        q, cost = held.get(r.symbol, [0.0, 0.0])
+        if r.side == "buy":
+            held[r.symbol] = [q + r.qty, cost + r.qty * r.price]
+            out.append(-r.fee)
+        else:
+            avg = cost / q if q > 0 else r.price
+            out.append(r.qty * (r.price - avg) - r.fee)
+            held[r.symbol] = [max(q - r.qty, 0.0), max(cost - r.qty * avg, 0.0)]
+    return out
+
+
 def realised_pnl(fill_rows) -> tuple[float, float]:
     """Realised P&L on the average-cost basis, net of all fees; and the fees."""
-    held: dict[str, list[float]] = {}
-    realised = fees_total = 0.0
-    for symbol, side, qty, price, fee in fill_rows:
-        q, cost = held.get(symbol, [0.0, 0.0])
-        fees_total += fee
-        realised -= fee
-        if side == "buy":
-            held[symbol] = [q + qty, cost + qty * price]
-        else:
-            avg = cost / q if q > 0 else price
-            realised += qty * (price - avg)
-            held[symbol] = [max(q - qty, 0.0), max(cost - qty * avg, 0.0)]
-    return realised, fees_total
+    return sum(fill_pnls(fill_rows)), sum(r.fee for r in fill_rows)
