@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 PREFIX ?= /opt/cappuccino
 
-.PHONY: venv install uninstall install-units demo test bench lint clean lock lock-newest
+.PHONY: venv install uninstall install-units demo test bench lint clean lock lock-newest config-docs
 
 $(BIN)/cappuccino: setup.cfg pyproject.toml requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: venv
 
 lint: venv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check cappuccino_core daemons tests benchmarks
+
+# config/cappuccino.yaml and docs/config.schema.json from the settings' docs in config.py
+config-docs: venv
+	$(BIN)/python -m cappuccino_core.common.config_docs
 
 # as root: virtualenv under $(PREFIX), units, example config (never overwriting), user
 install: venv

@@ -35,7 +35,7 @@ from cappuccino_core.common.config import load_config  # noqa: E402
 from cappuccino_core.data import load_bars  # noqa: E402
 from cappuccino_core.data.features import WARMUP, compute_features  # noqa: E402
 from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation  # noqa: E402
-from cappuccino_core.training.objective import Objective, held_out_start, prepare_data  # noqa: E402
+from cappuccino_core.training.objective import Objective, new_train_end, prepare_data  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -146,7 +146,7 @@ def main() -> None:
         print(f"PPO training, {label:<30}: {ppo_rate(market, device, c):>12,.0f} env-steps/s "
               f"(N={c.n_envs}, {c.n_steps} steps per rollout)")
 
-    data = prepare_data(bars, held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds),
+    data = prepare_data(bars, new_train_end(bars, cfg.training.heldout_days, cfg.bar_seconds),
                         cfg.data.feature_set)
     if not args.quick:
         study = optuna.create_study(direction="maximize")

@@ -34,7 +34,7 @@ from cappuccino_core.common.config import load_config
 from cappuccino_core.data import load_bars
 from cappuccino_core.storage.database import app_engine
 from cappuccino_core.common.threads import set_torch_threads
-from cappuccino_core.training.objective import (Objective, held_out_start, prepare_data,
+from cappuccino_core.training.objective import (Objective, new_train_end, prepare_data,
                                                 split_batch, training_precision)
 from cappuccino_core.training.search_space import default_params
 
@@ -57,7 +57,7 @@ def setup(tmp: Path):
     (tmp / "etc" / "cappuccino.yaml").write_text(f"paths: {{state_dir: {tmp / 'state'}}}\n")
     cfg = load_config(tmp / "etc")
     bars = load_bars(cfg)
-    return cfg, prepare_data(bars, held_out_start(bars, cfg.training.heldout_days,
+    return cfg, prepare_data(bars, new_train_end(bars, cfg.training.heldout_days,
                                                   cfg.bar_seconds), cfg.data.feature_set)
 
 

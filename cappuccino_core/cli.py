@@ -361,36 +361,18 @@ def _metrics_table(results: dict[str, dict]) -> str:
 
 
 def cmd_backtest(args) -> int:
-    from .data import load_bars
-    from .data.features import compute_features
-    from .ensemble.manifest import current_dir, ensembles_dir
-    from .ensemble.selection import member_by_id
-    from .ensemble.serving import Ensemble
-    from .rl.backtest import backtest_ensemble, first_decision_bar
-    from .rl.window import held_out_start, resolve_window
+    from .ensemble.evaluation import evaluate, published_ensemble, trial_alone
     cfg = load_config(args.config_dir)
     engine = _read_db(cfg)
     study = args.study or cfg.active_study
     if args.trial is not None:
-        member, why = member_by_id(engine, cfg, study, args.trial)
-        if member is None:
-            print(f"backtest: {why}", file=sys.stderr)
-            return 1
-        ens = Ensemble.of_trial(member.artifact_dir, member.sha256, member.spec.study,
-                                member.trial_id, member.number, member.value, cfg)
-        name = f"trial {member.number}"
+        ens = trial_alone(cfg, engine, study, args.trial)
+        name = f"trial {ens.members[0].number}"
     else:
-        path = current_dir(ensembles_dir(cfg))
-        if path is None:
-            print("backtest: no ensemble published yet", file=sys.stderr)
-            return 1
-        ens = Ensemble.load(path, cfg)
+        ens = published_ensemble(cfg)
         name, study = f"ensemble v{ens.version}", ens.study
-    bars = load_bars(cfg)
-    window = resolve_window(bars, args.start, args.end, first_decision_bar(ens),
-                            held_out_start(engine, study), study)
-    features = compute_features(bars, cfg.data.feature_set)
-    result = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
+    evaluation = evaluate(cfg, engine, [ens], study, args.start, args.end)
+    window, (result,) = evaluation.window, evaluation.results
     _emit(args, {"policy": name, "study": study, "window": str(window),
                  "first_bar": window.first.isoformat(), "last_bar": window.last.isoformat(),
                  "decisions": window.decisions,

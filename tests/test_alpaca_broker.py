@@ -389,9 +389,9 @@ def test_a_quiet_asset_never_holds_back_the_others_and_its_late_print_is_fetched
     late_print = history["SOL/USD"].iloc[-1].to_dict()
     history["SOL/USD"] = history["SOL/USD"].iloc[:-1]  # SOL printed nothing in the last hour
     with RunningEmulator(AlpacaEmulator(bars=history)) as running:
-        monkeypatch.setenv("CAPPUCCINO_ALPACA_DATA_URL", running.url)
         cfg, engine, _ = setup_trader_env(tmp_path, shared_data,
-                                          data={"source": "alpaca", "symbols": SYMBOLS})
+                                          data={"source": "alpaca", "symbols": SYMBOLS},
+                                          broker={"url_override": running.url})
         now = last + pd.Timedelta(hours=1, seconds=20)
         broker = SimBroker(engine, 100_000, cfg.broker.taker_fee, cfg.broker.slippage_bps)
         broker.mark({s: float(history[s]["close"].iloc[-1]) for s in SYMBOLS})

@@ -25,6 +25,37 @@ def test_example_files_are_valid():
     assert cfg.data.symbols[0] == "BTC/USD"
 
 
+def test_the_example_and_the_schema_are_generated_from_the_declarations():
+    """config/cappuccino.yaml and docs/config.schema.json are what config_docs makes of the
+    settings declared in config.py (`make config-docs` after a change); every setting and
+    section has its doc; the example holds exactly the defaults; the schema accepts it and
+    refuses what `load_config` refuses by key or type."""
+    import dataclasses
+
+    import jsonschema
+    import yaml
+
+    from cappuccino_core.common import config_docs
+    from cappuccino_core.common.config import Config
+    assert (REPO / "config" / "cappuccino.yaml").read_text() == config_docs.example_yaml(), \
+        "config/cappuccino.yaml is stale: run make config-docs"
+    assert (REPO / "docs" / "config.schema.json").read_text() == config_docs.render_schema(), \
+        "docs/config.schema.json is stale: run make config-docs"
+    undocumented = [f"{s.name}.{x.name}" for s in config_docs.sections() for x in s.settings
+                    if not x.doc] + [s.name for s in config_docs.sections() if not s.doc]
+    assert undocumented == []
+    example = yaml.safe_load(config_docs.example_yaml())
+    defaults = {k: v for k, v in dataclasses.asdict(Config()).items()
+                if k not in ("config_dir", "active_study", "files_read")}
+    assert example == defaults
+    schema = config_docs.json_schema()
+    jsonschema.validate(example, schema)
+    for wrong in ({"risk": {"trailng_stop_pct": 0.1}}, {"risk": {"trailing_stop_pct": 1.5}},
+                  {"data": {"timeframe": "1H"}}, {"training": {"cv_groups": 2.5}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, schema)
+
+
 def test_values_are_read_and_typed(tmp_path):
     write_config(tmp_path, {"risk": {"trailing_stop_pct": 0.2, "max_position_pct": 1},
                             "storage": {"url": "postgresql://u:pw@db/x"}}, active_study="s1")
@@ -49,7 +80,6 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path):
     ({"data": {"symbols": ["BTC/USD", "btc"]}}, "data.symbols", "distinct symbols like BTC/USD"),
     ({"data": {"symbols": "BTC/USD"}}, "data.symbols", "a list of strings"),
     ({"data": {"timeframe": "1H"}}, "data.timeframe", "one of 1m, 5m, 15m, 1h"),
-    ({"broker": {"paper": "yes"}}, "broker.paper", "true or false"),
     ({"ensemble": {"top_n": 3, "min_members": 5}}, "ensemble.min_members", "<= ensemble.top_n"),
     ({"training": {"cv_groups": 2.5}}, "training.cv_groups", "an integer"),
     ({"storage": {"url": "mysql://x"}}, "storage.url", "postgresql+psycopg2://HOST[:PORT 1-65535]/DB or sqlite:///"),
@@ -61,7 +91,7 @@ def test_bad_value_names_file_key_value_and_expectation(tmp_path):
     ({"data": {"csv_path": " "}}, "data.csv_path", "a path (not empty)"),
     ({"data": {"start": "2023-06-01", "end": "2023-01-01T00:00+00:00"}}, "data.end",
      "a date after data.start"),
-    ({"broker": {"kind": "alpaca", "paper": False}}, "broker.paper", "paper account only"),
+    ({"broker": {"kind": "alpaca", "paper": False}}, "broker.paper", "paper account only, always"),
     # a live account with bars from files would never see a new bar
     ({"broker": {"kind": "alpaca"}}, "data.source", "needs live bars"),
     (["not", "a", "mapping"], "", "a mapping"),

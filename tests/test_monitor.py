@@ -15,7 +15,7 @@ from cappuccino_core.operations.monitor import run_checks
 from cappuccino_core.storage.database import (equity_snapshots, make_optuna_storage, open_app_db,
                                      record_event, trader_state)
 
-from conftest import webhook_receiver, write_config
+from conftest import REPO, webhook_receiver, write_config
 from ensemble_helpers import add_trial
 
 
@@ -112,6 +112,10 @@ def test_each_check_alerts_once_per_incident(tmp_path, pg_url, hook):
     keys = {i.key for i in run_checks(load_config(cfg.config_dir), engine)}
     assert keys == {"ensemble-not-following"}
     assert cli.main(["monitor", "--config-dir", cfg.config_dir]) == 0
+    # the service runs the same function as a daemon (what its unit's ExecStart names)
+    from daemons import monitor as monitor_daemon
+    assert monitor_daemon.main(["--config-dir", cfg.config_dir]) == 0
+    assert "-m daemons.monitor" in (REPO / "units" / "cappuccino-monitor.service").read_text()
 
 
 def test_a_failed_unit_alerts_once_with_its_result_and_resolves_once(tmp_path, pg_url, hook,

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from cappuccino_core.rl.agent import (ActorCritic, PPOConfig, SplitPolicy, StackedActorCritic,
-                                   StackedAdam, clip_grad_norms, random_policy, train_ppo,
+                                   StackedAdam, clip_grad_norms, train_ppo,
                                    train_ppo_splits)
 from cappuccino_core.rl.backtest import run_backtest, run_backtests
 from cappuccino_core.common.config import TrainingConfig, load_config
@@ -22,7 +23,7 @@ from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
 from cappuccino_core.artifacts.store import TrialArtifacts
 from cappuccino_core.storage.database import app_engine
 from cappuccino_core.training import objective as objective_module
-from cappuccino_core.training.objective import (HeldOutError, Objective, held_out_start,
+from cappuccino_core.training.objective import (HeldOutError, Objective, new_train_end,
                                                 native_bfloat16, prepare_data,
                                                 training_precision)
 from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, default_params,
@@ -31,6 +32,16 @@ from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker,
 
 from conftest import write_config
 from ensemble_helpers import local_model
+
+
+def random_policy(n_actions: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A baseline: random Dirichlet(1) weights every bar."""
+    rng = np.random.default_rng(seed)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        w = rng.dirichlet(np.ones(n_actions), size=obs.shape[0])
+        return torch.as_tensor(w, dtype=torch.float32, device=obs.device)
+    return policy
 
 
 def test_cpcv_splits_purge_and_embargo():
@@ -352,7 +363,7 @@ def test_a_trial_is_pruned_when_its_first_batch_of_splits_finishes(tmp_path):
     cfg = _fast_config(tmp_path, split_batch=3)
     from cappuccino_core.data import load_bars
     bars = load_bars(cfg)
-    data = prepare_data(bars, held_out_start(bars, 60, 3600), "v1")
+    data = prepare_data(bars, new_train_end(bars, 60, 3600), "v1")
     progress = []
     obj = Objective(cfg, data, "pruned", TrialArtifacts(cfg, app_engine(cfg)),
                     progress=progress.append)

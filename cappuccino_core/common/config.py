@@ -55,6 +55,7 @@ REPLACED = {
     "alerts.slack_webhook_url": "now a URL in alerts.urls: slack://TOKEN_A/TOKEN_B/TOKEN_C",
     "alerts.email_to": "now a URL in alerts.urls: mailto://USER:PASSWORD@HOST?to=ADDRESS",
     "alerts.sendmail_path": "alerts go through alerts.urls (Apprise) now",
+    "broker.paper": "removed: Cappuccino trades Alpaca's paper account only, always; delete it",
 }
 
 
@@ -72,8 +73,10 @@ def _in_open_unit(v: float) -> bool:
     return 0 < v < 1
 
 
-def check(expected: str, ok: Callable[[Any], bool]) -> dict:
-    return {"check": (expected, ok)}
+def check(expected: str, ok: Callable[[Any], bool], **schema) -> dict:
+    """A setting's check: what is expected (said in errors), the predicate, and the same
+    bounds in JSON Schema's words (docs/config.schema.json) where they can be said there."""
+    return {"check": (expected, ok), "schema": schema}
 
 
 def _is_date(v: str) -> bool:
@@ -91,15 +94,15 @@ def _utc(v: str) -> dt.datetime:
 
 
 DATE = check("a date like 2023-01-01 (or 2023-01-01T12:00)", _is_date)
-FRACTION = check("a number in (0, 1)", _in_open_unit)
+FRACTION = check("a number in (0, 1)", _in_open_unit, exclusiveMinimum=0, exclusiveMaximum=1)
 
 
 def between(lo: float, hi: float, what: str = "a number") -> dict:
-    return check(f"{what} in [{lo:g}, {hi:g}]", lambda v: lo <= v <= hi)
+    return check(f"{what} in [{lo:g}, {hi:g}]", lambda v: lo <= v <= hi, minimum=lo, maximum=hi)
 
 
 def choice(*options: str) -> dict:
-    return check("one of " + ", ".join(options), lambda v: v in options)
+    return check("one of " + ", ".join(options), lambda v: v in options, enum=list(options))
 
 
 # --- the schema -------------------------------------------------------------------------------
@@ -124,125 +127,184 @@ def _port_ok(rest: str) -> bool:
 
 NOT_BLANK = check("a path (not empty)", lambda v: bool(v.strip()))
 
+# Every setting is documented by the string under it (an attribute docstring, as CleanRL and
+# tyro read them); each section by its class docstring. config/cappuccino.yaml and
+# docs/config.schema.json are generated from them (common/config_docs.py).
+
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Optuna's studies and the product's own tables share one database."""
     url: str | None = field(default=None, metadata=check(
         "a postgresql+psycopg2://HOST[:PORT 1-65535]/DB or sqlite:///PATH URL of a database "
         "that keeps what is written (not :memory:, not an empty path)", _keeps_data))
+    """null: a SQLite file in paths.state_dir (the embedded default, one machine). Training on
+    several hosts needs PostgreSQL, e.g. postgresql+psycopg2://cappuccino@db.internal:5432/cappuccino
+    (the explicit driver: optuna-dashboard and `optuna studies` need it)."""
     pool_size: int = field(default=5, metadata=between(1, 1000, "an integer"))
+    """PostgreSQL connections pooled per process."""
     max_overflow: int = field(default=10, metadata=between(0, 1000, "an integer"))
+    """Connections a process may open beyond its pool when busy."""
     sqlite_busy_timeout_s: float = field(default=30.0, metadata=between(0.1, 3600))
+    """How long a SQLite writer waits for another process's write (several share the file)."""
 
 
 @dataclass(frozen=True)
 class PathsConfig:
+    """Where the product keeps its files."""
     state_dir: str = field(default="/var/lib/cappuccino", metadata=NOT_BLANK)
-    # the bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=), else <state_dir>/cache
+    """The SQLite database, trial artifacts, ensembles, metrics, reports."""
     cache_dir: str | None = field(default=None, metadata=NOT_BLANK)
+    """The bar cache; null: $CACHE_DIRECTORY (systemd's CacheDirectory=, /var/cache/cappuccino),
+    else <state_dir>/cache."""
 
 
 @dataclass(frozen=True)
 class ArtifactsConfig:
-    # filesystem: one directory (the embedded default; a shared mount for several hosts);
-    # s3: an S3-compatible bucket; database: chunks in a table of the storage database, so
-    # that a cluster needs nothing but PostgreSQL
+    """Where trained models live."""
     store: str = field(default="filesystem", metadata=choice("filesystem", "s3", "database"))
-    path: str | None = field(default=None, metadata=NOT_BLANK)  # null: <state_dir>/artifacts
+    """filesystem: one directory (the embedded default; a shared mount for several hosts);
+    s3: an S3-compatible bucket (needs the `s3` extra: boto3); database: chunks in a table of
+    the storage database, so that a cluster needs nothing but PostgreSQL."""
+    path: str | None = field(default=None, metadata=NOT_BLANK)
+    """filesystem: the directory; null: <state_dir>/artifacts."""
     s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None  # null: AWS; else e.g. http://minio.internal:9000
+    """s3: the bucket, e.g. cappuccino-models."""
+    s3_endpoint_url: str | None = None
+    """s3: null for AWS; else e.g. http://minio.internal:9000."""
     s3_region: str | None = None
-    # downloaded models, unpacked, keyed by checksum; null is <state_dir>/artifact-cache
+    """s3: the region; null: the SDK's default."""
     cache_dir: str | None = field(default=None, metadata=NOT_BLANK)
+    """Downloaded models, unpacked, keyed by checksum; null: <state_dir>/artifact-cache."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The market: which bars, from where."""
     source: str = field(default="csv", metadata=choice("alpaca", "csv"))
-    csv_path: str | None = field(default=None, metadata=NOT_BLANK)  # None: the bundled sample
+    """csv: files (csv_path); alpaca: Alpaca's historical crypto bars (no keys needed)."""
+    csv_path: str | None = field(default=None, metadata=NOT_BLANK)
+    """The CSV directory for source csv; null: the bundled one-year sample."""
     symbols: list[str] = field(
         default_factory=lambda: ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD",
                                  "UNI/USD", "AAVE/USD"],
         metadata=check("a non-empty list of distinct symbols like BTC/USD",
                        lambda v: len(v) > 0 and len(set(v)) == len(v)
                        and all(SYMBOL_RE.match(s) for s in v)))
+    """The assets traded, in the order models see them (order matters: retrain to change)."""
     timeframe: str = field(default="1h", metadata=choice(*TIMEFRAMES))
+    """The bar length."""
     closed_bar_delay_s: float = field(default=10.0, metadata=between(0, 3600))
+    """A bar is used once it has ended plus this delay."""
     start: str | None = field(default=None, metadata=DATE)
-    end: str | None = field(default=None, metadata=DATE)  # exclusive; null: up to the latest bar
+    """First bar of history, e.g. 2022-01-01; null: all there is."""
+    end: str | None = field(default=None, metadata=DATE)
+    """End of history, exclusive, e.g. 2024-01-01; null: up to the latest bar."""
     feature_set: str = field(default="v1", metadata=choice("v1", "v2"))
-    # a longer run of missing bars than this is refused (a dead feed, not a quiet hour);
-    # shorter ones are filled flat at the previous close, flagged, and counted in the log
+    """v1: 16 features per asset; v2: v1 plus a two-week trend and the market's (retrain)."""
     max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
-    # a live feed's newest bars asked for again on every fetch (a quiet bar's late print)
+    """A longer run of missing bars is refused (a dead feed, not a quiet hour); shorter ones
+    are filled flat at the previous close, flagged, and counted in the log."""
     refetch_bars: int = field(default=3, metadata=between(0, 1000, "an integer"))
-    # a bar whose close jumps by more than this factor and returns at the next bar (or whose
-    # wick is that far from its open and close) is a bad print: the data is refused
+    """A live feed's newest bars asked for again on every fetch (a quiet bar's late print)."""
     max_bar_jump: float = field(default=5.0, metadata=between(1.5, 1000))
+    """A bar whose close jumps by more than this factor and returns at the next bar (or whose
+    wick is that far from its open and close) is a bad print: the data is refused."""
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """The Optuna search and each trial's PPO training."""
     n_trials: int = field(default=100, metadata=between(1, 10_000_000, "an integer"))
+    """Target trial count of a study (all workers stop there)."""
     cv: str = field(default="cpcv", metadata=choice("cpcv", "walk_forward"))
+    """Cross-validation: combinatorial purged (cpcv) or walk-forward."""
     cv_groups: int = field(default=6, metadata=between(2, 100, "an integer"))
+    """Groups the training range is cut into."""
     cv_test_groups: int = field(default=2, metadata=between(1, 99, "an integer"))
+    """Groups each split tests on."""
     embargo_hours: int = field(default=48, metadata=between(0, 24 * 365, "an integer"))
+    """Bars dropped between training and test groups (no leakage through features)."""
     heldout_days: int = field(default=60, metadata=between(0, 3650, "an integer"))
+    """The most recent data, never seen by training: for validation and the deployer."""
     pruner: str = field(default="median", metadata=choice("median", "none"))
+    """Stop a trial early when its running CV value is below the median of others."""
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda"))
+    """Where training runs; auto: CUDA when there is a GPU."""
     total_timesteps: int = field(default=200_000, metadata=between(1, 10**11, "an integer"))
+    """Environment steps per training run."""
     n_envs: int = field(default=64, metadata=between(1, 1_048_576, "an integer"))
+    """Parallel episodes per rollout."""
     heartbeat_interval_s: int = field(default=30, metadata=between(1, 3600, "an integer"))
+    """A worker's trial heartbeat."""
     heartbeat_grace_s: int = field(default=120, metadata=between(2, 86400, "an integer"))
+    """A trial silent this long (a killed worker) becomes FAIL and is retried."""
     max_retry: int = field(default=2, metadata=between(0, 100, "an integer"))
+    """Retries of such a trial."""
     compile_env: bool = False
-    # how many of a trial's trainings (CV splits, final fit) train as one batched computation;
-    # null: all of them on a GPU, 8 on a CPU (training/objective.py)
+    """torch.compile the environment step: a few seconds once per trial; ~3x faster at
+    n_envs 1024."""
     split_batch: int | None = field(default=None, metadata=between(1, 10_000, "an integer"))
-    # trainer workers on one host: each takes the cores it is given / this many torch threads
-    # (threads.py; CAPPUCCINO_TORCH_THREADS overrides)
+    """How many of a trial's trainings (CV splits, final fit) train as one batched
+    computation; null: all of them on a GPU, 8 on a CPU."""
     workers_per_host: int = field(default=1, metadata=between(1, 1024, "an integer"))
-    # stop an update's epochs once PPO's approximate KL passes this (CleanRL); null: never
+    """Trainer workers on one host: each takes the cores it is given / this many torch
+    threads (CAPPUCCINO_TORCH_THREADS overrides)."""
     target_kl: float | None = field(default=None, metadata=between(1e-6, 10))
-    # the hidden layers' arithmetic in training (agent.py); auto: bfloat16 on a CPU with
-    # native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere (training/objective.py)
+    """End an update's epochs once PPO's approximate KL passes this (CleanRL), e.g. 0.02;
+    null: never."""
     precision: str = field(default="auto", metadata=choice("auto", "float32", "bfloat16"))
+    """The hidden layers' arithmetic in training; auto: bfloat16 on a CPU with native
+    bfloat16 (AVX512-BF16 or AMX), float32 elsewhere. Evaluation and trading are float32."""
 
 
 @dataclass(frozen=True)
 class EnsembleConfig:
+    """The ensemble the trader serves: the active study's best trials."""
     top_n: int = field(default=10, metadata=between(1, 1000, "an integer"))
+    """Members: the active study's best COMPLETE trials."""
     min_members: int = field(default=5, metadata=between(1, 1000, "an integer"))
+    """Fewer qualifying trials: the fallback below."""
     keep_versions: int = field(default=5, metadata=between(1, 10_000, "an integer"))
+    """Published versions kept on disk."""
     weighting: str = field(default="equal", metadata=choice("equal", "value"))
-    # only trials whose CV value (excess Sharpe over equal-weight buy-and-hold, less a spread
-    # penalty) reaches this join; null: any COMPLETE trial
+    """How members' target weights are blended: equally, or by CV value."""
     min_value: float | None = field(default=0.0, metadata=between(-100, 100))
-    # what the trader trades while fewer than min_members qualify: cash (sell and wait),
-    # hold_equal_weight (the benchmark, under the same risk rules), keep_current (the last
-    # published version, however old or whatever it is)
+    """Only trials whose CV value (excess Sharpe over equal-weight buy-and-hold under the same
+    rules, less a spread penalty) reaches this join; null: any COMPLETE trial."""
     fallback: str = field(default="cash", metadata=choice("cash", "hold_equal_weight",
                                                           "keep_current"))
+    """What the trader trades while fewer than min_members qualify: cash (sell and wait),
+    hold_equal_weight (the benchmark, under the same risk rules), keep_current (the last
+    published version, however old)."""
     max_similar: int | None = field(default=None, metadata=between(1, 1000, "an integer"))
-    # A member trained under other risk rules or costs than the live ones (trailing stop,
-    # stop loss, caps, fee, slippage, min notional): refused, or served with a warning.
+    """At most this many members with near-identical hyperparameters, e.g. 2; null: no limit."""
     risk_mismatch: str = field(default="refuse", metadata=choice("refuse", "warn"))
+    """A member trained under other risk rules or costs than the live ones (trailing stop,
+    stop loss, caps, fee, slippage, min notional): refused, or served with a warning."""
 
 
 @dataclass(frozen=True)
 class RiskConfig:
+    """The trader's risk rules (models are trained under the same ones)."""
     trailing_stop_pct: float = field(default=0.10, metadata=FRACTION)
+    """Exit when the price is at or below the highest price since entry x (1 - this)."""
     stop_loss_pct: float | None = field(default=None, metadata=FRACTION)
+    """Exit when the price is at or below entry x (1 - this), e.g. 0.05; null: none."""
     max_position_pct: float = field(default=0.30, metadata=check(
-        "a number in (0, 1]", lambda v: 0 < v <= 1))
+        "a number in (0, 1]", lambda v: 0 < v <= 1, exclusiveMinimum=0, maximum=1))
+    """Of equity, per asset."""
     min_cash_reserve_pct: float = field(default=0.05, metadata=check(
-        "a number in [0, 1)", lambda v: 0 <= v < 1))
+        "a number in [0, 1)", lambda v: 0 <= v < 1, minimum=0, exclusiveMaximum=1))
+    """Of equity, always kept in cash."""
     max_drawdown_halt_pct: float | None = field(default=None, metadata=FRACTION)
+    """Stop opening positions past this drawdown from the peak, e.g. 0.25; null: never."""
     intrabar_check_s: float = field(default=60.0, metadata=between(1, 3600))
+    """Stops are also checked this often between bars."""
     stale_bar_limit_bars: int = field(default=2, metadata=between(1, 1000, "an integer"))
-    # after a stop exit, the asset is not bought again for this many decisions (0: at once)
+    """Never trade on a bar older than this many bars."""
     reentry_cooldown_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
+    """After a stop exit, the asset is not bought again for this many decisions (0: at once)."""
 
 
 # Alpaca refuses a crypto order worth less than this (403 "cost basis must be >= minimal
@@ -252,51 +314,81 @@ ALPACA_MIN_ORDER_VALUE = 1.0
 
 @dataclass(frozen=True)
 class BrokerConfig:
+    """Where orders go, and what they cost."""
     kind: str = field(default="sim", metadata=choice("sim", "alpaca"))
-    paper: bool = True
-    maker_fee: float = field(default=0.0015, metadata=check("a number in [0, 0.1)",
-                                                            lambda v: 0 <= v < 0.1))
-    taker_fee: float = field(default=0.0025, metadata=check("a number in [0, 0.1)",
-                                                            lambda v: 0 <= v < 0.1))
+    """sim: the built-in simulated broker; alpaca: Alpaca's paper account (only ever paper)."""
+    maker_fee: float = field(default=0.0015, metadata=check(
+        "a number in [0, 0.1)", lambda v: 0 <= v < 0.1, minimum=0, exclusiveMaximum=0.1))
+    """Alpaca crypto fee tier 1."""
+    taker_fee: float = field(default=0.0025, metadata=check(
+        "a number in [0, 0.1)", lambda v: 0 <= v < 0.1, minimum=0, exclusiveMaximum=0.1))
+    """What a market order pays, of its value (training and backtests charge the same)."""
     slippage_bps: float = field(default=5.0, metadata=between(0, 10_000))
+    """Fills this much worse than the price (the sim broker, training and backtests)."""
     min_order_notional: float = field(default=10.0, metadata=between(0, 1e9))
+    """USD; smaller orders are not sent."""
     initial_cash: float = field(default=100_000.0, metadata=between(1, 1e12))
+    """The sim broker's starting cash."""
     url_override: str | None = None
-    api_key_id: str | None = None  # prefer systemd credentials or the environment
+    """Tests: a local Alpaca emulator, for trading and market data alike."""
+    api_key_id: str | None = None
+    """Never here in production: systemd credentials (LoadCredential=) or the environment
+    (APCA_API_KEY_ID, APCA_API_SECRET_KEY). `config check` masks it."""
     api_secret_key: str | None = None
+    """As api_key_id."""
 
 
 @dataclass(frozen=True)
 class DeployConfig:
+    """The hourly auto-deployer's gates for promoting a new best trial."""
     min_improvement: float = field(default=0.1, metadata=between(0, 100))
+    """Held-out Sharpe the candidate must add over the current ensemble."""
     max_pbo: float = field(default=0.5, metadata=FRACTION)
+    """The probability of backtest overfitting must stay at or below this."""
     min_deflated_sharpe: float = field(default=0.5, metadata=check(
-        "a number in [0, 1]", lambda v: 0 <= v <= 1))
+        "a number in [0, 1]", lambda v: 0 <= v <= 1, minimum=0, maximum=1))
+    """The deflated Sharpe ratio (a probability) must reach this."""
     promotion: str = field(default="pin", metadata=choice("pin", "alone"))
+    """pin: the candidate joins the next ensemble; alone: it is the ensemble."""
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
+    """cappuccino-monitor.timer, every 5 minutes: one alert per incident."""
     training_stall_minutes: float = field(default=120.0, metadata=between(0.001, 525_600))
+    """Trainers run but no trial finished for this long."""
     ensemble_max_age_hours: float = field(default=24.0, metadata=between(0.001, 87_600))
+    """The current ensemble is older than this."""
     drawdown_alert_pct: float = field(default=0.15, metadata=FRACTION)
+    """A portfolio below its peak by this much."""
     min_free_disk_pct: float = field(default=0.10, metadata=FRACTION)
-    # Prometheus metrics for node_exporter's textfile collector (its --collector.textfile.
-    # directory); null: <state_dir>/metrics/cappuccino.prom
+    """Free space on the state dir's disk."""
     metrics_textfile: str | None = None
+    """Prometheus metrics for node_exporter's textfile collector (its
+    --collector.textfile.directory); null: <state_dir>/metrics/cappuccino.prom."""
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    # Apprise URLs, one per channel: tgram://BOT_TOKEN/CHAT_ID, ntfy://TOPIC,
-    # pover://USER_KEY@APP_TOKEN, slack://..., discord://ID/TOKEN, mailto://..., json://HOST/PATH;
-    # "TAG[,TAG]=URL" routes by severity or type (alerts.py)
+    """Every channel listed is used; a failing one is logged, never fatal."""
     urls: list[str] = field(default_factory=list)
+    """Apprise URLs (https://github.com/caronc/apprise/wiki), one per channel:
+    tgram://BOT_TOKEN/CHAT_ID (Telegram), ntfy://TOPIC (phone push), pover://USER_KEY@APP_TOKEN
+    (Pushover), discord://WEBHOOK_ID/TOKEN, slack://TOKEN_A/TOKEN_B/TOKEN_C,
+    mailto://user:pw@host, json://hooks.example.com/cappuccino (jsons:// for https).
+    They hold tokens: keep this file 0640 root:cappuccino (`config check` masks them).
+    "TAG[,TAG]=URL" routes by tags: the channel gets only the alerts whose severity
+    (info|warning|error|critical) or type (incident, resolved, stop-exit, trader-degraded,
+    trader-recovered, unit-failed, ensemble-version, promotion, summary) is one of them; a URL
+    without tags gets everything."""
     timeout_s: float = field(default=10.0, metadata=between(0.5, 300))
-    # a summary (equity, P&L, trades, stops, ensemble, training) once a day at HH:MM UTC, sent
-    # by the first monitor run at or after it; null: none
+    """How long one channel may take."""
     daily_summary_at: str | None = field(default=None, metadata=check(
-        "a time of day like 08:00 (UTC)", lambda v: bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v))))
+        "a time of day like 08:00 (UTC)",
+        lambda v: bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v)),
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$"))
+    """A summary (equity, P&L, trades, stops, ensemble, training) once a day at HH:MM UTC,
+    e.g. "08:00", sent by the first monitor run at or after it; null: none."""
 
 
 @dataclass(frozen=True)
@@ -592,9 +684,6 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.data.start and cfg.data.end and _utc(cfg.data.start) >= _utc(cfg.data.end):
         raise ConfigError(CONFIG_FILE, "data.end", cfg.data.end,
                           f"a date after data.start ({cfg.data.start})")
-    if cfg.broker.kind == "alpaca" and not cfg.broker.paper:
-        raise ConfigError(CONFIG_FILE, "broker.paper", False,
-                          "true (Cappuccino trades Alpaca's paper account only)")
     if cfg.artifacts.store == "s3" and not cfg.artifacts.s3_bucket:
         raise ConfigError(CONFIG_FILE, "artifacts.s3_bucket", None,
                           "a bucket name when artifacts.store is s3")

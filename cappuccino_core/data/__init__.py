@@ -7,7 +7,6 @@ through the cache and returns aligned, validated, closed `Bars`.
 
 from __future__ import annotations
 
-import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def make_source(cfg: Config, source: str | None = None, csv_path: str | None = N
                          cfg.bar_seconds, cfg.data.max_bar_jump)
     if kind == "alpaca":
         from .alpaca_source import AlpacaSource  # the SDK only where Alpaca is used
-        return AlpacaSource(cfg.bar_seconds, url_override=os.environ.get("CAPPUCCINO_ALPACA_DATA_URL"),
+        return AlpacaSource(cfg.bar_seconds, url_override=cfg.broker.url_override,
                             api_key=cfg.broker.api_key_id, secret_key=cfg.broker.api_secret_key,
                             max_jump=cfg.data.max_bar_jump)
     raise DataError(f"unknown data source {kind!r}")

@@ -30,14 +30,13 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from ..common.config import Config
-from ..data import load_bars
-from ..data.features import compute_features
+from ..ensemble.evaluation import evaluate
 from ..ensemble.manifest import current_dir, ensembles_dir
 from ..ensemble.publish import sync
 from ..ensemble.selection import SelectionError, pinned_trial, select_members
 from ..ensemble.serving import Ensemble
-from ..rl.backtest import HOURS_PER_YEAR, backtest_ensemble, first_decision_bar
-from ..rl.window import WindowError, held_out_window
+from ..rl.backtest import HOURS_PER_YEAR
+from ..rl.window import WindowError
 from ..storage.database import deploy_decisions
 from ..storage.optuna_db import ATTR_SPLITS, trial_attrs, trial_count
 
@@ -129,26 +128,24 @@ def validate(cfg: Config, engine: Engine, study: str | None = None) -> Decision:
         raise SelectionError(f"study {study!r} has no eligible trial to validate")
     best = top.members[0]
     decision = Decision(study, best.trial_id, best.number)
-    bars = load_bars(cfg)
-    features = compute_features(bars, cfg.data.feature_set)
     candidate = Ensemble.of_trial(best.artifact_dir, best.sha256, study, best.trial_id,
                                   best.number, best.value, cfg)
     current_path = current_dir(ensembles_dir(cfg))
     current = Ensemble.load(current_path, cfg) if current_path is not None else None
-    first = max(first_decision_bar(e) for e in (candidate, current) if e is not None)
     try:
-        window = held_out_window(engine, study, bars, first)
+        evaluation = evaluate(cfg, engine, [e for e in (candidate, current) if e is not None],
+                              study, held_out_only=True)
     except WindowError as e:
         raise SelectionError(str(e)) from e
-    lo, hi = window.lo, window.hi
+    window = evaluation.window
     if window.decisions < 48:
         decision.reasons.append(f"held-out window too short ({window})")
         return decision
-    cand = backtest_ensemble(cfg, candidate, bars, features, lo, hi)
+    cand = evaluation.results[0]
     m = {"candidate": cand.metrics(), "held_out": [str(window.first), str(window.last)],
          "window": str(window)}
     if current is not None:
-        m["current"] = backtest_ensemble(cfg, current, bars, features, lo, hi).metrics()
+        m["current"] = evaluation.results[1].metrics()
         m["current_version"] = current.version
         baseline, base_name = m["current"]["sharpe"], f"ensemble v{current.version}"
     else:

@@ -18,12 +18,10 @@ from sqlalchemy.engine import Engine
 
 from ..common.config import Config
 from ..common.files import atomic_write_text
-from ..data import load_bars
-from ..data.features import compute_features
+from ..ensemble.evaluation import MarketData, evaluate
 from ..ensemble.manifest import current_dir, ensembles_dir
 from ..ensemble.serving import Ensemble
-from ..rl.backtest import backtest_ensemble, first_decision_bar
-from ..rl.window import WindowError, held_out_start, resolve_window
+from ..rl.window import WindowError
 from ..storage.optuna_db import complete_values
 from ..trading.journal import Journal, pick_trader
 from ..trading.trader_views import fill_pnls
@@ -225,24 +223,24 @@ def paper_section(engine: Engine, bars, name: str | None, note: str = "",
                      trade_pnl(fill_rows)[:50]))
 
 
-def backtest_section(cfg: Config, engine: Engine, bars, features, start=None, end=None) -> str:
+def backtest_section(cfg: Config, engine: Engine, market: MarketData, start=None,
+                     end=None) -> str:
     path = current_dir(ensembles_dir(cfg))
     if path is None:
         return "<h2>Backtest</h2><p>No ensemble published yet.</p>"
     ens = Ensemble.load(path, cfg)
-    try:
-        window = resolve_window(bars, start, end, first_decision_bar(ens),
-                                held_out_start(engine, ens.study), ens.study)
+    alone = [Ensemble.of_member(member, ens.study, path) for member in ens.members]
+    try:  # the ensemble, and each member alone over the same bars
+        evaluation = evaluate(cfg, engine, [ens] + alone, ens.study, start, end, market)
     except WindowError as e:
         return f"<h2>Backtest</h2><p>{html.escape(str(e))}</p>"
-    lo, hi = window.lo, window.hi
-    res = backtest_ensemble(cfg, ens, bars, features, lo, hi)
+    window, (res, *member_results) = evaluation.window, evaluation.results
+    bars, lo = market.bars, window.lo
     t = _epoch(bars.index[lo:lo + len(res.equity)]) + cfg.bar_seconds  # at each bar's close
     metrics = [[k.replace("_", " "), _metric(k, v)] for k, v in res.metrics().items()]
     members = []
-    for member, weight in zip(ens.members, ens.blend):
-        alone = Ensemble.of_member(member, ens.study, path)
-        r = backtest_ensemble(cfg, alone, bars, features, lo, hi).metrics()
+    for member, weight, result in zip(ens.members, ens.blend, member_results):
+        r = result.metrics()
         members.append([member.number, member.trial_id, f"{member.value:.3f}", f"{weight:.2f}",
                         f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}"])
     weights = {s: (t[1:], res.weights[:, a]) for a, s in enumerate(bars.symbols)}
@@ -318,12 +316,11 @@ def write_report(cfg: Config, engine: Engine, out: str | Path, trader: str | Non
     """The report: `trader`'s paper trading (default: see `pick_trader`), a backtest of the
     current ensemble over the window `start`/`end` (default its study's held-out window), and
     the optimisation history."""
-    bars = load_bars(cfg)
-    features = compute_features(bars, cfg.data.feature_set)
+    market = MarketData.load(cfg)
     name, note = pick_trader(engine, trader)
-    body = (paper_section(engine, bars, name, note, cfg)
+    body = (paper_section(engine, market.bars, name, note, cfg)
             + reconcile_section(cfg, engine, name)
-            + backtest_section(cfg, engine, bars, features, start, end)
+            + backtest_section(cfg, engine, market, start, end)
             + history_section(engine, cfg.active_study))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Cappuccino report</title>"

@@ -16,7 +16,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -426,13 +425,3 @@ class SplitPolicy:
                 x.to(obs.device) for x in (self.rows, self.pick_agent, self.pick_slot))
         w = torch.softmax(self.net.actor(obs[self.rows]), -1)
         return w[self.pick_agent, self.pick_slot]
-
-
-def random_policy(n_actions: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A baseline: random Dirichlet(1) weights every bar."""
-    rng = np.random.default_rng(seed)
-
-    def policy(obs: torch.Tensor) -> torch.Tensor:
-        w = rng.dirichlet(np.ones(n_actions), size=obs.shape[0])
-        return torch.as_tensor(w, dtype=torch.float32, device=obs.device)
-    return policy

@@ -148,11 +148,13 @@ def training_progress(engine: Engine, study: str) -> dict:
     """Running and finished counts, the last completion and start (naive UTC), the target."""
     q = sa.text("""SELECT
         sum(CASE WHEN t.state = 'RUNNING' THEN 1 ELSE 0 END),
-        sum(CASE WHEN t.state IN ('COMPLETE', 'PRUNED') THEN 1 ELSE 0 END),
+        sum(CASE WHEN t.state IN :finished THEN 1 ELSE 0 END),
         max(t.datetime_complete), max(t.datetime_start)
-        FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :s""")
+        FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :s"""
+                ).bindparams(sa.bindparam("finished", expanding=True))
     with engine.connect() as conn:
-        running, finished, last_done, last_start = conn.execute(q, {"s": study}).one()
+        running, finished, last_done, last_start = conn.execute(
+            q, {"s": study, "finished": list(FINISHED_STATES)}).one()
     return {"running": running or 0, "finished": finished or 0, "last_complete": last_done,
             "last_start": last_start, "target": study_attr(engine, study, STUDY_TARGET)}
 

@@ -21,12 +21,10 @@ from tqdm import tqdm
 from ..broker.sim import SimBroker
 from ..common.config import Config
 from ..common.errors import CappuccinoError
-from ..data import load_bars
-from ..data.features import compute_features
+from ..ensemble.evaluation import MarketData, window_for
 from ..ensemble.manifest import ensembles_dir
 from ..ensemble.serving import EnsembleWatcher
-from ..rl.backtest import first_decision_bar
-from ..rl.window import Window, held_out_start, resolve_window
+from ..rl.window import Window
 from .journal import REPLAY, Journal, StateKey, TraderState
 from .trader import Trader
 
@@ -65,10 +63,9 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
     ensemble, error = watcher.poll()
     if ensemble is None:
         raise ReplayError(error or "no ensemble published (cappuccino ensemble sync)")
-    bars = load_bars(cfg)
-    feats = compute_features(bars, cfg.data.feature_set)
-    window = resolve_window(bars, start, end, first_decision_bar(ensemble),
-                            held_out_start(engine, cfg.active_study), cfg.active_study)
+    market = MarketData.load(cfg)
+    bars, feats = market.bars, market.features
+    window = window_for(engine, bars, [ensemble], cfg.active_study, start, end)
     i0, i1 = window.lo, window.hi
     o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
     step = pd.Timedelta(seconds=cfg.bar_seconds)

@@ -106,7 +106,9 @@ class TrainingData:
                                    f"starting at {self.train_end} (index {self.train_hi})")
 
 
-def held_out_start(bars: Bars, heldout_days: int, bar_seconds: int) -> pd.Timestamp:
+def new_train_end(bars: Bars, heldout_days: int, bar_seconds: int) -> pd.Timestamp:
+    """Where a new study's held-out window starts (recorded once as its `train_end`, then read
+    by `rl.window.held_out_start`): the data's end less `heldout_days`."""
     end = bars.index[-1] + pd.Timedelta(seconds=bar_seconds)
     return end - pd.Timedelta(days=heldout_days)
 

@@ -39,7 +39,7 @@ from .objective import (
     OBJECTIVE_NAME,
     Interrupted,
     Objective,
-    held_out_start,
+    new_train_end,
     prepare_data,
 )
 
@@ -105,7 +105,7 @@ def fixed_train_end(study: optuna.Study, cfg: Config, bars) -> pd.Timestamp:
     recorded = study.user_attrs.get(STUDY_TRAIN_END)
     if recorded:
         return pd.Timestamp(recorded)
-    end = held_out_start(bars, cfg.training.heldout_days, cfg.bar_seconds)
+    end = new_train_end(bars, cfg.training.heldout_days, cfg.bar_seconds)
     study.set_user_attr(STUDY_TRAIN_END, str(end))
     study.set_user_attr(STUDY_HELDOUT_DAYS, cfg.training.heldout_days)
     study.set_user_attr(STUDY_SYMBOLS, list(bars.symbols))
