@@ -420,7 +420,7 @@ def cmd_alert(args) -> int:
 
 def cmd_demo(args) -> int:
     from .operations.demo import run_demo
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, args.seed)
 
 
 JSON_HELP = "print JSON (its shape: docs/schemas/{}.schema.json)"
@@ -710,6 +710,8 @@ def _add_operations(sub, common) -> None:
                     "sample data, simulated broker) in a temporary directory; no network needed.")
     demo.add_argument("--workdir", help="directory for the demo's config and state "
                       "(default: a new temporary directory)")
+    demo.add_argument("--seed", type=int, help="seed the hyperparameter sampler: the same seed "
+                      "gives the same trials and figures (default: unseeded)")
     demo.set_defaults(func=cmd_demo)
 
 

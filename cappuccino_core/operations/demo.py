@@ -50,19 +50,21 @@ def write_demo_config(directory: Path) -> Path:
     return etc
 
 
-def train_trials(cfg, n_finished: int) -> optuna.Study:
-    """Trials in this process until the study has `n_finished`, with a progress bar."""
+def train_trials(cfg, n_finished: int, seed: int | None = None) -> optuna.Study:
+    """Trials in this process until the study has `n_finished`, with a progress bar; `seed`
+    seeds the sampler (the same seed, the same trials and figures)."""
     study = open_study(cfg, cfg.active_study)
     set_target(study, n_finished)
     with tqdm(desc="training", unit=" updates", leave=False, mininterval=1.0) as bar:
         def status(text: str) -> None:
             bar.set_postfix_str(text)
             bar.update(1)
-        run_worker(cfg, cfg.active_study, WorkerHooks(status=status))
+        sampler = None if seed is None else optuna.samplers.TPESampler(seed=seed)
+        run_worker(cfg, cfg.active_study, WorkerHooks(status=status), sampler=sampler)
     return study
 
 
-def run_demo(workdir: str | None = None) -> int:
+def run_demo(workdir: str | None = None, seed: int | None = None) -> int:
     started = time.monotonic()
     timings: list[tuple[str, float]] = []
 
@@ -93,7 +95,7 @@ def run_demo(workdir: str | None = None) -> int:
               f"{bool(np.isfinite(feats).all())}")
 
     with stage("training 3 trials"):
-        study = train_trials(cfg, 3)
+        study = train_trials(cfg, 3, seed)
         best = study.best_trial
         beat = sum(t.value is not None and t.value >= 0 for t in study.trials)
         print(f"[5] training: {len(study.trials)} trials ({cfg.training.cv}, "
@@ -115,7 +117,7 @@ def run_demo(workdir: str | None = None) -> int:
             # halfway through, training goes on and the sync publishes: the trader reloads
             if not swap["done"] and t >= halfway:
                 swap["done"] = True
-                train_trials(cfg, 4)
+                train_trials(cfg, 4, seed)
                 swap["result"] = sync(cfg, engine)
 
         result = replay(cfg, engine, start=held_out, name="demo", on_bar=mid_run, progress=True)

@@ -58,12 +58,12 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: Config, name: str, storage=None) -> optuna.Study:
+def open_study(cfg: Config, name: str, storage=None, sampler=None) -> optuna.Study:
     """Create the study if absent (safe when several workers start at once), else load it."""
     check_study_name(name)  # it names the artifacts' directory: nothing like ../../escape
     study = optuna.create_study(study_name=name, storage=storage or make_storage(cfg),
                                 direction="maximize", load_if_exists=True,
-                                pruner=make_pruner(cfg))
+                                pruner=make_pruner(cfg), sampler=sampler)
     if study.metric_names is None:  # what the value is, in the dashboard's header
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -113,12 +113,12 @@ def fixed_train_end(study: optuna.Study, cfg: Config, bars) -> pd.Timestamp:
 
 
 def run_worker(cfg: Config, study_name: str, hooks: WorkerHooks | None = None,
-               total_timesteps: int | None = None, bars=None) -> int:
+               total_timesteps: int | None = None, bars=None, sampler=None) -> int:
     """Run trials until the study's target is reached or `hooks.stop` is set.
     Returns the number of trials this worker finished."""
     hooks = hooks or WorkerHooks()
     storage = make_storage(cfg)
-    study = open_study(cfg, study_name, storage)
+    study = open_study(cfg, study_name, storage, sampler)
     bars = bars if bars is not None else load_bars(cfg)
     data = prepare_data(bars, fixed_train_end(study, cfg, bars), cfg.data.feature_set)
     device = pick_device(cfg)
