@@ -1,9 +1,10 @@
 """Publishing an ensemble version atomically, and telling the trader.
 
-The layout under `<state_dir>/ensembles/` and its readers: manifest.py. A version is built completely under a temporary name, fsynced, renamed to `vNNNNNN`, and only
-then made current by renaming a new symlink over `current`. Readers follow `current` once and
-read a complete version; a crash at any point leaves the previous version current, and the next
-sync cleans up and succeeds. A lock file serialises concurrent syncs.
+The layout under `<state_dir>/ensembles/` and its readers: manifest.py. A version is built
+completely under a temporary name, fsynced, renamed to `vNNNNNN`, and only then made current
+by renaming a new symlink over `current`. Readers follow `current` once and read a complete
+version; a crash at any point leaves the previous version current, and the next sync cleans up
+and succeeds. A lock file serialises concurrent syncs.
 
 Telling the trader (works for the unprivileged service user, no systemctl or polkit needed):
 the trader writes its PID to `<state_dir>/trader.pid`; after publishing, the sync sends it
