@@ -63,8 +63,10 @@ def test_client_errors_are_not_retried(emulator):
     assert len(bar_requests(emulator.emulator)) == 1
 
 
-def test_data_fetch_command_fills_cache_from_alpaca(emulator, config_dir, monkeypatch, capsys):
-    monkeypatch.setenv("CAPPUCCINO_ALPACA_DATA_URL", emulator.url)
+def test_data_fetch_command_fills_cache_from_alpaca(emulator, tmp_path, capsys):
+    from conftest import write_config
+    config_dir = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")},
+                                                 "broker": {"url_override": emulator.url}})
     emulator.emulator.fail_next(429)  # alpaca-py's own retry waits 3 s on a 429; keep it to one
     args = ["data", "fetch", "--config-dir", str(config_dir), "--source", "alpaca",
             "--symbols", "BTC/USD", "ETH/USD", "--start", "2022-03-01", "--end", "2022-03-11"]
@@ -77,13 +79,13 @@ def test_data_fetch_command_fills_cache_from_alpaca(emulator, config_dir, monkey
     assert "BTC/USD            0     240" in capsys.readouterr().out
 
 
-def test_a_refused_key_is_one_line_from_the_command(emulator, tmp_path, monkeypatch, capsys):
+def test_a_refused_key_is_one_line_from_the_command(emulator, tmp_path, capsys):
     """Alpaca answering 401 (a bad key) ends `data fetch` with one line naming it, exit 1."""
     from conftest import write_config
     etc = write_config(tmp_path / "etc", {"paths": {"state_dir": str(tmp_path / "state")},
                                           "data": {"source": "alpaca",
-                                                   "symbols": ["BTC/USD", "ETH/USD"]}})
-    monkeypatch.setenv("CAPPUCCINO_ALPACA_DATA_URL", emulator.url)
+                                                   "symbols": ["BTC/USD", "ETH/USD"]},
+                                          "broker": {"url_override": emulator.url}})
     emulator.emulator.fail_next(401)
     code = cli.main(["data", "fetch", "--start", "2022-03-01", "--end", "2022-03-02",
                      "--config-dir", str(etc)])

@@ -393,9 +393,6 @@ def test_a_database_outage_never_restarts_the_trader_and_its_stops_still_fire(
     cfg["broker"] = {"kind": "alpaca", "url_override": alpaca.url}
     cfg["data"] = {**cfg["data"], "source": "alpaca"}
     cfg["data"].pop("csv_path")
-    box.write(f"/etc/systemd/system/{TRADER}.d/test-alpaca-data.conf",
-              f"[Service]\nEnvironment=CAPPUCCINO_ALPACA_DATA_URL={alpaca.url}\n")
-    box.systemctl("daemon-reload")
     box.write("/etc/cappuccino/cappuccino.yaml", yaml.safe_dump(cfg))
     box.write("/etc/cappuccino/credentials/key_id", "test-key")  # LoadCredential=alpaca:...
     box.write("/etc/cappuccino/credentials/secret_key", "test-secret")
