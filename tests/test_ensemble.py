@@ -184,7 +184,8 @@ def set_config(cfg, **sections):
     return load_config(cfg.config_dir)
 
 
-@pytest.mark.parametrize("fallback, held", [("cash", 0.0), ("hold_equal_weight", 1.0)])
+@pytest.mark.parametrize("fallback, held", [("cash", 0.0), ("hold_equal_weight", 1.0),
+                                            ("hold_vol_managed", 1.0)])
 def test_when_no_agent_is_good_enough_the_fallback_is_published_and_said(env, fallback, held,
                                                                           capsys):
     """Only trials that beat buy-and-hold in CV (value >= 0) join; with fewer than

@@ -295,6 +295,19 @@ def test_the_reentry_cooldown_ends_the_stop_churn_in_a_replay(tmp_path, shared_d
     assert churn[24][0] > 0 and churn[24][1] == 0
 
 
+def test_a_null_trailing_stop_switches_it_off(tmp_path, shared_data):
+    """`risk.trailing_stop_pct: null` (issue 26): in the falling month where the 10% stop
+    fires (the test above), no stop sells anything, and the trader's status shows no level."""
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"trailing_stop_pct": None})
+    assert cfg.risk.trailing_stop_pct is None
+    replay(cfg, engine, *LUNA)
+    exits, _ = _rebuys_after_stops(engine, "replay", pd.Timedelta(hours=24))
+    assert exits == 0
+    from cappuccino_core.trading.trader_views import trader_status_data
+    positions = trader_status_data(cfg, engine, "replay")["positions"]
+    assert positions and all(p["stop_level"] is None for p in positions)
+
+
 def test_the_trader_does_not_buy_a_stopped_asset_while_it_cools_down(tmp_path, shared_data):
     cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"reentry_cooldown_bars": 3})
     from cappuccino_core.data import load_bars

@@ -272,11 +272,13 @@ class EnsembleConfig:
     min_value: float | None = field(default=0.0, metadata=between(-100, 100))
     """Only trials whose CV value (excess Sharpe over equal-weight buy-and-hold under the same
     rules, less a spread penalty) reaches this join; null: any COMPLETE trial."""
-    fallback: str = field(default="cash", metadata=choice("cash", "hold_equal_weight",
-                                                          "keep_current"))
+    fallback: str = field(default="cash", metadata=choice(
+        "cash", "hold_equal_weight", "hold_vol_managed", "keep_current"))
     """What the trader trades while fewer than min_members qualify: cash (sell and wait),
-    hold_equal_weight (the benchmark, under the same risk rules), keep_current (the last
-    published version, however old)."""
+    hold_equal_weight (the benchmark, under the same risk rules), hold_vol_managed (equal
+    weights scaled to the median of their last month's weekly volatility, at most fully
+    invested: benchmarks/holding_rules.py measures it), keep_current (the last published
+    version, however old)."""
     max_similar: int | None = field(default=None, metadata=between(1, 1000, "an integer"))
     """At most this many members with near-identical hyperparameters, e.g. 2; null: no limit."""
     risk_mismatch: str = field(default="refuse", metadata=choice("refuse", "warn"))
@@ -287,8 +289,9 @@ class EnsembleConfig:
 @dataclass(frozen=True)
 class RiskConfig:
     """The trader's risk rules (models are trained under the same ones)."""
-    trailing_stop_pct: float = field(default=0.10, metadata=FRACTION)
-    """Exit when the price is at or below the highest price since entry x (1 - this)."""
+    trailing_stop_pct: float | None = field(default=0.10, metadata=FRACTION)
+    """Exit when the price is at or below the highest price since entry x (1 - this); null:
+    no trailing stop (models are trained and served under the same choice)."""
     stop_loss_pct: float | None = field(default=None, metadata=FRACTION)
     """Exit when the price is at or below entry x (1 - this), e.g. 0.05; null: none."""
     max_position_pct: float = field(default=0.30, metadata=check(

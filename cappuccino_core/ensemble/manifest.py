@@ -58,7 +58,7 @@ class Manifest:
     created_at: datetime
     members: tuple[ManifestMember, ...] = ()
     selection: dict = field(default_factory=dict)
-    fallback: str | None = None  # cash | hold_equal_weight: a version served without members
+    fallback: str | None = None  # cash | hold_equal_weight | hold_vol_managed: no members
     reason: str | None = None  # why the fallback
     broken: tuple[str, ...] = ()  # why a manifest on disk could not be read
 

@@ -293,7 +293,9 @@ def _too_few(cfg: Config, engine: Engine, root: Path, sel: Selection, current: M
 
 
 FALLBACKS = {"cash": "the trader sells and holds cash",
-             "hold_equal_weight": "the trader holds equal weights under the live risk rules"}
+             "hold_equal_weight": "the trader holds equal weights under the live risk rules",
+             "hold_vol_managed": "the trader holds equal weights scaled to a volatility "
+                                 "target, under the live risk rules"}
 
 
 def sync_following(cfg: Config, engine: Engine, rounds: int = 3) -> SyncResult:

@@ -21,6 +21,7 @@ import torch
 from ..artifacts.model import ArtifactError, ModelSpec, load_artifact
 from ..common.config import Config
 from ..rl.agent import ActorCritic
+from ..rl.backtest import vol_managed_weights
 from ..rl.env import Normalisation, live_observation
 from .manifest import ManifestError, read_manifest
 from .selection import fit_problem
@@ -47,7 +48,7 @@ class Ensemble:
     directory: Path
     members: list[LoadedMember]
     blend: np.ndarray  # one weight per member, summing to 1
-    fallback: str | None = None  # cash | hold_equal_weight: a version without members
+    fallback: str | None = None  # cash | hold_equal_weight | hold_vol_managed: no members
     fallback_reason: str | None = None
 
     @classmethod
@@ -104,11 +105,14 @@ class Ensemble:
     def target_weights(self, features: np.ndarray, position_weights: np.ndarray,
                        cash_weight: float, cooldown: np.ndarray | None = None) -> np.ndarray:
         """The ensemble's target weights `[A+1]` (assets then cash). A fallback version holds
-        cash, or equal weights (the environment's caps and cash reserve then apply)."""
+        cash, equal weights, or equal weights scaled to a volatility target (the environment's
+        caps and cash reserve then apply)."""
         if self.fallback is not None:
             a = len(position_weights)
             if self.fallback == "cash":
                 return np.concatenate([np.zeros(a), [1.0]])
+            if self.fallback == "hold_vol_managed":
+                return vol_managed_weights(features)
             return np.concatenate([np.full(a, 1.0 / a), [0.0]])
         return self.blend @ self.member_weights(features, position_weights, cash_weight,
                                                 cooldown)

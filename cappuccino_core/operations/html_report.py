@@ -244,12 +244,14 @@ def backtest_section(cfg: Config, engine: Engine, market: MarketData, start=None
         members.append([member.number, member.trial_id, f"{member.value:.3f}", f"{weight:.2f}",
                         f"{r['total_return']:+.2%}", f"{r['sharpe']:.2f}"])
     weights = {s: (t[1:], res.weights[:, a]) for a, s in enumerate(bars.symbols)}
+    trail = cfg.risk.trailing_stop_pct
+    stop_rule = f"trailing stop {trail:.0%}" if trail else "no trailing stop"
     fallback = ("" if ens.fallback is None else
                 f"<p class='fallback'><b>No agent is good enough: v{ens.version} is the fallback "
                 f"({html.escape(ens.fallback)})</b>: {html.escape(ens.fallback_reason or '')}</p>")
     return (f"<h2>Backtest: ensemble v{ens.version}</h2>{fallback}"
-            f"<p>{html.escape(str(window))}, same environment, live risk rules (trailing stop "
-            f"{cfg.risk.trailing_stop_pct:.0%}): starting capital {res.equity[0]:,.2f}, final "
+            f"<p>{html.escape(str(window))}, same environment, live risk rules ({stop_rule}): "
+            f"starting capital {res.equity[0]:,.2f}, final "
             f"equity <b class='backtest-final'>{res.equity[-1]:,.2f}</b> "
             f"({res.equity[-1] / res.equity[0] - 1:+.2%}).</p>"
             + svg_chart("Equity vs equal-weight buy-and-hold",

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.features import WARMUP
+from ..data.features import FEATURE_NAMES, WARMUP
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 
 HOURS_PER_YEAR = 24 * 365
@@ -91,10 +91,12 @@ class EnsemblePolicy:
 
 def trading_settings(cfg, ensemble) -> EnvSettings:
     """Live risk and fees from the config; the no-trade band the members were trained with
-    (their median), so the trader rebalances as they learnt to."""
+    (their median), so the trader rebalances as they learnt to; holding's for a fallback."""
     band = 0.0
     if ensemble is not None and ensemble.members:
         band = float(np.median([m.spec.rebalance_band for m in ensemble.members]))
+    elif ensemble is not None and ensemble.fallback is not None:
+        band = HOLD_BAND  # a holding fallback does not chase each hour's drift either
     return EnvSettings.from_config(cfg, min_rebalance_weight=band)
 
 
@@ -130,6 +132,37 @@ class HoldEqualWeight:
         held, cooling = obs[:, :n], obs[:, n + 1:2 * n + 1]
         w = torch.where((held < 1e-9) & (cooling <= 0), torch.full_like(held, 1.0 / n), held)
         return torch.cat([w, (1 - w.sum(-1, keepdim=True)).clamp_min(0)], -1)
+
+
+# Volatility-managed holding (issue 26): equal weights scaled by target / realised volatility
+# of the equal-weight basket, at most fully invested, the rest in cash.
+VOL_WINDOW = 168      # the realised volatility: a week of hourly basket returns
+TARGET_WINDOW = 720   # the target: the median of that volatility over the last 30 days
+EXPOSURE_STEP = 0.1   # exposure moves in steps of 10%: a band against trading on noise
+RET_1H = FEATURE_NAMES.index("ret_1h")  # the hourly log return, in every feature set
+
+
+def vol_managed_exposure(ret_1h: np.ndarray) -> float:
+    """The share of equity in the equal-weight basket given the assets' hourly log returns
+    `[T, A]` up to the decision bar: target / realised volatility, at most 1, rounded to
+    `EXPOSURE_STEP`; 1 while there are fewer than `VOL_WINDOW` returns to measure. Needs at
+    most `VOL_WINDOW + TARGET_WINDOW` rows (a live trader passes `LIVE_HISTORY`, 1000)."""
+    recent = ret_1h[-(VOL_WINDOW + TARGET_WINDOW - 1):]
+    basket = np.nanmean(np.where(np.isfinite(recent), recent, np.nan), axis=1)
+    basket = basket[np.isfinite(basket)]
+    if len(basket) < VOL_WINDOW:
+        return 1.0
+    vols = np.lib.stride_tricks.sliding_window_view(basket, VOL_WINDOW).std(axis=1)
+    if vols[-1] <= 0:
+        return 1.0
+    return float(np.round(min(1.0, np.median(vols) / vols[-1]) / EXPOSURE_STEP) * EXPOSURE_STEP)
+
+
+def vol_managed_weights(features: np.ndarray) -> np.ndarray:
+    """Target weights `[A+1]` of volatility-managed holding from raw features `[T, A, F]`."""
+    n = features.shape[1]
+    exposure = vol_managed_exposure(features[:, :, RET_1H])
+    return np.concatenate([np.full(n, exposure / n), [1.0 - exposure]])
 
 
 def hold_settings(settings: EnvSettings) -> EnvSettings:
