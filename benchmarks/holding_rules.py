@@ -36,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cappuccino_core.data import align  # noqa: E402
 from cappuccino_core.data.csv_source import CsvSource  # noqa: E402
 from cappuccino_core.data.features import compute_features  # noqa: E402
-from cappuccino_core.ensemble.serving import Ensemble  # noqa: E402
 from cappuccino_core.rl.backtest import (  # noqa: E402
     HOLD_BAND,
-    EnsemblePolicy,
     HoldEqualWeight,
+    VolManagedHold,
     max_drawdown,
     run_backtest,
 )
@@ -83,12 +82,6 @@ def figures(res) -> dict:
             "stops": res.stops, "turnover": res.turnover, "equity": res.equity}
 
 
-def vol_managed(features: np.ndarray) -> EnsemblePolicy:
-    """The trader's own fallback, as a backtest policy."""
-    fallback = Ensemble(0, "reference", Path("."), [], np.zeros(0), fallback="hold_vol_managed")
-    return EnsemblePolicy(fallback, features)
-
-
 def parse_rule(text: str) -> float | None:
     return None if text == "none" else float(text)
 
@@ -116,7 +109,7 @@ def main(argv=None) -> int:
             rows = {f"hold, stop {name[r]}": figures(run(hold, bars, features, lo, hi, r))
                     for r in rules}
             rows[f"vol-managed, stop {name[rules[0]]}"] = figures(
-                run(vol_managed(features), bars, features, lo, hi, rules[0]))
+                run(VolManagedHold(features), bars, features, lo, hi, rules[0]))
             base = rows[f"hold, stop {name[rules[0]]}"]
             for label, m in rows.items():
                 print(f"{set_name:<8} {window:<9} {label:<22} {m['return']:>+8.1%} "

@@ -29,7 +29,8 @@ reserve, caps, trailing stop with the re-entry rule): total return, Sharpe, Sort
 drawdown, turnover, fees, stop exits; when the fallback was published, also the top trials as
 an ensemble regardless of their CV value (what the agents would have done); and a fixed rule
 as a reference (hold equal weights while the market's 168 h trend is up, cash while it is
-down: is there anything in v2's market features to find?). Then the target: on at least two
+down: is there anything in v2's market features to find?) and volatility-managed holding (the
+`hold_vol_managed` fallback, same rules). Then the target: on at least two
 of three windows the ensemble's Sharpe >= buy-and-hold's under the same rules, its max
 drawdown <= frictionless buy-and-hold's, and PBO < 0.5.
 """
@@ -49,9 +50,9 @@ import optuna
 import torch
 import yaml
 
-from cappuccino_core.rl.backtest import (HoldEqualWeight, backtest_ensemble, first_decision_bar,
-                                     hold_settings, max_drawdown, run_backtest, sortino,
-                                     trading_settings)
+from cappuccino_core.rl.backtest import (HoldEqualWeight, VolManagedHold, backtest_ensemble,
+                                     first_decision_bar, hold_settings, max_drawdown,
+                                     run_backtest, sortino, trading_settings)
 from cappuccino_core.common.config import load_config, set_config_values
 from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import FEATURE_SETS, compute_features, feature_names
@@ -147,6 +148,8 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                          hold_settings(trading_settings(cfg, None)))
     trend = run_backtest(MarketTrendRule(bars, A), market, window.lo, window.hi,
                          hold_settings(trading_settings(cfg, None)))
+    vol_managed = run_backtest(VolManagedHold(features), market, window.lo, window.hi,
+                               hold_settings(trading_settings(cfg, None)))
     m, r = res.metrics(), rules.metrics()
     frictionless = {"total_return": m["bh_total_return"], "sharpe": m["bh_sharpe"],
                     "sortino": sortino(res.benchmark_returns),
@@ -167,7 +170,7 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
             "best_cv": max((t.value for t in complete), default=float("nan")),
             "near_constant": near_constant, "pbo": pbo, "sync": result.message,
             "fallback": ens.fallback, "ensemble": m, "agents": agents, "bh_rules": r,
-            "trend_rule": trend.metrics(),
+            "trend_rule": trend.metrics(), "vol_managed": vol_managed.metrics(),
             "bh": frictionless}
 
 
@@ -191,7 +194,8 @@ def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
         rows_out = [(label, e)] + ([("top-5 agents, any value", row["agents"])]
                                    if row["fallback"] is not None else [])
         for pol, m in rows_out + [("B&H, same risk rules", b), ("B&H, frictionless", f),
-                                  ("trend rule, same rules", row["trend_rule"])]:
+                                  ("trend rule, same rules", row["trend_rule"]),
+                                  ("vol-managed, same rules", row["vol_managed"])]:
             print(f"{row['name']:<10}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
                   f"{fmt(m.get('sharpe'), 'num'):>8}{fmt(m.get('sortino'), 'num'):>9}"
                   f"{fmt(m.get('max_drawdown'), 'pct'):>8}{fmt(m.get('turnover'), 'num'):>10}"

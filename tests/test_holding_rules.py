@@ -70,5 +70,6 @@ def test_the_benchmark_sees_the_stop_and_its_absence(shared_data):
     stopped = holding_rules.run(hold, bars, features, lo, hi, 0.10)
     held = holding_rules.run(hold, bars, features, lo, hi, None)
     assert stopped.stops > 0 and held.stops == 0
-    managed = holding_rules.run(holding_rules.vol_managed(features), bars, features, lo, hi, None)
+    managed = holding_rules.run(holding_rules.VolManagedHold(features), bars, features, lo, hi,
+                                None)
     assert managed.weights.sum(axis=1).min() < held.weights.sum(axis=1).min()  # it de-risked

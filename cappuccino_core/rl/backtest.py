@@ -165,6 +165,20 @@ def vol_managed_weights(features: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(n, exposure / n), [1.0 - exposure]])
 
 
+class VolManagedHold:
+    """Volatility-managed holding as a backtest policy: the weights the `hold_vol_managed`
+    fallback serves (`vol_managed_weights`), from raw features up to the decision bar. Run it
+    with `hold_settings`, as the trader does a fallback."""
+    needs_time = True
+
+    def __init__(self, features: np.ndarray):
+        self.features = features
+
+    def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w = vol_managed_weights(self.features[:int(t[0]) + 1])
+        return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
+
+
 def hold_settings(settings: EnvSettings) -> EnvSettings:
     """The same risk rules and costs, holding's no-trade band."""
     return dataclasses.replace(settings, min_rebalance_weight=HOLD_BAND)
