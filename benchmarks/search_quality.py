@@ -155,12 +155,13 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                     "sortino": sortino(res.benchmark_returns),
                     "max_drawdown": max_drawdown(res.benchmark_equity)}
     # what the agents themselves would have done: the top trials, whatever their CV value
-    set_config_values(cfg.config_dir, "ensemble", {"min_value": None})
+    set_config_values(cfg.config_dir, "ensemble", {"min_value": None, "near_constant": "admit"})
     anyway = load_config(cfg.config_dir)
     sync(anyway, engine)
     agents = backtest_ensemble(anyway, Ensemble.load(current_dir(ensembles_dir(anyway)), anyway),
                                bars, features, window.lo, window.hi).metrics()
-    set_config_values(cfg.config_dir, "ensemble", {"min_value": cfg.ensemble.min_value})
+    set_config_values(cfg.config_dir, "ensemble", {"min_value": cfg.ensemble.min_value,
+                                                   "near_constant": cfg.ensemble.near_constant})
     perf = _splits_matrix(engine, [t._trial_id for t in complete])
     pbo = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
     near_constant = sum(bool(t.user_attrs.get("policy", {}).get("near_constant"))

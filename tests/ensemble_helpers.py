@@ -47,7 +47,8 @@ def local_model(cfg, trial) -> Path:
 def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: int = 0,
               symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
               layers: int = 1, band: float = 0.0, agent=None, normalisation=None,
-              splits: list[float] | None = None, **risk) -> optuna.trial.FrozenTrial:
+              splits: list[float] | None = None, near_constant: bool = False,
+              **risk) -> optuna.trial.FrozenTrial:
     """A COMPLETE trial with a small real policy saved as its artifact, trained (as far as its
     spec says) under the configured risk rules, or under `risk` overrides of them."""
     symbols = list(symbols or cfg.data.symbols)
@@ -78,5 +79,7 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
     trial.set_user_attr("sha256", digest)
     if splits is not None:
         trial.set_user_attr("splits", [{"excess_sharpe": x} for x in splits])
+    trial.set_user_attr("policy", {"spread_time": 0.001 if near_constant else 0.05,
+                                   "near_constant": near_constant})
     study.tell(trial, value)
     return study.trials[-1]

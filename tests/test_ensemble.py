@@ -550,3 +550,20 @@ def test_the_manifest_is_typed_and_validated_once(env):
     with pytest.raises(ManifestError, match="surprise"):
         Manifest.from_dict(raw)
     assert "spec" not in manifest.record()["members"][0]
+
+
+def test_a_near_constant_trial_never_joins_unless_admitted(env):
+    """Issue 26: a trial whose policy training flagged near-constant (it holds about one
+    portfolio whatever the market does) is skipped, saying why, however good its value:
+    holding is cheaper served as the fallback; `ensemble.near_constant: admit` lets it in."""
+    from cappuccino_core.ensemble.selection import NEAR_CONSTANT_WHY, select_members
+    cfg, engine, storage = env
+    alpha = new_study(storage, "alpha")
+    flat = add_trial(alpha, cfg, 0.9, seed=1, near_constant=True)
+    moving = add_trial(alpha, cfg, 0.2, seed=2)
+    sel = select_members(engine, cfg, "alpha")
+    assert [m.trial_id for m in sel.members] == [moving._trial_id]
+    assert sel.skipped == [(flat._trial_id, flat.number, NEAR_CONSTANT_WHY)]
+    admitted = set_config(cfg, ensemble={"near_constant": "admit"})
+    assert [m.trial_id for m in select_members(engine, admitted, "alpha").members] == \
+        [flat._trial_id, moving._trial_id]

@@ -51,7 +51,7 @@ def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
                      "heartbeat_interval_s": 1, "heartbeat_grace_s": 3},
         # trials this short never beat holding; these tests are about the processes, so any
         # trial joins (the default would publish the cash fallback: tests/test_ensemble.py)
-        "ensemble": {"top_n": 3, "min_members": 2, "min_value": None},
+        "ensemble": {"top_n": 3, "min_members": 2, "min_value": None, "near_constant": "admit"},
         "risk": {"intrabar_check_s": 5},
     })
 

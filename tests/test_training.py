@@ -430,7 +430,8 @@ def test_a_v2_study_trains_serves_and_refuses_a_v1_configuration(tmp_path):
         "paths": {"state_dir": str(tmp_path / "state")}, "data": {"feature_set": "v2"},
         "training": {"total_timesteps": 2048, "n_envs": 16, "cv": "walk_forward",
                      "cv_groups": 3, "cv_test_groups": 1},
-        "ensemble": {"min_value": None, "min_members": 1}}, active_study="wide")
+        "ensemble": {"min_value": None, "min_members": 1, "near_constant": "admit"}},
+        active_study="wide")
     cfg = load_config(cfg_dir)
     study = open_study(cfg, "wide")
     set_target(study, 1)

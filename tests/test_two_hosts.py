@@ -78,7 +78,8 @@ def test_a_host_serves_the_models_another_host_trained(tmp_path, pg_url):
         "storage": {"url": pg_url}, "paths": {"state_dir": str(disk / "state")},
         "artifacts": {"store": "database"},
         "training": {"total_timesteps": 2048, "n_envs": 16},
-        "ensemble": {"min_value": None, "min_members": 1}}, active_study=STUDY)
+        "ensemble": {"min_value": None, "min_members": 1, "near_constant": "admit"}},
+        active_study=STUDY)
     cappuccino = [sys.executable, "-m", "cappuccino_core.cli"]
 
     trained = on_host(disk, [*cappuccino, "train", "--study", STUDY, "--n-trials", "2",

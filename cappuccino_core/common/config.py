@@ -279,6 +279,10 @@ class EnsembleConfig:
     weights scaled to the median of their last month's weekly volatility, at most fully
     invested: benchmarks/holding_rules.py measures it), keep_current (the last published
     version, however old)."""
+    near_constant: str = field(default="refuse", metadata=choice("refuse", "admit"))
+    """A trial flagged near-constant in training (its target weights barely move whatever the
+    market does: it holds about one portfolio) never joins (refuse): holding is cheaper served
+    as the fallback; admit: it may (short demo trials)."""
     max_similar: int | None = field(default=None, metadata=between(1, 1000, "an integer"))
     """At most this many members with near-identical hyperparameters, e.g. 2; null: no limit."""
     risk_mismatch: str = field(default="refuse", metadata=choice("refuse", "warn"))

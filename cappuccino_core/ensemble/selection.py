@@ -26,7 +26,13 @@ from ..artifacts.model import ArtifactError, ModelSpec
 from ..artifacts.store import StoredArtifact, TrialArtifacts, records
 from ..common.config import Config
 from ..common.errors import CappuccinoError
-from ..storage.optuna_db import complete_trial, ranked_trials, study_exists
+from ..storage.optuna_db import (
+    ATTR_POLICY,
+    complete_trial,
+    ranked_trials,
+    study_exists,
+    trial_attrs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,12 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
                 break
             offset += page
             stored = records(conn, [r[0] for r in rows])
+            flat = _near_constant(conn, [r[0] for r in rows]) \
+                if cfg.ensemble.near_constant == "refuse" else set()
             for trial_id, number, value, completed in rows:
                 member, why = check_member(trial_id, study, stored.get(trial_id), cfg, artifacts)
+                if member is not None and trial_id in flat:
+                    member, why = None, NEAR_CONSTANT_WHY
                 if member is not None and max_similar and \
                         _similar_count(member.spec, selection.members) >= max_similar:
                     member, why = None, f"more than {max_similar} members with these parameters"
@@ -134,6 +144,16 @@ def select_members(engine: Engine, cfg: Config, study: str, top_n: int | None = 
                 if len(selection.members) == top_n:
                     break
     return selection
+
+
+NEAR_CONSTANT_WHY = ("near-constant policy (it holds about one portfolio whatever the market "
+                     "does): holding is cheaper served as the fallback")
+
+
+def _near_constant(conn, trial_ids: list[int]) -> set[int]:
+    """The trials training flagged near-constant (`policy.near_constant`, objective.py)."""
+    attrs = trial_attrs(conn, trial_ids, (ATTR_POLICY,))
+    return {t for t, a in attrs.items() if (a.get(ATTR_POLICY) or {}).get("near_constant")}
 
 
 def pinned_trial(engine: Engine, study: str) -> int | None:

@@ -42,9 +42,11 @@ def write_demo_config(directory: Path) -> Path:
         # short trials, so the demo stays within minutes on two cores
         "training": {"total_timesteps": 30_000, "n_envs": 32, "cv": "walk_forward",
                      "cv_groups": 3, "cv_test_groups": 1},
-        # the 4th trial, mid-replay, joins it; trials this short rarely beat holding, so the
-        # demo admits any (the product's default admits only those that beat it in CV)
-        "ensemble": {"top_n": 4, "min_members": 2, "min_value": None},
+        # the 4th trial, mid-replay, joins it; trials this short rarely beat holding or move
+        # far from their start, so the demo admits any (the product's default admits only
+        # those that beat holding in CV and are not near-constant)
+        "ensemble": {"top_n": 4, "min_members": 2, "min_value": None,
+                     "near_constant": "admit"},
     }))
     (etc / "active_study.yaml").write_text(yaml.safe_dump({"study": "demo"}))
     return etc
