@@ -45,13 +45,8 @@ from cappuccino_core.rl.backtest import (  # noqa: E402
 )
 from cappuccino_core.rl.env import Market  # noqa: E402
 from cappuccino_core.rl.env_settings import EnvSettings, Normalisation  # noqa: E402
+from signal_ceiling import ASSETS, DATA, WINDOWS  # noqa: E402  (the same sets and windows)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h"
-ASSETS = {"default": ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD", "UNI/USD",
-                      "AAVE/USD"],
-          "other": ["ADA/USD", "AVAX/USD", "BNB/USD", "DOGE/USD", "SOL/USD", "XRP/USD"]}
-WINDOWS = {"bear": ("2022-05-01", "2022-07-01"), "sideways": ("2023-07-01", "2023-09-01"),
-           "bull": ("2023-10-01", "2024-01-01")}
 HISTORY = pd.Timedelta(days=60)  # before a window: features' warm-up and the volatility target
 
 
