@@ -32,7 +32,9 @@ as a reference (hold equal weights while the market's 168 h trend is up, cash wh
 down: is there anything in v2's market features to find?) and volatility-managed holding (the
 `hold_vol_managed` fallback, same rules). Then the target: on at least two
 of three windows the ensemble's Sharpe >= buy-and-hold's under the same rules, its max
-drawdown <= frictionless buy-and-hold's, and PBO < 0.5.
+drawdown <= frictionless buy-and-hold's, and PBO < 0.5. Last, issue 26's yardstick from daily
+returns (benchmarks/yardstick.py), per set and pooled, pass or miss per target line; `--assets
+default,other` runs the six sets (the other six shared assets once, with the design frozen).
 """
 
 from __future__ import annotations
@@ -58,15 +60,24 @@ from cappuccino_core.data import load_bars
 from cappuccino_core.data.features import FEATURE_SETS, compute_features, feature_names
 from cappuccino_core.operations.deploy import _splits_matrix, probability_of_backtest_overfitting
 from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
+from cappuccino_core.ensemble.evaluation import trial_alone
 from cappuccino_core.ensemble.publish import sync
+from cappuccino_core.ensemble.selection import SelectionError
 from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.rl.env import Market, Normalisation
 from cappuccino_core.storage.database import app_engine, optuna_storage
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 from cappuccino_core.rl.window import held_out_start, resolve_window
+from yardstick import (block_bootstrap_interval, daily_metrics, daily_returns,  # noqa: E402
+                       information_ratio, pbo_daily_blocks)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h"
-SYMBOLS = ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD", "UNI/USD", "AAVE/USD"]
+ASSETS = {"default": ["BTC/USD", "ETH/USD", "LTC/USD", "BCH/USD", "LINK/USD", "UNI/USD",
+                      "AAVE/USD"],
+          # the six shared assets the default set does not use: run once, with the design frozen
+          "other": ["ADA/USD", "AVAX/USD", "BNB/USD", "DOGE/USD", "SOL/USD", "XRP/USD"]}
+SYMBOLS = ASSETS["default"]
+PBO_TRIALS = 20  # the best trials, each backtested alone over the window, for the daily PBO
 HELD_OUT_DAYS = 60
 # (name, the held-out window's end): a 2022 bear market (LUNA, then Celsius and 3AC), a 2023
 # bull run (October to December), and a sideways summer (2023-06 to 2023-08)
@@ -93,13 +104,14 @@ class MarketTrendRule:
 
 
 def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
-               precision: str = "auto", feature_set: str = "v1") -> Path:
+               precision: str = "auto", feature_set: str = "v1",
+               symbols: list[str] = SYMBOLS) -> Path:
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
     (etc / "cappuccino.yaml").write_text(yaml.safe_dump({
         "paths": {"state_dir": str(root / "state")},
-        "data": {"source": "csv", "csv_path": str(DATA), "symbols": SYMBOLS,
+        "data": {"source": "csv", "csv_path": str(DATA), "symbols": symbols,
                  "start": start, "end": end, "feature_set": feature_set},
         "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
                      "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1,
@@ -113,8 +125,9 @@ def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                fixed: dict | None = None, minutes: float | None = None,
                split_batch: int | None = None, precision: str = "auto",
-               feature_set: str = "v1") -> dict:
-    cfg = load_config(config_for(root, end, timesteps, split_batch, precision, feature_set))
+               feature_set: str = "v1", symbols: list[str] = SYMBOLS) -> dict:
+    cfg = load_config(config_for(root, end, timesteps, split_batch, precision, feature_set,
+                                 symbols))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
@@ -140,7 +153,7 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     window = resolve_window(bars, None, None, first_decision_bar(ens),
                             held_out_start(engine, cfg.active_study), cfg.active_study)
     res = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
-    A = len(SYMBOLS)
+    A = len(symbols)
     market = Market.from_bars(bars, Normalisation(np.zeros((A, features.shape[2])),
                                                   np.ones((A, features.shape[2]))),
                               features=features)
@@ -166,13 +179,26 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     pbo = probability_of_backtest_overfitting(perf) if perf.size else float("nan")
     near_constant = sum(bool(t.user_attrs.get("policy", {}).get("near_constant"))
                         for t in complete)
+    daily_oos = []  # the best trials alone over the window: the daily PBO's matrix
+    for t in sorted(complete, key=lambda t: t.value, reverse=True)[:PBO_TRIALS]:
+        try:
+            alone = trial_alone(cfg, engine, cfg.active_study, t._trial_id)
+        except SelectionError:
+            continue
+        daily_oos.append(daily_returns(backtest_ensemble(cfg, alone, bars, features, window.lo,
+                                                         window.hi).equity))
     return {"name": name, "window": str(window), "trials": len(complete),
             "search_min": search_s / 60,
             "best_cv": max((t.value for t in complete), default=float("nan")),
             "near_constant": near_constant, "pbo": pbo, "sync": result.message,
             "fallback": ens.fallback, "ensemble": m, "agents": agents, "bh_rules": r,
             "trend_rule": trend.metrics(), "vol_managed": vol_managed.metrics(),
-            "bh": frictionless}
+            "bh": frictionless,
+            "equity": {"published": res.equity, "holding": rules.equity,
+                       "vol_managed": vol_managed.equity},
+            "turnover_ratio": res.turnover / rules.turnover if rules.turnover else float("nan"),
+            "pbo_daily": pbo_daily_blocks(np.array(daily_oos).T) if len(daily_oos) > 1
+            else float("nan")}
 
 
 def fmt(x, kind):
@@ -185,7 +211,7 @@ def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
     device = "cuda" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     print(f"\nbudget: {budget} x {timesteps:,} PPO steps per fit (walk-forward, 5 groups), "
           f"{device}, {os.cpu_count()} cores\n")
-    head = (f"{'window':<10}{'policy':<22}{'return':>9}{'Sharpe':>8}{'Sortino':>9}"
+    head = (f"{'set':<17}{'policy':<22}{'return':>9}{'Sharpe':>8}{'Sortino':>9}"
             f"{'max DD':>8}{'turnover':>10}{'fees':>10}{'stops':>7}")
     print(head)
     hits = 0
@@ -197,7 +223,7 @@ def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
         for pol, m in rows_out + [("B&H, same risk rules", b), ("B&H, frictionless", f),
                                   ("trend rule, same rules", row["trend_rule"]),
                                   ("vol-managed, same rules", row["vol_managed"])]:
-            print(f"{row['name']:<10}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
+            print(f"{row.get('set', row['name']):<17}{pol:<22}{fmt(m.get('total_return'), 'pct'):>9}"
                   f"{fmt(m.get('sharpe'), 'num'):>8}{fmt(m.get('sortino'), 'num'):>9}"
                   f"{fmt(m.get('max_drawdown'), 'pct'):>8}{fmt(m.get('turnover'), 'num'):>10}"
                   f"{fmt(m.get('fees'), 'num'):>10}{fmt(m.get('stops'), 'int'):>7}")
@@ -214,6 +240,62 @@ def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
         print(f"{'':<10}sync: {row['sync']}")
     print(f"\ntarget (Sharpe >= B&H under the same rules, max DD <= frictionless B&H, PBO < 0.5) "
           f"met by a published ensemble on {hits} of {len(rows)} windows (wanted: 2 of 3)")
+
+
+def print_yardstick(rows: list[dict]) -> None:
+    """Issue 26's target, from daily returns, per set and pooled: pass or miss per line."""
+    print("\ndaily yardstick (Sharpe, Sortino, max DD from daily closes; holding = equal "
+          "weights under the same rules)")
+    print(f"{'set':<18}{'policy':<26}{'Sharpe':>8}{'Sortino':>9}{'max DD':>8}{'log ret':>9}"
+          f"{'turnover/holding':>18}{'PBO daily':>11}")
+    excess, vs_managed, sets, excess_log = [], [], len(rows), 0.0
+    sharpe_ok = dd_ok = turnover_ok = 0
+    pbos = []
+    for row in rows:
+        eq = row["equity"]
+        pub, hold, managed = (daily_metrics(eq[k]) for k in ("published", "holding",
+                                                             "vol_managed"))
+        label = "ensemble" if row["fallback"] is None else f"fallback ({row['fallback']})"
+        for pol, m, extra in ((label, pub, f"{row['turnover_ratio']:>18.2f}"
+                               f"{fmt(row['pbo_daily'], 'num'):>11}"),
+                              ("holding, same rules", hold, ""),
+                              ("vol-managed, same rules", managed, "")):
+            print(f"{row['set']:<18}{pol:<26}{m['sharpe']:>8.2f}{m['sortino']:>9.2f}"
+                  f"{m['max_drawdown']:>8.1%}{m['log_return']:>+9.3f}{extra}")
+        excess_log += pub["log_return"] - hold["log_return"]
+        sharpe_ok += pub["sharpe"] >= hold["sharpe"]
+        dd_ok += pub["max_drawdown"] <= hold["max_drawdown"]
+        turnover_ok += row["fallback"] is not None or row["turnover_ratio"] <= 3
+        excess.append(daily_returns(eq["published"]) - daily_returns(eq["holding"]))
+        vs_managed.append((daily_returns(eq["published"]), daily_returns(eq["vol_managed"])))
+        if not np.isnan(row["pbo_daily"]):
+            pbos.append(row["pbo_daily"])
+    pooled = np.concatenate(excess)
+    lo, hi = block_bootstrap_interval(pooled)
+    ir = information_ratio(np.concatenate([a for a, _ in vs_managed]),
+                           np.concatenate([b for _, b in vs_managed]))
+    need = int(np.ceil(sets * 4 / 6))  # 4 of 6 sets, or as many of the sets run
+    lines = [
+        ("published policy not near-constant (selection refuses them) and turnover <= 3x "
+         "holding's", turnover_ok == sets, f"{turnover_ok} of {sets} sets"),
+        (f"Sharpe >= holding's under the same rules in {need} of {sets} sets", sharpe_ok >= need,
+         f"{sharpe_ok} of {sets}"),
+        (f"max drawdown <= holding's under the same rules in {need} of {sets} sets",
+         dd_ok >= need, f"{dd_ok} of {sets}"),
+        ("pooled excess log return over holding > 0", excess_log > 0, f"{excess_log:+.3f}"),
+        ("pooled information ratio against vol-managed holding >= 0", ir >= 0, f"{ir:+.2f}"),
+        ("PBO (CSCV, 16 blocks of daily out-of-sample returns) < 0.3", bool(pbos) and
+         max(pbos) < 0.3, ", ".join(f"{x:.2f}" for x in pbos) or "not measurable"),
+        ("stretch: 90% block-bootstrap interval of the pooled daily excess above 0", lo > 0,
+         f"[{lo:+.4f}, {hi:+.4f}]"),
+    ]
+    print()
+    for text, ok, figure in lines:
+        print(f"  {'PASS' if ok else 'miss'}  {text}: {figure}")
+    fallbacks = sum(row["fallback"] is not None for row in rows)
+    if fallbacks:
+        print(f"  ({fallbacks} of {sets} sets published the fallback: a line it passes is "
+              "passed without any skill)")
 
 
 def parse_fixed(text: str) -> dict:
@@ -243,6 +325,10 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=4, help="trials per window")
     p.add_argument("--timesteps", type=int, default=40_000, help="PPO steps per fit")
     p.add_argument("--windows", default=",".join(WINDOWS), help="bear,bull,sideways")
+    p.add_argument("--assets", default="default",
+                   help="asset sets: default (the 7 of the default config), other (the 6 other "
+                        "shared assets: run once, with the design frozen), or default,other "
+                        "for the six sets")
     p.add_argument("--workdir", help="keep the studies here (default: a temporary dir)")
     p.add_argument("--minutes", type=float,
                    help="a wall-time budget per window instead of --trials")
@@ -275,17 +361,25 @@ def main() -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cappuccino-quality-"))
     rows = []
     budget = f"{args.minutes:g} min" if args.minutes else f"{args.trials} trials"
-    for name in windows:
-        print(f"window {name}: searching ({budget}) ...", flush=True)
-        rows.append(run_window(name, WINDOWS[name], args.trials, args.timesteps, root / name,
-                               parse_fixed(args.fix), args.minutes, args.split_batch,
-                               args.precision, args.feature_set))
+    asset_sets = args.assets.split(",")
+    if set(asset_sets) - set(ASSETS):
+        p.error(f"unknown asset set(s): choose from {', '.join(ASSETS)}")
+    for assets in asset_sets:
+        for name in windows:
+            print(f"{assets} assets, window {name}: searching ({budget}) ...", flush=True)
+            row = run_window(name, WINDOWS[name], args.trials, args.timesteps,
+                             root / assets / name, parse_fixed(args.fix), args.minutes,
+                             args.split_batch, args.precision, args.feature_set, ASSETS[assets])
+            rows.append(row | {"set": f"{assets}/{name}"})
     if args.fix:
         print(f"\nheld fixed (the rest searched): {args.fix}")
     if args.split_batch is not None:
         print(f"\ntraining.split_batch: {args.split_batch}")
     print(f"training.precision: {args.precision}; data.feature_set: {args.feature_set}")
     print_table(rows, budget, args.timesteps)
+    print_yardstick(rows)
+    if "other" in asset_sets:
+        print("\nthe 'other' sets: the six shared assets the design never saw (run once)")
     return 0
 
 
