@@ -61,12 +61,13 @@ def daily_sharpe(equity: np.ndarray) -> float:
     return float(r.mean() / r.std() * np.sqrt(365)) if r.std() > 0 else 0.0
 
 
-def run(policy, bars, features, lo: int, hi: int, stop: float | None):
-    """A policy under the product's rules (holding's band) with trailing stop `stop`."""
+def run(policy, bars, features, lo: int, hi: int, stop: tuple[float | None, str]):
+    """A policy under the product's rules (holding's band) with trailing stop `stop`:
+    (level, checked intrabar or at the close)."""
     a = len(bars.symbols)
     norm = Normalisation(np.zeros((a, features.shape[2])), np.ones((a, features.shape[2])))
     market = Market.from_bars(bars, norm, features=features)
-    settings = dataclasses.replace(EnvSettings(), trailing_stop_pct=stop,
+    settings = dataclasses.replace(EnvSettings(), trailing_stop_pct=stop[0], stop_check=stop[1],
                                    min_rebalance_weight=HOLD_BAND, lookback=1)
     return run_backtest(policy, market, lo, hi, settings)
 
@@ -77,19 +78,23 @@ def figures(res) -> dict:
             "stops": res.stops, "turnover": res.turnover, "equity": res.equity}
 
 
-def parse_rule(text: str) -> float | None:
-    return None if text == "none" else float(text)
+def parse_rule(text: str) -> tuple[float | None, str]:
+    """'0.10' (checked intrabar), '0.10@close', 'none'."""
+    level, _, check = text.partition("@")
+    return (None if level == "none" else float(level)), check or "intrabar"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rules", default="0.10,none,0.05,0.20",
-                   help="trailing stops to compare, 'none' for no stop; the first is the baseline")
+    p.add_argument("--rules", default="0.10,none,0.05,0.20,0.10@close,0.20@close",
+                   help="trailing stops to compare: 0.10 (checked intrabar), 0.10@close, none; "
+                        "the first is the baseline")
     args = p.parse_args(argv)
     rules = [parse_rule(r) for r in args.rules.split(",")]
     started = time.monotonic()
     src = CsvSource(DATA, "1h", 3600)
-    name = {r: "none" if r is None else f"{r:.0%}" for r in rules}
+    name = {r: "none" if r[0] is None else f"{r[0]:.0%}" + (" close" if r[1] == "close" else "")
+            for r in rules}
     print(f"{'set':<8} {'window':<9} {'policy':<22} {'return':>8} {'Sharpe':>7} {'max DD':>7} "
           f"{'stops':>6} {'turnover':>8}")
     stop_wins: dict[tuple[str, float | None], list[bool]] = {}

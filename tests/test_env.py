@@ -101,6 +101,27 @@ def test_trailing_stop_cases(bar, exit_price):
         assert float(fees[0]) == pytest.approx(gross * 0.0025, rel=1e-12)
 
 
+@pytest.mark.parametrize("bar, exit_price, peak_after", [
+    ((115, 116, 107, 110), None, 120.0),   # the low crossed 108, the close did not: held
+    ((100, 101, 95, 96), 96.0, None),      # closed below 108: out at the close, not the open
+    ((119, 130, 118, 125), None, 125.0),   # the peak is the highest close, not the high
+])
+def test_a_stop_checked_at_the_close_looks_at_the_close_only(bar, exit_price, peak_after):
+    """`stop_check: close` (issue 26): the level from the highest close since entry; only a
+    close at or below it exits, at that close."""
+    s, units = _one_position(100.0)
+    s = dataclasses.replace(s, stop_check="close")
+    o, h, lo, c = (T([[float(x)]], dtype=torch.float64) for x in bar)
+    u, cash, new_peak, *_, hit, px = apply_stops(units, T([0.0], dtype=torch.float64),
+                                                 T([[120.0]], dtype=torch.float64),
+                                                 T([[100.0]], dtype=torch.float64), o, h, lo, c, s)
+    if exit_price is None:
+        assert not bool(hit[0, 0]) and float(new_peak[0, 0]) == peak_after
+    else:
+        assert bool(hit[0, 0]) and float(u[0, 0]) == 0.0
+        assert float(px[0, 0]) == pytest.approx(exit_price)
+
+
 def test_stop_loss_from_entry():
     s, units = _one_position(100.0, trail=None, stop_loss=0.05)
     bar = [T([[x]], dtype=torch.float64) for x in (99.0, 99.5, 94.0, 96.0)]

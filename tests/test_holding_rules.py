@@ -67,9 +67,11 @@ def test_the_benchmark_sees_the_stop_and_its_absence(shared_data):
     features = holding_rules.compute_features(bars, "v1")
     lo, hi = int(bars.index.searchsorted(lo_t)), len(bars)
     hold = holding_rules.HoldEqualWeight(len(symbols))
-    stopped = holding_rules.run(hold, bars, features, lo, hi, 0.10)
-    held = holding_rules.run(hold, bars, features, lo, hi, None)
+    stopped = holding_rules.run(hold, bars, features, lo, hi, (0.10, "intrabar"))
+    held = holding_rules.run(hold, bars, features, lo, hi, (None, "intrabar"))
+    at_close = holding_rules.run(hold, bars, features, lo, hi, (0.10, "close"))
+    assert 0 < at_close.stops and at_close.equity[-1] != stopped.equity[-1]
     assert stopped.stops > 0 and held.stops == 0
     managed = holding_rules.run(holding_rules.VolManagedHold(features), bars, features, lo, hi,
-                                None)
+                                (None, "intrabar"))
     assert managed.weights.sum(axis=1).min() < held.weights.sum(axis=1).min()  # it de-risked

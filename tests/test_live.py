@@ -121,3 +121,24 @@ def test_orders_refused_bar_after_bar_degrade_the_trader_and_alert_once(tmp_path
         assert not loop.problems
         run_checks(cfg, engine)
         assert len([b for _, b in received if "trader-recovered" in b["title"]]) == 1
+
+
+def test_stops_checked_at_the_close_ignore_ticks_between_bars(tmp_path, shared_data):
+    """`risk.stop_check: close` (issue 26): a trade far below every stop level between bars
+    sells nothing (the bar's close decides, in trade_bar); the same price taken as a close
+    would have exited, so it is the live loop that waits."""
+    import numpy as np
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data,
+                                      risk={"stop_check": "close", "intrabar_check_s": 600})
+    broker = SimBroker(engine, 100_000, cfg.broker.taker_fee, cfg.broker.slippage_bps)
+    clock = FakeClock("2022-05-10 00:00:05")
+    loop = LiveLoop(cfg, broker, engine, RecordingNotifier(), clock)
+    loop.run(max_cycles=2)
+    held = set(loop.trader.state.stops)
+    assert held
+    crash = {s: p * 0.5 for s, p in broker.prices.items()}
+    broker.mark(crash)
+    loop.check_stops(clock.now())
+    assert set(loop.trader.state.stops) == held and set(broker.positions()) >= held
+    px = np.array([crash[s] for s in loop.trader.symbols])
+    assert {s for s, _ in loop.trader.check_stops(px, px, px, px)} == held

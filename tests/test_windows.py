@@ -2,6 +2,7 @@
 bars, and nothing falls back silently."""
 
 import os
+import json
 import re
 import signal
 import subprocess
@@ -70,6 +71,22 @@ def test_replay_backtest_and_report_agree_in_any_order_in_one_state_dir(tmp_path
     code, _, _ = run(capsys, "report", "--out", str(tmp_path / "r2.html"), "--trader", "replay",
                      *WINDOW, *d)
     assert report_equities(tmp_path / "r2.html")["paper"] == pytest.approx(equities[1], rel=1e-9)
+
+
+def test_with_stops_checked_at_the_close_replay_and_backtest_still_agree(tmp_path, shared_data,
+                                                                         capsys):
+    """`risk.stop_check: close`: the trader and the environment use the one rule, so a replay
+    and a backtest of the falling month end on the same equity, and stops still fire."""
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, risk={"stop_check": "close"})
+    d = ["--config-dir", cfg.config_dir]
+    code, backtest_out, _ = run(capsys, "backtest", "--ensemble", "current", "--json",
+                                *WINDOW, *d)
+    assert code == 0
+    backtest = json.loads(backtest_out)
+    code, replay_out, _ = run(capsys, "paper", "--replay", *WINDOW, *d)
+    assert code == 0
+    assert final_equity(replay_out) == pytest.approx(backtest["final_equity"], rel=1e-4)
+    assert backtest["metrics"]["stops"] > 0
 
 
 def test_without_from_every_command_covers_the_held_out_window(tmp_path, shared_data, capsys):

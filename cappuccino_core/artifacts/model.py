@@ -53,6 +53,7 @@ class NetworkSpec:
 RISK_FIELDS = {
     "trailing_stop_pct": ("trailing stop", lambda cfg: cfg.risk.trailing_stop_pct),
     "stop_loss_pct": ("stop loss", lambda cfg: cfg.risk.stop_loss_pct),
+    "stop_check": ("stop check", lambda cfg: cfg.risk.stop_check),
     "reentry_cooldown_bars": ("re-entry cooldown (bars)",
                               lambda cfg: cfg.risk.reentry_cooldown_bars),
     "max_position_pct": ("max position", lambda cfg: cfg.risk.max_position_pct),
@@ -148,8 +149,11 @@ class ModelSpec:
         out = []
         for name, (label, configured) in RISK_FIELDS.items():
             trained, live = getattr(self.env, name), configured(cfg)
-            same = (trained is None and live is None) or (
-                trained is not None and live is not None and abs(trained - live) <= 1e-12)
+            if isinstance(trained, str) or isinstance(live, str):
+                same = trained == live
+            else:
+                same = (trained is None and live is None) or (
+                    trained is not None and live is not None and abs(trained - live) <= 1e-12)
             if not same:
                 out.append(f"{label} {trained} trained, {live} configured")
         return out

@@ -296,6 +296,10 @@ class RiskConfig:
     trailing_stop_pct: float | None = field(default=0.10, metadata=FRACTION)
     """Exit when the price is at or below the highest price since entry x (1 - this); null:
     no trailing stop (models are trained and served under the same choice)."""
+    stop_check: str = field(default="intrabar", metadata=choice("intrabar", "close"))
+    """intrabar: stops fire when the price touches the level (a bar's open or low, and the
+    latest trade every intrabar_check_s between bars); close: only a bar closing at or below
+    the level exits, at that close, and the peak is the highest close."""
     stop_loss_pct: float | None = field(default=None, metadata=FRACTION)
     """Exit when the price is at or below entry x (1 - this), e.g. 0.05; null: none."""
     max_position_pct: float = field(default=0.30, metadata=check(

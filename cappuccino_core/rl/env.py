@@ -124,19 +124,27 @@ def apply_stops(units, cash, peak, entry, bar_open, high, low, close, s: EnvSett
     """Live the bar for held positions: stop exits (whole position) and the peak update.
 
     Returns (units, cash, peak, entry, fees, exit_notional, stopped mask, exit price where
-    stopped). With one price (a live tick) pass it as open, high, low and close."""
+    stopped). With one price (a live tick) pass it as open, high, low and close.
+    `stop_check: close` looks at the close only: the peak is the highest close since entry,
+    and a close at or below the level exits at that close (wicks and gaps within the bar are
+    lived through)."""
     slip = s.slippage_bps * 1e-4
     held = units > 0
-    peak = torch.where(held, torch.maximum(peak, bar_open), peak)
-    level = stop_level(peak, entry, s)
-    hit_open = held & (bar_open <= level)
-    hit_low = held & ~hit_open & (low <= level)
-    exit_px = torch.where(hit_open, bar_open, level)
-    peak_after = torch.where(held, torch.maximum(peak, high), peak)
-    level_after = stop_level(peak_after, entry, s)
-    hit_close = held & ~hit_open & ~hit_low & (close <= level_after)
-    exit_px = torch.where(hit_close, level_after, exit_px)
-    hit = hit_open | hit_low | hit_close
+    if s.stop_check == "close":
+        hit = held & (close <= stop_level(peak, entry, s))
+        exit_px = close
+        peak_after = torch.where(held, torch.maximum(peak, close), peak)
+    else:
+        peak = torch.where(held, torch.maximum(peak, bar_open), peak)
+        level = stop_level(peak, entry, s)
+        hit_open = held & (bar_open <= level)
+        hit_low = held & ~hit_open & (low <= level)
+        exit_px = torch.where(hit_open, bar_open, level)
+        peak_after = torch.where(held, torch.maximum(peak, high), peak)
+        level_after = stop_level(peak_after, entry, s)
+        hit_close = held & ~hit_open & ~hit_low & (close <= level_after)
+        exit_px = torch.where(hit_close, level_after, exit_px)
+        hit = hit_open | hit_low | hit_close
 
     notional = torch.where(hit, units * exit_px * (1 - slip), torch.zeros_like(units))
     fees = notional * s.fee

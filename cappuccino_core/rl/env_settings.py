@@ -28,6 +28,7 @@ class EnvSettings:
     trailing_stop_pct: float | None = _RISK.trailing_stop_pct
     stop_loss_pct: float | None = _RISK.stop_loss_pct
     reentry_cooldown_bars: int = _RISK.reentry_cooldown_bars
+    stop_check: str = _RISK.stop_check
     min_rebalance_weight: float = 0.0
     initial_cash: float = _BROKER.initial_cash
     reward: str = "log_growth"
@@ -44,6 +45,7 @@ class EnvSettings:
                    trailing_stop_pct=cfg.risk.trailing_stop_pct,
                    stop_loss_pct=cfg.risk.stop_loss_pct,
                    reentry_cooldown_bars=cfg.risk.reentry_cooldown_bars,
+                   stop_check=cfg.risk.stop_check,
                    initial_cash=cfg.broker.initial_cash)
         return dataclasses.replace(base, **overrides)
 

@@ -200,6 +200,11 @@ class LiveLoop:
             log.warning("bar %s: no bar for %s; flat at the last close", bar_time,
                         ", ".join(quiet))
         self.broker.mark(dict(zip(bars.symbols, bars.close[-1])), at=now)
+        if self.cfg.risk.stop_check == "close":  # the bar's close, before its decision
+            close = bars.close[-1]
+            exits = self.trader.check_stops(close, close, close, close)
+            if exits:
+                self.trader.exit_positions(exits, now.floor("min"))
         features = compute_features(bars, self.cfg.data.feature_set)
         result = self.trader.on_bar(bar_time, features, now, close=bars.close[-1], quiet=quiet)
         log.info("bar %s: %s", bar_time, result)
@@ -211,6 +216,9 @@ class LiveLoop:
                                    f"rejected, e.g. {refused[0]}") if refused else None
 
     def check_stops(self, now: pd.Timestamp) -> None:
+        """Between bars, against the latest trades (`stop_check: close`: at the bar only)."""
+        if self.cfg.risk.stop_check == "close":
+            return
         latest = self.broker.latest_prices(self.trader.symbols)
         if len(latest) != len(self.trader.symbols):
             return
