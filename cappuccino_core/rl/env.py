@@ -34,6 +34,8 @@ exit the WHOLE position when price <= peak x (1 - trailing_stop_pct), or when pr
 entry x (1 - stop_loss_pct). On hourly bars: a bar opening at or below the stop level exits at
 the open; else a low reaching the level exits at the level; then the peak takes the bar's high,
 and a close at or below the new level exits at that level (the price crossed it on the way down).
+With `stop_check: close` only closes count: the peak is the highest close since entry and a
+close at or below the level exits at that close. `trailing_stop_pct: None`: no trailing stop.
 
 Reward, documented: `log_growth` is log(equity_after / equity_before) net of every fee and
 slippage; `excess` subtracts the log return of an equal-weight buy-and-hold over the same bar.
