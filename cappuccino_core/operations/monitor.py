@@ -97,8 +97,7 @@ def check_ensemble(engine: Engine, cfg: Config) -> list[Incident]:
 
 def check_trader(engine: Engine, cfg: Config, name: str) -> list[Incident]:
     journal = Journal(engine, name)
-    last_bar = journal.last_bar()
-    equity = [s.equity for s in journal.equity_rows()]
+    last_bar, latest, peak = journal.last_bar(), journal.last_snapshot(), journal.peak_equity()
     out = []
     if last_bar:
         bar = pd.Timedelta(seconds=cfg.bar_seconds)
@@ -107,8 +106,8 @@ def check_trader(engine: Engine, cfg: Config, name: str) -> list[Incident]:
             out.append(Incident(f"trader-behind:{name}", "error",
                                 f"trader {name}: last bar processed {last_bar}, more than one "
                                 "bar behind", trader=name))
-    if equity:
-        peak, now = max(equity), equity[-1]
+    if latest is not None:  # two aggregates: the history is never read whole every 5 min
+        now = latest.equity
         if now <= peak * (1 - cfg.monitor.drawdown_alert_pct):
             out.append(Incident(f"drawdown:{name}", "error",
                                 f"trader {name}: equity {now:,.2f} is {1 - now / peak:.1%} below "
