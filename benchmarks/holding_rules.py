@@ -46,18 +46,13 @@ from cappuccino_core.rl.backtest import (  # noqa: E402
 from cappuccino_core.rl.env import Market  # noqa: E402
 from cappuccino_core.rl.env_settings import EnvSettings, Normalisation  # noqa: E402
 from signal_ceiling import ASSETS, DATA, WINDOWS  # noqa: E402  (the same sets and windows)
+from yardstick import daily_returns  # noqa: E402
 
 HISTORY = pd.Timedelta(days=60)  # before a window: features' warm-up and the volatility target
 
 
-def daily(equity: np.ndarray) -> np.ndarray:
-    """Daily simple returns of an hourly equity curve."""
-    d = equity[::24]
-    return d[1:] / d[:-1] - 1
-
-
 def daily_sharpe(equity: np.ndarray) -> float:
-    r = daily(equity)
+    r = daily_returns(equity)
     return float(r.mean() / r.std() * np.sqrt(365)) if r.std() > 0 else 0.0
 
 
@@ -128,7 +123,8 @@ def main(argv=None) -> int:
     sharpe_ok = sum(v["sharpe"] >= h["sharpe"] for h, v in vm_rows)
     dd_ok = sum(v["max_dd"] <= h["max_dd"] for h, v in vm_rows)
     excess = float(sum(np.log(v["equity"][-1] / h["equity"][-1]) for h, v in vm_rows))
-    diff = np.concatenate([daily(v["equity"]) - daily(h["equity"]) for h, v in vm_rows])
+    diff = np.concatenate([daily_returns(v["equity"]) - daily_returns(h["equity"])
+                           for h, v in vm_rows])
     ir = float(diff.mean() / diff.std() * np.sqrt(365)) if diff.std() > 0 else 0.0
     beats = sharpe_ok >= 4 and dd_ok >= 4 and excess > 0 and ir > 0
     print(f"\nvolatility-managed holding against holding, both under the same rules "
