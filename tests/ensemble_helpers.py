@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from cappuccino_core.rl.actions import n_outputs
 from cappuccino_core.rl.agent import ActorCritic
 from cappuccino_core.data import venue
 from cappuccino_core.data.features import feature_names
@@ -48,16 +49,20 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
               symbols: list[str] | None = None, shift: float = 0.0, hidden: int = 16,
               layers: int = 1, band: float = 0.0, agent=None, normalisation=None,
               splits: list[float] | None = None, near_constant: bool = False,
-              **risk) -> optuna.trial.FrozenTrial:
+              action_space: str = "weights", **risk) -> optuna.trial.FrozenTrial:
     """A COMPLETE trial with a small real policy saved as its artifact, trained (as far as its
-    spec says) under the configured risk rules, or under `risk` overrides of them."""
+    spec says) under the configured risk rules, or under `risk` overrides of them, acting in
+    `action_space`."""
     symbols = list(symbols or cfg.data.symbols)
     trial = study.ask()
     A, F = len(symbols), len(feature_names(cfg.data.feature_set))
     import torch
     torch.manual_seed(seed)
+    env = EnvSettings.from_config(cfg, lookback=lookback, min_rebalance_weight=band,
+                                  action_space=action_space, **risk)
     if agent is None:
-        agent = ActorCritic(observation_size(A, F, lookback), A + 1, hidden, layers, -0.5)
+        agent = ActorCritic(observation_size(A, F, lookback), n_outputs(action_space, A),
+                            hidden, layers, -0.5, settings=env, n_assets=A)
     rng = np.random.default_rng(seed)
     spec = ModelSpec(
         study=study.study_name, trial_id=trial._trial_id, trial_number=trial.number,
@@ -68,8 +73,9 @@ def add_trial(study: optuna.Study, cfg, value: float, lookback: int = 1, seed: i
             "mean": (rng.normal(size=(A, F)) * 0.01 + shift).tolist(),
             "std": (1 + rng.random((A, F))).tolist()}),
         hyperparameters={"learning_rate": 1e-4 * (1 + seed), "gamma": 0.9, "lookback": lookback},
-        env=EnvSettings.from_config(cfg, lookback=lookback, min_rebalance_weight=band, **risk),
-        network=NetworkSpec(observation_size(A, F, lookback), A + 1, hidden, layers),
+        env=env,
+        network=NetworkSpec(observation_size(A, F, lookback), n_outputs(action_space, A),
+                            hidden, layers),
         seed=seed, trained_on={"venue": venue(cfg)})
     with tempfile.TemporaryDirectory() as tmp:
         digest = save_artifact(Path(tmp) / "model", agent, spec)

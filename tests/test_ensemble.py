@@ -333,6 +333,33 @@ def test_each_member_is_served_with_its_own_lookback_and_normalisation(env):
     assert combined.sum() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_members_of_different_action_spaces_serve_in_one_ensemble(env):
+    """A weights-space member and two relative-space ones (rl/actions.py), loaded from their
+    artifacts: each answers through its own space, and the ensemble holds an asset (NaN, no
+    order) only where every member does."""
+    cfg, engine, storage = env
+    bars = synthetic_market(n_assets=7, n_bars=1200, seed=2)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=list(bars.symbols)))
+    alpha = new_study(storage, "alpha")
+    add_trial(alpha, cfg, 0.3, seed=1)
+    add_trial(alpha, cfg, 0.2, seed=2, action_space="relative")
+    add_trial(alpha, cfg, 0.1, seed=3, action_space="relative")
+    sync(cfg, engine)
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    assert sorted(m.spec.env.action_space for m in ens.members) == ["relative", "relative",
+                                                                    "weights"]
+    feats = compute_features(bars, "v1")
+    current = np.full(7, 0.95 / 7)
+    got = ens.member_weights(feats[:1001], current, 0.05)
+    spaces = [m.spec.env.action_space for m in ens.members]
+    for w, space in zip(got, spaces):  # untrained relative members sit in their dead zone
+        assert np.isnan(w[:-1]).all() == (space == "relative")
+    combined = ens.target_weights(feats[:1001], current, 0.05)
+    weights_member = got[spaces.index("weights")]
+    np.testing.assert_allclose(combined[:-1], (weights_member[:-1] + 2 * current) / 3, rtol=1e-5)
+    assert not np.isnan(combined).any()
+
+
 def test_study_list_and_ensemble_show(env, capsys):
     cfg, engine, storage = env
     alpha = new_study(storage, "alpha")

@@ -15,7 +15,7 @@ from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
 from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.ensemble.serving import Ensemble
 from cappuccino_core.storage.database import make_optuna_storage, open_app_db, sim_orders
-from cappuccino_core.trading.journal import Journal
+from cappuccino_core.trading.journal import Journal, StateKey
 from cappuccino_core.trading.replay import replay
 from cappuccino_core.trading.trader import Trader
 
@@ -372,3 +372,45 @@ def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, 
             "SELECT side, status FROM cappuccino_orders WHERE trader = 'fb' "
             "AND reason = 'rebalance' AND side = 'sell'")).all()
     assert rows and all(status == "filled" for _, status in rows)
+
+
+def test_a_relative_space_ensemble_that_holds_sends_no_orders(tmp_path, shared_data, storage_url):
+    """Action 0 in the relative space is "hold" (rl/actions.py): after a reload to members that
+    hold everything, a bar sends no order; the decision is journaled with null (hold) targets,
+    on both backends (NaN is not JSON), and a restart mid-bar reads it back."""
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    storage = {"url": storage_url}
+    cfg, engine, study = setup_trader_env(tmp_path, shared_data, storage=storage)
+    bars = load_bars(cfg, end="2022-05-10")
+    feats = compute_features(bars, "v1")
+    broker = SimBroker(engine, 100_000, 0.0025, 5)
+    trader = Trader(cfg, broker, engine, "rel", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    hour = pd.Timedelta(hours=1)
+    broker.mark(dict(zip(SYMBOLS, bars.close[-3])))
+    assert trader.on_bar(bars.index[-3], feats[:-2], bars.index[-3] + hour * 1.01) == "traded"
+    held = {s: p.qty for s, p in broker.positions().items()}
+    assert held
+    for i in range(4):  # untrained relative members: their means sit in the dead zone
+        add_trial(study, cfg, 1.0 + i, seed=10 + i, action_space="relative")
+    sync(cfg, engine)
+    trader.reload(Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    assert {m.spec.env.action_space for m in trader.ensemble.members} == {"relative"}
+    orders_before = len(Journal(engine, "rel").order_rows(1000))
+    broker.mark(dict(zip(SYMBOLS, bars.close[-2])))
+    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    assert len(Journal(engine, "rel").order_rows(1000)) == orders_before
+    assert {s: p.qty for s, p in broker.positions().items()} == held
+    decision = Journal(engine, "rel").decision_rows()[-1]
+    assert all(decision.target[s] is None for s in SYMBOLS)
+    assert decision.target["cash"] is not None
+    state = Journal(engine, "rel").load_state()
+    assert state.decision["target"][:-1] == [None] * len(SYMBOLS)
+    # a crash after the next bar's decision was saved: the restarted trader resumes it, holding
+    state.decision = {**state.decision, "bar": bars.index[-1].isoformat()}
+    Journal(engine, "rel").save_state(state, StateKey.DECISION)
+    restarted = Trader(cfg, broker, engine, "rel", trader.ensemble)
+    restarted.start()
+    broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
+    assert restarted.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
+    assert len(Journal(engine, "rel").order_rows(1000)) == orders_before

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cappuccino_core.rl.agent import (ActorCritic, PPOConfig, SplitPolicy, StackedActorCritic,
-                                   StackedAdam, clip_grad_norms, train_ppo,
+                                   StackedAdam, clip_grad_norms, gradient_steps, train_ppo,
                                    train_ppo_splits)
 from cappuccino_core.rl.backtest import run_backtest, run_backtests
 from cappuccino_core.common.config import TrainingConfig, load_config
@@ -26,8 +26,8 @@ from cappuccino_core.training import objective as objective_module
 from cappuccino_core.training.objective import (HeldOutError, Objective, new_train_end,
                                                 native_bfloat16, prepare_data,
                                                 training_precision)
-from cappuccino_core.training.search_space import (ENV_PARAMS, PPO_PARAMS, default_params,
-                                                   sample_params, split_params)
+from cappuccino_core.training.search_space import (ENV_PARAMS, MIN_GRADIENT_STEPS, PPO_PARAMS,
+                                                   default_params, sample_params, split_params)
 from cappuccino_core.training.worker import WorkerHooks, open_study, run_worker, set_target
 
 from conftest import write_config
@@ -102,7 +102,7 @@ CHANGES = {
     "clip_coef": 0.01, "ent_coef": 0.5, "vf_coef": 5.0, "max_grad_norm": 0.001,
     "update_epochs": 1, "num_minibatches": 2, "n_steps": 32, "hidden": 16, "layers": 1,
     "init_log_std": 0.5, "lookback": 2, "episode_bars": 20, "min_rebalance_weight": 0.15,
-    "reward": "excess", "init_cash_weight": 0.05,
+    "reward": "excess", "init_cash_weight": 0.05, "action_space": "relative",
 }
 
 
@@ -110,6 +110,22 @@ def test_the_search_space_is_covered_by_the_changes_below():
     study = optuna.create_study()
     sampled = sample_params(study.ask())
     assert set(sampled) == set(CHANGES) == PPO_PARAMS | ENV_PARAMS
+
+
+def test_a_default_fit_makes_enough_gradient_steps_anywhere_in_the_search_space():
+    """The smallest corner of the sampled rollout length, epochs and minibatches, at the
+    default training budget, still makes MIN_GRADIENT_STEPS Adam steps."""
+    training = TrainingConfig()
+    trial = optuna.create_study().ask()
+    sample_params(trial)
+    d = trial.distributions
+    corner = PPOConfig(total_timesteps=training.total_timesteps, n_envs=training.n_envs,
+                       n_steps=max(d["n_steps"].choices),
+                       update_epochs=d["update_epochs"].low,
+                       num_minibatches=min(d["num_minibatches"].choices))
+    assert gradient_steps(corner) >= MIN_GRADIENT_STEPS
+    assert gradient_steps(PPOConfig(total_timesteps=200_000, n_envs=64, n_steps=128,
+                                    update_epochs=2, num_minibatches=2)) < MIN_GRADIENT_STEPS
 
 
 @pytest.mark.parametrize("name", sorted(CHANGES))
@@ -303,19 +319,23 @@ NATIVE_BF16 = pytest.mark.skipif(not native_bfloat16(), reason="no native bfloat
                                  "precision auto trains in float32 here")
 
 
-@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=NATIVE_BF16)])
-def test_ppo_learns_the_planted_signal(precision):
+@pytest.mark.parametrize("precision, space", [
+    ("float32", "weights"), pytest.param("bfloat16", "weights", marks=NATIVE_BF16),
+    ("float32", "exposure"), ("float32", "relative")])
+def test_ppo_learns_the_planted_signal(precision, space):
     """Out of sample, trained agents beat buy-and-hold and a random policy clearly: two
     seeds, trained together as a trial's splits are (each exactly as if alone, see above),
-    in both training precisions (measured: +75% / +106% in float32, +67% / +89% in bfloat16,
-    buy-and-hold -14.5%)."""
+    in both training precisions and in each action space (measured: +75% / +106% in float32,
+    +67% / +89% in bfloat16; exposure +32% / +29%, relative +117% / +103%; buy-and-hold
+    -14.5%). The weights space trades with a 15% band, the others have their dead zone."""
     started = time.monotonic()
     torch.set_num_threads(2)
     bars = synthetic_market(n_assets=4, n_bars=4000, seed=0)
     feats = compute_features(bars, "v1")
     market = Market.from_bars(bars, Normalisation.fit(feats, np.arange(WARMUP, 3000)),
                               features=feats)
-    settings = EnvSettings(lookback=1, episode_bars=336, min_rebalance_weight=0.15)
+    settings = EnvSettings(lookback=1, episode_bars=336, action_space=space,
+                           min_rebalance_weight=0.15 if space == "weights" else 0.0)
     ppo = PPOConfig(total_timesteps=600_000, n_envs=32, n_steps=64, learning_rate=1e-3,
                     hidden=64, layers=2, init_log_std=-1.0, gamma=0.5, gae_lambda=0.9,
                     precision=precision)
@@ -326,7 +346,7 @@ def test_ppo_learns_the_planted_signal(precision):
     rand = run_backtest(random_policy(5, seed=0), market, 3000, 4000, settings).metrics()
     for seed, agent in zip(seeds, agents):
         trained = run_backtest(agent.weights, market, 3000, 4000, settings).metrics()
-        print(f"seed {seed}: agent {trained['total_return']:+.1%} Sharpe {trained['sharpe']:.2f}; "
+        print(f"{space} seed {seed}: agent {trained['total_return']:+.1%} Sharpe {trained['sharpe']:.2f}; "
               f"buy-and-hold {trained['bh_total_return']:+.1%} Sharpe "
               f"{trained['bh_sharpe']:.2f}; random {rand['total_return']:+.1%} Sharpe "
               f"{rand['sharpe']:.2f}; {time.monotonic() - started:.0f} s")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..common.errors import CappuccinoError
 from ..common.files import fsync_path
+from ..rl.actions import SPACES, n_outputs
 from ..rl.env_settings import EnvSettings, Normalisation
 
 if TYPE_CHECKING:  # torch is imported where weights are written or read, not for a spec
@@ -125,9 +126,13 @@ class ModelSpec:
                           "network": NetworkSpec(**d["network"])})
         except (TypeError, ValueError, KeyError) as e:
             raise ArtifactError(f"{where}: invalid spec ({e})") from e
-        if spec.lookback < 1 or spec.network.n_actions != len(spec.symbols) + 1:
+        if spec.env.action_space not in SPACES:
+            raise ArtifactError(f"{where}: unknown action space {spec.env.action_space!r}")
+        outputs = n_outputs(spec.env.action_space, len(spec.symbols))
+        if spec.lookback < 1 or spec.network.n_actions != outputs:
             raise ArtifactError(f"{where}: lookback {spec.lookback} or network outputs "
-                                f"{spec.network.n_actions} do not fit {len(spec.symbols)} symbols")
+                                f"{spec.network.n_actions} do not fit {len(spec.symbols)} symbols "
+                                f"in the {spec.env.action_space} action space")
         return spec
 
     # --- fit with the trading configuration ------------------------------------------------
@@ -229,7 +234,8 @@ def load_artifact(directory: Path,
         raise ArtifactError(f"{directory}: model.pt checksum {digest[:12]} does not match "
                             f"{(expected_sha256 or spec.sha256 or '?')[:12]}")
     net = spec.network
-    agent = ActorCritic(net.obs_size, net.n_actions, net.hidden, net.layers, 0.0)
+    agent = ActorCritic(net.obs_size, net.n_actions, net.hidden, net.layers, 0.0,
+                        settings=spec.env, n_assets=len(spec.symbols))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         agent.load_state_dict(state)

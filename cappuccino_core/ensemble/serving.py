@@ -5,7 +5,8 @@ Each member is loaded from the version directory with the checksum the manifest 
 member is ever fed another member's input scaling. Features are computed once per decision
 (all members share the feature set, which selection checked) and normalised per member.
 Target weights (assets then cash) are the mean of the members' deterministic weights, equal
-or weighted by objective value (config `ensemble.weighting`).
+or weighted by objective value (config `ensemble.weighting`); members of different action
+spaces (rl/actions.py) serve together, a member that holds an asset counting its current weight.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ class Ensemble:
             if self.fallback == "hold_vol_managed":
                 return vol_managed_weights(features)
             return np.concatenate([np.full(a, 1.0 / a), [0.0]])
-        return self.blend @ self.member_weights(features, position_weights, cash_weight,
-                                                cooldown)
+        return blend_targets(self.blend, self.member_weights(
+            features, position_weights, cash_weight, cooldown),
+            np.append(position_weights, cash_weight))
 
 
 def load_member(directory: Path, sha256: str, study: str, trial_id: int, number: int,
@@ -132,6 +134,15 @@ def load_member(directory: Path, sha256: str, study: str, trial_id: int, number:
                     trial_id, "; ".join(differences))
     return LoadedMember(trial_id, number, value, agent, spec.normalisation, spec.lookback, spec,
                         differences)
+
+
+def blend_targets(blend: np.ndarray, members: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """The blend of the members' targets `[M, A+1]`: a member holding an asset (NaN, HOLD)
+    counts with the asset's `current` weight, and the ensemble holds an asset (NaN) only when
+    every member does. The cash weight is always a number."""
+    target = blend @ np.where(np.isnan(members), current, members)
+    target[:-1][np.isnan(members[:, :-1]).all(axis=0)] = np.nan
+    return target
 
 
 def blend_weights(values: list[float], weighting: str) -> np.ndarray:

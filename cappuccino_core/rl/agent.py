@@ -1,8 +1,10 @@
 """PPO on batched rollouts, in the spirit of CleanRL's ppo_continuous_action.py.
 
-The policy outputs a Gaussian over A+1 logits; the portfolio's target weights are their softmax
-(assets then cash), so any action is a valid allocation and an order's size always follows from
-a fraction of equity. Evaluation is deterministic: the softmax of the mean.
+The policy outputs a Gaussian over its action space's outputs (rl/actions.py: A+1 logits whose
+softmax is the target, one exposure, or A tilts from equal weight with a dead zone), so any
+action is a valid allocation and an order's size always follows from a fraction of equity.
+Sampled actions go through the same mapping as the mean (a sample inside the dead zone trades
+nothing). Evaluation is deterministic: the mapping of the mean.
 
 Every field of `PPOConfig` is used below; the search space (training/search_space.py) samples
 them, and a test checks that changing any one of them changes the trained policy.
@@ -19,7 +21,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .actions import n_outputs, to_targets
 from .env import BatchedTradingEnv
+from .env_settings import EnvSettings
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ class PPOConfig:
         return dataclasses.asdict(self)
 
 
+def gradient_steps(cfg: PPOConfig, n_envs: int | None = None) -> int:
+    """Adam steps one fit makes: updates x epochs x minibatches (fewer after a target_kl
+    stop)."""
+    batch = (n_envs or cfg.n_envs) * cfg.n_steps
+    return max(1, cfg.total_timesteps // batch) * cfg.update_epochs * cfg.num_minibatches
+
+
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int, out_gain: float) -> nn.Sequential:
     mods, width = [], n_in
     for _ in range(layers):
@@ -72,11 +83,18 @@ def _mlp(n_in: int, n_out: int, hidden: int, layers: int, out_gain: float) -> nn
 
 
 class ActorCritic(nn.Module):
+    """`settings`: the environment it acts in (its action space, dead zone and cash reserve
+    turn its outputs into target weights for `n_assets`); default the `weights` space."""
+
     def __init__(self, obs_size: int, n_actions: int, hidden: int, layers: int,
-                 init_log_std: float, init_cash_weight: float | None = None):
+                 init_log_std: float, init_cash_weight: float | None = None,
+                 settings: EnvSettings | None = None, n_assets: int | None = None):
         super().__init__()
+        self.settings = settings or EnvSettings()
+        self.n_assets = n_actions - 1 if n_assets is None else n_assets
         self.actor = _mlp(obs_size, n_actions, hidden, layers, 0.01)
-        if init_cash_weight is not None:  # softmax([0] * A + [c])[-1] = w: e^c = A w / (1 - w)
+        if init_cash_weight is not None and self.settings.action_space == "weights":
+            # softmax([0] * A + [c])[-1] = w: e^c = A w / (1 - w)
             w = init_cash_weight
             nn.init.constant_(self.actor[-1].bias[-1:], math.log((n_actions - 1) * w / (1 - w)))
         self.critic = _mlp(obs_size, 1, hidden, layers, 1.0)
@@ -87,8 +105,17 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def weights(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic target weights (assets then cash) for evaluation and trading."""
-        return torch.softmax(self.actor(obs), dim=-1)
+        """Deterministic target weights (assets then cash; NaN: hold) for evaluation and
+        trading."""
+        return targets(self.actor(obs), obs, self.settings, self.n_assets)
+
+
+def targets(action: torch.Tensor, obs: torch.Tensor, s: EnvSettings,
+            n_assets: int) -> torch.Tensor:
+    """Target weights from actions in `s`'s action space; the observation's first A+1
+    columns are the portfolio's current weights (env.py's layout)."""
+    return to_targets(s.action_space, action, obs[..., :n_assets + 1], s.dead_zone,
+                      s.min_cash_reserve_pct)
 
 
 @dataclass
@@ -287,12 +314,13 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
     device, K = env.device, env.k
     if len(seeds) != K:
         raise ValueError(f"{len(seeds)} seeds for {K} splits")
-    n_actions = env.m.n_assets + 1
+    n_assets = env.m.n_assets
+    n_actions = n_outputs(env.s.action_space, n_assets)
     agents = []
     for seed in seeds:
         torch.manual_seed(seed)
         agents.append(ActorCritic(env.obs_size, n_actions, cfg.hidden, cfg.layers,
-                                  cfg.init_log_std, cfg.init_cash_weight))
+                                  cfg.init_log_std, cfg.init_cash_weight, env.s, n_assets))
     net = StackedActorCritic([a.to(device) for a in agents], cfg.precision)
     params = net.params
     opt = StackedAdam(params)
@@ -325,8 +353,8 @@ def train_ppo_splits(env: BatchedTradingEnv, cfg: PPOConfig, seeds: list[int],
                 act_buf[step] = action
                 logp_buf[step] = net.log_prob(mean, action)
                 val_buf[step] = net.value(obs)
-                _, reward, done, _ = env.step(torch.softmax(action, -1).view(K * N, -1),
-                                              with_info=False,
+                target = targets(action, obs, env.s, n_assets)  # sampled: the dead zone too
+                _, reward, done, _ = env.step(target.view(K * N, -1), with_info=False,
                                               out=obs_buf[step + 1] if step + 1 < S else last_obs)
                 rew_buf[step] = reward.view(K, N) * cfg.reward_scale
                 done_buf[step] = done.view(K, N).float()
@@ -409,6 +437,9 @@ class SplitPolicy:
     def __init__(self, agents: list[ActorCritic], row_agent: list[int]):
         used = sorted(set(row_agent))  # agents no row asks for are left out
         self.net = StackedActorCritic([agents[j] for j in used])
+        self.settings, self.n_assets = agents[used[0]].settings, agents[used[0]].n_assets
+        if any(agents[j].settings.action_space != self.settings.action_space for j in used):
+            raise ValueError("one SplitPolicy serves one action space")
         row_agent = [used.index(k) for k in row_agent]
         slots = [[r for r, k in enumerate(row_agent) if k == j] for j in range(len(used))]
         width = max(len(rows) for rows in slots)
@@ -423,5 +454,6 @@ class SplitPolicy:
         if self.rows.device != obs.device:  # once: the agents' device
             self.rows, self.pick_agent, self.pick_slot = (
                 x.to(obs.device) for x in (self.rows, self.pick_agent, self.pick_slot))
-        w = torch.softmax(self.net.actor(obs[self.rows]), -1)
+        obs = obs[self.rows]
+        w = targets(self.net.actor(obs), obs, self.settings, self.n_assets)
         return w[self.pick_agent, self.pick_slot]

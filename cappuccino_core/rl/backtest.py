@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data.features import FEATURE_NAMES, WARMUP
+from .actions import standing
 from .env import BatchedTradingEnv, EnvSettings, Market, Normalisation
 
 HOURS_PER_YEAR = 24 * 365
@@ -204,9 +205,11 @@ def run_backtests(policy: Policy, markets: list[Market], ranges: list[tuple[int,
     obs = env.reset()
     starts, lengths = env.t.tolist(), (env.t_end - env.t).tolist()
     steps = {"weights": [], "equity": [], "fees": [], "turnover": [], "stops": []}
+    stood = None  # what each row's policy stands by (a held asset: its last target)
     for _ in range(max(lengths)):
         w = policy(obs, env.t) if getattr(policy, "needs_time", False) else policy(obs)
-        steps["weights"].append(w[:, :-1].double())
+        stood = standing(w.float(), obs[:, :w.shape[1]] if stood is None else stood)
+        steps["weights"].append(stood[:, :-1].double())
         obs, _, _, info = env.step(w)
         for key in ("equity", "fees", "turnover", "stops"):
             steps[key].append(info[key])

@@ -10,8 +10,9 @@ OPEN of bar t+1, then the portfolio lives through bar t+1: stops are checked aga
 close, and the step's reward is taken at its close. No look-ahead.
 
 Action and observation share one order: assets in the configured order, then cash. An action is
-target weights `[w_asset_1 .. w_asset_A, w_cash]`; an observation starts with the portfolio's
-current weights in the same layout, then each asset's re-entry cooldown (the share of
+target weights `[w_asset_1 .. w_asset_A, w_cash]` (a policy's output becomes them through its
+action space, rl/actions.py; a NaN asset weight holds that asset: no order); an observation
+starts with the portfolio's current weights in the same layout, then each asset's re-entry cooldown (the share of
 `reentry_cooldown_bars` still to wait, 0 when it may be bought), followed by the normalised
 features of the last `lookback` bars (newest first).
 
@@ -55,7 +56,7 @@ from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
            "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
-           "cooldown_share", "next_cooldown",
+           "cooldown_share", "next_cooldown", "starting_portfolio",
            "live_observation", "observation_size"]
 
 # --- the shared arithmetic ------------------------------------------------------------------
@@ -71,19 +72,21 @@ def clip_weights(target: torch.Tensor, s: EnvSettings) -> torch.Tensor:
 def rebalance(units: torch.Tensor, cash: torch.Tensor, target: torch.Tensor,
               price: torch.Tensor, s: EnvSettings, no_buy: torch.Tensor | None = None):
     """Trade `units [..., A]` towards asset weights `target [..., A]` at `price`; assets in
-    `no_buy` (cooling down after a stop) are not bought.
+    `no_buy` (cooling down after a stop) are not bought, assets whose target is NaN (HOLD)
+    are not traded.
 
     Returns (new_units, new_cash, fees, traded_notional, fill_price). Sells are filled first;
     buys are then scaled to the cash available after fees."""
     slip = s.slippage_bps * 1e-4
     value = units * price
     equity = cash + value.sum(-1)
-    w = clip_weights(target, s)
+    held = target.isnan()  # HOLD (rl/actions.py): no order for the asset
+    w = clip_weights(torch.where(held, value / equity.unsqueeze(-1), target), s)
     delta = w * equity.unsqueeze(-1) - value
     small = (delta.abs() < s.min_order_notional) | \
             (delta.abs() < s.min_rebalance_weight * equity.unsqueeze(-1))
-    close_out = (w <= 0) & (units > 0)  # sell every unit, not a value's worth
-    delta = torch.where(small & ~close_out, torch.zeros_like(delta), delta)
+    close_out = (w <= 0) & (units > 0) & ~held  # sell every unit, not a value's worth
+    delta = torch.where((small | held) & ~close_out, torch.zeros_like(delta), delta)
 
     sell_px = price * (1 - slip)
     sell_units = torch.where(close_out, units, (-delta).clamp_min(0) / price)
@@ -316,6 +319,24 @@ def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Ten
     return obs
 
 
+def starting_portfolio(close: torch.Tensor, s: EnvSettings):
+    """(units, cash, entry price) an episode starts with, from the start bar's `close [N, A]`:
+    all cash, or in the `relative` action space (where doing nothing is holding) the
+    equal-weight basket of the investable equity (within the position cap), bought at that
+    close with slippage and fees paid as on any buy."""
+    n = close.shape[0]
+    if s.action_space != "relative":
+        zeros = torch.zeros_like(close)
+        return zeros, torch.full((n,), s.initial_cash, dtype=close.dtype,
+                                 device=close.device), zeros
+    weight = min((1.0 - s.min_cash_reserve_pct) / close.shape[1], s.max_position_pct)
+    fill = close * (1 + s.slippage_bps * 1e-4)
+    units = s.initial_cash * weight / fill * (1 - s.fee)
+    cash = torch.full((n,), s.initial_cash * (1 - weight * close.shape[1]), dtype=close.dtype,
+                      device=close.device)
+    return units, cash, fill
+
+
 def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings,
              with_info: bool = True):
     """One decision for every episode: orders at the next open, the bar lived through (stops),
@@ -349,8 +370,9 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
     else:
         start, end = draw_episodes(ep, env_ids, counter)
         row = done.unsqueeze(-1)
-        new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
-                     entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
+        units0, cash0, entry0 = starting_portfolio(close.index_select(0, start), s)
+        new_state = (torch.where(row, units0, held), torch.where(done, cash0, cash),
+                     torch.where(row, entry0, entry), torch.where(row, entry0, peak),
                      torch.where(done, start, nxt), torch.where(done, end, t_end),
                      cooldown.masked_fill(row, 0.0))
     return new_state, counter, reward.float(), done, info, torch.cat([portfolio_weights(
@@ -448,10 +470,8 @@ class BatchedTradingEnv:
 
     def reset(self) -> torch.Tensor:
         start, end = draw_episodes(self.episodes, self.env_ids, self.counter)
-        A, dt = self.m.n_assets, torch.float64
-        zeros = torch.zeros(self.n, A, dtype=dt, device=self.device)
-        cash = torch.full((self.n,), self.s.initial_cash, dtype=dt, device=self.device)
-        self.state = (zeros, cash, zeros.clone(), zeros.clone(), start, end, zeros.clone())
+        units, cash, entry = starting_portfolio(self.m.close.index_select(0, start), self.s)
+        self.state = (units, cash, entry, entry.clone(), start, end, torch.zeros_like(units))
         return self.observe()
 
     def equity(self) -> torch.Tensor:

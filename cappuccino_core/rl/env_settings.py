@@ -32,6 +32,8 @@ class EnvSettings:
     min_rebalance_weight: float = 0.0
     initial_cash: float = _BROKER.initial_cash
     reward: str = "log_growth"
+    action_space: str = "weights"  # rl/actions.py: weights | exposure | relative
+    dead_zone: float = 0.1  # the smallest action that trades, in exposure and relative
     episode_bars: int = 720
     lookback: int = 4
 

@@ -145,17 +145,18 @@ class Trader:
         decided = self.state.decision or {}
         cooling = self._cooldown_share(bar_time)
         if decided.get("bar") == bar_time.isoformat():
-            target = np.array(decided["target"])  # resuming a bar a crash interrupted
+            # resuming a bar a crash interrupted (None: HOLD, stored as JSON null)
+            target = np.array(decided["target"], dtype=float)
         else:
             target = self.ensemble.target_weights(features, value / equity,
                                                   account.cash / equity, cooling)
             target = self._drawdown_guard(target, value / equity, equity)
-            self.state.decision = {"bar": bar_time.isoformat(), "target": target.tolist(),
+            stored = [None if np.isnan(w) else float(w) for w in target]  # NaN: not JSON
+            self.state.decision = {"bar": bar_time.isoformat(), "target": stored,
                                    "ensemble": self.ensemble.version}
             self.journal.save_state(self.state, DECISION, EQUITY_PEAK, HALTED)  # before orders
             self.journal.record_decision(
-                bar_time, {**dict(zip(self.symbols, target[:-1].tolist())),
-                           "cash": float(target[-1])},
+                bar_time, {**dict(zip(self.symbols, stored[:-1])), "cash": stored[-1]},
                 dict(zip(self.symbols, prices.tolist())), list(quiet), self.ensemble.version,
                 self.settings.min_rebalance_weight, account.cash,
                 {s: p.qty for s, p in positions.items()}, self.state.stops, self.state.cooldown)
@@ -236,8 +237,9 @@ class Trader:
             log.warning(msg)
             self.journal.event("warning", "drawdown_halt", msg)
         if halted:
-            assets = np.minimum(target[:-1], current)
-            return np.concatenate([assets, [1 - assets.sum()]])
+            assets = np.minimum(target[:-1], current)  # a held asset (NaN) stays held
+            return np.concatenate([assets, [1 - np.where(np.isnan(assets), current,
+                                                          assets).sum()]])
         return target
 
     def _mark_processed(self, bar_time: pd.Timestamp) -> None:

@@ -50,6 +50,7 @@ from ..common.errors import CappuccinoError
 from ..data import venue
 from ..data.bars import Bars
 from ..data.features import WARMUP, compute_features, feature_names
+from ..rl.actions import n_outputs
 from ..rl.agent import ActorCritic, PPOConfig, SplitPolicy, TrainStats, train_ppo_splits
 from ..rl.backtest import HoldEqualWeight, hold_settings, run_backtests, sharpe
 from ..rl.env import (
@@ -438,7 +439,8 @@ class Objective:
             hyperparameters=params,
             ppo=ppo.to_dict(), env=env, seed=seed,
             network=NetworkSpec(observation_size(market.n_assets, market.n_features,
-                                                 env.lookback), market.n_assets + 1,
+                                                 env.lookback),
+                                n_outputs(env.action_space, market.n_assets),
                                 ppo.hidden, ppo.layers),
             trained_on={"from": str(bars.index[WARMUP]),
                         "to": str(bars.index[self.data.train_hi - 1]),

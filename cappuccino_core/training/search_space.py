@@ -12,13 +12,16 @@ import dataclasses
 
 import optuna
 
+from ..rl.actions import SPACES
 from ..rl.agent import PPOConfig
 from ..rl.env import EnvSettings
 
 # set by the training config (and the device), not searched
 NOT_SEARCHED = {"total_timesteps", "n_envs", "reward_scale", "target_kl", "precision"}
 PPO_PARAMS = {f.name for f in dataclasses.fields(PPOConfig)} - NOT_SEARCHED
-ENV_PARAMS = {"lookback", "episode_bars", "min_rebalance_weight", "reward"}
+ENV_PARAMS = {"lookback", "episode_bars", "min_rebalance_weight", "reward", "action_space"}
+# a default fit's gradient steps (updates x epochs x minibatches) at the least
+MIN_GRADIENT_STEPS = 100
 
 
 def sample_params(trial: optuna.Trial) -> dict:
@@ -35,12 +38,16 @@ def sample_params(trial: optuna.Trial) -> dict:
         "ent_coef": trial.suggest_float("ent_coef", 1e-5, 1e-2, log=True),
         "vf_coef": trial.suggest_float("vf_coef", 0.25, 1.0),
         "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 2.0),
+        # short rollouts and several minibatches: at least MIN_GRADIENT_STEPS per default fit
+        # (200k env steps, 64 envs); at 128 x 2 a fit made 4-19 updates at 40k steps
         "update_epochs": trial.suggest_int("update_epochs", 2, 10),
-        "num_minibatches": trial.suggest_categorical("num_minibatches", [2, 4, 8]),
-        "n_steps": trial.suggest_categorical("n_steps", [32, 64, 128]),
+        "num_minibatches": trial.suggest_categorical("num_minibatches", [4, 8, 16]),
+        "n_steps": trial.suggest_categorical("n_steps", [16, 32, 64]),
         "hidden": trial.suggest_categorical("hidden", [64, 128, 256]),
         "layers": trial.suggest_int("layers", 1, 3),
-        "init_log_std": trial.suggest_float("init_log_std", -2.0, 0.0),
+        # exploration that does not pay for noise: at -2..0 training rollouts turned over
+        # 12-70% of equity an hour (issue 26); see benchmarks/exploration.py
+        "init_log_std": trial.suggest_float("init_log_std", -3.0, -1.0),
         # start uniform (null) or at equal-weight holding: 5% cash, the default reserve
         "init_cash_weight": trial.suggest_categorical("init_cash_weight", [None, 0.05]),
         "lookback": trial.suggest_categorical("lookback", [1, 2, 4, 8]),
@@ -49,6 +56,8 @@ def sample_params(trial: optuna.Trial) -> dict:
         # trades; the trader rebalances with the members' median band
         "min_rebalance_weight": trial.suggest_float("min_rebalance_weight", 0.0, 0.05),
         "reward": trial.suggest_categorical("reward", ["log_growth", "excess"]),
+        # rl/actions.py; members of different spaces serve in one ensemble
+        "action_space": trial.suggest_categorical("action_space", list(SPACES)),
     }
 
 
