@@ -305,3 +305,21 @@ def test_a_stopped_asset_is_not_bought_again_until_its_cooldown_has_passed():
     env0 = single_env(bars, dataclasses.replace(s, reentry_cooldown_bars=0))
     again = [float(env0.step(all_in)[3]["units_after_orders"][0, 0]) > 0 for _ in range(3)]
     assert again == [True, True, True]  # without the rule: re-bought at the next open
+
+
+def test_the_observation_shows_each_assets_room_to_its_stop():
+    """Bought at 100, the price rises to 110 (the peak), then falls to 104.5: with a 10%
+    trailing stop (level 99 from a 110 peak) the room is (104.5 - 99) / 104.5 / 0.10; at the
+    peak it is 1 - (110 - 99) / 110 / 0.10 = 1.0; an asset not held shows 1, and so does
+    every asset when no stop is configured."""
+    prices = [100.0, 100.0, 110.0, 104.5, 104.5]
+    bars = bars_from_prices(prices, prices, prices, prices)
+    s = EnvSettings(fee=0.0, slippage_bps=0.0, max_position_pct=1.0, min_cash_reserve_pct=0.0,
+                    trailing_stop_pct=0.10, min_order_notional=0.0)
+    env = single_env(bars, s)
+    assert float(env.observe()[0, 3]) == 1.0  # not held yet: weights (asset, cash), cooldown, room
+    rooms = [float(env.step(T([[1.0, 0.0]]))[0][0, 3]) for _ in range(3)]
+    assert rooms == pytest.approx([1.0, 1.0, (104.5 - 99.0) / 104.5 / 0.10], abs=1e-6)
+    env = single_env(bars, dataclasses.replace(s, trailing_stop_pct=None))
+    rooms = [float(env.step(T([[1.0, 0.0]]))[0][0, 3]) for _ in range(3)]
+    assert rooms == [1.0, 1.0, 1.0]

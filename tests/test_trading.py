@@ -414,3 +414,33 @@ def test_a_relative_space_ensemble_that_holds_sends_no_orders(tmp_path, shared_d
     broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
     assert restarted.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
     assert len(Journal(engine, "rel").order_rows(1000)) == orders_before
+
+
+def test_the_members_see_each_assets_room_to_its_stop(tmp_path, shared_data):
+    """The trader shows the members what the environment showed them in training: per asset,
+    the share of the stop's width left between the price and its stop level (`env.stop_room`),
+    from the entry and peak it keeps."""
+    from cappuccino_core.data import load_bars
+    from cappuccino_core.data.features import compute_features
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
+    bars = load_bars(cfg, end="2022-05-10")
+    feats = compute_features(bars, "v1")
+    broker = SimBroker(engine, 100_000, 0.0025, 5)
+    trader = Trader(cfg, broker, engine, "room", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+    hour = pd.Timedelta(hours=1)
+    broker.mark(dict(zip(SYMBOLS, bars.close[-3])))
+    assert trader.on_bar(bars.index[-3], feats[:-2], bars.index[-3] + hour * 1.01) == "traded"
+    held = sorted(broker.positions())
+    assert held
+    prices = dict(zip(SYMBOLS, bars.close[-2]))
+    for s in held:  # the price now stands 5% under the peak: half of a 10% stop's width
+        trader.state.stops[s]["peak"] = prices[s] / 0.95
+    seen = []
+    original = trader.ensemble.target_weights
+    trader.ensemble.target_weights = lambda *a: seen.append(a[4]) or original(*a)
+    broker.mark(prices)
+    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    room = dict(zip(SYMBOLS, seen[0]))
+    for s in SYMBOLS:
+        expected = (1 - 0.9 / 0.95) / 0.10 if s in held else 1.0
+        assert room[s] == pytest.approx(expected, abs=1e-6), s

@@ -17,7 +17,8 @@ from cappuccino_core.rl.backtest import run_backtest, run_backtests
 from cappuccino_core.common.config import TrainingConfig, load_config
 from cappuccino_core.data.features import WARMUP, compute_features
 from cappuccino_core.data.synthetic import synthetic_market
-from cappuccino_core.rl.env import BatchedTradingEnv, EnvSettings, Market, Normalisation
+from cappuccino_core.rl.env import (BatchedTradingEnv, EnvSettings, Market, Normalisation,
+                                   portfolio_columns)
 from cappuccino_core.artifacts.model import load_artifact
 from cappuccino_core.training.cv import cpcv_splits, walk_forward_splits
 from cappuccino_core.artifacts.store import TrialArtifacts
@@ -217,7 +218,7 @@ def test_backtests_run_together_equal_each_run_alone(three_splits):
     are exactly the single backtests."""
     markets, _, _ = three_splits
     settings = EnvSettings(lookback=2, min_order_notional=1.0)
-    head = 1 + 2 * 3
+    head = portfolio_columns(3)
 
     def policy(obs):  # deterministic, row by row, reads the features
         return torch.softmax(4 * obs[:, head:head + 4], -1)

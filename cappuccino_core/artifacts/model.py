@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # torch is imported where weights are written or read, not fo
     from ..rl.agent import ActorCritic
 
 # 2: observations lay out the portfolio as [assets..., cash], like actions (1 was [cash, assets])
-SPEC_FORMAT = 3  # 3: buy fees in the asset; re-entry cooldown in the observation
+# 3: buy fees in the asset; re-entry cooldown in the observation
+SPEC_FORMAT = 4  # 4: each asset's room to its stop in the observation; the action space
 
 
 class ArtifactError(CappuccinoError):

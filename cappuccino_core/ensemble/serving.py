@@ -89,22 +89,27 @@ class Ensemble:
 
     @torch.no_grad()
     def member_weights(self, features: np.ndarray, position_weights: np.ndarray,
-                       cash_weight: float, cooldown: np.ndarray | None = None) -> np.ndarray:
-        """Each member's target weights `[members, A+1]` from raw feature rows `[.., A, F]`
-        (oldest first; at least `max_lookback` rows, the last one the newest closed bar), the
-        portfolio's weights and each asset's share of its re-entry cooldown (default none)."""
+                       cash_weight: float, cooldown: np.ndarray | None = None,
+                       room: np.ndarray | None = None) -> np.ndarray:
+        """Each member's target weights `[members, A+1]` (NaN: hold) from raw feature rows
+        `[.., A, F]` (oldest first; at least `max_lookback` rows, the last one the newest
+        closed bar), the portfolio's weights, each asset's share of its re-entry cooldown
+        (default none) and its room to its stop (`env.stop_room`; default 1, far from it)."""
         if cooldown is None:
             cooldown = np.zeros(len(position_weights))
+        if room is None:
+            room = np.ones(len(position_weights))
         out = []
         for m in self.members:
             normalised = m.norm.apply(features[-m.lookback:]).astype(np.float32)
             obs = live_observation(normalised, m.lookback, position_weights, cash_weight,
-                                   cooldown)
+                                   cooldown, room)
             out.append(m.agent.weights(obs)[0].numpy())
         return np.stack(out)
 
     def target_weights(self, features: np.ndarray, position_weights: np.ndarray,
-                       cash_weight: float, cooldown: np.ndarray | None = None) -> np.ndarray:
+                       cash_weight: float, cooldown: np.ndarray | None = None,
+                       room: np.ndarray | None = None) -> np.ndarray:
         """The ensemble's target weights `[A+1]` (assets then cash). A fallback version holds
         cash, equal weights, or equal weights scaled to a volatility target (the environment's
         caps and cash reserve then apply)."""
@@ -116,7 +121,7 @@ class Ensemble:
                 return vol_managed_weights(features)
             return np.concatenate([np.full(a, 1.0 / a), [0.0]])
         return blend_targets(self.blend, self.member_weights(
-            features, position_weights, cash_weight, cooldown),
+            features, position_weights, cash_weight, cooldown, room),
             np.append(position_weights, cash_weight))
 
 

@@ -85,8 +85,9 @@ class EnsemblePolicy:
 
     def __call__(self, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         i, n = int(t[0]), self.features.shape[1]
-        w = self.ensemble.target_weights(self.features[:i + 1], obs[0, :n].double().numpy(),
-                                         float(obs[0, n]), obs[0, n + 1:2 * n + 1].double().numpy())
+        head = obs[0].double().numpy()  # weights, cash, cooldowns, room to the stops
+        w = self.ensemble.target_weights(self.features[:i + 1], head[:n], float(head[n]),
+                                         head[n + 1:2 * n + 1], head[2 * n + 1:3 * n + 1])
         return torch.as_tensor(w, dtype=torch.float32).unsqueeze(0)
 
 

@@ -13,8 +13,9 @@ Action and observation share one order: assets in the configured order, then cas
 target weights `[w_asset_1 .. w_asset_A, w_cash]` (a policy's output becomes them through its
 action space, rl/actions.py; a NaN asset weight holds that asset: no order); an observation
 starts with the portfolio's current weights in the same layout, then each asset's re-entry cooldown (the share of
-`reentry_cooldown_bars` still to wait, 0 when it may be bought), followed by the normalised
-features of the last `lookback` bars (newest first).
+`reentry_cooldown_bars` still to wait, 0 when it may be bought), then each asset's room to its
+stop (`stop_room`: 1 at its peak, not held or no stop; 0 at the stop level), followed by the
+normalised features of the last `lookback` bars (newest first). The agent sees its risk rules.
 
 Action. Target weights per asset plus cash (non-negative, summing to 1). They are clipped to
 `max_position_pct` per asset and scaled so that `min_cash_reserve_pct` stays in cash; orders
@@ -56,7 +57,7 @@ from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
            "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
-           "cooldown_share", "next_cooldown", "starting_portfolio",
+           "cooldown_share", "next_cooldown", "starting_portfolio", "stop_room",
            "live_observation", "observation_size"]
 
 # --- the shared arithmetic ------------------------------------------------------------------
@@ -211,8 +212,8 @@ class Market:
         return self.features.shape[2]
 
     def observation_table(self, lookback: int) -> torch.Tensor:
-        """Row t: 1 + 2A zero columns (the env writes the portfolio weights there, assets then
-        cash, and the assets' cooldowns), then the features of bars t, t-1, ...,
+        """Row t: 1 + 3A zero columns (the env writes the portfolio weights there, assets then
+        cash, the assets' cooldowns and their room to their stops), then the features of bars t, t-1, ...,
         t-lookback+1. One row gather builds a whole observation."""
         T, A, F = self.features.shape
         head = portfolio_columns(A)
@@ -225,18 +226,19 @@ class Market:
 
 
 def live_observation(normalised: np.ndarray, lookback: int, position_weights: np.ndarray,
-                     cash_weight: float, cooldown: np.ndarray) -> torch.Tensor:
+                     cash_weight: float, cooldown: np.ndarray,
+                     room: np.ndarray) -> torch.Tensor:
     """One observation, laid out exactly as `Market.observation_table` + `observe` lay it out,
-    from the most recent normalised feature rows `[.., A, F]` (oldest first) and each asset's
-    share of its re-entry cooldown still to wait."""
+    from the most recent normalised feature rows `[.., A, F]` (oldest first), each asset's
+    share of its re-entry cooldown still to wait and its room to its stop (`stop_room`)."""
     window = normalised[-lookback:][::-1]  # lag 0 first
-    row = np.concatenate([position_weights, [cash_weight], cooldown, window.reshape(-1)])
+    row = np.concatenate([position_weights, [cash_weight], cooldown, room, window.reshape(-1)])
     return torch.as_tensor(row, dtype=torch.float32).unsqueeze(0)
 
 
 def portfolio_columns(n_assets: int) -> int:
-    """Weights (assets, cash), then the assets' cooldowns."""
-    return 1 + 2 * n_assets
+    """Weights (assets, cash), then the assets' cooldowns, then their room to their stops."""
+    return 1 + 3 * n_assets
 
 
 def observation_size(n_assets: int, n_features: int, lookback: int) -> int:
@@ -304,6 +306,19 @@ def cooldown_share(cooldown: torch.Tensor, s: EnvSettings) -> torch.Tensor:
     return (cooldown / max(s.reentry_cooldown_bars, 1)).float()
 
 
+def stop_room(units: torch.Tensor, peak: torch.Tensor, entry: torch.Tensor,
+              close: torch.Tensor, s: EnvSettings) -> torch.Tensor:
+    """`[N, A]`: how far each asset's price is above its stop level, as a share of the stop's
+    width (the wider of the trailing stop and the stop loss): 1 at the peak, 0 at the stop;
+    1 for an asset not held, and everywhere when no stop is configured."""
+    width = max(s.trailing_stop_pct or 0.0, s.stop_loss_pct or 0.0)
+    ones = torch.ones_like(units, dtype=torch.float32)
+    if width == 0.0:
+        return ones
+    room = ((close - stop_level(peak, entry, s)) / close / width).clamp(0.0, 1.0)
+    return torch.where(units > 0, room.float(), ones)
+
+
 def next_cooldown(cooldown: torch.Tensor, stopped: torch.Tensor, s: EnvSettings) -> torch.Tensor:
     """Decisions each asset must still wait before it may be bought: a stop starts the full
     cooldown, every decision counts one down."""
@@ -312,8 +327,9 @@ def next_cooldown(cooldown: torch.Tensor, stopped: torch.Tensor, s: EnvSettings)
 
 
 def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Portfolio weights and cooldowns, then the features window (one row of the table); into `out` when
-    given (a rollout buffer's row: no fresh allocation, which costs more than the copy)."""
+    """Portfolio weights, cooldowns and stop room, then the features window (one row of the
+    table); into `out` when given (a rollout buffer's row: no fresh allocation, which costs
+    more than the copy)."""
     obs = torch.index_select(obs_table, 0, t, out=out)
     obs[:, :weights.shape[1]] = weights
     return obs
@@ -375,9 +391,10 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
                      torch.where(row, entry0, entry), torch.where(row, entry0, peak),
                      torch.where(done, start, nxt), torch.where(done, end, t_end),
                      cooldown.masked_fill(row, 0.0))
+    close_next = close.index_select(0, new_state[4])
     return new_state, counter, reward.float(), done, info, torch.cat([portfolio_weights(
-        new_state[0], new_state[1], close.index_select(0, new_state[4])),
-        cooldown_share(new_state[6], s)], -1)
+        new_state[0], new_state[1], close_next), cooldown_share(new_state[6], s),
+        stop_room(new_state[0], new_state[3], new_state[2], close_next, s)], -1)
 
 
 class BatchedTradingEnv:
@@ -478,9 +495,10 @@ class BatchedTradingEnv:
         return self.cash + (self.units * self.m.close[self.t]).sum(-1)
 
     def observe(self) -> torch.Tensor:
+        close = self.m.close.index_select(0, self.t)
         return observe(self.obs_table, self.t + self.row_offset, torch.cat([portfolio_weights(
-            self.units, self.cash, self.m.close.index_select(0, self.t)),
-            cooldown_share(self.cooldown, self.s)], -1))
+            self.units, self.cash, close), cooldown_share(self.cooldown, self.s),
+            stop_room(self.units, self.peak, self.entry, close, self.s)], -1))
 
     def step(self, weights: torch.Tensor, with_info: bool = True,
              out: torch.Tensor | None = None):

@@ -35,7 +35,7 @@ from ..broker.base import Broker, OrderState, OrderStatus
 from ..common.config import Config
 from ..ensemble.serving import Ensemble
 from ..rl.backtest import trading_settings
-from ..rl.env import apply_stops
+from ..rl.env import apply_stops, stop_room
 from .journal import Journal, StateKey, TraderState
 from .orders import PlannedOrder, affordable, client_order_id, dust, plan_rebalance
 
@@ -149,7 +149,8 @@ class Trader:
             target = np.array(decided["target"], dtype=float)
         else:
             target = self.ensemble.target_weights(features, value / equity,
-                                                  account.cash / equity, cooling)
+                                                  account.cash / equity, cooling,
+                                                  self._stop_room(positions, valued_at))
             target = self._drawdown_guard(target, value / equity, equity)
             stored = [None if np.isnan(w) else float(w) for w in target]  # NaN: not JSON
             self.state.decision = {"bar": bar_time.isoformat(), "target": stored,
@@ -219,6 +220,17 @@ class Trader:
             elif s in self.symbols:
                 share[self.symbols.index(s)] = left / full
         return share
+
+    def _stop_room(self, positions: dict, prices: np.ndarray) -> np.ndarray:
+        """Per symbol, its room to its stop at `prices`, as the environment shows it to the
+        members (`env.stop_room`, from the entry and peak the trader keeps)."""
+        stops = self.state.stops
+        t = lambda key: torch.tensor([[stops.get(s, {}).get(key, 0.0)  # noqa: E731
+                                       for s in self.symbols]], dtype=torch.float64)
+        units = torch.tensor([[positions[s].qty if s in positions and s in stops else 0.0
+                               for s in self.symbols]], dtype=torch.float64)
+        return stop_room(units, t("peak"), t("entry"), torch.as_tensor(prices)[None],
+                         self.settings)[0].double().numpy()
 
     def _prices(self) -> np.ndarray:
         latest = self.broker.latest_prices(self.symbols)
