@@ -10,6 +10,7 @@ import torch
 from cappuccino_core.data.bars import Bars
 from cappuccino_core.data.features import WARMUP
 from cappuccino_core.data.synthetic import synthetic_market
+from cappuccino_core.rl.backtest import run_backtest
 from cappuccino_core.rl.env import (BatchedTradingEnv, EnvSettings, Market, Normalisation,
                                  apply_stops, rebalance)
 
@@ -323,3 +324,32 @@ def test_the_observation_shows_each_assets_room_to_its_stop():
     env = single_env(bars, dataclasses.replace(s, trailing_stop_pct=None))
     rooms = [float(env.step(T([[1.0, 0.0]]))[0][0, 3]) for _ in range(3)]
     assert rooms == [1.0, 1.0, 1.0]
+
+
+def test_a_cadence_of_k_decides_once_every_k_bars_and_checks_stops_every_bar():
+    """decision_bars 4: the policy is asked once per 4 bars, equity is recorded every bar,
+    and a 15% fall in the third bar after a decision exits at once (not at the next
+    decision); the cooldown counts bars."""
+    n = 41
+    prices = [100.0] * 7 + [85.0] * (n - 7)
+    bars = bars_from_prices(prices, prices, prices, prices)
+    s = EnvSettings(fee=0.0, slippage_bps=0.0, max_position_pct=1.0, min_cash_reserve_pct=0.0,
+                    trailing_stop_pct=0.10, reentry_cooldown_bars=6, min_order_notional=0.0,
+                    decision_bars=4, lookback=1)
+    asked, held_at_decision = [], []
+
+    def all_in(obs):
+        asked.append(1)
+        held_at_decision.append(float(obs[0, 0]))
+        return T([[1.0, 0.0]])
+    market = market_of(bars)
+    result = run_backtest(all_in, market, WARMUP, WARMUP + n, s)
+    assert len(asked) == (n - 1) // 4 == 10
+    assert len(result.equity) == 10 * 4 + 1  # every bar
+    assert result.stops == 1
+    # bought at bar 1's open (100); bars 1..6 at 100; bar 7 opens at 85: out at its open
+    eq = result.equity
+    assert eq[6] == pytest.approx(100_000) and eq[7] == pytest.approx(85_000)
+    # decisions at bars 4 (held), 8 and 12 (out, cooling down 6 bars from bar 7: 5, then 1
+    # left), 16 (buys again), 20 (held)
+    assert held_at_decision[:6] == pytest.approx([0.0, 1.0, 0.0, 0.0, 0.0, 1.0], abs=1e-9)

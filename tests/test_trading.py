@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cappuccino_core import cli
 from cappuccino_core.broker.sim import SimBroker
 from cappuccino_core.common.config import load_config
+from cappuccino_core.ensemble.evaluation import evaluate
 from cappuccino_core.ensemble.manifest import current_dir, ensembles_dir
 from cappuccino_core.ensemble.publish import sync
 from cappuccino_core.ensemble.serving import Ensemble
@@ -444,3 +445,23 @@ def test_the_members_see_each_assets_room_to_its_stop(tmp_path, shared_data):
     for s in SYMBOLS:
         expected = (1 - 0.9 / 0.95) / 0.10 if s in held else 1.0
         assert room[s] == pytest.approx(expected, abs=1e-6), s
+
+
+def test_a_cadence_of_4_decides_at_the_same_bars_in_replay_and_backtest(tmp_path, shared_data):
+    """data.decision_bars 4: the trader (in a replay) decides only at 00:00, 04:00, ... UTC,
+    exactly as many times as the backtest of the same window; stops still fire at any hour."""
+    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, data={
+        "csv_path": str(shared_data), "symbols": SYMBOLS, "decision_bars": 4})
+    start, end = "2022-05-05T02:00", "2022-05-13T01:00"  # first decision bar: 04:00
+    result = replay(cfg, engine, start, end)
+    decisions = Journal(engine, "replay").decision_rows()
+    hours = [pd.Timestamp(d.bar_time).hour for d in decisions]
+    assert hours[0] == 4 and all(h % 4 == 0 for h in hours)
+    assert len(decisions) == result.window.decisions == (8 * 24 - 4) // 4
+    ens = Ensemble.load(current_dir(ensembles_dir(cfg)), cfg)
+    evaluation = evaluate(cfg, engine, [ens], "live", start, end)
+    assert evaluation.window.lo == result.window.lo
+    assert len(evaluation.results[0].weights) == len(decisions)
+    stop_hours = {pd.Timestamp(f[6]).hour for f in Journal(engine, "replay").fill_rows()
+                  if "-stop-" in f[0]}
+    assert stop_hours and any(h % 4 for h in stop_hours)

@@ -327,7 +327,7 @@ def test_ppo_learns_the_planted_signal(precision, space):
     """Out of sample, trained agents beat buy-and-hold and a random policy clearly: two
     seeds, trained together as a trial's splits are (each exactly as if alone, see above),
     in both training precisions and in each action space (measured: +75% / +106% in float32,
-    +67% / +89% in bfloat16; exposure +32% / +29%, relative +117% / +103%; buy-and-hold
+    +67% / +89% in bfloat16; exposure +32% / +29%, relative +105% / +121%; buy-and-hold
     -14.5%). The weights space trades with a 15% band, the others have their dead zone."""
     started = time.monotonic()
     torch.set_num_threads(2)

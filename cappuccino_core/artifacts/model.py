@@ -140,13 +140,16 @@ class ModelSpec:
 
     def mismatch(self, cfg) -> str | None:
         """Why this model cannot read the configured market at all (symbols and their order,
-        timeframe, feature set), or None."""
+        timeframe, feature set) or trade it as configured (decision cadence), or None."""
         if list(self.symbols) != list(cfg.data.symbols):
             return f"symbols {list(self.symbols)} != configured {list(cfg.data.symbols)}"
         if self.timeframe != cfg.data.timeframe:
             return f"timeframe {self.timeframe} != configured {cfg.data.timeframe}"
         if self.feature_set != cfg.data.feature_set:
             return f"feature set {self.feature_set} != configured {cfg.data.feature_set}"
+        if self.env.decision_bars != cfg.data.decision_bars:
+            return (f"decides every {self.env.decision_bars} bar(s), configured every "
+                    f"{cfg.data.decision_bars}")
         return None
 
     def risk_differences(self, cfg) -> list[str]:

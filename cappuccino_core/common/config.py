@@ -202,6 +202,11 @@ class DataConfig:
     """End of history, exclusive, e.g. 2024-01-01; null: up to the latest bar."""
     feature_set: str = field(default="v1", metadata=choice("v1", "v2"))
     """v1: 16 features per asset; v2: v1 plus a two-week trend and the market's (retrain)."""
+    decision_bars: int = field(default=1, metadata=between(1, 168, "an integer"))
+    """The policy decides every this many bars, at bars whose open time is a whole number of
+    such periods since 1970-01-01 UTC (4 with 1h bars: 00:00, 04:00, ...); stops are still
+    checked every bar and intrabar. Training, backtests, the trader, replay and reconcile
+    all use it; a model trained at another cadence is refused (retrain)."""
     max_gap_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
     """A longer run of missing bars is refused (a dead feed, not a quiet hour); shorter ones
     are filled flat at the previous close, flagged, and counted in the log."""
@@ -315,7 +320,7 @@ class RiskConfig:
     stale_bar_limit_bars: int = field(default=2, metadata=between(1, 1000, "an integer"))
     """Never trade on a bar older than this many bars."""
     reentry_cooldown_bars: int = field(default=24, metadata=between(0, 10_000, "an integer"))
-    """After a stop exit, the asset is not bought again for this many decisions (0: at once)."""
+    """After a stop exit, the asset is not bought again for this many bars (0: at once)."""
 
 
 # Alpaca refuses a crypto order worth less than this (403 "cost basis must be >= minimal

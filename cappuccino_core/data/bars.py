@@ -90,6 +90,25 @@ def validate(symbol: str, df: pd.DataFrame, bar_seconds: int,
     return df
 
 
+def is_decision_bar(bar_time: pd.Timestamp, bar_seconds: int, decision_bars: int) -> bool:
+    """Whether the policy decides at the close of the bar opening at `bar_time`: bars whose
+    open is a whole number of `decision_bars` bars since 1970-01-01 UTC (the same bars in
+    training, backtests, the trader and replay, whoever starts when)."""
+    return (pd.Timestamp(bar_time).value // (bar_seconds * 10**9)) % decision_bars == 0
+
+
+def align_to_cadence(index: pd.DatetimeIndex, lo: int, decision_bars: int) -> int:
+    """The first row at or after `lo` that is a decision bar (`index`: a regular grid of
+    bars, as `align` makes it)."""
+    if decision_bars == 1 or len(index) < 2:
+        return lo
+    bar_seconds = int((index[1] - index[0]).total_seconds())
+    for i in range(lo, min(lo + decision_bars, len(index))):
+        if is_decision_bar(index[i], bar_seconds, decision_bars):
+            return i
+    return lo
+
+
 @dataclass(frozen=True)
 class Bars:
     """Aligned bars of several symbols: `ohlcv[t, asset, field]`, `filled[t, asset]` marks bars

@@ -57,13 +57,16 @@ def trial_alone(cfg: Config, engine: Engine, study: str, trial_id: int) -> Ensem
 
 
 def window_for(engine: Engine, bars: Bars, policies: list[Ensemble], study: str | None,
-               start=None, end=None, held_out_only: bool = False) -> Window:
+               start=None, end=None, held_out_only: bool = False,
+               decision_bars: int = 1) -> Window:
     """The window every policy can decide on: `start`/`end`, else the study's held-out window
-    (which `held_out_only` requires: WindowError when the study has none)."""
+    (which `held_out_only` requires: WindowError when the study has none); its first decision
+    on a decision bar of the cadence."""
     first = max(first_decision_bar(p) for p in policies)
     if held_out_only:
-        return held_out_window(engine, study, bars, first)
-    return resolve_window(bars, start, end, first, held_out_start(engine, study), study)
+        return held_out_window(engine, study, bars, first, decision_bars)
+    return resolve_window(bars, start, end, first, held_out_start(engine, study), study,
+                          decision_bars)
 
 
 def evaluate(cfg: Config, engine: Engine, policies: list[Ensemble], study: str | None,
@@ -71,6 +74,7 @@ def evaluate(cfg: Config, engine: Engine, policies: list[Ensemble], study: str |
              held_out_only: bool = False) -> Evaluation:
     """Backtest each policy over one window under the live risk rules (see `window_for`)."""
     market = market or MarketData.load(cfg)
-    window = window_for(engine, market.bars, policies, study, start, end, held_out_only)
+    window = window_for(engine, market.bars, policies, study, start, end, held_out_only,
+                        cfg.data.decision_bars)
     return Evaluation(window, [backtest_ensemble(cfg, p, market.bars, market.features,
                                                  window.lo, window.hi) for p in policies])

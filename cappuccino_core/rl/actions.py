@@ -10,9 +10,9 @@ Three spaces, recorded in a model's spec (`EnvSettings.action_space`):
 - `relative`: A outputs, each squashed by tanh to a tilt `a` in [-1, 1] from equal weight: the
   asset's target is (1 + a) / A of the investable equity. `|a| <= dead_zone` holds the asset:
   no order for it, whatever its weight has drifted to (a tilt up is paid from cash: held
-  assets are not sold for it). Action 0 is "hold", and costs nothing.
-  Episodes in this space start holding the equal-weight basket (env.py), so that doing
-  nothing is buy-and-hold, the yardstick.
+  assets are not sold for it). Action 0 is "stay in the basket", and costs nothing once
+  there: an asset not held (the start, or a stop's exit once its re-entry cooldown is over)
+  is bought at equal weight, as holding under the same rules buys it; one held is left alone.
 
 A held asset's target is NaN (`HOLD`): the environment's and the trader's rebalance send no
 order for it. The dead zone applies to sampled actions in training as to the mean in trading,
@@ -41,13 +41,14 @@ def n_outputs(space: str, n_assets: int) -> int:
     raise ValueError(f"unknown action space {space!r}; one of {', '.join(SPACES)}")
 
 
-def to_targets(space: str, action: torch.Tensor, current: torch.Tensor, dead_zone: float,
-               cash_reserve: float) -> torch.Tensor:
+def to_targets(space: str, action: torch.Tensor, portfolio: torch.Tensor, n_assets: int,
+               dead_zone: float, cash_reserve: float) -> torch.Tensor:
     """Target weights `[..., A+1]` (assets then cash; NaN: hold the asset) from a policy's
-    `action [..., n_outputs]` and the portfolio's `current` weights `[..., A+1]`."""
+    `action [..., n_outputs]` and the `portfolio` columns of its observation (env.py: the
+    current weights `[..., A+1]`, then the assets' re-entry cooldowns)."""
     import torch
 
-    n_assets = current.shape[-1] - 1
+    current = portfolio[..., :n_assets + 1]
     room = 1.0 - cash_reserve
     if space == "weights":
         return torch.softmax(action, -1)
@@ -61,7 +62,11 @@ def to_targets(space: str, action: torch.Tensor, current: torch.Tensor, dead_zon
     if space == "relative":
         tilt = torch.tanh(action)
         assets = room * (1.0 + tilt) / n_assets
-        assets = torch.where(tilt.abs() <= dead_zone, torch.full_like(assets, HOLD), assets)
+        cooling = portfolio[..., n_assets + 1:2 * n_assets + 1] > 0
+        enter = (current[..., :-1] <= 0) & ~cooling  # not held: action 0 buys it back
+        stay = torch.where(enter, torch.full_like(assets, room / n_assets),
+                           torch.full_like(assets, HOLD))
+        assets = torch.where(tilt.abs() <= dead_zone, stay, assets)
         cash = 1.0 - torch.where(assets.isnan(), current[..., :-1], assets).sum(-1, keepdim=True)
         return torch.cat([assets, cash], -1)
     raise ValueError(f"unknown action space {space!r}; one of {', '.join(SPACES)}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .actions import n_outputs, to_targets
-from .env import BatchedTradingEnv
+from .env import BatchedTradingEnv, portfolio_columns
 from .env_settings import EnvSettings
 
 
@@ -112,10 +112,10 @@ class ActorCritic(nn.Module):
 
 def targets(action: torch.Tensor, obs: torch.Tensor, s: EnvSettings,
             n_assets: int) -> torch.Tensor:
-    """Target weights from actions in `s`'s action space; the observation's first A+1
-    columns are the portfolio's current weights (env.py's layout)."""
-    return to_targets(s.action_space, action, obs[..., :n_assets + 1], s.dead_zone,
-                      s.min_cash_reserve_pct)
+    """Target weights from actions in `s`'s action space; the observation starts with the
+    portfolio's columns (env.py's layout)."""
+    return to_targets(s.action_space, action, obs[..., :portfolio_columns(n_assets)], n_assets,
+                      s.dead_zone, s.min_cash_reserve_pct)
 
 
 @dataclass

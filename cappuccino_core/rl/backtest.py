@@ -50,7 +50,7 @@ class BacktestResult:
     turnover: float             # traded notional / mean equity
     stops: int
     benchmark_equity: np.ndarray  # equal-weight buy-and-hold, same bars, buy fee paid
-    weights: np.ndarray         # asset weights chosen at each decision [bars, A]
+    weights: np.ndarray         # asset weights chosen at each decision [decisions, A]
 
     @property
     def benchmark_returns(self) -> np.ndarray:
@@ -189,7 +189,8 @@ def hold_settings(settings: EnvSettings) -> EnvSettings:
 @torch.no_grad()
 def run_backtest(policy: Policy, market: Market, lo: int, hi: int,
                  settings: EnvSettings) -> BacktestResult:
-    """Decisions at bars lo .. hi-2 (each filled at the next bar's open), one episode, N = 1."""
+    """Decisions at bars lo, lo+k, ... (k = `decision_bars`; each filled at the next bar's
+    open) while their k bars fit before hi; one episode, N = 1."""
     return run_backtests(policy, [market], [(lo, hi)], settings)[0]
 
 
@@ -199,12 +200,14 @@ def run_backtests(policy: Policy, markets: list[Market], ranges: list[tuple[int,
     """Several backtests at once, one per row: row r decides at bars ranges[r] = (lo, hi) on
     markets[r] (one price tensor, each its own normalisation); `policy` maps the rows'
     observations `[R, obs]` to weights `[R, A+1]`. Each row is exactly the single backtest
-    of its range; a row that has finished steps on, unrecorded, until the longest one ends."""
+    of its range; a row that has finished steps on, unrecorded, until the longest one ends.
+    Equity, and so every metric, is per bar whatever the decision cadence."""
     s = dataclasses.replace(settings, episode_bars=max(hi - 1 - lo for lo, hi in ranges))
     env = BatchedTradingEnv.splits(markets, [[r] for r in ranges], 1, s, [0] * len(ranges),
                                    fixed_start=True)
     obs = env.reset()
-    starts, lengths = env.t.tolist(), (env.t_end - env.t).tolist()
+    k = s.decision_bars
+    starts, lengths = env.t.tolist(), ((env.t_end - env.t) // k).tolist()  # decisions
     steps = {"weights": [], "equity": [], "fees": [], "turnover": [], "stops": []}
     stood = None  # what each row's policy stands by (a held asset: its last target)
     for _ in range(max(lengths)):
@@ -212,14 +215,15 @@ def run_backtests(policy: Policy, markets: list[Market], ranges: list[tuple[int,
         stood = standing(w.float(), obs[:, :w.shape[1]] if stood is None else stood)
         steps["weights"].append(stood[:, :-1].double())
         obs, _, _, info = env.step(w)
-        for key in ("equity", "fees", "turnover", "stops"):
+        steps["equity"].append(info["equity_bars"])
+        for key in ("fees", "turnover", "stops"):
             steps[key].append(info[key])
-    table = {k: torch.stack(v).cpu().numpy() for k, v in steps.items()}  # [steps, R, ...]
+    table = {key: torch.stack(v).cpu().numpy() for key, v in steps.items()}  # [steps, R, ...]
     close = markets[0].close.cpu().numpy()
     results = []
     for r, (start, n) in enumerate(zip(starts, lengths)):
-        equity = np.concatenate([[s.initial_cash], table["equity"][:n, r]])
-        prices = close[start:start + n + 1]
+        equity = np.concatenate([[s.initial_cash], table["equity"][:n, r].reshape(-1)])
+        prices = close[start:start + n * k + 1]
         bench = s.initial_cash * (1 - s.fee) * (prices / prices[0]).mean(axis=1)
         bench[0] = s.initial_cash
         results.append(BacktestResult(

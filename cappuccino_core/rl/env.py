@@ -6,8 +6,9 @@ episodes at once as torch tensors (CPU or GPU). The portfolio arithmetic is in p
 N = 1, so a model is never served through different arithmetic from the one it was trained on.
 
 Timing. A decision at index t sees bars up to and including t (closed). Its orders fill at the
-OPEN of bar t+1, then the portfolio lives through bar t+1: stops are checked against its low and
-close, and the step's reward is taken at its close. No look-ahead.
+OPEN of bar t+1, then the portfolio lives through bars t+1 .. t+k (k = `decision_bars`, the
+decision cadence): stops are checked in each bar against its open, low and close, and the
+step's reward is taken at bar t+k's close, where the next decision is made. No look-ahead.
 
 Action and observation share one order: assets in the configured order, then cash. An action is
 target weights `[w_asset_1 .. w_asset_A, w_cash]` (a policy's output becomes them through its
@@ -28,8 +29,8 @@ in the position, and the cash pays q x price only; alpaca-py issue #374, Alpaca'
 page). Buys are scaled down, if needed, so cash never goes negative.
 
 Re-entry after a stop (the cure for a stop that churns: exit, then buy back at the next open):
-an asset a stop exited is not bought for the next `reentry_cooldown_bars` decisions; it may be
-held and sold as usual. The live trader applies the same rule (trading/trader.py).
+an asset a stop exited is not bought for the next `reentry_cooldown_bars` bars; it may be held
+and sold as usual. The live trader applies the same rule (trading/trader.py).
 
 Stops, the rule the trader applies live (see `apply_stops`): peak = highest price since entry;
 exit the WHOLE position when price <= peak x (1 - trailing_stop_pct), or when price <=
@@ -57,7 +58,7 @@ from .env_settings import EnvSettings, Normalisation
 
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
            "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
-           "cooldown_share", "next_cooldown", "starting_portfolio", "stop_room",
+           "cooldown_share", "next_cooldown", "stop_room",
            "live_observation", "observation_size"]
 
 # --- the shared arithmetic ------------------------------------------------------------------
@@ -320,8 +321,8 @@ def stop_room(units: torch.Tensor, peak: torch.Tensor, entry: torch.Tensor,
 
 
 def next_cooldown(cooldown: torch.Tensor, stopped: torch.Tensor, s: EnvSettings) -> torch.Tensor:
-    """Decisions each asset must still wait before it may be bought: a stop starts the full
-    cooldown, every decision counts one down."""
+    """Bars each asset must still wait before it may be bought: a stop starts the full
+    cooldown, every bar lived through counts one down."""
     return torch.where(stopped, torch.full_like(cooldown, float(s.reentry_cooldown_bars)),
                        (cooldown - 1).clamp_min(0))
 
@@ -335,60 +336,47 @@ def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Ten
     return obs
 
 
-def starting_portfolio(close: torch.Tensor, s: EnvSettings):
-    """(units, cash, entry price) an episode starts with, from the start bar's `close [N, A]`:
-    all cash, or in the `relative` action space (where doing nothing is holding) the
-    equal-weight basket of the investable equity (within the position cap), bought at that
-    close with slippage and fees paid as on any buy."""
-    n = close.shape[0]
-    if s.action_space != "relative":
-        zeros = torch.zeros_like(close)
-        return zeros, torch.full((n,), s.initial_cash, dtype=close.dtype,
-                                 device=close.device), zeros
-    weight = min((1.0 - s.min_cash_reserve_pct) / close.shape[1], s.max_position_pct)
-    fill = close * (1 + s.slippage_bps * 1e-4)
-    units = s.initial_cash * weight / fill * (1 - s.fee)
-    cash = torch.full((n,), s.initial_cash * (1 - weight * close.shape[1]), dtype=close.dtype,
-                      device=close.device)
-    return units, cash, fill
-
-
 def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings,
              with_info: bool = True):
-    """One decision for every episode: orders at the next open, the bar lived through (stops),
-    reward at its close; finished episodes restart. A pure tensor function, so that it can be
-    compiled whole (see BatchedTradingEnv's `compile`). The observation is gathered outside:
-    a row copy (index_select) beats any compiled element-wise gather."""
+    """One decision for every episode: orders at the next open, then `decision_bars` bars
+    lived through (stops checked in each), reward at the last one's close; finished episodes
+    restart. A pure tensor function, so that it can be compiled whole (see
+    BatchedTradingEnv's `compile`). The observation is gathered outside: a row copy
+    (index_select) beats any compiled element-wise gather."""
     units, cash, entry, peak, t, t_end, cooldown = state
     target = weights[:, :-1].double()  # asset weights; cash is what remains
     counter = counter + 1
     close = ohlc[:, 3]
-    nxt = t + 1
-    o, h, lo, c = ohlc.index_select(0, nxt).unbind(1)
     close_t = close.index_select(0, t)
     eq_before = cash + (units * close_t).sum(-1)
+    o = ohlc[:, 0].index_select(0, t + 1)
     ordered, cash, fees, traded, fill = rebalance(units, cash, target, o, s, no_buy=cooldown > 0)
     entry, peak = update_entry(units, ordered, entry, peak, fill)
-    held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
-        ordered, cash, peak, entry, o, h, lo, c, s)
-    cooldown = next_cooldown(cooldown, stopped, s)
-    eq_after = cash + (held * c).sum(-1)
+    held, stops, equity_bars = ordered, torch.zeros_like(cash), []
+    for j in range(1, s.decision_bars + 1):  # the bars until the next decision
+        o, h, lo, c = ohlc.index_select(0, t + j).unbind(1)
+        held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
+            held, cash, peak, entry, o, h, lo, c, s)
+        cooldown = next_cooldown(cooldown, stopped, s)
+        fees, traded, stops = fees + stop_fees, traded + stop_notional, stops + stopped.sum(-1)
+        equity_bars.append(cash + (held * c).sum(-1))
+    eq_after = equity_bars[-1]
     reward = torch.log(eq_after / eq_before)
     if s.reward == "excess":
         reward = reward - torch.log((c / close_t).mean(-1))
-    info = {"equity": eq_after, "fees": fees + stop_fees, "turnover": traded + stop_notional,
-            "stops": stopped.sum(-1), "stopped": stopped, "exit_price": exit_px,
+    info = {"equity": eq_after, "equity_bars": torch.stack(equity_bars, -1), "fees": fees,
+            "turnover": traded, "stops": stops, "stopped": stopped, "exit_price": exit_px,
             "units_before": units, "units_after_orders": ordered} if with_info else {}
 
-    done = nxt >= t_end
+    nxt = t + s.decision_bars
+    done = nxt + s.decision_bars > t_end  # the next decision could not live its bars through
     if not torch.compiler.is_compiling() and done.device.type == "cpu" and not bool(done.any()):
         new_state = (held, cash, entry, peak, nxt, t_end, cooldown)  # eager on CPU: no restarts
     else:
         start, end = draw_episodes(ep, env_ids, counter)
         row = done.unsqueeze(-1)
-        units0, cash0, entry0 = starting_portfolio(close.index_select(0, start), s)
-        new_state = (torch.where(row, units0, held), torch.where(done, cash0, cash),
-                     torch.where(row, entry0, entry), torch.where(row, entry0, peak),
+        new_state = (held.masked_fill(row, 0.0), torch.where(done, s.initial_cash, cash),
+                     entry.masked_fill(row, 0.0), peak.masked_fill(row, 0.0),
                      torch.where(done, start, nxt), torch.where(done, end, t_end),
                      cooldown.masked_fill(row, 0.0))
     close_next = close.index_select(0, new_state[4])
@@ -400,7 +388,8 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
 class BatchedTradingEnv:
     """N episodes stepped together. Episodes start at pseudo-random points of the given
     segments (contiguous index ranges [lo, hi) of the market, never glued to one another),
-    run `episode_bars` decisions or to the segment's end, and restart by themselves.
+    run `episode_bars` bars (one decision every `decision_bars`) or to the segment's end, and
+    restart by themselves.
 
     `BatchedTradingEnv.splits` steps several splits at once (a trial's CV splits, each with its
     own training segments, normalisation and seed): rows [k n, (k+1) n) are split k's, and
@@ -432,7 +421,8 @@ class BatchedTradingEnv:
         lo_min = market.first_valid + settings.lookback - 1
         per_split = []
         for segs in segments:
-            segs = [(max(lo, lo_min), hi) for lo, hi in segs if hi - max(lo, lo_min) >= 2]
+            segs = [(max(lo, lo_min), hi) for lo, hi in segs
+                    if hi - max(lo, lo_min) >= settings.decision_bars + 1]
             if not segs:
                 raise ValueError("no segment is long enough for one step after the warm-up")
             per_split.append(segs)
@@ -483,12 +473,14 @@ class BatchedTradingEnv:
     peak = property(lambda self: self.state[3])
     t = property(lambda self: self.state[4])
     t_end = property(lambda self: self.state[5])
-    cooldown = property(lambda self: self.state[6])  # decisions to wait before buying again
+    cooldown = property(lambda self: self.state[6])  # bars to wait before buying again
 
     def reset(self) -> torch.Tensor:
         start, end = draw_episodes(self.episodes, self.env_ids, self.counter)
-        units, cash, entry = starting_portfolio(self.m.close.index_select(0, start), self.s)
-        self.state = (units, cash, entry, entry.clone(), start, end, torch.zeros_like(units))
+        A, dt = self.m.n_assets, torch.float64
+        zeros = torch.zeros(self.n, A, dtype=dt, device=self.device)
+        cash = torch.full((self.n,), self.s.initial_cash, dtype=dt, device=self.device)
+        self.state = (zeros, cash, zeros.clone(), zeros.clone(), start, end, zeros.clone())
         return self.observe()
 
     def equity(self) -> torch.Tensor:

@@ -36,6 +36,7 @@ class EnvSettings:
     dead_zone: float = 0.1  # the smallest action that trades, in exposure and relative
     episode_bars: int = 720
     lookback: int = 4
+    decision_bars: int = 1  # the policy decides every this many bars; stops check every bar
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "EnvSettings":
@@ -48,6 +49,7 @@ class EnvSettings:
                    stop_loss_pct=cfg.risk.stop_loss_pct,
                    reentry_cooldown_bars=cfg.risk.reentry_cooldown_bars,
                    stop_check=cfg.risk.stop_check,
+                   decision_bars=cfg.data.decision_bars,
                    initial_cash=cfg.broker.initial_cash)
         return dataclasses.replace(base, **overrides)
 

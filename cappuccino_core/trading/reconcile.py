@@ -3,9 +3,9 @@
 `reconcile(cfg, engine, trader, start, end)` takes the trader's recorded decisions (each bar's
 target weights, the prices its plan used, and the account and stops before its orders) and
 replays the same decisions through the backtest environment's arithmetic (`env.rebalance` at
-the next bar's open, `env.apply_stops` over that bar), starting from the account the trader
-really had at the first decision. Both sides trade the same targets, so what differs is
-execution, and every dollar of difference is put on a cause:
+the next bar's open, `env.apply_stops` over each bar to the next decision), starting from the
+account the trader really had at the first decision. Both sides trade the same targets, so
+what differs is execution, and every dollar of difference is put on a cause:
 
 - **fill price**: the same quantity bought or sold at another price (a rebalance fill);
 - **fee**: fees charged differ from the modelled rate (the broker's booked fee, once booked);
@@ -74,7 +74,7 @@ class Side:
 
 @dataclass
 class BarRow:
-    bar: pd.Timestamp          # the decision: its orders, then the next bar lived through
+    bar: pd.Timestamp          # the decision: its orders, then the bars to the next one
     live_equity: float
     replay_equity: float
     causes: dict[str, float]   # this interval's difference, by cause
@@ -179,17 +179,15 @@ class ReplayBook:
     def value(self, prices: np.ndarray) -> float:
         return float(self.cash[0] + self.units[0].numpy() @ prices)
 
-    def trade(self, symbols: list[str], target: torch.Tensor, bar_ohlc,
+    def trade(self, symbols: list[str], target: torch.Tensor, bars_ohlc,
               s: EnvSettings) -> Side:
         """One decision as the environment makes it: `target` filled at the next bar's open,
-        then that bar lived through (stops, the re-entry cooldown). Returns its trades."""
-        o, h, lo, c = bar_ohlc
-        after, cash, _, _, fill_px = rebalance(self.units, self.cash, target, o, s,
+        then the bars until the next decision (`bars_ohlc`: open, high, low, close, each
+        `[bars, A]`) lived through (stops, the re-entry cooldown). Returns its trades."""
+        o, h, lo, c = bars_ohlc
+        after, cash, _, _, fill_px = rebalance(self.units, self.cash, target, o[:1], s,
                                                no_buy=self.cooldown > 0)
         self.entry, self.peak = update_entry(self.units, after, self.entry, self.peak, fill_px)
-        held, cash, self.peak, self.entry, _, _, hit, exit_px = apply_stops(
-            after, cash, self.peak, self.entry, o, h, lo, c, s)
-        self.cooldown = next_cooldown(self.cooldown, hit, s)
         trades = Side()
         for a, sym in enumerate(symbols):
             delta, px = float(after[0, a] - self.units[0, a]), float(fill_px[0, a])
@@ -198,9 +196,17 @@ class ReplayBook:
                 trades.add(sym, "rebalance", "buy", Trade(q, px, q * s.fee * px, q * s.fee))
             elif delta < 0:
                 trades.add(sym, "rebalance", "sell", Trade(-delta, px, -delta * px * s.fee))
-            if bool(hit[0, a]):
-                q, px = float(after[0, a]), float(exit_px[0, a])
-                trades.add(sym, "stop", "sell", Trade(q, px, q * px * s.fee))
+        held = after
+        for j in range(o.shape[0]):
+            before = held
+            held, cash, self.peak, self.entry, _, _, hit, exit_px = apply_stops(
+                held, cash, self.peak, self.entry, o[j:j + 1], h[j:j + 1], lo[j:j + 1],
+                c[j:j + 1], s)
+            self.cooldown = next_cooldown(self.cooldown, hit, s)
+            for a, sym in enumerate(symbols):
+                if bool(hit[0, a]):
+                    q, px = float(before[0, a]), float(exit_px[0, a])
+                    trades.add(sym, "stop", "sell", Trade(q, px, q * px * s.fee))
         self.units, self.cash = held, cash
         return trades
 
@@ -301,9 +307,9 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
     difference = 0.0  # live minus replay, valued at the decision's prices
     for dk, dn in zip(rows, rows[1:]):
         bar, nxt = _utc(dk.bar_time), _utc(dn.bar_time)
-        i = int(bars.index.searchsorted(bar))
-        if i + 1 >= len(bars) or bars.index[i] != bar:
-            raise ReconcileError(f"no bars for {bar} and the next one: fetch the data first")
+        i, j = int(bars.index.searchsorted(bar)), int(bars.index.searchsorted(nxt))
+        if j >= len(bars) or bars.index[i] != bar or bars.index[j] != nxt:
+            raise ReconcileError(f"no bars for {bar} to {nxt}: fetch the data first")
         p_now = np.array([dk.prices[s] for s in symbols])
         p_next = np.array([dn.prices[s] for s in symbols])
         live_u = np.array([dk.positions.get(s, 0.0) for s in symbols])
@@ -311,8 +317,8 @@ def reconcile(cfg: Config, engine: Engine, trader: str, start=None, end=None) ->
         rep_u = book.units[0].numpy().copy()
         # the replay trades the recorded target with the trader's rules and no-trade band
         settings = EnvSettings.from_config(cfg, min_rebalance_weight=dk.band)
-        replay = book.trade(symbols, _t([[dk.target[s] for s in symbols]]),
-                            [_t([x[i + 1]]) for x in ohlc], settings)
+        replay = book.trade(symbols, _t([[dk.target[s] for s in symbols]]),  # to the next
+                            [_t(x[i + 1:j + 1]) for x in ohlc], settings)  # decision's bar
         live, not_traded = _live_trades(engine, trader, bar, nxt, step)
         # deferred buy fees the broker still held as units at this decision (filled before its
         # account read, at bar + step, and not yet seen booked)

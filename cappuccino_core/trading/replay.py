@@ -43,7 +43,8 @@ class ReplayResult:
 
     @property
     def bars(self) -> int:
-        return self.window.decisions
+        """The bars the replay traded through (one decision every `data.decision_bars`)."""
+        return self.window.hi - 1 - self.window.lo
 
 
 def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "replay",
@@ -65,7 +66,8 @@ def replay(cfg: Config, engine: Engine, start=None, end=None, name: str = "repla
         raise ReplayError(error or "no ensemble published (cappuccino ensemble sync)")
     market = MarketData.load(cfg)
     bars, feats = market.bars, market.features
-    window = window_for(engine, bars, [ensemble], cfg.active_study, start, end)
+    window = window_for(engine, bars, [ensemble], cfg.active_study, start, end,
+                        decision_bars=cfg.data.decision_bars)
     i0, i1 = window.lo, window.hi
     o, h, lo, c = (bars.field(f) for f in ("open", "high", "low", "close"))
     step = pd.Timedelta(seconds=cfg.bar_seconds)

@@ -1,4 +1,5 @@
-"""The trader: one decision per closed bar, stop checks between bars, all state in the database.
+"""The trader: one decision every `data.decision_bars` closed bars, stop checks every bar and
+between bars, all state in the database.
 
 `Trader` is driven from outside (the live loop in trading/live.py, or a replay on a simulated
 clock) and knows nothing of clocks itself; it decides, and its journal (trading/journal.py)
@@ -15,7 +16,7 @@ writes everything down:
 - `check_stops(open, high, low, close)` and `exit_positions()` apply the trailing stop and the
   stop loss with the environment's rule (`env.apply_stops`); exits sell the whole position, in
   the asset's own units, as the broker reports it, and start the asset's re-entry cooldown:
-  the next `risk.reentry_cooldown_bars` decisions do not buy it (the environment's rule; the
+  the next `risk.reentry_cooldown_bars` bars do not buy it (the environment's rule; the
   members see how much of it is left, as they did in training).
 - `reload(ensemble)` swaps the ensemble between bars.
 """
@@ -33,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 from ..broker.base import Broker, OrderState, OrderStatus
 from ..common.config import Config
+from ..data.bars import is_decision_bar
 from ..ensemble.serving import Ensemble
 from ..rl.backtest import trading_settings
 from ..rl.env import apply_stops, stop_room
@@ -129,6 +131,11 @@ class Trader:
             return "stale"
         if self.ensemble is None:
             return "no ensemble"
+        if not is_decision_bar(bar_time, self.cfg.bar_seconds, self.cfg.data.decision_bars):
+            # the cadence: no decision at this bar (stops are checked every bar regardless)
+            self.snapshot(bar_time + pd.Timedelta(seconds=self.cfg.bar_seconds))
+            self._mark_processed(bar_time)
+            return "between decisions"
         self.reconcile()
         # the venue's rules as of today (the broker asks again daily, or now after a refusal)
         self.rules = self.broker.asset_rules(self.symbols, refresh=self.rules_refused)
