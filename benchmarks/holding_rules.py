@@ -16,8 +16,8 @@ daily equity.
 
     python benchmarks/holding_rules.py [--rules 0.10,none,0.05,0.20]
 
-Not measured here yet: a volatility-scaled stop (a multiple of ATR) and a stop checked only
-at the close (the environment has neither rule today).
+A volatility-scaled trailing stop (`atr10`: the peak less 10 average true ranges of 14 bars)
+is measured through the environment's `trailing_stop_atr`, a benchmark-only setting.
 """
 
 from __future__ import annotations
@@ -56,14 +56,15 @@ def daily_sharpe(equity: np.ndarray) -> float:
     return float(r.mean() / r.std() * np.sqrt(365)) if r.std() > 0 else 0.0
 
 
-def run(policy, bars, features, lo: int, hi: int, stop: tuple[float | None, str]):
+def run(policy, bars, features, lo: int, hi: int, stop: tuple[float | None, str, float | None]):
     """A policy under the product's rules (holding's band) with trailing stop `stop`:
-    (level, checked intrabar or at the close)."""
+    (level, checked intrabar or at the close, ATR multiple)."""
     a = len(bars.symbols)
     norm = Normalisation(np.zeros((a, features.shape[2])), np.ones((a, features.shape[2])))
     market = Market.from_bars(bars, norm, features=features)
     settings = dataclasses.replace(EnvSettings(), trailing_stop_pct=stop[0], stop_check=stop[1],
-                                   min_rebalance_weight=HOLD_BAND, lookback=1)
+                                   trailing_stop_atr=stop[2], min_rebalance_weight=HOLD_BAND,
+                                   lookback=1)
     return run_backtest(policy, market, lo, hi, settings)
 
 
@@ -73,24 +74,34 @@ def figures(res) -> dict:
             "stops": res.stops, "turnover": res.turnover, "equity": res.equity}
 
 
-def parse_rule(text: str) -> tuple[float | None, str]:
-    """'0.10' (checked intrabar), '0.10@close', 'none'."""
+def parse_rule(text: str) -> tuple[float | None, str, float | None]:
+    """'0.10' (checked intrabar), '0.10@close', 'none', 'atr10' (10 average true ranges of
+    14 bars under the peak), 'atr10@close'."""
     level, _, check = text.partition("@")
-    return (None if level == "none" else float(level)), check or "intrabar"
+    if level.startswith("atr"):
+        return None, check or "intrabar", float(level[3:])
+    return (None if level == "none" else float(level)), check or "intrabar", None
+
+
+def rule_name(rule: tuple[float | None, str, float | None]) -> str:
+    level, check, atr = rule
+    name = f"{atr:g} ATR" if atr is not None else "none" if level is None else f"{level:.0%}"
+    return name + (" close" if check == "close" else "")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rules", default="0.10,none,0.05,0.20,0.10@close,0.20@close",
-                   help="trailing stops to compare: 0.10 (checked intrabar), 0.10@close, none; "
-                        "the first is the baseline")
+    p.add_argument("--rules", default="0.10,none,0.05,0.20,0.10@close,0.20@close,atr5,atr10,"
+                   "atr20,atr10@close",
+                   help="trailing stops to compare: 0.10 (checked intrabar), 0.10@close, none, "
+                        "atr10 (10 average true ranges under the peak); the first is the "
+                        "baseline")
     args = p.parse_args(argv)
     rules = [parse_rule(r) for r in args.rules.split(",")]
     started = time.monotonic()
     src = CsvSource(DATA, "1h", 3600)
-    name = {r: "none" if r[0] is None else f"{r[0]:.0%}" + (" close" if r[1] == "close" else "")
-            for r in rules}
-    print(f"{'set':<8} {'window':<9} {'policy':<22} {'return':>8} {'Sharpe':>7} {'max DD':>7} "
+    name = {r: rule_name(r) for r in rules}
+    print(f"{'set':<8} {'window':<9} {'policy':<26} {'return':>8} {'Sharpe':>7} {'max DD':>7} "
           f"{'stops':>6} {'turnover':>8}")
     stop_wins: dict[tuple[str, float | None], list[bool]] = {}
     vm_rows = []
@@ -107,7 +118,7 @@ def main(argv=None) -> int:
                 run(VolManagedHold(features), bars, features, lo, hi, rules[0]))
             base = rows[f"hold, stop {name[rules[0]]}"]
             for label, m in rows.items():
-                print(f"{set_name:<8} {window:<9} {label:<22} {m['return']:>+8.1%} "
+                print(f"{set_name:<8} {window:<9} {label:<26} {m['return']:>+8.1%} "
                       f"{m['sharpe']:>7.2f} {m['max_dd']:>7.1%} {m['stops']:>6} "
                       f"{m['turnover']:>8.1f}")
             for r in rules[1:]:

@@ -353,3 +353,27 @@ def test_a_cadence_of_k_decides_once_every_k_bars_and_checks_stops_every_bar():
     # decisions at bars 4 (held), 8 and 12 (out, cooling down 6 bars from bar 7: 5, then 1
     # left), 16 (buys again), 20 (held)
     assert held_at_decision[:6] == pytest.approx([0.0, 1.0, 0.0, 0.0, 0.0, 1.0], abs=1e-9)
+
+
+def test_a_volatility_scaled_trailing_stop_exits_atr_multiples_under_the_peak():
+    """Bars of range 2 around 100 (average true range 2): with `trailing_stop_atr` 3 the level
+    is the peak (high 101) less 6; a bar reaching 95.5 stays (and widens the range: 2.25), one
+    reaching 94.0 exits at 101 - 3 x 2.25 = 94.25."""
+    n = 30
+    opens = [100.0] * n
+    highs = [101.0] * n
+    lows = [99.0] * 20 + [95.5] + [99.0] * 3 + [94.0] + [99.0] * 5
+    s = EnvSettings(fee=0.0, slippage_bps=0.0, max_position_pct=1.0, min_cash_reserve_pct=0.0,
+                    trailing_stop_pct=None, trailing_stop_atr=3.0, min_order_notional=0.0)
+    s = dataclasses.replace(s, lookback=1, episode_bars=n - 16)
+    start = WARMUP + 15  # the average true range has its 14 bars
+    env = BatchedTradingEnv(market_of(bars_from_prices(opens, highs, lows, opens)),
+                            [(start, WARMUP + n)], 1, s, fixed_start=True)
+    env.reset()
+    stops, exits = [], []
+    for _ in range(12):
+        info = env.step(T([[1.0, 0.0]]))[3]
+        stops.append(int(info["stops"][0]))
+        exits.append(float(info["exit_price"][0, 0]))
+    assert stops.index(1) == 8 and sum(stops) == 1  # bar 24, lived by the ninth step
+    assert exits[8] == pytest.approx(94.25)

@@ -56,6 +56,8 @@ from ..data.bars import Bars
 from ..data.features import WARMUP
 from .env_settings import EnvSettings, Normalisation
 
+ATR_BARS = 14  # the average true range's window, for a volatility-scaled trailing stop
+
 __all__ = ["EnvSettings", "Normalisation", "BatchedTradingEnv", "Market", "rebalance",
            "apply_stops", "clip_weights", "stop_level", "update_entry", "portfolio_weights",
            "cooldown_share", "next_cooldown", "stop_room",
@@ -117,17 +119,36 @@ def rebalance(units: torch.Tensor, cash: torch.Tensor, target: torch.Tensor,
     return new_units, cash, sell_fees + buy_fees, proceeds + buy_notional, fill_price
 
 
-def stop_level(peak: torch.Tensor, entry: torch.Tensor, s: EnvSettings) -> torch.Tensor:
-    """The price at or below which a position is exited (0 when no stop is configured)."""
+def stop_level(peak: torch.Tensor, entry: torch.Tensor, s: EnvSettings,
+               atr: torch.Tensor | None = None) -> torch.Tensor:
+    """The price at or below which a position is exited (0 when no stop is configured).
+    `atr`: each asset's average true range as of the bar before (for `trailing_stop_atr`)."""
     level = torch.zeros_like(peak)
     if s.trailing_stop_pct is not None:
         level = torch.maximum(level, peak * (1 - s.trailing_stop_pct))
+    if s.trailing_stop_atr is not None and atr is not None:
+        level = torch.maximum(level, peak - s.trailing_stop_atr * atr)
     if s.stop_loss_pct is not None:
         level = torch.maximum(level, entry * (1 - s.stop_loss_pct))
     return level
 
 
-def apply_stops(units, cash, peak, entry, bar_open, high, low, close, s: EnvSettings):
+def average_true_range(ohlc: np.ndarray, bars: int = ATR_BARS) -> np.ndarray:
+    """`[T, A]`: the mean true range of the `bars` bars up to and including each bar, from
+    `ohlc [T, 4, A]` (the first bars: the mean of those there are)."""
+    high, low, close = ohlc[:, 1], ohlc[:, 2], ohlc[:, 3]
+    prev = np.vstack([close[:1], close[:-1]])
+    true_range = np.maximum(high - low, np.maximum(abs(high - prev), abs(low - prev)))
+    csum = np.cumsum(np.nan_to_num(true_range), axis=0)
+    out = np.empty_like(csum)
+    head = min(bars, len(csum))
+    out[:head] = csum[:head] / np.arange(1, head + 1)[:, None]
+    out[bars:] = (csum[bars:] - csum[:-bars]) / bars
+    return out
+
+
+def apply_stops(units, cash, peak, entry, bar_open, high, low, close, s: EnvSettings,
+                atr: torch.Tensor | None = None):
     """Live the bar for held positions: stop exits (whole position) and the peak update.
 
     Returns (units, cash, peak, entry, fees, exit_notional, stopped mask, exit price where
@@ -138,17 +159,17 @@ def apply_stops(units, cash, peak, entry, bar_open, high, low, close, s: EnvSett
     slip = s.slippage_bps * 1e-4
     held = units > 0
     if s.stop_check == "close":
-        hit = held & (close <= stop_level(peak, entry, s))
+        hit = held & (close <= stop_level(peak, entry, s, atr))
         exit_px = close
         peak_after = torch.where(held, torch.maximum(peak, close), peak)
     else:
         peak = torch.where(held, torch.maximum(peak, bar_open), peak)
-        level = stop_level(peak, entry, s)
+        level = stop_level(peak, entry, s, atr)
         hit_open = held & (bar_open <= level)
         hit_low = held & ~hit_open & (low <= level)
         exit_px = torch.where(hit_open, bar_open, level)
         peak_after = torch.where(held, torch.maximum(peak, high), peak)
-        level_after = stop_level(peak_after, entry, s)
+        level_after = stop_level(peak_after, entry, s, atr)
         hit_close = held & ~hit_open & ~hit_low & (close <= level_after)
         exit_px = torch.where(hit_close, level_after, exit_px)
         hit = hit_open | hit_low | hit_close
@@ -182,6 +203,7 @@ class Market:
     ohlc: torch.Tensor
     features: torch.Tensor
     first_valid: int  # first row with defined features
+    atr: torch.Tensor | None = None  # [T, A] average true range up to each bar (float64)
 
     @classmethod
     def from_bars(cls, bars: Bars, norm: Normalisation, device="cpu", *,
@@ -191,10 +213,11 @@ class Market:
         normed = np.nan_to_num(norm.apply(features), nan=0.0).astype(np.float32)
         if prices is None:
             ohlc = np.ascontiguousarray(bars.ohlcv[:, :, :4].transpose(0, 2, 1))
+            atr = torch.as_tensor(average_true_range(ohlc), dtype=torch.float64, device=device)
             ohlc = torch.as_tensor(ohlc, dtype=torch.float64, device=device)
         else:
-            ohlc = prices.ohlc
-        return cls(ohlc, torch.as_tensor(normed, device=device), WARMUP)
+            ohlc, atr = prices.ohlc, prices.atr
+        return cls(ohlc, torch.as_tensor(normed, device=device), WARMUP, atr)
 
     @property
     def open(self) -> torch.Tensor:
@@ -336,7 +359,7 @@ def observe(obs_table, t, weights, out: torch.Tensor | None = None) -> torch.Ten
     return obs
 
 
-def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: EnvSettings,
+def env_step(state: tuple, weights, counter, env_ids, ohlc, atr, ep: Episodes, s: EnvSettings,
              with_info: bool = True):
     """One decision for every episode: orders at the next open, then `decision_bars` bars
     lived through (stops checked in each), reward at the last one's close; finished episodes
@@ -356,7 +379,7 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, ep: Episodes, s: Env
     for j in range(1, s.decision_bars + 1):  # the bars until the next decision
         o, h, lo, c = ohlc.index_select(0, t + j).unbind(1)
         held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
-            held, cash, peak, entry, o, h, lo, c, s)
+            held, cash, peak, entry, o, h, lo, c, s, atr.index_select(0, t + j - 1))
         cooldown = next_cooldown(cooldown, stopped, s)
         fees, traded, stops = fees + stop_fees, traded + stop_notional, stops + stopped.sum(-1)
         equity_bars.append(cash + (held * c).sum(-1))
@@ -498,5 +521,5 @@ class BatchedTradingEnv:
         (equity, fees, turnover, stops, ...) is empty when `with_info` is False. The
         observation is written into `out [N, obs_size]` when given."""
         self.state, self.counter, reward, done, info, pw = self._steps[with_info](
-            self.state, weights, self.counter, self.env_ids, self.m.ohlc)
+            self.state, weights, self.counter, self.env_ids, self.m.ohlc, self.m.atr)
         return observe(self.obs_table, self.t + self.row_offset, pw, out), reward, done, info

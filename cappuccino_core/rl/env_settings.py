@@ -29,6 +29,10 @@ class EnvSettings:
     stop_loss_pct: float | None = _RISK.stop_loss_pct
     reentry_cooldown_bars: int = _RISK.reentry_cooldown_bars
     stop_check: str = _RISK.stop_check
+    # a volatility-scaled trailing stop: exit at the peak less this many average true ranges
+    # (14 bars, as of the bar before). Measured in benchmarks/holding_rules.py only: not a
+    # configuration setting (the trader does not apply it) unless it earns its place there.
+    trailing_stop_atr: float | None = None
     min_rebalance_weight: float = 0.0
     initial_cash: float = _BROKER.initial_cash
     reward: str = "log_growth"
