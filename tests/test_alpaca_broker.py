@@ -425,6 +425,7 @@ def test_config_check_warns_when_training_and_trading_venues_differ(tmp_path, sh
     assert "warning" not in capsys.readouterr().err  # trained and traded on the same bars
     write_config(Path(cfg.config_dir), {"paths": {"state_dir": str(cfg.state_dir)},
                                   "data": {"source": "alpaca", "symbols": SYMBOLS},
+                                  "risk": {"trailing_stop_pct": 0.10},
                                   "broker": {"kind": "alpaca"}})
     assert cli.main(["config", "check", "--config-dir", str(cfg.config_dir)]) == 0
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ from conftest import REPO, write_config
 
 def test_defaults_without_files(tmp_path):
     cfg = load_config(tmp_path)
-    assert cfg.risk.trailing_stop_pct == 0.10
+    assert cfg.risk.trailing_stop_pct is None  # docs/holding-rules.md: no stop by default
     assert cfg.ensemble.top_n == 10 and cfg.ensemble.min_members == 5
     assert cfg.broker.kind == "sim" and cfg.broker.taker_fee == 0.0025
     assert cfg.storage_url == f"sqlite:///{cfg.state_dir.resolve() / 'cappuccino.db'}"

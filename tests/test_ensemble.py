@@ -147,7 +147,7 @@ def test_publish_then_unchanged_then_new_version(env):
     assert first.status == "published" and first.version == 1
     manifest = assert_current_is_complete(cfg)
     assert manifest["study"] == "alpha" and len(manifest["members"]) == 3
-    assert manifest["members"][0]["spec"]["env"]["trailing_stop_pct"] == 0.10
+    assert manifest["members"][0]["spec"]["env"]["trailing_stop_pct"] is None  # the default
     assert "params" not in manifest["members"][0]  # no copies of spec fields
     assert sync(cfg, engine).status == "unchanged"
     assert len(list(ensembles_dir(cfg).glob("v*"))) == 1

@@ -100,7 +100,8 @@ def test_orders_refused_bar_after_bar_degrade_the_trader_and_alert_once(tmp_path
         cfg = load_config(write_config(tmp_path / "etc", {
             "paths": {"state_dir": str(cfg.state_dir)},
             "data": {"csv_path": str(shared_data), "symbols": list(cfg.data.symbols)},
-            "ensemble": {"top_n": 4, "min_members": 1}, "risk": {"intrabar_check_s": 600},
+            "ensemble": {"top_n": 4, "min_members": 1},
+            "risk": {"intrabar_check_s": 600, "trailing_stop_pct": 0.10},
             "alerts": {"urls": [f"json://{url.removeprefix('http://')}/hook"]}}))
         assert cfg.config_dir == d
         broker = RefusingBroker(engine, 100_000, cfg.broker.taker_fee, cfg.broker.slippage_bps)

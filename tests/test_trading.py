@@ -28,9 +28,12 @@ LUNA = ("2022-05-01", "2022-06-01")  # a falling market: stops must fire
 
 
 def setup_trader_env(tmp_path, shared_data, name="etc", members=4, **config):
+    """A trader's config with the 10% trailing stop (what these tests exercise; the default is
+    none), a study of `members` small trials, and their ensemble published."""
+    risk = {"trailing_stop_pct": 0.10, **config.pop("risk", {})}
     cfg = load_config(write_config(tmp_path / name, {
         "paths": {"state_dir": str(tmp_path / name / "state")},
-        "data": {"csv_path": str(shared_data), "symbols": SYMBOLS},
+        "data": {"csv_path": str(shared_data), "symbols": SYMBOLS}, "risk": risk,
         "ensemble": {"top_n": members, "min_members": 1}, **config}, active_study="live"))
     engine = open_app_db(cfg.storage_url)
     study = optuna.create_study(study_name="live", storage=make_optuna_storage(cfg.storage_url),

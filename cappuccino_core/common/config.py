@@ -298,9 +298,11 @@ class EnsembleConfig:
 @dataclass(frozen=True)
 class RiskConfig:
     """The trader's risk rules (models are trained under the same ones)."""
-    trailing_stop_pct: float | None = field(default=0.10, metadata=FRACTION)
-    """Exit when the price is at or below the highest price since entry x (1 - this); null:
-    no trailing stop (models are trained and served under the same choice)."""
+    trailing_stop_pct: float | None = field(default=None, metadata=FRACTION)
+    """Exit when the price is at or below the highest price since entry x (1 - this), e.g.
+    0.10; null (the default): no trailing stop. Measured on hourly bars, a 10% stop made
+    holding itself worse (lower Sharpe and deeper drawdown) in 2 of 3 windows on both asset
+    sets (docs/holding-rules.md). Models are trained and served under the same choice."""
     stop_check: str = field(default="intrabar", metadata=choice("intrabar", "close"))
     """intrabar: stops fire when the price touches the level (a bar's open or low, and the
     latest trade every intrabar_check_s between bars); close: only a bar closing at or below
