@@ -105,14 +105,15 @@ class MarketTrendRule:
 
 def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
                precision: str = "auto", feature_set: str = "v1",
-               symbols: list[str] = SYMBOLS) -> Path:
+               symbols: list[str] = SYMBOLS, decision_bars: int = 1) -> Path:
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     start = str((np.datetime64(end) - np.timedelta64(HELD_OUT_DAYS + 540, "D")))
     (etc / "cappuccino.yaml").write_text(yaml.safe_dump({
         "paths": {"state_dir": str(root / "state")},
         "data": {"source": "csv", "csv_path": str(DATA), "symbols": symbols,
-                 "start": start, "end": end, "feature_set": feature_set},
+                 "start": start, "end": end, "feature_set": feature_set,
+                 "decision_bars": decision_bars},
         "training": {"total_timesteps": timesteps, "heldout_days": HELD_OUT_DAYS,
                      "cv": "walk_forward", "cv_groups": 5, "cv_test_groups": 1,
                      "split_batch": split_batch, "precision": precision},
@@ -125,9 +126,10 @@ def config_for(root: Path, end: str, timesteps: int, split_batch: int | None,
 def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
                fixed: dict | None = None, minutes: float | None = None,
                split_batch: int | None = None, precision: str = "auto",
-               feature_set: str = "v1", symbols: list[str] = SYMBOLS) -> dict:
+               feature_set: str = "v1", symbols: list[str] = SYMBOLS,
+               decision_bars: int = 1) -> dict:
     cfg = load_config(config_for(root, end, timesteps, split_batch, precision, feature_set,
-                                 symbols))
+                                 symbols, decision_bars))
     optuna_storage(cfg)
     engine = app_engine(cfg)
     began = time.monotonic()
@@ -151,7 +153,8 @@ def run_window(name: str, end: str, trials: int, timesteps: int, root: Path,
     bars = load_bars(cfg)
     features = compute_features(bars, cfg.data.feature_set)
     window = resolve_window(bars, None, None, first_decision_bar(ens),
-                            held_out_start(engine, cfg.active_study), cfg.active_study)
+                            held_out_start(engine, cfg.active_study), cfg.active_study,
+                            cfg.data.decision_bars)
     res = backtest_ensemble(cfg, ens, bars, features, window.lo, window.hi)
     A = len(symbols)
     market = Market.from_bars(bars, Normalisation(np.zeros((A, features.shape[2])),
@@ -207,10 +210,10 @@ def fmt(x, kind):
     return {"pct": f"{x:+.1%}", "num": f"{x:.2f}", "int": f"{int(x)}"}[kind]
 
 
-def print_table(rows: list[dict], budget: str, timesteps: int) -> None:
+def print_table(rows: list[dict], budget: str, timesteps: int, decision_bars: int = 1) -> None:
     device = "cuda" if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     print(f"\nbudget: {budget} x {timesteps:,} PPO steps per fit (walk-forward, 5 groups), "
-          f"{device}, {os.cpu_count()} cores\n")
+          f"{device}, {os.cpu_count()} cores; a decision every {decision_bars} bar(s)\n")
     head = (f"{'set':<17}{'policy':<22}{'return':>9}{'Sharpe':>8}{'Sortino':>9}"
             f"{'max DD':>8}{'turnover':>10}{'fees':>10}{'stops':>7}")
     print(head)
@@ -341,6 +344,8 @@ def main() -> int:
                    help="training.precision (float32: the arithmetic before bfloat16)")
     p.add_argument("--feature-set", default="v1", choices=sorted(FEATURE_SETS),
                    help="data.feature_set (v2: v1 plus two-week trends and the market)")
+    p.add_argument("--decision-bars", type=int, default=1,
+                   help="data.decision_bars: the policy decides every this many bars")
     p.add_argument("--fix", default="", help="hyperparameters held fixed, the rest searched "
                    "(a lever under test), e.g. reward=excess,lookback=8")
     args = p.parse_args()
@@ -369,14 +374,15 @@ def main() -> int:
             print(f"{assets} assets, window {name}: searching ({budget}) ...", flush=True)
             row = run_window(name, WINDOWS[name], args.trials, args.timesteps,
                              root / assets / name, parse_fixed(args.fix), args.minutes,
-                             args.split_batch, args.precision, args.feature_set, ASSETS[assets])
+                             args.split_batch, args.precision, args.feature_set, ASSETS[assets],
+                             args.decision_bars)
             rows.append(row | {"set": f"{assets}/{name}"})
     if args.fix:
         print(f"\nheld fixed (the rest searched): {args.fix}")
     if args.split_batch is not None:
         print(f"\ntraining.split_batch: {args.split_batch}")
     print(f"training.precision: {args.precision}; data.feature_set: {args.feature_set}")
-    print_table(rows, budget, args.timesteps)
+    print_table(rows, budget, args.timesteps, args.decision_bars)
     print_yardstick(rows)
     if "other" in asset_sets:
         print("\nthe 'other' sets: the six shared assets the design never saw (run once)")
