@@ -38,6 +38,7 @@ def env(tmp_path, pg_url):
     """Config (PostgreSQL, active study 'alpha'), app database, Optuna storage."""
     cfg_dir = write_config(tmp_path / "etc", {
         "storage": {"url": pg_url}, "paths": {"state_dir": str(tmp_path / "state")},
+        "risk": {"trailing_stop_pct": 0.10},  # a stop, for the rule checks (the default: none)
         "ensemble": {"top_n": 4, "min_members": 2}}, active_study="alpha")
     cfg = load_config(cfg_dir)
     return cfg, open_app_db(pg_url), make_optuna_storage(pg_url)
@@ -147,7 +148,7 @@ def test_publish_then_unchanged_then_new_version(env):
     assert first.status == "published" and first.version == 1
     manifest = assert_current_is_complete(cfg)
     assert manifest["study"] == "alpha" and len(manifest["members"]) == 3
-    assert manifest["members"][0]["spec"]["env"]["trailing_stop_pct"] is None  # the default
+    assert manifest["members"][0]["spec"]["env"]["trailing_stop_pct"] == 0.10
     assert "params" not in manifest["members"][0]  # no copies of spec fields
     assert sync(cfg, engine).status == "unchanged"
     assert len(list(ensembles_dir(cfg).glob("v*"))) == 1
@@ -375,6 +376,7 @@ def test_study_list_and_ensemble_show(env, capsys):
     assert cli.main(["ensemble", "show", "--config-dir", cfg.config_dir]) == 0
     out = capsys.readouterr().out
     assert "ensemble v1  study alpha" in out and "10%" in out and "best 0.500" in out
+    assert "weights" in out  # each member's action space
 
 
 @pytest.mark.parametrize("rule", ["refuse", "warn"])
@@ -384,6 +386,7 @@ def test_a_member_trained_under_another_stop_is_refused_or_warned(env, tmp_path,
     cfg, engine, storage = env
     cfg_dir = write_config(tmp_path / f"etc-{rule}", {
         "storage": {"url": cfg.storage.url}, "paths": {"state_dir": str(cfg.state_dir)},
+        "risk": {"trailing_stop_pct": 0.10},
         "ensemble": {"top_n": 4, "min_members": 2, "risk_mismatch": rule}}, active_study="alpha")
     cfg = load_config(cfg_dir)
     alpha = new_study(storage, "alpha")

@@ -345,20 +345,32 @@ def test_the_trader_does_not_buy_a_stopped_asset_while_it_cools_down(tmp_path, s
     assert trader.state.cooldown == {}
 
 
-def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, storage_url):
-    """On both backends: a sell-out's quantity comes from numpy arithmetic, and PostgreSQL
-    under numpy 2 once refused it (psycopg2 rendered `np.float64(...)`)."""
+def trader_on_real_bars(tmp_path, shared_data, name: str, **config):
+    """A trader (`name`, the sim broker) of a published ensemble, the bars to 2022-05-10 and
+    their features, and `decide(i)`: trade bar index i (negative: from the end) at its close."""
     from cappuccino_core.data import load_bars
     from cappuccino_core.data.features import compute_features
-    storage = {"url": storage_url}
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data, storage=storage)
+    cfg, engine, study = setup_trader_env(tmp_path, shared_data, **config)
     bars = load_bars(cfg, end="2022-05-10")
     feats = compute_features(bars, "v1")
     broker = SimBroker(engine, 100_000, 0.0025, 5)
-    trader = Trader(cfg, broker, engine, "fb", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
-    hour = pd.Timedelta(hours=1)
-    broker.mark(dict(zip(SYMBOLS, bars.close[-2])))
-    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    trader = Trader(cfg, broker, engine, name, Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
+
+    def decide(i: int, on=None) -> str:
+        end = len(bars) + i + 1 if i < 0 else i + 1
+        broker.mark(dict(zip(SYMBOLS, bars.close[i])))
+        return (on or trader).on_bar(bars.index[i], feats[:end],
+                                     bars.index[i] + pd.Timedelta(hours=1.01))
+    return cfg, engine, study, broker, trader, decide
+
+
+def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, storage_url):
+    """On both backends: a sell-out's quantity comes from numpy arithmetic, and PostgreSQL
+    under numpy 2 once refused it (psycopg2 rendered `np.float64(...)`)."""
+    storage = {"url": storage_url}
+    cfg, engine, _, broker, trader, decide = trader_on_real_bars(tmp_path, shared_data, "fb",
+                                                                storage=storage)
+    assert decide(-2) == "traded"
     assert broker.positions()
     # every trial now falls short of the bar: the sync publishes the fallback
     cfg = load_config(write_config(Path(cfg.config_dir), {
@@ -368,8 +380,7 @@ def test_on_the_cash_fallback_the_trader_sells_and_waits(tmp_path, shared_data, 
         "storage": storage}))
     assert sync(cfg, engine).status == "fallback"
     trader.reload(Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
-    broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
-    assert trader.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
+    assert decide(-1) == "traded"
     assert broker.positions() == {}
     with engine.connect() as conn:  # every sell-out journaled, filled, none rejected
         rows = conn.execute(sa.text(
@@ -382,17 +393,9 @@ def test_a_relative_space_ensemble_that_holds_sends_no_orders(tmp_path, shared_d
     """Action 0 in the relative space is "hold" (rl/actions.py): after a reload to members that
     hold everything, a bar sends no order; the decision is journaled with null (hold) targets,
     on both backends (NaN is not JSON), and a restart mid-bar reads it back."""
-    from cappuccino_core.data import load_bars
-    from cappuccino_core.data.features import compute_features
-    storage = {"url": storage_url}
-    cfg, engine, study = setup_trader_env(tmp_path, shared_data, storage=storage)
-    bars = load_bars(cfg, end="2022-05-10")
-    feats = compute_features(bars, "v1")
-    broker = SimBroker(engine, 100_000, 0.0025, 5)
-    trader = Trader(cfg, broker, engine, "rel", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
-    hour = pd.Timedelta(hours=1)
-    broker.mark(dict(zip(SYMBOLS, bars.close[-3])))
-    assert trader.on_bar(bars.index[-3], feats[:-2], bars.index[-3] + hour * 1.01) == "traded"
+    cfg, engine, study, broker, trader, decide = trader_on_real_bars(
+        tmp_path, shared_data, "rel", storage={"url": storage_url})
+    assert decide(-3) == "traded"
     held = {s: p.qty for s, p in broker.positions().items()}
     assert held
     for i in range(4):  # untrained relative members: their means sit in the dead zone
@@ -401,8 +404,7 @@ def test_a_relative_space_ensemble_that_holds_sends_no_orders(tmp_path, shared_d
     trader.reload(Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
     assert {m.spec.env.action_space for m in trader.ensemble.members} == {"relative"}
     orders_before = len(Journal(engine, "rel").order_rows(1000))
-    broker.mark(dict(zip(SYMBOLS, bars.close[-2])))
-    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    assert decide(-2) == "traded"
     assert len(Journal(engine, "rel").order_rows(1000)) == orders_before
     assert {s: p.qty for s, p in broker.positions().items()} == held
     decision = Journal(engine, "rel").decision_rows()[-1]
@@ -411,12 +413,12 @@ def test_a_relative_space_ensemble_that_holds_sends_no_orders(tmp_path, shared_d
     state = Journal(engine, "rel").load_state()
     assert state.decision["target"][:-1] == [None] * len(SYMBOLS)
     # a crash after the next bar's decision was saved: the restarted trader resumes it, holding
-    state.decision = {**state.decision, "bar": bars.index[-1].isoformat()}
+    last_bar = pd.Timestamp(decision.bar_time) + pd.Timedelta(hours=1)
+    state.decision = {**state.decision, "bar": last_bar.isoformat()}
     Journal(engine, "rel").save_state(state, StateKey.DECISION)
     restarted = Trader(cfg, broker, engine, "rel", trader.ensemble)
     restarted.start()
-    broker.mark(dict(zip(SYMBOLS, bars.close[-1])))
-    assert restarted.on_bar(bars.index[-1], feats, bars.index[-1] + hour * 1.01) == "traded"
+    assert decide(-1, on=restarted) == "traded"
     assert len(Journal(engine, "rel").order_rows(1000)) == orders_before
 
 
@@ -425,25 +427,17 @@ def test_the_members_see_each_assets_room_to_its_stop(tmp_path, shared_data):
     the share of the stop's width left between the price and its stop level (`env.stop_room`),
     from the entry and peak it keeps."""
     from cappuccino_core.data import load_bars
-    from cappuccino_core.data.features import compute_features
-    cfg, engine, _ = setup_trader_env(tmp_path, shared_data)
-    bars = load_bars(cfg, end="2022-05-10")
-    feats = compute_features(bars, "v1")
-    broker = SimBroker(engine, 100_000, 0.0025, 5)
-    trader = Trader(cfg, broker, engine, "room", Ensemble.load(current_dir(ensembles_dir(cfg)), cfg))
-    hour = pd.Timedelta(hours=1)
-    broker.mark(dict(zip(SYMBOLS, bars.close[-3])))
-    assert trader.on_bar(bars.index[-3], feats[:-2], bars.index[-3] + hour * 1.01) == "traded"
+    cfg, engine, _, broker, trader, decide = trader_on_real_bars(tmp_path, shared_data, "room")
+    assert decide(-3) == "traded"
     held = sorted(broker.positions())
     assert held
-    prices = dict(zip(SYMBOLS, bars.close[-2]))
+    prices = dict(zip(SYMBOLS, load_bars(cfg, end="2022-05-10").close[-2]))
     for s in held:  # the price now stands 5% under the peak: half of a 10% stop's width
         trader.state.stops[s]["peak"] = prices[s] / 0.95
     seen = []
     original = trader.ensemble.target_weights
     trader.ensemble.target_weights = lambda *a: seen.append(a[4]) or original(*a)
-    broker.mark(prices)
-    assert trader.on_bar(bars.index[-2], feats[:-1], bars.index[-2] + hour * 1.01) == "traded"
+    assert decide(-2) == "traded"
     room = dict(zip(SYMBOLS, seen[0]))
     for s in SYMBOLS:
         expected = (1 - 0.9 / 0.95) / 0.10 if s in held else 1.0

@@ -17,6 +17,7 @@ def current_ensemble(cfg: Config) -> dict | None:
         return None
     members = [{"number": m.number, "trial_id": m.trial_id, "value": m.value,
                 "trailing_stop_pct": m.spec.env.trailing_stop_pct,
+                "action_space": m.spec.env.action_space,
                 "completed_at": m.completed_at, "params": m.spec.hyperparameters,
                 "risk_differences": m.spec.risk_differences(cfg)}
                for m in manifest.members]
@@ -45,8 +46,8 @@ def render(e: dict) -> str:
                      "not follow it")
     if e["broken"]:
         lines.append(f"BROKEN: ensemble v{e['version']}: " + "; ".join(e["broken"]))
-    lines.append(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'age':>8}  "
-                 "parameters")
+    lines.append(f"{'trial':>6} {'id':>8} {'value':>9} {'trailing stop':>14} {'actions':>9} "
+                 f"{'age':>8}  parameters")
     now = pd.Timestamp.now(tz="UTC")
     for m in e["members"]:
         stop, p, done = m["trailing_stop_pct"], m["params"], m["completed_at"]
@@ -54,7 +55,7 @@ def render(e: dict) -> str:
         lr = f"{p['learning_rate']:.1e}" if "learning_rate" in p else "-"
         gamma = f"{p['gamma']:.3f}" if "gamma" in p else "-"
         lines.append(f"{m['number']:>6} {m['trial_id']:>8} {m['value']:>9.3f} "
-                     f"{(f'{stop:.0%}' if stop else '-'):>14} {age:>8}  "
+                     f"{(f'{stop:.0%}' if stop else '-'):>14} {m['action_space']:>9} {age:>8}  "
                      f"lr {lr} gamma {gamma} lookback {p.get('lookback', '-')}")
     differing = [(m, d) for m in e["members"] for d in m["risk_differences"]]
     if differing:
