@@ -164,7 +164,9 @@ def _parameters(agent) -> torch.Tensor:
 # alone vs together: float32 differs by summation order only; bfloat16 by its rounding too
 TOLERANCES = {"float32": {"weights": 1e-5, "kl": 1e-3, "reward": 1e-4, "sharpe": 1e-3,
                           "equity": 1e-5},
-              "bfloat16": {"weights": 1e-2, "kl": 0.5, "reward": 1e-2, "sharpe": 0.05,
+              # bfloat16's rounding moves a weight near a trade's edge: a 200-bar Sharpe
+              # differed by 0.13 (2026-12-07, no trailing stop), its equity by < 1e-3
+              "bfloat16": {"weights": 1e-2, "kl": 0.5, "reward": 1e-2, "sharpe": 0.2,
                            "equity": 1e-3}}
 
 
@@ -201,7 +203,7 @@ def test_splits_trained_together_match_each_trained_alone(three_splits, target_k
             assert st_batch.approx_kl == pytest.approx(st_alone.approx_kl, rel=tol["kl"],
                                                        abs=1e-6)
             assert st_batch.mean_reward == pytest.approx(st_alone.mean_reward,
-                                                         rel=tol["reward"])
+                                                         rel=tol["reward"], abs=1e-6)
         one = run_backtest(alone[k].weights, markets[k], 1000, 1200, settings)
         many = run_backtests(SplitPolicy(together, [k]), [markets[k]], [(1000, 1200)],
                              settings)[0]
@@ -424,7 +426,7 @@ def test_one_full_trial_on_the_bundled_sample(tmp_path, storage_url):
     agent, spec = load_artifact(local_model(cfg, trial), trial.user_attrs["sha256"])
     assert spec.study == "sample" and spec.trial_id == trial._trial_id
     assert list(spec.symbols) == cfg.data.symbols and spec.value == trial.value
-    assert spec.env.trailing_stop_pct == 0.10
+    assert spec.env.trailing_stop_pct == cfg.risk.trailing_stop_pct  # trained as traded
     assert spec.seed == trial.user_attrs["seed"]
     assert spec.trained_on["to"] < study.user_attrs["train_end"]
     obs = torch.zeros(2, spec.network.obs_size)

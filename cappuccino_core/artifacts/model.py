@@ -37,6 +37,11 @@ if TYPE_CHECKING:  # torch is imported where weights are written or read, not fo
 SPEC_FORMAT = 4  # 4: each asset's room to its stop in the observation; the action space
 
 
+def _rule(value) -> str:
+    """A risk setting as a reader says it: null is "none"."""
+    return "none" if value is None else str(value)
+
+
 class ArtifactError(CappuccinoError):
     """An artifact that must not be served: missing, corrupted or not what it claims."""
     label = "model artifact refused"
@@ -164,7 +169,7 @@ class ModelSpec:
                 same = (trained is None and live is None) or (
                     trained is not None and live is not None and abs(trained - live) <= 1e-12)
             if not same:
-                out.append(f"{label} {trained} trained, {live} configured")
+                out.append(f"{label} {_rule(trained)} trained, {_rule(live)} configured")
         return out
 
     @property
