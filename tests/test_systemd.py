@@ -52,7 +52,7 @@ def config(pg_url: str, hook_url: str, total_timesteps: int) -> str:
         # trials this short never beat holding; these tests are about the processes, so any
         # trial joins (the default would publish the cash fallback: tests/test_ensemble.py)
         "ensemble": {"top_n": 3, "min_members": 2, "min_value": None, "near_constant": "admit"},
-        "risk": {"intrabar_check_s": 5},
+        "risk": {"intrabar_check_s": 5, "trailing_stop_pct": 0.10},  # stops these tests fire
     })
 
 
