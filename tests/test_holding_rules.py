@@ -57,7 +57,8 @@ def test_the_served_fallback_holds_the_exposure_in_equal_weights_with_holdings_b
 
 
 def test_the_benchmark_sees_the_stop_and_its_absence(shared_data):
-    """On the falling window a 10% trailing stop sells, none sells nothing."""
+    """On the falling window a 10% trailing stop sells (and a 10-ATR one), none sells
+    nothing."""
     symbols = holding_rules.ASSETS["default"][:3]
     src = holding_rules.CsvSource(shared_data, "1h", 3600)
     lo_t = pd.Timestamp("2022-05-01", tz="UTC")
@@ -67,11 +68,13 @@ def test_the_benchmark_sees_the_stop_and_its_absence(shared_data):
     features = holding_rules.compute_features(bars, "v1")
     lo, hi = int(bars.index.searchsorted(lo_t)), len(bars)
     hold = holding_rules.HoldEqualWeight(len(symbols))
-    stopped = holding_rules.run(hold, bars, features, lo, hi, (0.10, "intrabar"))
-    held = holding_rules.run(hold, bars, features, lo, hi, (None, "intrabar"))
-    at_close = holding_rules.run(hold, bars, features, lo, hi, (0.10, "close"))
+    stopped = holding_rules.run(hold, bars, features, lo, hi, holding_rules.parse_rule("0.10"))
+    held = holding_rules.run(hold, bars, features, lo, hi, holding_rules.parse_rule("none"))
+    at_close = holding_rules.run(hold, bars, features, lo, hi, holding_rules.parse_rule("0.10@close"))
     assert 0 < at_close.stops and at_close.equity[-1] != stopped.equity[-1]
+    by_atr = holding_rules.run(hold, bars, features, lo, hi, holding_rules.parse_rule("atr10"))
+    assert 0 < by_atr.stops and by_atr.equity[-1] != stopped.equity[-1]
     assert stopped.stops > 0 and held.stops == 0
     managed = holding_rules.run(holding_rules.VolManagedHold(features), bars, features, lo, hi,
-                                (None, "intrabar"))
+                                holding_rules.parse_rule("none"))
     assert managed.weights.sum(axis=1).min() < held.weights.sum(axis=1).min()  # it de-risked
