@@ -379,7 +379,8 @@ def env_step(state: tuple, weights, counter, env_ids, ohlc, atr, ep: Episodes, s
     for j in range(1, s.decision_bars + 1):  # the bars until the next decision
         o, h, lo, c = ohlc.index_select(0, t + j).unbind(1)
         held, cash, peak, entry, stop_fees, stop_notional, stopped, exit_px = apply_stops(
-            held, cash, peak, entry, o, h, lo, c, s, atr.index_select(0, t + j - 1))
+            held, cash, peak, entry, o, h, lo, c, s,
+            None if s.trailing_stop_atr is None else atr.index_select(0, t + j - 1))
         cooldown = next_cooldown(cooldown, stopped, s)
         fees, traded, stops = fees + stop_fees, traded + stop_notional, stops + stopped.sum(-1)
         equity_bars.append(cash + (held * c).sum(-1))
